@@ -1,0 +1,101 @@
+"""The `labkit` command: `labkit doctor` checks that the course can run here.
+
+    labkit doctor        versions, device, offline state, and whether the bundled model loads
+    labkit data          rewrite the course's JSONL datasets (deterministic)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import re
+import sys
+import time
+from pathlib import Path
+
+REQUIRED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets")
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+
+
+def read_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """{package: version} from a constraints file of `name==version` lines (comments allowed)."""
+    pins = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
+            if m:
+                pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def _same_version(installed: str, pinned: str) -> bool:
+    return installed.split("+")[0] == pinned.split("+")[0]
+
+
+def doctor(out=print) -> int:
+    """Print the environment report; return 0 when the course can run, 1 otherwise."""
+    from . import env
+
+    env.quiet()
+    problems: list[str] = []
+    info = env.describe()
+    out(f"python        {info['python']}")
+    pins = read_pins()
+    for pkg in REQUIRED:
+        version = info.get(pkg)
+        pinned = pins.get(pkg)
+        note = ""
+        if version is None:
+            problems.append(f"{pkg} is not installed: run `make install` (or pip install -c constraints.txt -e '.[test]').")
+            note = "  MISSING"
+        elif pinned and not _same_version(version, pinned):
+            note = f"  (course tested with {pinned})"
+            problems.append(f"{pkg} {version} differs from the tested {pinned}: run `make install` to get the pinned versions.")
+        out(f"{pkg:<13} {version or '-'}{note}")
+    if sys.version_info < (3, 10):
+        problems.append("Python 3.10 or newer is needed: create the venv with a newer python3.")
+    out(f"device        {info['device']}")
+    out(f"offline       {'yes (HF_HUB_OFFLINE=1)' if info['offline'] else 'no'}")
+    out(f"colab         {'yes' if info['colab'] else 'no'}")
+    if info.get("torch") and info.get("transformers"):
+        try:
+            from .models import BASE_MODEL_DIR, load_base
+
+            t0 = time.perf_counter()
+            model, tok = load_base(device="cpu")
+            seconds = time.perf_counter() - t0
+            n = sum(p.numel() for p in model.parameters())
+            out(f"bundled model loads: {n:,} parameters in {seconds:.1f} s from {BASE_MODEL_DIR}")
+        except Exception as exc:  # the doctor reports, it does not crash
+            out(f"bundled model: FAILED ({exc})")
+            problems.append(f"The bundled model does not load: {exc}")
+    if problems:
+        out("")
+        out("PROBLEM: " + problems[0])
+        for p in problems[1:]:
+            out("also:    " + p)
+        return 1
+    out("")
+    out("All good: run `make lab` and open notebooks/00_welcome.ipynb.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description="The labkit course helper.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check versions, device, offline state and the bundled model")
+    sub.add_parser("data", help="rewrite the course's JSONL datasets")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor()
+    if args.command == "data":
+        from .data import write_all
+
+        for p in write_all():
+            print(p)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Measuring a language model: perplexity on held-out text and the copy probe.
+
+Later lessons add exact match, ROUGE-L and win rates here; every metric runs on held-out data.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def perplexity(model, tok, texts: list[str], max_tokens: int = 256) -> float:
+    """exp(mean negative log-likelihood per predicted token) over TEXTS.
+
+    Each text is scored on its own, preceded by <|endoftext|> (the document start the model saw in
+    pretraining) and cut to MAX_TOKENS tokens; the mean is over all predicted tokens of all texts.
+    """
+    import torch
+
+    if not texts:
+        raise ValueError("perplexity needs at least one text.")
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for t in texts:
+            ids = tok(t, add_special_tokens=False)["input_ids"][:max_tokens]
+            x = torch.tensor([[tok.eos_token_id] + ids], device=_device(model))
+            out = model(x, labels=x)
+            n = x.shape[1] - 1
+            nll += out.loss.float().item() * n
+            count += n
+    model.train(was_training)
+    return math.exp(nll / count)
+
+
+def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> dict:
+    """Share of restatements the model completes exactly, greedily: {"name", "amount", "all"}.
+
+    probe: rows {"prompt", "answer", "kind"} from labkit.corpus.copy_probe. With generate=False the
+    check is teacher-forced (every answer token is the argmax), which is the same as greedy decoding
+    over the answer span; with generate=True the model really generates and the text is compared,
+    and the answer must not run on into more digits.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    dev = _device(model)
+    with torch.no_grad():
+        for ex in probe:
+            p_ids = [tok.eos_token_id] + tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+            full = tok(ex["prompt"] + " " + ex["answer"], add_special_tokens=False)["input_ids"]
+            a_ids = full[len(p_ids) - 1:]
+            if generate:
+                x = torch.tensor([p_ids], device=dev)
+                out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=len(a_ids) + 2,
+                                     do_sample=False, pad_token_id=tok.pad_token_id)
+                text = tok.decode(out[0, len(p_ids):])
+                rest = text[len(ex["answer"]) + 1:]
+                runs_on = rest[:1].isdigit() or (rest[:1] == "," and rest[1:2].isdigit())
+                ok = text.startswith(" " + ex["answer"]) and not runs_on
+            else:
+                x = torch.tensor([p_ids + a_ids], device=dev)
+                pred = model(x).logits[0, len(p_ids) - 1:-1].argmax(-1).cpu()
+                ok = bool((pred == torch.tensor(a_ids)).all())
+            hits.setdefault(ex["kind"], []).append(ok)
+    model.train(was_training)
+    res = {k: sum(v) / len(v) for k, v in hits.items()}
+    res["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    return res

@@ -1,0 +1,106 @@
+"""Run every notebook at its defaults and record wall time and peak kernel memory.
+
+    python scripts/bench_notebooks.py                   # all notebooks -> bench/notebooks.{md,json}
+    python scripts/bench_notebooks.py notebooks/00_welcome.ipynb -p N_PROBE=10
+
+Peak memory is the largest resident set size (RSS) of the kernel process and its children, sampled
+every 50 ms while the notebook runs. Executed copies go to bench/executed/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakRSS(threading.Thread):
+    """Samples the RSS of this process's children (the kernel) until stopped."""
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self.join()
+
+
+def bench(path: Path, params: dict, out_dir: Path) -> dict:
+    import papermill as pm
+
+    sampler = PeakRSS()
+    sampler.start()
+    t0 = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name="python3",
+                            progress_bar=False, cwd=str(path.parent))
+    except Exception as exc:  # record and go on with the other notebooks
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    return {"notebook": path.name, "wall_s": round(wall, 1), "peak_rss_mb": round(sampler.peak / 2**20),
+            "params": params, "error": error}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("notebooks", nargs="*", type=Path)
+    ap.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE, injected by papermill")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench")
+    args = ap.parse_args()
+    for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+        os.environ.setdefault(key, value)
+    params = {}
+    for p in args.param:
+        k, v = p.split("=", 1)
+        try:
+            params[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            params[k] = v
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    executed = args.out / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in paths:
+        row = bench(path.resolve(), params, executed)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    meta = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+    (args.out / "notebooks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Notebook benchmark ({meta['date']}, {meta['cpus']} CPUs, Python {meta['python']})", "",
+             "| notebook | wall time (s) | peak kernel RSS (MB) | status |", "|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['error'] or 'ok'} |" for r in rows]
+    (args.out / "notebooks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if any(r["error"] for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Test defaults: offline, quiet, deterministic. Nothing in the suite may reach the network."""
+
+import os
+
+for key, value in {
+    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(key, value)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def base():
+    """The bundled model and tokenizer, loaded once for the whole session (CPU, float32)."""
+    from labkit import env, models
+
+    env.quiet()
+    return models.load_base(device="cpu")

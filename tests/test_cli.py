@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+from labkit import cli, models
+
+
+def test_doctor_passes_here_and_reports_everything():
+    lines = []
+    assert cli.doctor(out=lines.append) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    for word in ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "device",
+                 "offline", "bundled model loads"):
+        assert word in text
+
+
+def test_doctor_fails_with_a_one_line_fix_when_the_model_is_broken(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "BASE_MODEL_DIR", tmp_path / "gone")
+    lines = []
+    assert cli.doctor(out=lines.append) == 1
+    problem = [ln for ln in lines if ln.startswith("PROBLEM:")]
+    assert len(problem) == 1 and str(tmp_path / "gone") in problem[0]
+
+
+def test_doctor_flags_a_missing_package(monkeypatch):
+    from labkit import env
+
+    real = env.describe
+
+    def fake():
+        info = real()
+        info["trl"] = None
+        return info
+
+    monkeypatch.setattr(env, "describe", fake)
+    lines = []
+    assert cli.doctor(out=lines.append) == 1
+    assert any(ln.startswith("PROBLEM: trl is not installed") and "make install" in ln for ln in lines)
+
+
+def test_doctor_flags_a_version_mismatch(monkeypatch):
+    monkeypatch.setattr(cli, "read_pins", lambda: {"peft": "0.0.1"})
+    lines = []
+    assert cli.doctor(out=lines.append) == 1
+    assert any("peft" in ln and "0.0.1" in ln for ln in lines if ln.startswith("PROBLEM"))
+
+
+def test_pins_file_pins_the_course_packages():
+    pins = cli.read_pins()
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "jupyterlab",
+                "ipywidgets", "matplotlib", "nbval", "papermill"):
+        assert pkg in pins, pkg
+
+
+def test_installed_versions_are_the_pinned_ones():
+    """The environment the tests run in is the one constraints.txt describes."""
+    import importlib.metadata as md
+
+    pins = cli.read_pins()
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets"):
+        assert md.version(pkg).split("+")[0] == pins[pkg], pkg
+
+
+def test_labkit_command_is_installed():
+    out = subprocess.run([sys.executable, "-m", "labkit.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "doctor" in out.stdout

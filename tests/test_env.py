@@ -1,0 +1,74 @@
+import os
+
+import pytest
+import torch
+
+from labkit import env
+
+
+def test_pick_device_auto_is_cpu_without_gpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and torch.backends.mps.is_available():
+        expected = "mps"
+    assert env.pick_device("auto") == expected
+    assert env.pick_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("bad", ["gpu", "tpu", "cuda:x"])
+def test_pick_device_rejects_unknown(bad):
+    if bad.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("a CUDA device string is valid here")
+    with pytest.raises(ValueError, match="DEVICE"):
+        env.pick_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is missing")
+def test_pick_device_cuda_without_gpu_says_what_to_do():
+    with pytest.raises(ValueError, match="auto"):
+        env.pick_device("cuda")
+
+
+def test_pick_dtype():
+    assert env.pick_dtype("cpu") == torch.float32
+    assert env.pick_dtype("cpu", "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        env.pick_dtype("cpu", "float8")
+
+
+def test_seed_everything_makes_runs_repeat():
+    env.seed_everything(123)
+    a = torch.rand(5)
+    env.seed_everything(123)
+    b = torch.rand(5)
+    env.seed_everything(124)
+    c = torch.rand(5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_quiet_sets_offline_and_keeps_user_choice(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    env.quiet()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+    assert env.is_offline()
+
+
+def test_quiet_online_leaves_offline_switch(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env.quiet(offline=False)
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_colab_detection(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    assert env.is_colab() is False
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101")
+    assert env.is_colab() is True
+
+
+def test_describe_lists_versions_device_and_offline():
+    info = env.describe()
+    for key in ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "device", "offline"):
+        assert key in info
+    assert info["torch"] is not None

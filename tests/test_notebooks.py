@@ -1,0 +1,84 @@
+"""Every lesson notebook: its structure, and a papermill run with parameters injected.
+
+nbval runs every notebook too (`pytest tests notebooks --nbval-lax`, the README's test command).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from labkit.show import colab_url
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+# Parameters injected by papermill in CI: smaller runs, same code paths.
+FAST = {
+    "00_welcome.ipynb": {"N_PROBE": 10, "MAX_NEW_TOKENS": 12, "SEED": 1},
+}
+
+
+def _nb(path):
+    return json.loads(path.read_text())
+
+
+def _src(cell):
+    return "".join(cell["source"])
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_parameters_cell(path):
+    cells = [c for c in _nb(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell must be tagged `parameters`"
+    src = _src(cells[0])
+    for name in ("MODEL", "DEVICE", "SEED"):
+        assert re.search(rf"^{name}\s*=", src, re.M), f"the parameters cell lacks {name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_its_own_colab_badge_and_install_cell(path):
+    cells = _nb(path)["cells"]
+    first = _src(cells[0])
+    assert "colab-badge.svg" in first
+    assert colab_url(f"notebooks/{path.name}") in first, "the badge must open this very notebook"
+    install = [c for c in cells if c["cell_type"] == "code" and "google.colab" in _src(c)]
+    assert install and "pip install" in _src(install[0])
+    assert "torch" not in _src(install[0]).split("pip install", 1)[1], "never reinstall Colab's torch"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_without_outputs(path):
+    for cell in _nb(path)["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None, "clear outputs before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_the_lesson_shape(path):
+    text = "\n".join(_src(c) for c in _nb(path)["cells"] if c["cell_type"] == "markdown").lower()
+    assert "what you will learn" in text and "recap" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_with_papermill(path, tmp_path):
+    import papermill as pm
+
+    out = tmp_path / path.name
+    pm.execute_notebook(str(path), str(out), parameters=FAST.get(path.name, {}), kernel_name="python3",
+                        progress_bar=False, cwd=str(path.parent))
+    nb = _nb(out)
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert injected or not FAST.get(path.name)
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    # quiet notebooks: no warning walls or progress bars in what the learner sees
+    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
