@@ -96,24 +96,29 @@ def token_stream(tok, seed: int, copy_share: float, chunk_docs: int = 2000):
             yield eos
 
 
-def copy_row(rng: random.Random, ctx: int, vocab: list[int], seps: list[int], nl: int) -> list[int]:
+def copy_row(rng: random.Random, ctx: int, vocab: list[int], common: list[int], seps: list[int],
+             nl: int) -> list[int]:
     """A synthetic row of token ids that can only be predicted by copying (the copy warm-up).
 
-    Two kinds, drawn from the whole vocabulary so the circuit is not tied to a few words:
-    (a) a random segment, random filler, then the segment again (plain induction);
+    Two kinds, drawn mostly from the 500 most common tokens and a fifth from the whole vocabulary:
+    (a) a random segment, random filler, then the segment again, twice (plain induction);
     (b) "key SEP value NL" lines, then some keys asked again (the value must be found by its key and
         separator together, as a field value is found by its label in a document).
     """
     row: list[int] = []
+
+    def draw() -> int:  # mostly the common tokens (faster to learn), sometimes any token
+        return rng.choice(common) if rng.random() < 0.8 else rng.choice(vocab)
+
     while len(row) < ctx:
-        if rng.random() < 0.5:
-            seg = [rng.choice(vocab) for _ in range(rng.randrange(4, 30))]
-            filler = [rng.choice(vocab) for _ in range(rng.randrange(0, 30))]
-            row += seg + filler + seg[: rng.randrange(max(2, len(seg) // 2), len(seg) + 1)]
+        if rng.random() < 0.7:
+            seg = [draw() for _ in range(rng.randrange(4, 25))]
+            filler = [draw() for _ in range(rng.randrange(0, 12))]
+            row += seg + filler + seg + filler[: rng.randrange(0, len(filler) + 1)] + seg
         else:
             sep = rng.choice(seps)
-            pairs = [([rng.choice(vocab) for _ in range(rng.randrange(1, 3))],
-                      [rng.choice(vocab) for _ in range(rng.randrange(1, 5))]) for _ in range(rng.randrange(2, 7))]
+            pairs = [([draw() for _ in range(rng.randrange(1, 3))],
+                      [draw() for _ in range(rng.randrange(1, 5))]) for _ in range(rng.randrange(2, 7))]
             for k, v in pairs:
                 row += k + [sep] + v + [nl]
             for k, v in rng.sample(pairs, k=rng.randrange(1, len(pairs) + 1)):
@@ -121,16 +126,52 @@ def copy_row(rng: random.Random, ctx: int, vocab: list[int], seps: list[int], nl
     return row[:ctx]
 
 
-def copy_share_at(step: int, warmup_steps: int) -> float:
-    """Share of synthetic copy rows in a batch: all of it at first, then a steady fifth."""
-    if step < warmup_steps:
-        return 1.0
-    if step < 2 * warmup_steps:
-        return 0.5
-    return 0.2
+class CopySchedule:
+    """Share of synthetic copy rows in a batch.
+
+    Only copy rows until the copy circuit has formed (second-copy accuracy on fresh rows reaches
+    `target`, checked every 50 steps) or `max_warmup` steps have passed; then half for `settle`
+    steps; then a steady fifth so the circuit is kept while the model learns text.
+    """
+
+    def __init__(self, max_warmup: int, settle: int = 500, target: float = 0.8):
+        self.max_warmup, self.settle, self.target = max_warmup, settle, target
+        self.warmup_end: int | None = None
+        self.checks: list[tuple[int, float]] = []
+
+    def share(self, step: int) -> float:
+        if self.warmup_end is None:
+            return 1.0
+        return 0.5 if step < self.warmup_end + self.settle else 0.2
+
+    def update(self, step: int, accuracy: float) -> None:
+        self.checks.append((step, round(accuracy, 3)))
+        if self.warmup_end is None and (accuracy >= self.target or step >= self.max_warmup):
+            self.warmup_end = step
 
 
-def batches(stream, tok, batch: int, ctx: int, seed: int, warmup_steps: int):
+@torch.no_grad()
+def second_copy_accuracy(model, rows: torch.Tensor, seg: int) -> float:
+    """rows: (n, 1 + 2*seg + filler) = bos, segment, filler, segment. Accuracy on the second copy."""
+    model.eval()
+    pred = model(rows).logits.argmax(-1)
+    model.train()
+    start = rows.shape[1] - seg
+    return (pred[:, start - 1:-1][:, 1:] == rows[:, start + 1:]).float().mean().item()
+
+
+def copy_test_rows(tok, n: int = 16, seg: int = 20, filler: int = 15, seed: int = 5) -> torch.Tensor:
+    rng = random.Random(seed)
+    special = set(tok.all_special_ids)
+    vocab = [i for i in range(len(tok)) if i not in special]
+    rows = []
+    for _ in range(n):
+        s = [rng.choice(vocab) for _ in range(seg)]
+        rows.append([tok.eos_token_id] + s + [rng.choice(vocab) for _ in range(filler)] + s)
+    return torch.tensor(rows)
+
+
+def batches(stream, tok, batch: int, ctx: int, seed: int, schedule: CopySchedule, common: list[int]):
     rng = random.Random(seed + 7)
     special = set(tok.all_special_ids)
     vocab = [i for i in range(len(tok)) if i not in special]
@@ -139,11 +180,11 @@ def batches(stream, tok, batch: int, ctx: int, seed: int, warmup_steps: int):
     nl = tok.convert_tokens_to_ids("Ċ")
     step = 0
     while True:
-        share = copy_share_at(step, warmup_steps)
+        share = schedule.share(step)
         rows = []
         for _ in range(batch):
             if rng.random() < share:
-                rows.append(copy_row(rng, ctx, vocab, seps, nl))
+                rows.append(copy_row(rng, ctx, vocab, common, seps, nl))
             else:
                 rows.append([next(stream) for _ in range(ctx)])
         step += 1
@@ -160,7 +201,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "labkit" / "assets" / "base_model"))
-    ap.add_argument("--steps", type=int, default=7000)
+    ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -171,8 +212,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--copy-share", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--copy-warmup", type=int, default=600,
-                    help="steps of synthetic copy rows only (then 50%% for as long, then 20%%)")
+    ap.add_argument("--copy-warmup", type=int, default=1500,
+                    help="at most this many steps of synthetic copy rows only (less once copying appears)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -185,8 +226,13 @@ def main() -> None:
     t0 = time.time()
 
     rng = random.Random(10_000 + args.seed)
-    tok = build_tokenizer([corpus.pretraining_document(rng, args.copy_share) for _ in range(20000)], args.vocab)
+    sample = [corpus.pretraining_document(rng, args.copy_share) for _ in range(20000)]
+    tok = build_tokenizer(sample, args.vocab)
     print(f"tokenizer: {len(tok)} tokens", flush=True)
+    from collections import Counter
+
+    freq = Counter(i for ids in tok(sample[:5000], add_special_tokens=False)["input_ids"] for i in ids)
+    common = [i for i, _ in freq.most_common(500)]
 
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.75) // 16 * 16,
@@ -209,8 +255,10 @@ def main() -> None:
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
-    data = batches(token_stream(tok, args.seed, args.copy_share), tok, args.batch, args.ctx, args.seed,
-                   args.copy_warmup)
+    schedule = CopySchedule(max_warmup=args.copy_warmup)
+    test_rows = copy_test_rows(tok)
+    data = batches(token_stream(tok, args.seed, args.copy_share), tok, args.batch, args.ctx, args.seed, schedule,
+                   common)
     history = []
     t_train = time.time()
     model.train()
@@ -225,6 +273,11 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        if schedule.warmup_end is None and (step + 1) % 50 == 0:
+            acc = second_copy_accuracy(model, test_rows, seg=20)
+            schedule.update(step + 1, acc)
+            print(json.dumps({"step": step + 1, "loss": round(loss_ema, 4), "second_copy_accuracy": round(acc, 3),
+                              "warmup_end": schedule.warmup_end}), flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             cp = copy_probe_score(model, tok, probe[:100])
             row = {"step": step + 1, "loss": round(loss_ema, 4), "copy": cp,
@@ -253,7 +306,8 @@ def main() -> None:
                                                    "num_hidden_layers", "num_attention_heads",
                                                    "max_position_embeddings", "tie_word_embeddings")},
         "training": {"steps": args.steps, "batch": args.batch, "context": args.ctx, "lr": args.lr,
-                     "warmup": args.warmup, "copy_share": args.copy_share, "copy_warmup": args.copy_warmup, "seed": args.seed,
+                     "warmup": args.warmup, "copy_share": args.copy_share, "copy_warmup_max": args.copy_warmup,
+                     "copy_warmup_end": schedule.warmup_end, "copy_checks": schedule.checks, "seed": args.seed,
                      "tokens_seen": args.steps * args.batch * args.ctx,
                      "train_minutes": round(train_minutes, 1), "threads": args.threads,
                      "total_minutes": round((time.time() - t0) / 60, 1),
@@ -313,10 +367,13 @@ generation at the end).
   drills (ledgers read back, lists repeated, key = value tables).
 - Copy warm-up: a first run that mixed the copy drills in from step 0 but had no synthetic rows still
   answered "Liam Fox" for every name after 750 steps (0% on the probe), as the course's calibration
-  runs had warned. So the first {t['copy_warmup']} steps train only on synthetic rows of random tokens
-  from the whole vocabulary (a segment, filler, the segment again; "key SEP value" lines asked again),
-  the next {t['copy_warmup']} steps on half such rows, and the rest on a fifth. The table above shows
-  when copying appeared.
+  runs had warned; a second one with 600 fixed warm-up steps had not started copying (0.0 second-copy
+  accuracy at step 500). So this run trains only on synthetic rows of random tokens (80% from the 500
+  most common, 20% from the whole vocabulary; a segment, filler, the segment again twice; "key SEP
+  value" lines asked again) until the model
+  copies a random 20-token segment with at least 80% accuracy (checked every 50 steps; here that
+  happened at step {t['copy_warmup_end']}, at most {t['copy_warmup_max']}), then on half such rows for
+  500 steps, then on a fifth.
 """
 
 

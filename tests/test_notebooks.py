@@ -39,6 +39,12 @@ def test_notebook_has_parameters_cell(path):
     src = _src(cells[0])
     for name in ("MODEL", "DEVICE", "SEED"):
         assert re.search(rf"^{name}\s*=", src, re.M), f"the parameters cell lacks {name}"
+    # papermill must understand every line, or it cannot inject new values
+    from papermill.translators import PythonTranslator
+
+    assigned = re.findall(r"^(\w+)\s*=", src, re.M)
+    parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
+    assert parsed == assigned, f"papermill could not parse: {set(assigned) - set(parsed)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

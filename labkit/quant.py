@@ -1,0 +1,364 @@
+"""QLoRA's 4-bit NormalFloat (NF4) from scratch, and the memory arithmetic of fine-tuning.
+
+The pieces, in the order of the QLoRA paper (Dettmers et al. 2023, https://arxiv.org/abs/2305.14314):
+
+1. The NF4 codebook: 16 values at quantiles of a standard normal, scaled to [-1, 1] (`NF4_CODE`).
+2. Blockwise absmax quantisation: each block of 64 weights is divided by its largest |w| and every
+   value is replaced by the index of the nearest NF4 value (`quantize_nf4`, `dequantize_nf4`).
+3. Double quantisation: the per-block absmax constants (fp32, 0.5 bit per weight) are themselves
+   quantised to 8 bits in blocks of 256 (`double_quantize`, `double_dequantize`): 0.127 bit per weight.
+4. What that buys: `bits_per_parameter` and `estimate_memory` for full, LoRA and QLoRA fine-tuning.
+
+Everything here is plain torch and reproduces bitsandbytes 0.50's reference kernels bit for bit
+(tests/test_quant.py checks it), including its rounding details, which the comments point out.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+# Blocksizes bitsandbytes accepts for 4-bit (quantize_4bit) and 8-bit (quantize_blockwise) blocks.
+NF4_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+DYNAMIC_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
+
+# bitsandbytes' outermost quantile. ppf(1.0) is infinite, so the grid must stop short of 1; this
+# value equals 1 - (1/30 + 1/32) / 2 (half a step of a 15- and of a 16-point grid) to 7 digits.
+NF4_OFFSET = 0.9677083
+
+
+# -----------------------------------------------------------------------------
+# The two codebooks
+
+
+def nf4_code_from_normal(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """The 16 NF4 values, derived from quantiles of N(0, 1) as bitsandbytes' create_normal_map does.
+
+    Returns: (16,) float32, sorted, from -1.0 to 1.0, with an exact 0.0 at index 7.
+
+    4 bits give 16 values but a symmetric grid would have no exact zero (zero-padding and
+    zero-centred weights need one). So NF4 is asymmetric: 8 positive quantiles, 7 negative ones
+    and a 0, each side normalised by its own largest value so that both ends are exactly +-1.
+    """
+    # Probabilities in float32, as bitsandbytes takes them from torch.linspace; the quantiles
+    # in float64, then rounded to float32: this order reproduces its table bit for bit.
+    positive = torch.special.ndtri(torch.linspace(offset, 0.5, 9)[:-1].double())  # 8 values > 0
+    negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8)[:-1].double())  # 7 values < 0
+    values = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).float()
+    values = values.sort().values
+    return values / values.max()
+
+
+def dynamic_code() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic code (create_dynamic_map()), used for the absmax constants.
+
+    Returns: (256,) float32, sorted, from -0.993 to 1.0, with 0.0 at index 127.
+
+    Dynamic tree quantisation (Dettmers 2015, https://arxiv.org/abs/1511.04561): for each decade
+    10^-6 .. 10^0, 2^i values (i = 0..6) at the midpoints of a uniform grid on [0.1, 1], both signs,
+    plus 0 and 1. Small magnitudes get few values, large ones many: a float with a 3-bit exponent.
+    """
+    values = [0.0, 1.0]
+    for i in range(7):
+        grid = torch.linspace(0.1, 1, 2**i + 1)
+        midpoints = (grid[:-1] + grid[1:]) / 2
+        values += (10 ** (i - 6) * midpoints).tolist()
+        values += (-(10 ** (i - 6)) * midpoints).tolist()
+    return torch.tensor(sorted(values), dtype=torch.float32)
+
+
+NF4_CODE = nf4_code_from_normal()
+DYNAMIC_CODE = dynamic_code()
+
+
+# -----------------------------------------------------------------------------
+# Blockwise absmax quantisation, shared by the 4-bit weights and the 8-bit constants
+
+
+def _check_blocksize(blocksize, valid) -> None:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in valid:
+        raise ValueError(f"blocksize must be one of {valid} (what bitsandbytes supports), "
+                         f"got {blocksize!r}.")
+
+
+def _scale_blocks(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split FLAT into blocks and divide each by its absmax.
+
+    flat: (n,) float32. Returns (scaled (n,) in [-1, 1], absmax (ceil(n / blocksize),) float32).
+    A partial last block gets its own absmax.
+    """
+    n = flat.numel()
+    full = n - n % blocksize
+    blocks = flat[:full].view(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    # Multiply by the reciprocal (as bitsandbytes does) rather than divide: the two can differ in
+    # the last bit, and that moves a value lying on a midpoint to the neighbouring code.
+    # clamp: an all-zero block has absmax 0; its values still scale to 0, not NaN.
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).reshape(-1)
+    if full < n:
+        tail = flat[full:]
+        tail_max = tail.abs().amax()
+        # bitsandbytes divides in the partial last block, so we do too (same last-bit reason).
+        scaled = torch.cat([scaled, tail / tail_max.clamp(min=1e-38)])
+        absmax = torch.cat([absmax, tail_max[None]])
+    return scaled, absmax
+
+
+def _nearest_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest value of the sorted CODE for each element of SCALED, as uint8.
+
+    Comparing with the midpoints between neighbours is the same as finding the nearest value and
+    needs no (n, len(code)) distance matrix. A value exactly on a midpoint goes to the lower
+    value (bucketize's right=False): bitsandbytes breaks ties this way too.
+    """
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, midpoints).to(torch.uint8)
+
+
+def _unscale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """values: (n,) float32 in [-1, 1]; absmax: (ceil(n / blocksize),). Returns values * absmax, (n,)."""
+    n = values.numel()
+    full = n - n % blocksize
+    out = (values[:full].view(-1, blocksize) * absmax[: full // blocksize, None]).reshape(-1)
+    if full < n:
+        out = torch.cat([out, values[full:] * absmax[-1]])
+    return out
+
+
+def _check_float(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}.")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty: there is nothing to quantise.")
+
+
+def _check_codes(codes, absmax, numel: int, blocksize: int, n_codes: int) -> None:
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        raise ValueError("codes must be an integer torch.Tensor of indices (as quantize_* returns).")
+    if codes.numel() != numel:
+        raise ValueError(f"codes has {codes.numel()} elements but the shape needs {numel}.")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= n_codes):
+        raise ValueError(f"codes must lie in 0..{n_codes - 1}, got {int(codes.min())}..{int(codes.max())}.")
+    n_blocks = -(-numel // blocksize)
+    if not isinstance(absmax, torch.Tensor) or absmax.numel() != n_blocks:
+        got = absmax.numel() if isinstance(absmax, torch.Tensor) else type(absmax).__name__
+        raise ValueError(f"absmax must hold one value per block: {numel} elements in blocks of "
+                         f"{blocksize} need {n_blocks}, got {got}.")
+
+
+# -----------------------------------------------------------------------------
+# NF4
+
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise NF4 quantisation of a weight, as bitsandbytes' quantize_4bit(quant_type="nf4").
+
+    w: any shape, float32/bf16/fp16 (computed in float32). Flattened row-major into blocks of
+    BLOCKSIZE values; the last block may be partial.
+    Returns (codes, absmax):
+      codes: (w.numel(),) uint8, each the index 0..15 of the NF4_CODE value nearest to w / absmax
+        (one code per byte here; bitsandbytes packs two per byte, see pack_4bit);
+      absmax: (ceil(w.numel() / blocksize),) float32, the largest |w| of each block.
+    """
+    _check_float(w, "w")
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    scaled, absmax = _scale_blocks(w.detach().reshape(-1).float(), blocksize)
+    return _nearest_index(scaled, NF4_CODE.to(w.device)), absmax
+
+
+def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = 64) -> torch.Tensor:
+    """The inverse of quantize_nf4: NF4_CODE[codes] * absmax of each block, reshaped to SHAPE.
+
+    codes: (prod(shape),) integer indices 0..15; absmax: (ceil(prod(shape) / blocksize),) float.
+    Returns: float32 tensor of SHAPE.
+    """
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    shape = torch.Size(shape)
+    _check_codes(codes, absmax, shape.numel(), blocksize, n_codes=16)
+    values = NF4_CODE.to(codes.device)[codes.reshape(-1).long()]
+    return _unscale_blocks(values, absmax.reshape(-1).float(), blocksize).reshape(shape)
+
+
+def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes per byte, in bitsandbytes' layout: element 2i in the HIGH nibble, 2i+1 low.
+
+    codes: (n,) integer 0..15. Returns: (ceil(n / 2),) uint8. An odd n is padded with code 7 (the
+    NF4 zero), the code bitsandbytes' padding value gets.
+    """
+    codes = codes.reshape(-1).to(torch.uint8)
+    if codes.numel() % 2:
+        codes = torch.cat([codes, codes.new_full((1,), 7)])
+    return (codes[0::2] << 4) | codes[1::2]
+
+
+def unpack_4bit(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """The inverse of pack_4bit. packed: uint8 of any shape (e.g. bitsandbytes' (n/2, 1)).
+
+    Returns: (numel,) uint8 codes, high nibble first.
+    """
+    packed = packed.reshape(-1).to(torch.uint8)
+    if not 0 <= numel <= 2 * packed.numel():
+        raise ValueError(f"{packed.numel()} bytes hold at most {2 * packed.numel()} codes, "
+                         f"asked for {numel}.")
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)
+    return codes[:numel]
+
+
+# -----------------------------------------------------------------------------
+# Double quantisation of the absmax constants
+
+
+def double_quantize(absmax: torch.Tensor,
+                    blocksize: int = 256) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Quantise the NF4 absmax constants to 8 bits, as quantize_4bit(..., compress_statistics=True).
+
+    absmax: (n_blocks,) float, all >= 0. Returns (q_absmax, absmax2, offset):
+      offset: float, the mean of absmax. Every absmax is positive, so without subtracting it the
+        negative half of the symmetric 8-bit code would go unused.
+      q_absmax: (n_blocks,) uint8, indices into DYNAMIC_CODE of (absmax - offset) / absmax2;
+      absmax2: (ceil(n_blocks / blocksize),) float32, the largest |absmax - offset| of each block.
+    Rounding is to the nearest code, as bitsandbytes' reference kernel (and its CUDA kernel) does;
+    its CPU C kernel sometimes picks a neighbour near 0 (see tests/test_quant.py).
+    """
+    _check_float(absmax, "absmax")
+    _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
+    absmax = absmax.detach().reshape(-1).float()
+    offset = absmax.mean()
+    scaled, absmax2 = _scale_blocks(absmax - offset, blocksize)
+    return _nearest_index(scaled, DYNAMIC_CODE.to(absmax.device)), absmax2, offset.item()
+
+
+def double_dequantize(q_absmax: torch.Tensor, absmax2: torch.Tensor, offset: float,
+                      blocksize: int = 256) -> torch.Tensor:
+    """The inverse of double_quantize: DYNAMIC_CODE[q_absmax] * absmax2 + offset.
+
+    q_absmax: (n_blocks,) integer 0..255; absmax2: (ceil(n_blocks / blocksize),) float.
+    Returns: (n_blocks,) float32, the absmax constants to pass to dequantize_nf4.
+    """
+    _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
+    n_blocks = q_absmax.numel() if isinstance(q_absmax, torch.Tensor) else -1
+    _check_codes(q_absmax, absmax2, n_blocks, blocksize, n_codes=256)
+    values = DYNAMIC_CODE.to(q_absmax.device)[q_absmax.reshape(-1).long()]
+    # offset is a float32 value, so adding it as a Python float rounds exactly as float32 would.
+    return _unscale_blocks(values, absmax2.reshape(-1).float(), blocksize) + offset
+
+
+# -----------------------------------------------------------------------------
+# Memory arithmetic
+
+
+def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, blocksize2: int = 256) -> float:
+    """Storage of an NF4 weight per parameter, in bits: 4 for the code plus its share of the constants.
+
+    Without double quantisation: one fp32 absmax per block, 4 + 32/64 = 4.5 bits.
+    With it: one 8-bit absmax per block and one fp32 absmax2 per BLOCKSIZE2 blocks,
+    4 + 8/64 + 32/(64*256) = 4.127 bits. (The one offset per tensor and the shared codebooks are
+    a few bytes per tensor and are left out.)
+    """
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    if not double_quant:
+        return 4 + 32 / blocksize
+    _check_blocksize(blocksize2, DYNAMIC_BLOCKSIZES)
+    return 4 + 8 / blocksize + 32 / (blocksize * blocksize2)
+
+
+METHODS = ("full", "lora", "qlora")
+# Optimizer state bytes per trained parameter: AdamW keeps m and v in fp32; bitsandbytes'
+# 8-bit AdamW keeps them in 8 bits; plain SGD (no momentum) keeps nothing.
+OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "sgd": 0}
+# Activation values per token and hidden unit saved by one transformer layer for backward:
+# Korthikanti et al. 2022 (https://arxiv.org/abs/2205.05198) count 34 bytes in 16 bits, i.e. 17
+# values, leaving out the attention-score term (flash / SDPA attention does not store the scores).
+ACTIVATION_VALUES_PER_LAYER = 17
+
+
+def activation_bytes(batch: int, seq_len: int, hidden: int, layers: int,
+                     grad_checkpointing: bool = True, value_bytes: int = 2) -> int:
+    """Bytes of activations kept for the backward pass (an estimate; see ACTIVATION_VALUES_PER_LAYER).
+
+    Without checkpointing every layer keeps its 17 values per token and unit. With it, only each
+    layer's input is kept (1 value) and one layer at a time is recomputed in full during backward.
+    The logits (batch * seq_len * vocab) and the embedding are left out. LoRA and QLoRA need these
+    activations too: gradients must flow through the frozen layers to reach earlier adapters.
+    """
+    tokens_x_hidden = batch * seq_len * hidden
+    if grad_checkpointing:
+        values = tokens_x_hidden * (layers + ACTIVATION_VALUES_PER_LAYER)
+    else:
+        values = tokens_x_hidden * layers * ACTIVATION_VALUES_PER_LAYER
+    return int(values * value_bytes)
+
+
+def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512, hidden=None,
+                    layers=None, lora_params=None, grad_checkpointing: bool = True,
+                    weight_bytes: int = 2, optimizer: str = "adamw", master_weights: bool = True,
+                    blocksize: int = 64, double_quant: bool = True) -> dict:
+    """GPU memory to fine-tune a model of N_PARAMS parameters, in bytes, broken down.
+
+    method:
+      "full": every parameter trained: 16-bit weights + 16-bit gradients + fp32 AdamW m and v
+        (8 bytes) + an fp32 master copy of the weights (4 bytes, when MASTER_WEIGHTS and the weights
+        are narrower than fp32, as mixed-precision training keeps) = 16 bytes per parameter.
+        The QLoRA paper's "more than 780 GB" for a 65B model is 12 bytes per parameter, i.e. the same
+        without the master copy (master_weights=False).
+      "lora": the frozen weights in 16 bits + LORA_PARAMS adapter parameters, with their 16-bit
+        gradients and AdamW states (no master copy for adapters).
+      "qlora": the frozen weights in NF4 (4 bits) + their quantisation constants (double-quantised
+        by default: 0.127 bit per parameter, see bits_per_parameter) + bf16 adapters, their bf16
+        gradients and fp32 AdamW states.
+    lora_params: number of adapter parameters (required for "lora" and "qlora"; ignored for
+      "full"). E.g. r * (d_in + d_out) per adapted matrix, or labkit.lora.count_lora_params.
+    weight_bytes: bytes per value of the trained and 16-bit frozen weights, gradients, adapters and
+      activations (2 for bf16/fp16, 4 for fp32).
+    optimizer: one of OPTIMIZER_BYTES.
+    hidden, layers: give both to add activations (activation_bytes, with batch, seq_len and
+      grad_checkpointing); without them activations are 0.
+    Not counted: the CUDA context and allocator overhead (often 0.5-2 GB), temporary buffers, the
+    logits, and paged optimizers' offloading (QLoRA's third trick only absorbs spikes).
+
+    Returns: dict of ints (bytes) with keys weights, gradients, optimizer_states, adapters,
+    quant_constants, activations, total.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if optimizer not in OPTIMIZER_BYTES:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZER_BYTES)}, got {optimizer!r}.")
+    if not isinstance(n_params, numbers.Real) or isinstance(n_params, bool) or not n_params > 0:
+        raise ValueError(f"n_params must be a positive number of parameters, got {n_params!r}.")
+    if not weight_bytes > 0:
+        raise ValueError(f"weight_bytes must be positive, got {weight_bytes!r}.")
+    if method != "full" and (lora_params is None or not lora_params > 0):
+        raise ValueError(f"method {method!r} needs lora_params > 0: the number of adapter "
+                         f"parameters, e.g. r * (d_in + d_out) summed over the adapted matrices.")
+    if (hidden is None) != (layers is None):
+        raise ValueError("give both hidden and layers (to count activations) or neither.")
+    if batch <= 0 or seq_len <= 0:
+        raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}.")
+
+    per_param_opt = OPTIMIZER_BYTES[optimizer]
+    out = dict.fromkeys(("weights", "gradients", "optimizer_states", "adapters",
+                         "quant_constants", "activations"), 0.0)
+    if method == "full":
+        out["weights"] = n_params * weight_bytes
+        out["gradients"] = n_params * weight_bytes
+        master = 4 if master_weights and weight_bytes < 4 else 0
+        out["optimizer_states"] = n_params * (per_param_opt + master)
+    else:
+        if method == "lora":
+            out["weights"] = n_params * weight_bytes
+        else:
+            out["weights"] = n_params * 4 / 8
+            extra_bits = bits_per_parameter(blocksize, double_quant) - 4
+            out["quant_constants"] = n_params * extra_bits / 8
+        out["adapters"] = lora_params * weight_bytes
+        out["gradients"] = lora_params * weight_bytes
+        out["optimizer_states"] = lora_params * per_param_opt
+    if hidden is not None:
+        out["activations"] = activation_bytes(batch, seq_len, hidden, layers, grad_checkpointing,
+                                              value_bytes=weight_bytes)
+    out = {k: int(math.ceil(v)) for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
