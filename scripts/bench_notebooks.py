@@ -66,6 +66,30 @@ def bench(path: Path, params: dict, out_dir: Path) -> dict:
             "params": params, "error": error}
 
 
+LOAD_SNIPPET = """
+import time, json
+t0 = time.perf_counter()
+from labkit import env, models
+env.quiet()
+t1 = time.perf_counter()
+model, tok = models.load_base(device="cpu")
+t2 = time.perf_counter()
+print(json.dumps({"import_s": round(t1 - t0, 2), "load_s": round(t2 - t1, 2)}))
+"""
+
+
+def bench_model_load() -> dict:
+    """Load the bundled model in a fresh process: import time, from_pretrained time, whole process."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET], capture_output=True, text=True, check=True)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["process_s"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
@@ -85,6 +109,8 @@ def main() -> None:
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     executed = args.out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
+    load = bench_model_load()
+    print(json.dumps({"bundled_model": load}), flush=True)
     rows = []
     for path in paths:
         row = bench(path.resolve(), params, executed)
@@ -92,8 +118,10 @@ def main() -> None:
         rows.append(row)
     meta = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version()}
-    (args.out / "notebooks.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / "notebooks.json").write_text(json.dumps({"meta": meta, "model_load": load, "rows": rows}, indent=2) + "\n")
     lines = [f"# Notebook benchmark ({meta['date']}, {meta['cpus']} CPUs, Python {meta['python']})", "",
+             f"Bundled model: `load_base()` {load['load_s']} s after imports of {load['import_s']} s; "
+             f"a whole fresh process {load['process_s']} s.", "",
              "| notebook | wall time (s) | peak kernel RSS (MB) | status |", "|---|---|---|---|"]
     lines += [f"| {r['notebook']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['error'] or 'ok'} |" for r in rows]
     (args.out / "notebooks.md").write_text("\n".join(lines) + "\n")
