@@ -29,11 +29,11 @@ class PeakRSS(threading.Thread):
 
     def __init__(self, interval: float = 0.05):
         super().__init__(daemon=True)
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self._halt = interval, 0, threading.Event()
 
     def run(self):
         me = psutil.Process()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             total = 0
             for child in me.children(recursive=True):
                 try:
@@ -44,7 +44,7 @@ class PeakRSS(threading.Thread):
             time.sleep(self.interval)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

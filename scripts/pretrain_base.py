@@ -96,6 +96,20 @@ def token_stream(tok, seed: int, copy_share: float, chunk_docs: int = 2000):
             yield eos
 
 
+def repeat_row(rng: random.Random, ctx: int, common: list[int], eos: int, width: int = 64) -> list[int]:
+    """Pieces of WIDTH tokens, each <|endoftext|> then one random segment (8-24 common tokens) repeated.
+
+    The purest copy signal there is: the course's calibration grew a copy circuit on rows like these in
+    about 600 steps, where richer rows alone had grown none after 500.
+    """
+    row: list[int] = []
+    while len(row) < ctx:
+        seg = [rng.choice(common) for _ in range(rng.randrange(8, 25))]
+        piece = [eos] + seg * (width // len(seg) + 1)
+        row += piece[:width]
+    return row[:ctx]
+
+
 def copy_row(rng: random.Random, ctx: int, vocab: list[int], common: list[int], seps: list[int],
              nl: int) -> list[int]:
     """A synthetic row of token ids that can only be predicted by copying (the copy warm-up).
@@ -129,9 +143,9 @@ def copy_row(rng: random.Random, ctx: int, vocab: list[int], common: list[int], 
 class CopySchedule:
     """Share of synthetic copy rows in a batch.
 
-    Only copy rows until the copy circuit has formed (second-copy accuracy on fresh rows reaches
-    `target`, checked every 50 steps) or `max_warmup` steps have passed; then half for `settle`
-    steps; then a steady fifth so the circuit is kept while the model learns text.
+    Only copy rows until the copy circuit has formed (second-copy accuracy on fresh repeated segments
+    reaches `target`, checked every 50 steps) or `max_warmup` steps have passed; then half for
+    `settle` steps; then a steady fifth so the circuit is kept while the model learns text.
     """
 
     def __init__(self, max_warmup: int, settle: int = 500, target: float = 0.8):
@@ -160,14 +174,13 @@ def second_copy_accuracy(model, rows: torch.Tensor, seg: int) -> float:
     return (pred[:, start - 1:-1][:, 1:] == rows[:, start + 1:]).float().mean().item()
 
 
-def copy_test_rows(tok, n: int = 16, seg: int = 20, filler: int = 15, seed: int = 5) -> torch.Tensor:
+def copy_test_rows(tok, common: list[int], n: int = 16, seg: int = 16, seed: int = 5) -> torch.Tensor:
+    """(n, 1 + 2*seg): <|endoftext|>, a random segment of common tokens, the same segment again."""
     rng = random.Random(seed)
-    special = set(tok.all_special_ids)
-    vocab = [i for i in range(len(tok)) if i not in special]
     rows = []
     for _ in range(n):
-        s = [rng.choice(vocab) for _ in range(seg)]
-        rows.append([tok.eos_token_id] + s + [rng.choice(vocab) for _ in range(filler)] + s)
+        s = [rng.choice(common) for _ in range(seg)]
+        rows.append([tok.eos_token_id] + s + s)
     return torch.tensor(rows)
 
 
@@ -181,10 +194,14 @@ def batches(stream, tok, batch: int, ctx: int, seed: int, schedule: CopySchedule
     step = 0
     while True:
         share = schedule.share(step)
+        repeat_share = 0.7 if schedule.warmup_end is None else 0.3
         rows = []
         for _ in range(batch):
             if rng.random() < share:
-                rows.append(copy_row(rng, ctx, vocab, common, seps, nl))
+                if rng.random() < repeat_share:
+                    rows.append(repeat_row(rng, ctx, common, tok.eos_token_id))
+                else:
+                    rows.append(copy_row(rng, ctx, vocab, common, seps, nl))
             else:
                 rows.append([next(stream) for _ in range(ctx)])
         step += 1
@@ -212,7 +229,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--copy-share", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--copy-warmup", type=int, default=1500,
+    ap.add_argument("--copy-warmup", type=int, default=1200,
                     help="at most this many steps of synthetic copy rows only (less once copying appears)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
@@ -256,7 +273,7 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     schedule = CopySchedule(max_warmup=args.copy_warmup)
-    test_rows = copy_test_rows(tok)
+    test_rows = copy_test_rows(tok, common)
     data = batches(token_stream(tok, args.seed, args.copy_share), tok, args.batch, args.ctx, args.seed, schedule,
                    common)
     history = []
@@ -274,7 +291,7 @@ def main() -> None:
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if schedule.warmup_end is None and (step + 1) % 50 == 0:
-            acc = second_copy_accuracy(model, test_rows, seg=20)
+            acc = second_copy_accuracy(model, test_rows, seg=16)
             schedule.update(step + 1, acc)
             print(json.dumps({"step": step + 1, "loss": round(loss_ema, 4), "second_copy_accuracy": round(acc, 3),
                               "warmup_end": schedule.warmup_end}), flush=True)
@@ -368,12 +385,13 @@ generation at the end).
 - Copy warm-up: a first run that mixed the copy drills in from step 0 but had no synthetic rows still
   answered "Liam Fox" for every name after 750 steps (0% on the probe), as the course's calibration
   runs had warned; a second one with 600 fixed warm-up steps had not started copying (0.0 second-copy
-  accuracy at step 500). So this run trains only on synthetic rows of random tokens (80% from the 500
-  most common, 20% from the whole vocabulary; a segment, filler, the segment again twice; "key SEP
-  value" lines asked again) until the model
-  copies a random 20-token segment with at least 80% accuracy (checked every 50 steps; here that
-  happened at step {t['copy_warmup_end']}, at most {t['copy_warmup_max']}), then on half such rows for
-  500 steps, then on a fifth.
+  accuracy at step 500), nor a third whose warm-up rows mixed segments, filler and "key SEP value"
+  lines (0.0 at step 500). So this run starts with synthetic rows only: 70% pure repetitions of a
+  random segment of common tokens (as in the calibration that grew a copy circuit), 30% richer rows
+  (80% common tokens, 20% any token; a segment, filler, the segment again twice; "key SEP value" lines
+  asked again), until the model copies a fresh repeated 16-token segment with at least 80% accuracy
+  (checked every 50 steps; here at step {t['copy_warmup_end']}, at most {t['copy_warmup_max']}). Then
+  half the rows are synthetic (now 30% repetitions, 70% richer rows) for 500 steps, then a fifth.
 """
 
 
