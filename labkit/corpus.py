@@ -8,6 +8,9 @@ Everything the bundled model ever read, and every dataset of the course, comes f
 * copy drills (ledgers read back, lists repeated) that grow the copying circuit early.
 
 Every generator takes a ``random.Random`` so that a seed gives the same text on any machine.
+The bundled model was pretrained on exactly this text (``scripts/pretrain_base.py``): changing a
+generator that ``pretraining_document`` uses means retraining the model, and
+``tests/test_pretrain_script.py`` fails until then. New generators can be added freely.
 No instruction format appears in the pretraining corpus: the model learns *what* documents look
 like, and supervised fine-tuning later teaches it to *answer*.
 """

@@ -85,6 +85,12 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return fast
 
 
+def tokenizer_corpus(seed: int, copy_share: float, n: int = 20000) -> list[str]:
+    """The documents the BPE is trained on (a stream of its own, not the training stream)."""
+    rng = random.Random(10_000 + seed)
+    return [corpus.pretraining_document(rng, copy_share) for _ in range(n)]
+
+
 def token_stream(tok, seed: int, copy_share: float, chunk_docs: int = 2000):
     """An endless, deterministic stream of token ids: documents separated by <|endoftext|>."""
     rng = random.Random(seed)
@@ -242,8 +248,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    rng = random.Random(10_000 + args.seed)
-    sample = [corpus.pretraining_document(rng, args.copy_share) for _ in range(20000)]
+    sample = tokenizer_corpus(args.seed, args.copy_share)
     tok = build_tokenizer(sample, args.vocab)
     print(f"tokenizer: {len(tok)} tokens", flush=True)
     from collections import Counter
