@@ -24,7 +24,6 @@ def sample_continuations(model, tok, prompt: str, temperature: float, n: int = 3
 def temperature_explorer(model, tok, prompt: str = "Once upon a time", n: int = 3, max_new_tokens: int = 30):
     """A temperature slider and a prompt box; shows N continuations, updated live."""
     import ipywidgets as w
-    from IPython.display import display
 
     text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="60%"))
     temp = w.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.1, description="temperature", continuous_update=False)
@@ -39,9 +38,17 @@ def temperature_explorer(model, tok, prompt: str = "Once upon a time", n: int = 
             except ValueError as exc:
                 print(f"{exc}")
 
-    text.observe(redraw, names="value")
-    temp.observe(redraw, names="value")
-    box = w.VBox([text, temp, out])
+    return wire([text, temp], out, redraw)
+
+
+def wire(controls: list, out, redraw):
+    """Stack CONTROLS above OUT, call REDRAW whenever a control changes (and once now), display it."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    for control in controls:
+        control.observe(redraw, names="value")
+    box = w.VBox([*controls, out])
     redraw()
     display(box)
     return box

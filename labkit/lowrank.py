@@ -1,0 +1,223 @@
+"""How much does rank r lose? Singular values of a weight update and the best rank-r approximation.
+
+LoRA restricts a weight update dW (out_features, in_features) to rank r: dW = (alpha/r) B A. The
+best any rank-r matrix can do is the truncated SVD (Eckart-Young): keep the r largest singular values.
+Its relative Frobenius error follows from the singular values s_1 >= s_2 >= ... alone:
+
+    ||dW - dW_r||_F / ||dW||_F = sqrt(sum_{i > r} s_i^2) / sqrt(sum_i s_i^2)
+
+so one SVD gives the whole error-versus-rank curve. rank_report() puts that error next to what rank r
+costs (r * (d_in + d_out) trainable numbers per adapted layer, peft's trainable%), and rank_widget()
+wires sliders for r and alpha to it.
+
+    dW = W_finetuned - W_base
+    print(error_curve(dW, [1, 4, 16, 64]))
+    rank_widget(dW, n_model_params=6_738_415_616, layer_shapes=[(4096, 4096)] * 64);
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: every error names the bad value and what would be valid
+
+
+def _check_r(r) -> int:
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+        raise ValueError(f"r must be a positive integer such as 4, 8 or 16; got r={r!r}.")
+    return int(r)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a number > 0 (commonly alpha = r or 2*r); got alpha={alpha!r}.")
+    return float(alpha)
+
+
+def _check_delta_w(delta_w) -> torch.Tensor:
+    """DELTA_W as a float64 2-D tensor; raises if it is not a finite, non-empty 2-D float tensor."""
+    if not isinstance(delta_w, torch.Tensor):
+        raise TypeError(f"delta_w must be a torch.Tensor of shape (d_out, d_in); got {type(delta_w).__name__}.")
+    if delta_w.ndim != 2 or delta_w.numel() == 0:
+        raise ValueError(f"delta_w must be a non-empty 2-D weight update (d_out, d_in); "
+                         f"got shape {tuple(delta_w.shape)}.")
+    if not delta_w.is_floating_point():
+        raise ValueError(f"delta_w must be a float tensor (float32 or float64); got {delta_w.dtype}.")
+    x = delta_w.detach().to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError("delta_w contains NaN or inf; the update of a diverged run has no meaningful rank.")
+    return x
+
+
+def _check_shapes(layer_shapes) -> list[tuple[int, int]]:
+    shapes = list(layer_shapes) if isinstance(layer_shapes, Iterable) else None
+    if not shapes:
+        raise ValueError(f"layer_shapes must be a non-empty list of (d_out, d_in) pairs, one per adapted layer, "
+                         f"e.g. [(4096, 4096)] * 64; got {layer_shapes!r}.")
+    for s in shapes:
+        ok = (isinstance(s, Sequence) and len(s) == 2
+              and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in s))
+        if not ok:
+            raise ValueError(f"each entry of layer_shapes must be a (d_out, d_in) pair of positive integers; "
+                             f"got {s!r}.")
+    return [(int(a), int(b)) for a, b in shapes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Singular values and the best rank-r approximation
+
+
+def singular_values(delta_w: torch.Tensor) -> torch.Tensor:
+    """The singular values of DELTA_W (d_out, d_in), descending, float64, length min(d_out, d_in)."""
+    return torch.linalg.svdvals(_check_delta_w(delta_w))
+
+
+def _error_from_singular_values(s: torch.Tensor, r: int) -> float:
+    total = float((s * s).sum())
+    if total == 0.0:  # dW = 0: every rank represents it exactly
+        return 0.0
+    # Sum the tail directly rather than total - head: no cancellation when the tail is tiny.
+    return math.sqrt(float((s[r:] * s[r:]).sum()) / total)
+
+
+def best_rank_r(delta_w: torch.Tensor, r: int) -> torch.Tensor:
+    """The best rank-R approximation of DELTA_W in Frobenius (and spectral) norm: U_r diag(s_r) V_r^T.
+
+    Same shape and dtype as DELTA_W; an R at or above min(d_out, d_in) returns DELTA_W itself (up to rounding).
+    """
+    r = _check_r(r)
+    x = _check_delta_w(delta_w)
+    U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+    r = min(r, S.numel())
+    return ((U[:, :r] * S[:r]) @ Vh[:r]).to(device=delta_w.device, dtype=delta_w.dtype)
+
+
+def rank_r_error(delta_w: torch.Tensor, r: int) -> float:
+    """||dW - dW_r||_F / ||dW||_F for the best rank-R approximation dW_r; 0.0 for an all-zero dW."""
+    r = _check_r(r)
+    return _error_from_singular_values(singular_values(delta_w), r)
+
+
+def error_curve(delta_w: torch.Tensor, ranks: Iterable[int]) -> list[float]:
+    """rank_r_error(DELTA_W, r) for each r in RANKS, from a single SVD."""
+    ranks = [_check_r(r) for r in ranks]
+    s = singular_values(delta_w)
+    return [_error_from_singular_values(s, r) for r in ranks]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rank widget: rank_report is its whole logic
+
+
+def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int,
+                layer_shapes: Sequence[tuple[int, int]], *, s: torch.Tensor | None = None) -> dict:
+    """What rank R costs and what it loses.
+
+    delta_w: a 2-D weight update (d_out, d_in), e.g. W_finetuned - W_base of one layer.
+    n_model_params: parameters of the base model (without adapters), e.g. 6_738_415_616 for Llama-2-7B.
+    layer_shapes: (d_out, d_in) of every adapted layer, e.g. [(4096, 4096)] * 64 for q_proj and v_proj
+    of 32 blocks.
+    s: singular_values(delta_w), if already computed (the widget computes them once, not per slider move).
+
+    Returns {"r", "alpha", "scaling": alpha/r, "trainable": sum of r*(d_in+d_out),
+    "share": trainable / (n_model_params + trainable) (peft's trainable%, as a fraction: all params
+    include the adapters), "rel_error": rank_r_error(delta_w, min(r, min(delta_w.shape)))}.
+    """
+    r = _check_r(r)
+    alpha = _check_alpha(alpha)
+    shapes = _check_shapes(layer_shapes)
+    if isinstance(n_model_params, bool) or not isinstance(n_model_params, numbers.Integral) or n_model_params < 0:
+        raise ValueError(f"n_model_params must be a non-negative integer (the base model's parameter count); "
+                         f"got {n_model_params!r}.")
+    if s is None:
+        s = singular_values(delta_w)
+    else:
+        x = _check_delta_w(delta_w)
+        if s.ndim != 1 or s.numel() != min(x.shape):
+            raise ValueError(f"s must be singular_values(delta_w), of length {min(x.shape)}; "
+                             f"got shape {tuple(s.shape)}.")
+    trainable = sum(r * (d_in + d_out) for d_out, d_in in shapes)
+    return {
+        "r": r,
+        "alpha": alpha,
+        "scaling": alpha / r,
+        "trainable": trainable,
+        "share": trainable / (int(n_model_params) + trainable),
+        "rel_error": _error_from_singular_values(s, min(r, s.numel())),
+    }
+
+
+def format_report(rep: dict, n_model_params: int) -> str:
+    """The report as the lines the widget prints (peft's trainable line included)."""
+    return (f"r = {rep['r']}, alpha = {rep['alpha']:g}, scaling = alpha/r = {rep['scaling']:g}\n"
+            f"trainable params: {rep['trainable']:,d} || all params: {n_model_params + rep['trainable']:,d} "
+            f"|| trainable%: {100 * rep['share']:.4f}\n"
+            f"relative error of the best rank-{rep['r']} approximation: {rep['rel_error']:.4f}\n")
+
+
+def _error_plot_png(ranks: list[int], errors: list[float], r: int) -> bytes:
+    # matplotlib.figure.Figure, not pyplot: the figure lives in no global registry, so redrawing on
+    # every slider move accumulates nothing and needs no plt.close().
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), dpi=80)
+    ax = fig.add_subplot()
+    ax.plot(ranks, errors, "-", color="tab:blue")
+    rr = min(r, len(errors))
+    ax.plot([ranks[rr - 1]], [errors[rr - 1]], "o", color="tab:red")
+    ax.axvline(r, color="tab:red", lw=0.8, ls="--")
+    ax.set(xlabel="rank r", ylabel="relative Frobenius error", ylim=(0, 1.02), title=f"best rank-r error (r = {r})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def rank_widget(delta_w: torch.Tensor, n_model_params: int, layer_shapes: Sequence[tuple[int, int]],
+                max_rank: int = 64):
+    """Sliders for r (1..MAX_RANK) and alpha; shows rank_report as text and the error-vs-rank curve.
+
+    Displays the widget and returns the VBox (call it with a trailing `;` in a notebook cell).
+    """
+    import base64
+
+    import ipywidgets as w
+
+    max_rank = _check_r(max_rank)
+    s = singular_values(delta_w)           # one SVD for the whole session
+    ranks = list(range(1, max_rank + 1))
+    errors = [_error_from_singular_values(s, r) for r in ranks]
+
+    r0 = min(8, max_rank)
+    r_slider = w.IntSlider(value=r0, min=1, max=max_rank, step=1, description="r", continuous_update=False)
+    alpha_slider = w.FloatSlider(value=float(2 * r0), min=1.0, max=float(4 * max_rank), step=1.0,
+                                 description="alpha", continuous_update=False)
+    out = w.Output()
+
+    def redraw(*_):
+        # Replace out.outputs directly (not `with out: print(...)`): works the same in a kernel and in
+        # a test, where no front end captures prints.
+        try:
+            rep = rank_report(delta_w, r_slider.value, alpha_slider.value, n_model_params, layer_shapes, s=s)
+        except ValueError as exc:
+            out.outputs = ({"output_type": "stream", "name": "stdout", "text": f"{exc}\n"},)
+            return
+        png = base64.b64encode(_error_plot_png(ranks, errors, rep["r"])).decode("ascii")
+        out.outputs = (
+            {"output_type": "stream", "name": "stdout", "text": format_report(rep, n_model_params)},
+            {"output_type": "display_data", "metadata": {},
+             "data": {"image/png": png, "text/plain": f"<error curve, r = {rep['r']}>"}},
+        )
+
+    from .widgets import wire
+
+    return wire([r_slider, alpha_slider], out, redraw)
