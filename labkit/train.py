@@ -1,0 +1,99 @@
+"""A small, plain training loop for causal LMs: what lessons use when a Trainer would hide the point.
+
+Lessons use peft and trl for real fine-tuning; this loop is for the measurements around them
+(a full fine-tune whose weight update lesson 01 takes apart with an SVD, quick baselines), and it
+checks its inputs so a bad knob gives a clear error instead of a traceback from inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def check_lr(lr) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning rate must be a positive number such as 1e-4 or 3e-4; got lr={lr!r}.")
+    return float(lr)
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got steps={steps!r}.")
+    return int(steps)
+
+
+def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: int = 0):
+    """Endless shuffled batches {"input_ids", "attention_mask", "labels"} (labels -100 on padding).
+
+    Each text starts with <|endoftext|>, as documents did in pretraining; shapes are
+    (batch_size, longest text in the batch, at most max_tokens).
+    """
+    import random
+
+    import torch
+
+    if not texts:
+        raise ValueError("no training texts were given.")
+    rng = random.Random(seed)
+    encoded = [[tok.eos_token_id] + tok(t, add_special_tokens=False)["input_ids"][: max_tokens - 1] for t in texts]
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(len(encoded)), k=len(encoded))
+        rows, order = [encoded[i] for i in order[:batch_size]], order[batch_size:]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def finetune(model, tok, texts: list[str], steps: int = 50, lr: float = 3e-4, batch_size: int = 8,
+             max_tokens: int = 256, seed: int = 0, weight_decay: float = 0.0) -> list[float]:
+    """Train every parameter of MODEL that requires grad on TEXTS with AdamW; return the loss per step.
+
+    Works the same for a full fine-tune (all parameters trainable) and for a model whose adapters are
+    the only trainable parameters (peft or labkit.lora).
+    """
+    import torch
+
+    lr, steps = check_lr(lr), check_steps(steps)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters: nothing would be learned.")
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device = next(model.parameters()).device
+    data = lm_batches(tok, texts, batch_size, max_tokens, seed)
+    was_training = model.training
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = {k: v.to(device) for k, v in next(data).items()}
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.train(was_training)
+    return losses
+
+
+def weight_updates(base, tuned, suffixes: tuple[str, ...] = ("q_proj", "v_proj")) -> dict:
+    """{name: W_tuned - W_base} for every Linear weight whose module name ends with a suffix."""
+    base_params = dict(base.named_parameters())
+    out = {}
+    for name, p in tuned.named_parameters():
+        module = name.rsplit(".", 1)[0]
+        if name.endswith(".weight") and module.rsplit(".", 1)[-1] in suffixes:
+            out[module] = (p.detach() - base_params[name].detach()).float()
+    if not out:
+        raise ValueError(f"no weights match {suffixes}; e.g. ('q_proj', 'v_proj') for a Llama model.")
+    return out

@@ -1,0 +1,58 @@
+import copy
+
+import pytest
+import torch
+
+from labkit import data, lowrank, train
+
+
+def _texts(n=64):
+    return [r["instruction"] + "\n" + r["input"] + "\nAnswer: " + r["output"]
+            for r in data.read_jsonl("instructions_train.jsonl")[:n]]
+
+
+def test_full_finetune_lowers_the_loss_and_is_deterministic(base):
+    model, tok = base
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    la = train.finetune(a, tok, _texts(), steps=12, lr=1e-3, batch_size=4, seed=0)
+    lb = train.finetune(b, tok, _texts(), steps=12, lr=1e-3, batch_size=4, seed=0)
+    assert la == lb
+    assert sum(la[-3:]) / 3 < sum(la[:3]) / 3
+    assert not model.training  # the shared fixture is left alone
+
+
+def test_weight_updates_are_real_and_low_rank_friendly(base):
+    model, tok = base
+    tuned = copy.deepcopy(model)
+    train.finetune(tuned, tok, _texts(), steps=8, lr=1e-3, batch_size=4)
+    dws = train.weight_updates(model, tuned)
+    assert len(dws) == 2 * model.config.num_hidden_layers
+    dw = next(iter(dws.values()))
+    assert dw.abs().max() > 0
+    errs = lowrank.error_curve(dw, [1, 8, 64])
+    assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("lr", [0, -1e-4, float("nan"), "3e-4"])
+def test_bad_learning_rate_is_named(base, lr):
+    model, tok = base
+    with pytest.raises(ValueError, match="learning rate"):
+        train.finetune(copy.deepcopy(model), tok, ["hello"], steps=1, lr=lr)
+
+
+def test_bad_steps_and_frozen_models_are_named(base):
+    model, tok = base
+    with pytest.raises(ValueError, match="steps"):
+        train.finetune(model, tok, ["hello"], steps=0)
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train.finetune(frozen, tok, ["hello"], steps=1)
+    with pytest.raises(ValueError, match="no weights match"):
+        train.weight_updates(model, model, ("nope",))
+
+
+def test_batches_mask_padding(base):
+    _, tok = base
+    batch = next(train.lm_batches(tok, ["a", "a much longer text than the first"], 2, 64))
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert torch.equal(batch["labels"] == -100, batch["attention_mask"] == 0)
