@@ -17,6 +17,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Parameters injected by papermill in CI: smaller runs, same code paths.
 FAST = {
     "00_welcome.ipynb": {"N_PROBE": 10, "MAX_NEW_TOKENS": 12, "SEED": 1},
+    "01_lora_math.ipynb": {"FT_STEPS": 10, "R": 4, "ALPHA": 8, "LAYER": 1},
 }
 
 
