@@ -73,3 +73,25 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
     res = {k: sum(v) / len(v) for k, v in hits.items()}
     res["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
     return res
+
+
+def median_forward_seconds(model, input_ids, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one no-grad forward pass over INPUT_IDS (batch, seq), after WARMUP runs.
+
+    The median, not the mean: a stray slow run (the OS, another process) should not move the figure.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            model(input_ids)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -56,3 +56,13 @@ def test_batches_mask_padding(base):
     batch = next(train.lm_batches(tok, ["a", "a much longer text than the first"], 2, 64))
     assert batch["input_ids"].shape == batch["labels"].shape
     assert torch.equal(batch["labels"] == -100, batch["attention_mask"] == 0)
+
+
+def test_median_forward_seconds_is_positive_and_checks_repeats(base):
+    from labkit import evaluate
+
+    model, tok = base
+    x = torch.tensor([tok("Once upon a time")["input_ids"]])
+    assert evaluate.median_forward_seconds(model, x, repeats=3, warmup=1) > 0
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate.median_forward_seconds(model, x, repeats=0)
