@@ -128,6 +128,15 @@ def user_message(example: dict) -> str:
     return example["instruction"] + ("\n\n" + example["input"] if example.get("input") else "")
 
 
+def plain_text(example: dict, with_answer: bool = True) -> str:
+    """The example as plain text for a base model, no chat template: "instruction\ninput\nAnswer: output".
+
+    with_answer=False gives the prompt only, ending in "Answer:", for the model to continue.
+    """
+    prompt = example["instruction"] + "\n" + example["input"] + "\nAnswer:"
+    return prompt + " " + example["output"] if with_answer else prompt
+
+
 def to_messages(example: dict) -> list[dict]:
     """The example as chat messages (user asks, assistant answers)."""
     return [{"role": "user", "content": user_message(example)},

@@ -197,6 +197,11 @@ def count_lora_params(model: nn.Module, r: int, target_modules: Iterable[str]) -
     return sum(r * (m.in_features + m.out_features) for _, m in _select(model, target_modules))
 
 
+def summary_line(trainable: int, total: int) -> str:
+    """peft's print_trainable_parameters line for TRAINABLE of TOTAL parameters (adapters included)."""
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
 def trainable_summary(model: nn.Module) -> str:
     """peft's print_trainable_parameters line, e.g.
     "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622".
@@ -212,7 +217,7 @@ def trainable_summary(model: nn.Module) -> str:
             n *= 2 * (p.element_size() if hasattr(p, "element_size") else 1)
         total += n
         trainable += n if p.requires_grad else 0
-    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+    return summary_line(trainable, total)
 
 
 def merge_lora(model: nn.Module) -> int:

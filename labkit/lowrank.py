@@ -155,9 +155,10 @@ def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int
 
 def format_report(rep: dict, n_model_params: int) -> str:
     """The report as the lines the widget prints (peft's trainable line included)."""
+    from .lora import summary_line
+
     return (f"r = {rep['r']}, alpha = {rep['alpha']:g}, scaling = alpha/r = {rep['scaling']:g}\n"
-            f"trainable params: {rep['trainable']:,d} || all params: {n_model_params + rep['trainable']:,d} "
-            f"|| trainable%: {100 * rep['share']:.4f}\n"
+            f"{summary_line(rep['trainable'], n_model_params + rep['trainable'])}\n"
             f"relative error of the best rank-{rep['r']} approximation: {rep['rel_error']:.4f}\n")
 
 

@@ -172,7 +172,7 @@ class CopySchedule:
 
 @torch.no_grad()
 def second_copy_accuracy(model, rows: torch.Tensor, seg: int) -> float:
-    """rows: (n, 1 + 2*seg + filler) = bos, segment, filler, segment. Accuracy on the second copy."""
+    """rows: (n, 1 + 2*seg) = bos, segment, the same segment (copy_test_rows). Accuracy on the second copy."""
     model.eval()
     pred = model(rows).logits.argmax(-1)
     model.train()

@@ -83,3 +83,10 @@ def test_probe_documents_are_not_in_the_pretraining_stream():
     train = "\n".join(corpus.pretraining_document(rng) for _ in range(5000))
     probe = corpus.copy_probe(100, seed=999_002)
     assert sum(p["prompt"] in train for p in probe) == 0
+
+
+def test_plain_text_is_the_prompt_plus_the_answer():
+    ex = data.DTI_EXAMPLE
+    prompt = data.plain_text(ex, with_answer=False)
+    assert prompt == ex["instruction"] + "\n" + ex["input"] + "\nAnswer:"
+    assert data.plain_text(ex) == prompt + " " + ex["output"]

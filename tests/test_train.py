@@ -7,8 +7,7 @@ from labkit import data, lowrank, train
 
 
 def _texts(n=64):
-    return [r["instruction"] + "\n" + r["input"] + "\nAnswer: " + r["output"]
-            for r in data.read_jsonl("instructions_train.jsonl")[:n]]
+    return [data.plain_text(r) for r in data.read_jsonl("instructions_train.jsonl")[:n]]
 
 
 def test_full_finetune_lowers_the_loss_and_is_deterministic(base):
