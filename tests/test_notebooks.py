@@ -14,15 +14,16 @@ from labkit.show import colab_url
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-# Parameters injected by papermill in CI: smaller runs, same code paths.
-FAST = {
-    "00_welcome.ipynb": {"N_PROBE": 10, "MAX_NEW_TOKENS": 12, "SEED": 1},
-    "01_lora_math.ipynb": {"FT_STEPS": 10, "R": 4, "ALPHA": 8, "LAYER": 1},
-}
 
 
 def _nb(path):
     return json.loads(path.read_text())
+
+
+def fast_parameters(path) -> dict:
+    """Parameters papermill injects in CI (smaller runs, same code paths), kept in the notebook's own
+    metadata under labkit.fast_parameters so each lesson owns its values."""
+    return _nb(path).get("metadata", {}).get("labkit", {}).get("fast_parameters", {})
 
 
 def _src(cell):
@@ -60,6 +61,14 @@ def test_notebook_has_its_own_colab_badge_and_install_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_fast_parameters_exist_in_the_parameters_cell(path):
+    cell = next(c for c in _nb(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    assigned = set(re.findall(r"^(\w+)\s*=", _src(cell), re.M))
+    assert fast_parameters(path), "set metadata.labkit.fast_parameters (what CI injects with papermill)"
+    assert set(fast_parameters(path)) <= assigned, "a fast parameter is not in the parameters cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_committed_without_outputs(path):
     for cell in _nb(path)["cells"]:
         if cell["cell_type"] == "code":
@@ -78,11 +87,11 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     import papermill as pm
 
     out = tmp_path / path.name
-    pm.execute_notebook(str(path), str(out), parameters=FAST.get(path.name, {}), kernel_name="python3",
+    pm.execute_notebook(str(path), str(out), parameters=fast_parameters(path), kernel_name="python3",
                         progress_bar=False, cwd=str(path.parent))
     nb = _nb(out)
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    assert injected or not FAST.get(path.name)
+    assert injected or not fast_parameters(path)
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     # quiet notebooks: no warning walls or progress bars in what the learner sees
