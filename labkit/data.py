@@ -144,10 +144,14 @@ def to_messages(example: dict) -> list[dict]:
 
 
 def to_prompt_completion(example: dict, tokenizer) -> dict:
-    """The example as {"prompt", "completion"} strings, the prompt rendered by the chat template."""
+    """The example as {"prompt", "completion"} strings, the prompt rendered by the chat template.
+
+    prompt + completion is exactly what the template renders for the whole conversation (minus the
+    newline after the last turn), so training on it matches what the model sees when asked.
+    """
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": user_message(example)}],
                                            tokenize=False, add_generation_prompt=True)
-    return {"prompt": prompt, "completion": example["output"] + "<|end|>"}
+    return {"prompt": prompt, "completion": " " + example["output"] + "<|end|>"}
 
 
 def answer_format_ok(task: str, text: str) -> bool:

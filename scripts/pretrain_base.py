@@ -43,17 +43,21 @@ from labkit.evaluate import copy_probe_score, perplexity  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
 
-# The chat template: role tokens on their own line, the assistant's reply wrapped in
-# {% generation %} markers so that trl's assistant_only_loss can find it.
+# The chat template: role tokens start each turn, the assistant's reply is wrapped in
+# {% generation %} markers so that trl's assistant_only_loss can find it. The generation prompt ends
+# on the special token <|assistant|> and the reply starts with a space: the normaliser restores a
+# space after every newline, so a prompt ending in "\n" would tokenise as "\n " on its own but as
+# "\n" + " word" with its reply, and the model would be trained on a context it never sees when
+# asked to answer (trl warns about exactly this). A special token is a stable boundary.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] }}{{ '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{{ '<|assistant|>' }}{% generation %}{{ ' ' + message['content'] }}{{ '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
     "{% else %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
 

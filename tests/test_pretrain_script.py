@@ -35,6 +35,13 @@ def test_script_rebuilds_the_shipped_tokenizer(script):
     assert rebuilt["normalizer"] == shipped["normalizer"] and rebuilt["decoder"] == shipped["decoder"]
 
 
+def test_script_writes_the_shipped_chat_template(script):
+    from labkit import models
+
+    assert (models.BASE_MODEL_DIR / "chat_template.jinja").read_text() == script.CHAT_TEMPLATE
+    assert models.load_tokenizer().chat_template == script.CHAT_TEMPLATE
+
+
 def test_lr_schedule_warms_up_and_decays(script):
     lrs = [script.lr_at(s, 1000, 1e-3, 100) for s in range(1000)]
     assert lrs[0] < lrs[99] == pytest.approx(1e-3)

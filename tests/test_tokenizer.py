@@ -42,4 +42,17 @@ def test_chat_template_marks_the_assistant_reply(tok):
     trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
     assert tok.decode(trained).strip() == "Linda Garcia<|end|>"
     prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|assistant|>\n")
+    assert prompt.endswith("<|assistant|>")
+
+
+def test_the_prompt_is_a_token_prefix_of_prompt_plus_answer(tok):
+    """The generation prompt must tokenise the same alone and with its answer, for every example;
+    otherwise SFT trains on a context the model never sees at inference."""
+    from labkit import data
+
+    for ex in data.load("instructions", "eval"):
+        pc = data.to_prompt_completion(ex, tok)
+        whole = tok.apply_chat_template(data.to_messages(ex), tokenize=False)
+        assert whole.rstrip("\n") == pc["prompt"] + pc["completion"]
+        p_ids, ids = tok(pc["prompt"])["input_ids"], tok(pc["prompt"] + pc["completion"])["input_ids"]
+        assert ids[: len(p_ids)] == p_ids, ex["instruction"]
