@@ -219,6 +219,74 @@ def make_domain_text(n: int, seed: int) -> list[dict]:
     return [{"text": corpus.domain_document(rng)} for _ in range(n)]
 
 
+# ----------------------------------------------------------------------------- intents (encoder task)
+
+N_TRAIN_TEMPLATES = 4
+
+INTENTS = ("card_arrived", "card_missing", "transfer_done", "transfer_failed", "wants_loan", "no_loan")
+
+_OPEN = ["", "Hi, ", "Hello, ", "Good morning. ", "Quick question: ", "Hey there. ", "Dear bank, ", "Sorry to bother you, but "]
+_CLOSE = ["", " Thanks.", " Thank you!", " Please advise.", " Cheers.", " Regards."]
+_WHEN = ["yesterday", "last week", "on Monday", "this morning", "two days ago", "on Friday", "last month"]
+_CARD = ["card", "new card", "debit card", "replacement card", "credit card"]
+_TRANSFER = ["transfer", "payment", "wire", "bank transfer"]
+_THING = ["mortgage", "car loan", "personal loan", "home loan", "loan"]
+
+_T = {
+    "card_arrived": [
+        "My {card} arrived {when}.", "I received my {card} {when}, all good.", "The {card} you sent came {when}.",
+        "I got the {card} {when} and it works.", "Just confirming the {card} has arrived.",
+        "The {card} reached me {when}.", "I have my {card} now, it came {when}."],
+    "card_missing": [
+        "My {card} has not arrived yet.", "I still haven't received my {card}.", "The {card} you sent never came.",
+        "I did not get the {card} you posted {when}.", "Where is my {card}? It has not reached me.",
+        "No {card} has arrived since you sent it {when}.", "I am still waiting for the {card}, it never arrived."],
+    "transfer_done": [
+        "The {transfer} of {amount} went through {when}.", "My {transfer} to Sam arrived {when}.",
+        "I can see the {transfer} of {amount} was completed.", "The {transfer} I made {when} has reached my landlord.",
+        "Just confirming the {amount} {transfer} was received.", "The {transfer} worked {when}, thanks."],
+    "transfer_failed": [
+        "The {transfer} of {amount} did not go through.", "My {transfer} to Sam never arrived.",
+        "The {transfer} I made {when} was rejected.", "I sent {amount} {when} but the {transfer} failed.",
+        "The {amount} {transfer} has not reached my landlord.", "The {transfer} bounced {when}, what happened?"],
+    "wants_loan": [
+        "I would like to apply for a {thing}.", "Can I get a {thing} of {amount}?",
+        "I want to borrow {amount} with a {thing}.", "How do I apply for a {thing}?",
+        "I am interested in taking out a {thing}.", "Please send me a {thing} application."],
+    "no_loan": [
+        "I no longer want the {thing}.", "Please cancel my {thing} application.",
+        "I do not want to borrow {amount} after all.", "Stop my {thing} request, I changed my mind.",
+        "I am not interested in a {thing} any more.", "Withdraw the {thing} application I sent {when}."],
+}
+
+
+def _intent(rng: random.Random, templates: str) -> dict:
+    label = rng.choice(INTENTS)
+    pool = _T[label][:N_TRAIN_TEMPLATES] if templates == "train" else _T[label][N_TRAIN_TEMPLATES:]
+    body = rng.choice(pool).format(card=rng.choice(_CARD), transfer=rng.choice(_TRANSFER), thing=rng.choice(_THING),
+                                        when=rng.choice(_WHEN), amount=f"${rng.randrange(50, 5000):,}")
+    text = rng.choice(_OPEN) + body + rng.choice(_CLOSE)
+    return {"text": text, "label": label}
+
+
+def make_intents(n: int, seed: int, templates: str, exclude: set[str] | None = None) -> list[dict]:
+    """N customer messages {"text", "label"} for intent classification (lesson 02's encoder task).
+
+    templates="train" draws from the first four phrasings of each intent, "heldout" from the others:
+    evaluation asks for new phrasings of the same intents, where a frozen encoder's features are
+    not enough (negation: "arrived" vs "has not arrived").
+    """
+    rng = random.Random(seed)
+    seen, out = set(exclude or ()), []
+    while len(out) < n:
+        row = _intent(rng, templates)
+        if _key(row) not in seen:
+            seen.add(_key(row))
+            out.append(row)
+    return out
+
+
+
 # ----------------------------------------------------------------------------- files and loading
 
 def _builders() -> dict:
@@ -238,6 +306,10 @@ def _builders() -> dict:
             if kind == "preferences":
                 held["instructions"] |= {_key({"instruction": r["prompt"].split("\n\n")[0], "input": r["prompt"].split("\n\n", 1)[1] if "\n\n" in r["prompt"] else ""}) for r in rows}
     files["domain_eval.jsonl"] = make_domain_text(100, 4002)
+    held_intents: set[str] = set()
+    for split, n, templates in (("test", 300, "heldout"), ("eval", 300, "heldout"), ("train", 480, "train")):
+        files[f"intents_{split}.jsonl"] = make_intents(n, 5000 + SEEDS[split], templates, held_intents)
+        held_intents |= {_key(r) for r in files[f"intents_{split}.jsonl"]}
     return files
 
 
@@ -264,12 +336,12 @@ def read_jsonl(name: str) -> list[dict]:
 def load(kind: str, split: str = "train", task: str | None = None, n: int | None = None):
     """A course dataset as a datasets.Dataset.
 
-    kind: 'instructions', 'preferences', 'general' or 'domain' (domain has only 'eval');
+    kind: 'instructions', 'preferences', 'general', 'domain' (only 'eval') or 'intents';
     split: 'train', 'eval' or 'test'; task: keep one task family; n: the first N rows.
     """
     from datasets import Dataset
 
-    kinds = ("instructions", "preferences", "general", "domain")
+    kinds = ("instructions", "preferences", "general", "domain", "intents")
     if kind not in kinds:
         raise ValueError(f"Unknown dataset kind {kind!r}; choose one of {kinds}.")
     if split not in SEEDS:

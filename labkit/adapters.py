@@ -1,0 +1,114 @@
+"""PEFT adapters with peft: checked configuration, several methods, and saving that cannot corrupt.
+
+    model = adapters.add(base, "lora", r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+    adapters.save(model, "my_adapter")          # atomic: the old adapter or the new one, never half
+    model = adapters.load(fresh_base, "my_adapter")
+
+Methods (all from peft): "lora"; "dora" (LoRA with the weight split into magnitude and direction,
+Liu et al. 2024); "ia3" (learned per-channel scaling vectors, Liu et al. 2022); "prompt" (prompt
+tuning: trainable virtual-token embeddings in front of the input, Lester et al. 2021).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .lora import _check_hyperparameters, _select
+
+METHODS = ("lora", "dora", "ia3", "prompt")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_targets(model, target_modules: Iterable[str]) -> list[str]:
+    """The target names, after checking each matches a Linear layer of MODEL.
+
+    peft only complains when no target matches at all; a typo next to a valid name ("v_prj" beside
+    "q_proj") would silently adapt one projection instead of two. Raises ValueError naming the
+    unknown names and the valid ones.
+    """
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    _select(model, targets)
+    return targets
+
+
+def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+           target_modules: Iterable[str] = DEFAULT_TARGETS, num_virtual_tokens: int = 8):
+    """A peft config for METHOD with its knobs checked (against MODEL's layers when given)."""
+    from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType
+
+    if method not in METHODS:
+        raise ValueError(f"Unknown PEFT method {method!r}; choose one of {METHODS}.")
+    if method in ("lora", "dora", "ia3"):
+        targets = check_targets(model, target_modules) if model is not None else list(target_modules)
+    if method in ("lora", "dora"):
+        _check_hyperparameters(r, alpha, dropout)
+        return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                          use_dora=method == "dora", task_type=TaskType.CAUSAL_LM)
+    if method == "ia3":
+        ff = [t for t in targets if t in ("down_proj", "fc2", "dense_4h_to_h")]
+        return IA3Config(target_modules=targets, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM)
+    if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
+        raise ValueError(f"num_virtual_tokens must be a positive integer such as 8; got {num_virtual_tokens!r}.")
+    return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=TaskType.CAUSAL_LM)
+
+
+def add(model, method: str = "lora", seed: int = 0, **kwargs):
+    """MODEL wrapped by peft with a fresh METHOD adapter (only the adapter is trainable)."""
+    import torch
+    from peft import get_peft_model
+
+    cfg = config(method, model, **kwargs)
+    torch.manual_seed(seed)
+    return get_peft_model(model, cfg)
+
+
+def trainable_line(model) -> str:
+    """peft's own line, "trainable params: N || all params: M || trainable%: P", as a string."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def save(model, path: str | os.PathLike) -> Path:
+    """Save MODEL's adapter to PATH atomically; returns PATH.
+
+    peft writes into a fresh temporary folder beside PATH, which then replaces PATH in one rename. If
+    anything fails half-way (a full disk, an interrupted kernel), PATH still holds the previous
+    adapter, or nothing if there was none, and the temporary folder is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = None
+    try:
+        model.save_pretrained(str(tmp))
+        if not any(tmp.rglob("adapter_config.json")):
+            raise RuntimeError(f"peft wrote no adapter_config.json into {tmp}; nothing was saved.")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load(model, path: str | os.PathLike, adapter_name: str = "default", trainable: bool = False):
+    """A PeftModel: MODEL with the adapter saved at PATH (clear error when PATH holds none)."""
+    from peft import PeftModel
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"No adapter at {path} (adapter_config.json is missing). Save one with "
+                                "labkit.adapters.save(model, path) or check the path.")
+    return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=trainable)
