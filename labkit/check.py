@@ -742,9 +742,12 @@ def _normalise(answer, kind: str, choices=()) -> str | None:
         return None
     text = " ".join(str(answer).strip().casefold().split())
     if kind == "choice":
-        text = text.strip("().: ")
+        def bare(s):
+            return " ".join(str(s).casefold().split()).strip("().: ")
+
+        text = bare(text)
         for i, choice in enumerate(choices):
-            if text == " ".join(str(choice).casefold().split()).strip("."):
+            if text == bare(choice):
                 return "abcdefghijklmnopqrstuvwxyz"[i]
         return text
     return text.strip(".!? ")
