@@ -250,7 +250,7 @@ def describe(x) -> str:
         pass
     if isinstance(x, (list, tuple)):
         if x and all(isinstance(v, str) for v in x):
-            return f"{type(x).__name__} of {len(x)} strings"
+            return repr(x) if len(repr(x)) <= 120 else f"{type(x).__name__} of {len(x)} strings"
         inner = ", ".join(describe(v) for v in list(x)[:4]) + (", ..." if len(x) > 4 else "")
         return f"[{inner}]" if isinstance(x, list) else f"({inner})"
     r = repr(x)
