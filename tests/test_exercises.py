@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from labkit import check as C
-from labkit import evaluate, exercise_notebooks as nbs, lora, quant
+from labkit import evaluate, exercise_notebooks as nbs, quant, sft
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -70,7 +70,7 @@ def _digits(value):
     if isinstance(value, torch.Tensor):
         vals = value.flatten()[:6].tolist()
     elif isinstance(value, dict):
-        vals = [v for v in value.values() if v]
+        return [s for v in value.values() for s in _digits(v)]
     elif isinstance(value, (tuple, list)):
         return [s for v in value for s in _digits(v)]
     else:
@@ -79,7 +79,7 @@ def _digits(value):
     for v in vals:
         if isinstance(v, float):
             out += [f"{v:.4f}", f"{v:.3g}"]
-        elif isinstance(v, int) and abs(v) >= 100:
+        elif isinstance(v, int) and abs(v) >= 100 and v != -100:  # -100 is the ignore label, named in hints
             out += [str(v), f"{v:,}"]
     return [s for s in out if len(s) >= 4]
 
@@ -102,6 +102,10 @@ NEAR_MISSES = {
     "perplexity_from_logits": lambda logits, labels: math.exp(torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100).item()),
     "exact_match": lambda p, r: evaluate.exact_match(p, r, normalize=False),
+    "completion_labels": lambda ids, p: torch.cat([torch.full((p + 1,), -100), ids[p + 1:]]),  # one too many
+    "pad_collate": lambda features, pad: {  # pads the labels with the pad id
+        k: v.masked_fill((v == -100) & (batch["attention_mask"] == 0), pad) if k == "labels" else v
+        for batch in [sft.PadCollator(pad)(features)] for k, v in batch.items()},
 }
 
 
