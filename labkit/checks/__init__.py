@@ -3,23 +3,29 @@
 labkit.check imports every module in this folder the first time it needs the registry, so adding an
 exercise touches one place: the lesson's module here (plus its cell in solutions/).
 
-Adding a coding exercise (e.g. to a new labkit/checks/lesson04.py):
+Adding a coding exercise (e.g. the Bradley-Terry loss, in a new labkit/checks/lesson05.py):
 
-    from labkit.check import Case, exercise, randn, tensor
-    from labkit import sft
+    import torch
+    from labkit import preference
+    from labkit.check import Case, exercise, number, randn
+
+    LESSON = "05"
 
     def _public():                       # fixed cases: the same for every learner
-        return [Case({"input_ids": torch.tensor([[5, 6, 7, 8]]), "prompt_length": 2}, "one row")]
+        return [Case({"r_chosen": torch.tensor([1.0, 0.5]), "r_rejected": torch.tensor([0.0, 0.7])},
+                     "two pairs, one ranked wrongly")]
 
     def _hidden(rng):                    # rng: random.Random, seeded anew on every check() call
-        n = rng.randint(3, 40)
-        return [Case({"input_ids": torch.randint(0, 100, (2, n)), "prompt_length": rng.randint(1, n - 1)},
-                     hint="the first prompt_length positions are -100, every other label is the input id")]
+        return [Case({"r_chosen": randn(rng, n), "r_rejected": randn(rng, n)}, hint="mean over the pairs")
+                for n in (rng.randint(1, 16) for _ in range(5))]
 
-    exercise(id="completion_labels", lesson="04", title="Labels that ignore the prompt",
-             signature="completion_labels(input_ids, prompt_length)",
-             reference=sft.completion_labels, public=_public, hidden=_hidden,
-             compare=tensor(integer=True), hint="clone input_ids, then set labels[:, :prompt_length] = -100")
+    exercise(id="reward_loss", lesson=LESSON, title="The Bradley-Terry reward-model loss",
+             signature="reward_loss(r_chosen, r_rejected)",
+             reference=lambda a, b: preference.reward_loss(a, b).item(),
+             public=_public, hidden=_hidden, compare=number(rtol=1e-5),
+             hint="-log sigmoid(r_chosen - r_rejected), averaged over the pairs")
+
+lesson04.py is a short real example (tensors in, integer tensors out, a dict of tensors).
 
 - inputs are passed positionally, in the dict's order; the dict's keys name them in feedback;
 - reference is labkit's own function (never a copy of it); the candidate and the reference each get
@@ -31,14 +37,16 @@ Adding a coding exercise (e.g. to a new labkit/checks/lesson04.py):
 Adding a quiz question:
 
     from labkit.check import question
-    question(id="q04_mask", lesson="04", kind="choice", text="Which tokens get label -100?",
+    question(id="q05_mask", lesson="05", kind="choice", text="Which tokens get label -100?",
              choices=("the prompt's", "the answer's", "none"), answer_hash="...")
 
-Get answer_hash with labkit.check.answer_hash("q04_mask", "a", "choice", choices=(...)), or
-`labkit exercises hash q04_mask a --choices ...`; for numbers pass kind="number" and rtol= or atol=
-(the same to answer_hash and question). Only the hash is stored here; the plain answer lives in the
-solutions notebook's `### BEGIN SOLUTION` region (solutions/ is the answer key; tests check that the
-answers do not appear in labkit/ or exercises/).
+Get answer_hash with labkit.check.answer_hash("q05_mask", "a") or `labkit exercises hash q05_mask a`
+(store the right choice's letter; learners may answer with the letter or the choice's text). For
+numbers: answer_hash("q05_n", 0.25, "number", rtol=0.01) and question(..., kind="number", rtol=0.01)
+(the same tolerance in both), or `labkit exercises hash q05_n 0.25 --kind number --rtol 0.01`.
+Only the hash is stored here; the plain answer lives in the solutions notebook's `### BEGIN SOLUTION`
+region (solutions/ is the answer key; tests check that the answers do not appear in labkit/ or
+exercises/).
 
 Then add the exercise to a solutions notebook (a markdown cell tagged `exercise:<id>`, the code cell
 with `### BEGIN SOLUTION` / `### END SOLUTION`, and a cell calling check/quiz) and run
