@@ -105,11 +105,15 @@ def _source(cell) -> str:
 
 def strip_notebook(nb: dict, name: str = "notebook") -> dict:
     """A copy of the solutions notebook NB as an exercise notebook: stubs, no outputs."""
+    from .show import colab_url
+
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb["cells"]):
         src = _source(cell)
         if cell["cell_type"] in ("code", "markdown"):
             src = stub_source(src, markdown=cell["cell_type"] == "markdown", where=f"{name}, cell {i}")
+        if cell["cell_type"] == "markdown":  # the Colab badge opens the exercise, not the solution
+            src = src.replace(colab_url(f"solutions/{name}"), colab_url(f"exercises/{name}"))
         cell["source"] = src
         if cell["cell_type"] == "code":
             cell["outputs"] = []

@@ -184,6 +184,20 @@ def test_unbalanced_markers_are_errors(src):
         nbs.stub_source(src)
 
 
+@pytest.mark.parametrize("folder", ["solutions", "exercises"])
+def test_notebooks_have_their_own_colab_badge_and_install_cell_and_no_outputs(folder):
+    from labkit.show import colab_url
+
+    for path in sorted((ROOT / folder).glob("*.ipynb")):
+        cells = _nb(path)["cells"]
+        assert colab_url(f"{folder}/{path.name}") in _src(cells[0]), path.name
+        install = [c for c in cells if c["cell_type"] == "code" and "google.colab" in _src(c)]
+        assert install and "pip install" in _src(install[0])
+        for cell in cells:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, "commit notebooks without outputs"
+
+
 def test_exercise_notebooks_have_no_solutions_and_no_outputs():
     for path in EXERCISES:
         nb = _nb(path)
