@@ -16,6 +16,8 @@ loop, a crash, `exit()`, a wall of prints. On Linux and macOS the candidate runs
 (the fork copies your notebook's state, so closures and globals just work; ~25 ms with torch loaded,
 measured on the course's 2-core CPU) which is killed after a time limit, so the kernel stays usable.
 The child runs torch single-threaded: a forked child that uses the parent's OpenMP thread pool hangs.
+Side effects of your function (globals it sets, what it prints) stay in the child; the cases pass
+CPU tensors, and a child cannot use CUDA (it cannot start again after a fork).
 Where fork is not available (Windows), or with LABKIT_CHECK_ISOLATION=thread, the candidate runs in
 a thread instead, stopped by an asynchronous exception: that stops Python loops, not a long C call.
 
@@ -559,6 +561,9 @@ def _run_cases(ex: Exercise, candidate, seed: int, send) -> dict:
         except SystemExit as exc:
             return fail(f"your function called exit()/sys.exit({exc.code!r})", out.text())
         except BaseException as exc:
+            if "forked subprocess" in str(exc):  # CUDA cannot start again in a forked child
+                return fail(f"your function raised {_error_text(exc)}", out.text(),
+                            hint="checks pass CPU tensors: compute on the inputs' device (no .cuda() or .to('cuda'))")
             return fail(f"your function raised {_error_text(exc)}", out.text())
         finally:
             sys.stdout, sys.stderr = old
