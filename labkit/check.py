@@ -359,6 +359,23 @@ def integer():
     return compare
 
 
+def text():
+    """GOT must be a str equal to the reference's, ignoring whitespace at the ends. The feedback
+    quotes the learner's own text where it first differs, never the expected text."""
+
+    def compare(got, exp, case=None):
+        if not isinstance(got, str):
+            return f"returned {type_name(got)}; expected a str"
+        g, e = got.strip(), str(exp).strip()
+        if g == e:
+            return None
+        i = next((k for k, (a, b) in enumerate(zip(g, e)) if a != b), min(len(g), len(e)))
+        where = f"your text there: {g[i:i + 25]!r}" if i < len(g) else "your text ends there"
+        return f"the text differs from the expected one from character {i} on ({where})"
+
+    return compare
+
+
 def sequence(**parts):
     """GOT must be a tuple or list of len(PARTS) items, each checked by its comparator, in order."""
     names = list(parts)

@@ -31,7 +31,7 @@ lesson04.py is a short real example (tensors in, integer tensors out, a dict of 
 - reference is labkit's own function (never a copy of it); the candidate and the reference each get
   their own deep copy of the inputs, and a candidate that changes its inputs fails;
 - compare(got, expected, case) returns None or what is wrong, WITHOUT expected's values: use the
-  comparators in labkit.check (tensor, number, integer, sequence, mapping) or write one in that style;
+  comparators in labkit.check (tensor, number, integer, text, sequence, mapping) or write one in that style;
 - hints say what to look at, not the answer. A case's own hint wins over the exercise's.
 
 Adding a quiz question:
