@@ -16,7 +16,8 @@ loop, a crash, `exit()`, a wall of prints. On Linux and macOS the candidate runs
 (the fork copies your notebook's state, so closures and globals just work; ~25 ms with torch loaded,
 measured on the course's 2-core CPU) which is killed after a time limit, so the kernel stays usable.
 The child runs torch single-threaded: a forked child that uses the parent's OpenMP thread pool hangs.
-Side effects of your function (globals it sets, what it prints) stay in the child; the cases pass
+Its memory is capped (Linux: 4 GB, or half the free memory, beyond what the notebook already uses), so a runaway allocation
+fails there instead of taking the machine down. Side effects of your function (globals it sets, what it prints) stay in the child; the cases pass
 CPU tensors, and a child cannot use CUDA (it cannot start again after a fork).
 Where fork is not available (Windows), or with LABKIT_CHECK_ISOLATION=thread, the candidate runs in
 a thread instead, stopped by an asynchronous exception: that stops Python loops, not a long C call.
@@ -67,6 +68,7 @@ from typing import Any, Callable
 DEFAULT_TIMEOUT = 10.0  # seconds for all the cases of one exercise together
 OUTPUT_LIMIT = 1_000_000  # characters a candidate may print before it is stopped
 OUTPUT_SHOWN = 1_500  # characters of its output shown in a failure message
+MEMORY_HEADROOM_GB = 4.0  # memory a candidate may allocate in the child (Linux), beyond the notebook's own
 QUIZ_SALT = "labkit-quiz-v1"
 
 
@@ -578,6 +580,10 @@ def _run_cases(ex: Exercise, candidate, seed: int, send) -> dict:
         except SystemExit as exc:
             return fail(f"your function called exit()/sys.exit({exc.code!r})", out.text())
         except BaseException as exc:
+            if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+                return fail(f"your function raised {_error_text(exc)}", out.text(),
+                            hint="it asked for more memory than a check allows: is something O(n^2) or "
+                                 "larger where it should be O(n)?")
             if "forked subprocess" in str(exc):  # CUDA cannot start again in a forked child
                 return fail(f"your function raised {_error_text(exc)}", out.text(),
                             hint="checks pass CPU tensors: compute on the inputs' device (no .cuda() or .to('cuda'))")
@@ -621,11 +627,33 @@ def _child_main(ex, candidate, seed, conn) -> None:  # pragma: no cover (runs in
         if "torch" in sys.modules:
             # The parent's OpenMP pool does not exist in a forked child: using it hangs.
             sys.modules["torch"].set_num_threads(1)
+        _limit_memory()
         run_cases(ex, candidate, seed, conn.send)
     except BaseException:
         pass
     finally:
         os._exit(0)  # skip the kernel's atexit handlers and stream flushes, which belong to the parent
+
+
+def _limit_memory() -> None:  # pragma: no cover (runs in the child)
+    """Cap the child's address space at what it already has plus MEMORY_HEADROOM_GB, or half the free
+    memory if that is less (Linux only), so a runaway allocation fails inside the child with an error
+    instead of pushing the machine (and the learner's kernel) out of memory."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        headroom = float(os.environ.get("LABKIT_CHECK_MEMORY_GB") or MEMORY_HEADROOM_GB) * 2**30
+        with open("/proc/meminfo") as f:  # and at most half of what the machine has free
+            available = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+        headroom = min(headroom, available / 2)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = int(current + headroom)
+        if hard == resource.RLIM_INFINITY or limit < hard:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except Exception:
+        pass  # not Linux, or not allowed: run without a cap
 
 
 def _run_in_child(ex, candidate, seed, timeout):

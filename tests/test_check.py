@@ -150,6 +150,18 @@ def test_keyboard_interrupt_and_base_exceptions_inside_the_candidate():
     _failed(C.check("lora_merge", interrupt), "raised KeyboardInterrupt")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the memory cap uses RLIMIT_AS (Linux)")
+def test_a_memory_bomb_fails_in_the_child_with_a_hint(monkeypatch):
+    monkeypatch.setenv("LABKIT_CHECK_MEMORY_GB", "1")
+
+    def greedy(W, A, B, alpha, r):
+        big = torch.ones(2**31, dtype=torch.float32)  # 8 GB
+        return W + big[0]
+
+    _failed(C.check("lora_merge", greedy), "raised RuntimeError", "more memory than a check allows")
+    assert C.check("lora_merge", merge).passed
+
+
 def test_unknown_exercise_suggests_close_names():
     _failed(C.check("lora_merg", merge), "no exercise 'lora_merg'", "did you mean lora_merge")
     _failed(C.check(123, merge), "no exercise")
