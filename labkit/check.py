@@ -206,7 +206,10 @@ class Result:
         p.text(self.message)
 
     def _repr_html_(self) -> str:
-        colour, bg = ("#1a7f37", "#e6f4ea") if self.passed else ("#b3261e", "#fdecea")
+        if self.message.startswith("?"):  # a question shown, not an answer judged
+            colour, bg = "#0b57d0", "#e8f0fe"
+        else:
+            colour, bg = ("#1a7f37", "#e6f4ea") if self.passed else ("#b3261e", "#fdecea")
         lines = html.escape(self.message).split("\n")
         head, rest = lines[0], "<br>".join(lines[1:])
         return (f'<div style="border-left:4px solid {colour};background:{bg};padding:6px 10px;'
@@ -977,13 +980,16 @@ class Progress:
                 f"<th>exercise</th><th>title</th><th>status</th></tr>{body}</table>{note}")
 
 
-def progress() -> Progress:
-    """Which exercises and quizzes you have passed (from the progress file). Never raises."""
+def progress(lesson: str | None = None) -> Progress:
+    """Which exercises and quizzes you have passed (from the progress file), of every lesson or of
+    LESSON ("01", "03", ...). Never raises."""
     try:
         _load()
         data, problem = _read_progress(progress_path())
         rows = [(e.lesson, e.id, e.title) for e in _EXERCISES.values()]
         rows += [(q.lesson, q.id, "quiz: " + q.text.split("\n")[0][:50]) for q in _QUESTIONS.values()]
+        if lesson is not None:
+            rows = [r for r in rows if r[0] == str(lesson).zfill(2)]
         rows.sort(key=lambda r: r[0])
         return Progress([(l, i, t, data["passed"].get(i), data["attempts"].get(i, 0)) for l, i, t in rows],
                         problem or _last_progress_problem)

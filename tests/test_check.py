@@ -209,6 +209,8 @@ def test_progress_records_passes_and_attempts(tmp_path):
     p = C.progress()
     assert p.passed == ["lora_merge"]
     assert "1 of" in repr(p) and "✔ 01  lora_merge" in repr(p) and "<table>" in p._repr_html_()
+    assert C.progress("01").passed == ["lora_merge"] and C.progress(3).passed == []
+    assert {r[0] for r in C.progress("03").rows} == {"03"}
 
 
 def test_progress_survives_a_corrupt_file(tmp_path):
@@ -260,6 +262,7 @@ def test_default_progress_path_is_under_home(monkeypatch):
 def test_quiz_shows_the_question_without_an_answer():
     r = C.quiz("q01_merge_cost")
     assert not r.passed and "a) " in r.message and "b) " in r.message
+    assert "#0b57d0" in r._repr_html_()  # shown as a question, not as a wrong answer
 
 
 def test_quiz_survives_odd_answers():
