@@ -50,5 +50,11 @@ exercises/).
 
 Then add the exercise to a solutions notebook (a markdown cell tagged `exercise:<id>`, the code cell
 with `### BEGIN SOLUTION` / `### END SOLUTION`, and a cell calling check/quiz) and run
-`labkit exercises build` to regenerate exercises/.
+`labkit exercises build` to regenerate exercises/. A quiz's answer cell has exactly this shape (the
+tests read the answer from it):
+
+    ### BEGIN SOLUTION
+    answer = "b"
+    ### END SOLUTION
+    quiz("q05_mask", answer)
 """
