@@ -16,9 +16,10 @@ loop, a crash, `exit()`, a wall of prints. On Linux and macOS the candidate runs
 (the fork copies your notebook's state, so closures and globals just work; ~25 ms with torch loaded,
 measured on the course's 2-core CPU) which is killed after a time limit, so the kernel stays usable.
 The child runs torch single-threaded: a forked child that uses the parent's OpenMP thread pool hangs.
-Its memory is capped (Linux: 4 GB, or half the free memory, beyond what the notebook already uses), so a runaway allocation
-fails there instead of taking the machine down. Side effects of your function (globals it sets, what it prints) stay in the child; the cases pass
-CPU tensors, and a child cannot use CUDA (it cannot start again after a fork).
+Its memory is capped (Linux: 4 GB, or half the free memory, beyond what the notebook already uses),
+so a runaway allocation fails there instead of taking the machine down. Side effects of your function
+(globals it sets, what it prints) stay in the child. The cases pass CPU tensors; a forked child
+cannot use CUDA.
 Where fork is not available (Windows), or with LABKIT_CHECK_ISOLATION=thread, the candidate runs in
 a thread instead, stopped by an asynchronous exception: that stops Python loops, not a long C call.
 
@@ -26,16 +27,19 @@ Nothing here raises into the learner's kernel: every failure, including bugs in 
 Result with passed == False and a message.
 
 Progress is a small JSON file (LABKIT_PROGRESS, default ~/.labkit/progress.json), written atomically
-(a temporary file, then os.replace); a missing or corrupt file means "nothing passed yet".
+(a temporary file, then os.replace); a missing or corrupt file means "nothing passed yet" (a corrupt
+one is kept as progress.json.corrupt). Two kernels checking at the same instant may lose one update:
+there is no lock, since a lost tick in a progress list is harmless.
 
 Quiz answers are stored as salted SHA-256 hashes of the normalised answer (see `answer_hash`): not
 readable in the source, but not secret either. The salt is public and a multiple-choice or numeric
 answer has few possible values, so anyone can find it by trying them; the hashes only keep answers
 out of plain sight (no spoilers while reading labkit's code). Numbers with a tolerance are hashed by
 bucket: relative tolerance rtol puts x in bucket floor(log|x| / log(1 + rtol) + 1/2) (with its sign),
-absolute tolerance atol in floor(x / atol + 1/2); an answer is accepted when its bucket is the
-stored one or a neighbour. So an answer within rtol (atol) of the true value is always accepted, one
-more than 2 rtol (2 atol) away never, and in between it depends on where the bucket edges fall.
+absolute tolerance atol in floor(x / atol + 1/2); an answer is accepted when its bucket is the stored
+one or a neighbour. So an answer within a factor (1 + rtol) of the true value (within atol) is always
+accepted, one off by a factor (1 + rtol)^2 or more (by 2 atol or more) never, and in between it
+depends on where the bucket edges fall.
 
 Exercises are registered by the lesson modules in labkit/checks/ (see labkit/checks/__init__.py for
 how to add one); this module is the generic engine.
