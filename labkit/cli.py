@@ -2,6 +2,8 @@
 
     labkit doctor        versions, device, offline state, and whether the bundled model loads
     labkit data          rewrite the course's JSONL datasets (deterministic)
+    labkit exercises     build exercises/ from solutions/, check it is up to date, build a workshop
+                         subset, list the exercises, hash a quiz answer (labkit exercises --help)
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check versions, device, offline state and the bundled model")
     sub.add_parser("data", help="rewrite the course's JSONL datasets")
+    _add_exercises_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor()
@@ -93,6 +96,66 @@ def main(argv: list[str] | None = None) -> int:
 
         for p in write_all():
             print(p)
+        return 0
+    if args.command == "exercises":
+        return exercises_command(args)
+    return 2
+
+
+def _add_exercises_parser(sub) -> None:
+    ex = sub.add_parser("exercises", help="exercise notebooks: build, check, workshop, list, hash")
+    ex_sub = ex.add_subparsers(dest="action", required=True)
+    b = ex_sub.add_parser("build", help="write exercises/ from solutions/ (solution regions become stubs)")
+    c = ex_sub.add_parser("check", help="exit 1 if exercises/ differs from what build would write")
+    for p in (b, c):
+        p.add_argument("--solutions", default=None, help="folder of solution notebooks (default: solutions/)")
+        p.add_argument("--out", default=None, help="folder of exercise notebooks (default: exercises/)")
+    w = ex_sub.add_parser("workshop", help="build exercise notebooks with only the chosen exercises")
+    w.add_argument("--only", required=True, help="comma-separated exercise ids, e.g. lora_forward,nf4_quantize")
+    w.add_argument("--out", required=True, help="folder to write the notebooks to")
+    w.add_argument("--solutions", default=None, help="folder of solution notebooks (default: solutions/)")
+    w.add_argument("--with-solutions", action="store_true", help="also write the matching solutions (for the instructor)")
+    ex_sub.add_parser("list", help="list the exercises and quiz questions")
+    h = ex_sub.add_parser("hash", help="print the answer_hash of a quiz answer (for authors)")
+    h.add_argument("question_id")
+    h.add_argument("answer")
+    h.add_argument("--kind", default="choice", choices=("choice", "number", "text"))
+    h.add_argument("--rtol", type=float, default=None)
+    h.add_argument("--atol", type=float, default=None)
+
+
+def exercises_command(args) -> int:
+    from . import exercise_notebooks as nbs
+
+    kw = {}
+    if getattr(args, "solutions", None):
+        kw["solutions"] = Path(args.solutions)
+    try:
+        if args.action == "build":
+            for p in nbs.build(out=Path(args.out) if args.out else nbs.EXERCISES, **kw):
+                print(p)
+            return 0
+        if args.action == "check":
+            problems = nbs.stale(out=Path(args.out) if args.out else nbs.EXERCISES, **kw)
+            for p in problems:
+                print(p)
+            return 1 if problems else 0
+        if args.action == "workshop":
+            for p in nbs.workshop(args.only.split(","), Path(args.out), with_solutions=args.with_solutions, **kw):
+                print(p)
+            return 0
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from . import check
+
+    if args.action == "list":
+        for i in check.exercises() + check.quizzes():
+            item = check.get(i)
+            print(f"{item.lesson}  {i:<28} {getattr(item, 'title', 'quiz')}")
+        return 0
+    if args.action == "hash":
+        print(check.answer_hash(args.question_id, args.answer, args.kind, rtol=args.rtol, atol=args.atol))
         return 0
     return 2
 

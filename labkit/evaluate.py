@@ -95,3 +95,49 @@ def median_forward_seconds(model, input_ids, repeats: int = 20, warmup: int = 3)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on tensors and strings (no model needed)
+
+
+def perplexity_from_logits(logits, labels) -> float:
+    """exp(mean negative log-likelihood) of LABELS under LOGITS, with the causal one-token shift.
+
+    logits: (batch, seq, vocab); labels: (batch, seq) token ids, -100 where ignored (padding, prompt).
+    Position t's logits predict labels[:, t + 1], as in transformers' causal-LM loss. The mean is over
+    every predicted, non-ignored token of the whole batch (not a mean of per-row perplexities).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be (batch, seq, vocab) and labels (batch, seq); got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    target = labels[:, 1:].reshape(-1).long()
+    if not (target != -100).any():
+        raise ValueError("every label is -100: there is no token to score.")
+    nll = F.cross_entropy(pred, target, ignore_index=-100, reduction="mean")
+    return math.exp(nll.item()) if torch.isfinite(nll) else float("inf")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, strip and collapse runs of whitespace: "  Risk:   HIGH\\n" -> "risk: high".
+
+    Punctuation is kept on purpose: in the course's answers (JSON, "Risk: high") it is content.
+    """
+    return " ".join(str(text).casefold().split())
+
+
+def exact_match(predictions: list[str], references: list[str], normalize: bool = True) -> float:
+    """The share of PREDICTIONS equal to their REFERENCES (after normalize_answer if NORMALIZE).
+
+    predictions, references: equally long lists of strings. Returns a float in [0, 1].
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    if not predictions:
+        raise ValueError("exact_match needs at least one prediction.")
+    norm = normalize_answer if normalize else (lambda s: s)
+    return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(predictions)
