@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ from torch import nn
 METHODS = ("head", "lora", "full")
 # Learning rates that work for each method on the course's intent task (see scripts/compare_minilm.py).
 DEFAULT_LR = {"head": 3e-3, "lora": 1e-3, "full": 1e-4}
+# The LoRA adapter (and head) trained by scripts/lesson02_results.py, shipped for lesson 02.
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "assets" / "adapters" / "minilm_intents_lora"
 # every Linear inside the 6 transformer layers (attention q/k/v/output and the MLP), not the unused pooler
 LORA_TARGETS = r".*layer\.\d+\..*(query|key|value|dense)"
 
@@ -181,3 +184,47 @@ def train(model, tok, texts: list[str], labels: list[int], steps: int = 60, lr: 
         losses.append(loss.item())
     model.eval()
     return {"losses": losses, "seconds_per_step": statistics.median(times)}
+
+
+def compare(labels, train_rows: list[dict], eval_rows: list[dict], steps: int = 60, seed: int = 0,
+            methods=METHODS, keep: str | None = None, log=print) -> tuple[list[dict], object]:
+    """Train each METHOD on TRAIN_ROWS ({"text", "label"}) and measure it on EVAL_ROWS.
+
+    Returns (rows, kept model) where each row has method, lr, trainable, total, trainable_pct,
+    accuracy, memory (training_memory on one batch of 16) and seconds_per_step; the model trained
+    with method KEEP is returned too (e.g. to save its adapter).
+    """
+    labels = list(labels)
+    texts = [r["text"] for r in train_rows]
+    y = [labels.index(r["label"]) for r in train_rows]
+    ev_texts = [r["text"] for r in eval_rows]
+    ev_y = [labels.index(r["label"]) for r in eval_rows]
+    rows, kept = [], None
+    for method in methods:
+        model, tok = load_classifier(labels, seed=seed)
+        model = prepare(model, method)
+        params = list(model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        mem = training_memory(model, tok, texts[:16], y[:16])
+        res = train(model, tok, texts, y, steps=steps, lr=DEFAULT_LR[method], seed=seed)
+        row = {"method": method, "lr": DEFAULT_LR[method], "steps": steps, "trainable": trainable, "total": total,
+               "trainable_pct": 100 * trainable / total, "accuracy": accuracy(model, tok, ev_texts, ev_y),
+               "memory": mem, "seconds_per_step": res["seconds_per_step"], "losses": res["losses"]}
+        rows.append(row)
+        if log:
+            log(f"{method:5s} acc {row['accuracy']:.3f}  trainable {trainable:,} ({row['trainable_pct']:.2f}%)  "
+                f"memory {mem['total'] / 2**20:.0f} MiB  {res['seconds_per_step'] * 1000:.0f} ms/step")
+        if method == keep:
+            kept = model
+    return rows, kept
+
+
+def load_shipped(labels, path: str | Path | None = None):
+    """(classifier with the shipped LoRA adapter and head, tokenizer), ready for accuracy()."""
+    from . import adapters
+
+    model, tok = load_classifier(labels)
+    model = adapters.load(model, path or SHIPPED_ADAPTER)
+    model.eval()
+    return model, tok

@@ -76,3 +76,16 @@ def test_bad_inputs_are_named(loaded, rows):
         encoder.accuracy(model, tok, rows[0], rows[1][:3])
     with pytest.raises(ValueError, match="r must be"):
         encoder.prepare(model, "lora", r=0)
+
+
+@pytest.mark.slow
+def test_the_shipped_adapter_reproduces_the_shipped_table():
+    from labkit import tuning
+
+    cmp = tuning.load_results("minilm_compare")
+    by = {row["method"]: row for row in cmp["rows"]}
+    model, tok = encoder.load_shipped(LABELS)
+    ev = data.read_jsonl("intents_eval.jsonl")
+    acc = encoder.accuracy(model, tok, [r["text"] for r in ev], [LABELS.index(r["label"]) for r in ev])
+    assert acc == pytest.approx(by["lora"]["accuracy"], abs=1e-9)
+    assert by["lora"]["trainable_pct"] < 5

@@ -1,0 +1,88 @@
+"""labkit.tuning: short LoRA runs, the sweep grid and figures, the learning-rate widget; the shipped results."""
+
+import math
+
+import pytest
+
+from labkit import data, tuning
+
+
+@pytest.fixture(scope="module")
+def inputs(base):
+    model, tok = base
+    pairs = [data.to_prompt_completion(e, tok) for e in data.load("instructions", "train", task="risk", n=16)]
+    general = [r["text"] for r in data.load("general", "eval", n=3)]
+    return model, tok, pairs, general
+
+
+def test_short_run_measures_learning_and_forgetting(inputs):
+    model, tok, pairs, general = inputs
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    row = tuning.short_run(model, tok, pairs, general, lr=3e-3, r=2, steps=6, eval_examples=data.load("instructions", "eval", task="risk", n=2))
+    assert len(row["losses"]) == 6 and row["final_loss"] < row["losses"][0]
+    assert row["ppl_ratio"] == pytest.approx(row["general_ppl"] / row["base_ppl"])
+    assert 0.0 <= row["exact"] <= 1.0
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items()), "the base model must not change"
+
+
+def test_short_run_rejects_bad_knobs(inputs):
+    model, tok, pairs, general = inputs
+    with pytest.raises(ValueError, match="learning rate"):
+        tuning.short_run(model, tok, pairs, general, lr=0.0, r=2, steps=1)
+    with pytest.raises(ValueError, match="r must be"):
+        tuning.short_run(model, tok, pairs, general, lr=1e-3, r=0, steps=1)
+
+
+def _rows():
+    return [{"lr": lr, "r": r, "final_loss": 1.0 / (lr * 1e3 * r), "ppl_ratio": 1.0 + lr * 100, "losses": [1.0, 0.5],
+             "general_ppl": 2.0, "base_ppl": 1.5} for lr in (1e-4, 1e-3, 1e-2) for r in (2, 8)]
+
+
+def test_grid_orders_ranks_and_learning_rates():
+    lrs, ranks, m = tuning.grid(_rows()[::-1], "ppl_ratio")
+    assert lrs == [1e-4, 1e-3, 1e-2] and ranks == [2, 8]
+    assert m[1][2] == pytest.approx(2.0) and m[0][0] == pytest.approx(1.01)
+    lrs, ranks, m = tuning.grid(_rows()[:-1], "ppl_ratio")
+    assert math.isnan(m[1][2]), "a missing cell is NaN, not a crash"
+
+
+def test_figures_draw_without_a_display():
+    fig = tuning.landscape_figure(_rows(), mark=(1e-3, 8))
+    assert len(fig.axes) == 4  # two heatmaps and their colour bars
+    assert len(tuning.run_figure(_rows()[0]).axes) == 2
+
+
+def test_the_widget_draws_the_landscape_and_trains_on_demand(inputs):
+    model, tok, pairs, general = inputs
+    box = tuning.lr_widget(model, tok, pairs, general, _rows(), steps=2, ranks=(2, 8))
+    controls, landscape, run_out = box.children
+    slider, rank, button = controls.children
+    assert landscape.outputs and "image/png" in landscape.outputs[0]["data"]
+    first = landscape.outputs[0]["data"]["image/png"]
+    slider.value = 1e-2
+    assert landscape.outputs[0]["data"]["image/png"] != first, "moving the slider moves the mark"
+    rank.value = 2
+    box.train()
+    text = run_out.outputs[0]["text"]
+    assert text.startswith("lr 1.0e-02, r 2: loss") and "general-text perplexity" in text
+    assert "image/png" in run_out.outputs[1]["data"] and not button.disabled
+
+
+@pytest.mark.parametrize("method", ["ia3", "prompt"])
+def test_method_run_reports_the_peft_line(inputs, method):
+    model, tok, pairs, _ = inputs
+    row = tuning.method_run(model, tok, pairs, method, steps=2)
+    assert row["line"].startswith(f"trainable params: {row['trainable']:,d}") and row["seconds_per_step"] > 0
+
+
+def test_the_shipped_sweep_covers_its_grid():
+    sweep = tuning.load_results("lr_rank_sweep")
+    lrs, ranks, m = tuning.grid(sweep["rows"], "final_loss")
+    assert lrs == sorted(sweep["lrs"]) and ranks == sorted(sweep["ranks"])
+    assert not any(math.isnan(v) for row in m for v in row)
+    assert all(len(r["losses"]) == sweep["steps"] for r in sweep["rows"])
+
+
+def test_a_missing_result_says_which_script_makes_it():
+    with pytest.raises(FileNotFoundError, match="script"):
+        tuning.load_results("no_such_result")
