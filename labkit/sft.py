@@ -42,16 +42,23 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _strip_special(tok, text: str) -> str:
+    for t in getattr(tok, "all_special_tokens", []):
+        text = text.replace(t, "")
+    return text
+
+
 def tokenize_example(tok, prompt: str, completion: str, max_length: int = 256, name: str = "example") -> dict:
     """One prompt/completion pair -> {"input_ids", "attention_mask", "labels", "prompt_length"} (lists).
 
-    Raises ValueError naming the example (NAME) when the completion is empty, or when the prompt alone
+    Raises ValueError naming the example (NAME) when the completion is empty (or only spaces and
+    special tokens, such as " <|end|>" for an empty answer in the chat format), or when the prompt alone
     fills the context so no completion token would be trained on. A completion that runs past
     MAX_LENGTH is cut, as trl cuts it.
     """
-    if not isinstance(completion, str) or not completion.strip():
-        raise ValueError(f"{name}: the completion is empty; there is nothing to learn from it. "
-                         "Drop the example or give it an answer.")
+    if not isinstance(completion, str) or not _strip_special(tok, completion).strip():
+        raise ValueError(f"{name}: the completion is empty (nothing but spaces and special tokens: "
+                         f"{completion!r}); there is nothing to learn from it. Drop the example or give it an answer.")
     if not completion.endswith(tok.eos_token):
         completion = completion + tok.eos_token
     prompt_ids = tok(prompt)["input_ids"]
@@ -71,7 +78,8 @@ class PadCollator:
 
     input_ids are padded with PAD_TOKEN_ID, attention_mask with 0 and labels with -100, on the right.
     A batch in which an example has no supervised token (every label -100: a template mismatch, an
-    empty answer cut off by max_length) raises, because it would silently teach nothing.
+    empty answer cut off by max_length) raises, because it would silently teach nothing; the error
+    names the example by its "name" key when it has one, else by its place in the batch.
     """
 
     pad_token_id: int
@@ -89,8 +97,9 @@ class PadCollator:
             n = len(f["input_ids"])
             labels = f.get("labels", f["input_ids"])
             if all(int(x) == IGNORE_INDEX for x in labels):
-                raise ValueError(f"example {i} of the batch has no supervised token (every label is -100): check "
-                                 "that the prompt/template matches the data; nothing would be learned from it.")
+                who = f.get("name") or f"example {i} of the batch"
+                raise ValueError(f"{who} has no supervised token (every label is -100): check that the "
+                                 "prompt/template matches the data; nothing would be learned from it.")
             batch["input_ids"][i, :n] = torch.as_tensor(f["input_ids"])
             batch["attention_mask"][i, :n] = torch.as_tensor(f.get("attention_mask", [1] * n))
             batch["labels"][i, :n] = torch.as_tensor(labels)
@@ -197,11 +206,20 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
     return out
 
 
+def dti_value(text: str) -> int | None:
+    """The percentage a DTI answer ends on ("... = 30%." -> 30), or None when there is none."""
+    import re
+
+    m = re.search(r"=\s*(\d+)\s*%\.?\s*$", text.strip())
+    return int(m.group(1)) if m else None
+
+
 def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
     """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows).
 
     Returns {"exact": share answered exactly, "format": share in the task's answer format,
-    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}.
+    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
+    gets "value": the share whose final percentage is right whatever the wording (dti_value).
     """
     from .data import answer_format_ok, to_prompt_completion
 
@@ -216,9 +234,303 @@ def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
         t["n"] += 1
         t["exact"] += g == r["output"].strip()
         t["format"] += answer_format_ok(r["task"], g)
+        if r["task"] == "dti":
+            t["value"] = t.get("value", 0) + (dti_value(g) is not None and dti_value(g) == dti_value(r["output"]))
     for t in by_task.values():
         t["exact"], t["format"] = t["exact"] / t["n"], t["format"] / t["n"]
+        if "value" in t:
+            t["value"] /= t["n"]
     n = len(rows)
     return {"exact": sum(t["exact"] * t["n"] for t in by_task.values()) / n,
             "format": sum(t["format"] * t["n"] for t in by_task.values()) / n,
             "by_task": by_task, "answers": got}
+
+
+# ----------------------------------------------------------------------------- bad input, checked up front
+
+def check_pairs(tok, pairs: list[dict], max_length: int = 256) -> list[dict]:
+    """Tokenise every {"prompt", "completion"} row, or raise naming the first bad one.
+
+    Errors: an empty completion, a prompt that fills MAX_LENGTH. Warning (naming the examples): a
+    completion cut by MAX_LENGTH, so its end-of-turn token is lost and the model never learns to stop.
+    Returns the tokenised features (as tokenize_all).
+    """
+    import warnings
+
+    feats, cut = [], []
+    for i, row in enumerate(pairs):
+        f = tokenize_example(tok, row["prompt"], row["completion"], max_length, name=f"example {i}")
+        full = len(tok(row["prompt"] + row["completion"])["input_ids"]) + (not row["completion"].endswith(tok.eos_token))
+        if full > max_length:
+            cut.append(i)
+        feats.append(f)
+    if cut:
+        shown = ", ".join(str(i) for i in cut[:5]) + (" ..." if len(cut) > 5 else "")
+        warnings.warn(f"{len(cut)} completion(s) run past max_length={max_length} and are cut (examples {shown}): "
+                      "the model never sees their end and may not learn to stop.", stacklevel=2)
+    return feats
+
+
+def has_generation_markers(chat_template: str | None) -> bool:
+    """Does the chat template mark the assistant's turns with {% generation %} ... {% endgeneration %}?"""
+    import re
+
+    return bool(chat_template) and re.search(r"\{%-?\s*generation\s*-?%\}", chat_template) is not None
+
+
+def check_generation_markers(tok, messages: list[list[dict]] | None = None, chat_template: str | None = None) -> None:
+    """Raise a clear ValueError when assistant-only loss cannot work with this chat template.
+
+    assistant_only_loss (trl) trains on the tokens the template renders between {% generation %} and
+    {% endgeneration %}. A template without the markers gives no assistant mask at all. With MESSAGES
+    (a list of conversations), each is also rendered and must give at least one assistant token; the
+    error names the first that does not. CHAT_TEMPLATE overrides the tokenizer's own.
+    """
+    template = chat_template if chat_template is not None else tok.chat_template
+    if not has_generation_markers(template):
+        raise ValueError("assistant_only_loss needs a chat template with {% generation %} ... {% endgeneration %} "
+                         "around the assistant's reply, and this template has none: every label would be masked "
+                         "(or trl would swap in a template of its own). Add the markers, or train on prompt/"
+                         "completion pairs with completion-only loss instead.")
+    for i, conv in enumerate(messages or []):
+        out = tok.apply_chat_template(conv, chat_template=template, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        if 1 not in out["assistant_masks"]:
+            raise ValueError(f"conversation {i}: the chat template marks no assistant token (has it an assistant "
+                             "turn?), so assistant_only_loss would learn nothing from it.")
+
+
+# ----------------------------------------------------------------------------- general text mixing
+
+def mix_general(pairs: list[dict], share: float, seed: int = 0, general: list[str] | None = None) -> list[dict]:
+    """PAIRS plus general text so that SHARE of the result is general text, shuffled with SEED.
+
+    General text is a plain language-modelling row {"prompt": "", "completion": text}: every token is
+    trained on (an empty prompt masks nothing). GENERAL defaults to the course's general_train texts.
+    share=0 returns the pairs unchanged (same order). Mixing some general text in limits forgetting;
+    lesson 07 measures it.
+    """
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+        raise ValueError(f"share must be a number in [0, 1); got {share!r}.")
+    if share == 0:
+        return list(pairs)
+    if general is None:
+        from .data import read_jsonl
+
+        general = [r["text"] for r in read_jsonl("general_train.jsonl")]
+    n = round(share * len(pairs) / (1 - share))
+    if n > len(general):
+        raise ValueError(f"share={share} of {len(pairs)} pairs needs {n} general texts but only {len(general)} "
+                         "are available; lower the share or pass more texts.")
+    rng = random.Random(seed)
+    rows = list(pairs) + [{"prompt": "", "completion": t} for t in rng.sample(list(general), n)]
+    rng.shuffle(rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------- trl's SFTTrainer
+
+def sft_config(output_dir: str, steps: int = 100, lr: float = 2e-3, batch_size: int = 8, max_length: int = 256,
+               completion_only: bool = True, packing: bool = False, seed: int = 0, device: str = "cpu", **kwargs):
+    """trl's SFTConfig with the course's quiet, offline, CPU-safe settings (any field can be overridden)."""
+    import torch
+    from trl import SFTConfig
+
+    bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    settings = dict(output_dir=output_dir, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch_size,
+                    max_length=max_length, completion_only_loss=completion_only, packing=packing, seed=seed,
+                    data_seed=seed, bf16=bf16, use_cpu=device == "cpu", report_to="none", disable_tqdm=True,
+                    dataloader_pin_memory=False, save_strategy="no", logging_steps=1, lr_scheduler_type="constant",
+                    warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, log_level="error")
+    settings.update(kwargs)
+    return SFTConfig(**settings)
+
+
+def sft_trainer(model, tok, pairs: list[dict], config=None, peft_config=None, callbacks=None, **config_kwargs):
+    """trl's SFTTrainer on {"prompt", "completion"} PAIRS, after labkit's checks of every example.
+
+    CONFIG is an SFTConfig (default: sft_config(**config_kwargs) in a temporary folder). Losses are
+    collected by a loss_recorder() callback: trainer.loss_recorder.losses after trainer.train().
+    """
+    import tempfile
+
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    if config is None:
+        config_kwargs.setdefault("output_dir", tempfile.mkdtemp(prefix="labkit_sft_"))
+        config = sft_config(**config_kwargs)
+    check_pairs(tok, pairs, config.max_length)
+    recorder = loss_recorder()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(list(pairs)),
+                         processing_class=tok, peft_config=peft_config, callbacks=[recorder, *(callbacks or [])])
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # with disable_tqdm it would print every log line
+    trainer.loss_recorder = recorder
+    return trainer
+
+
+def loss_recorder():
+    """A trl/transformers callback that keeps the training loss of every logged step, printing nothing.
+
+    Returns the callback; its .losses list fills as the trainer logs (logging_steps=1: every step).
+    """
+    from transformers import TrainerCallback
+
+    class LossRecorder(TrainerCallback):
+        def __init__(self):
+            self.losses: list[float] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return LossRecorder()
+
+
+# ----------------------------------------------------------------------------- response markers and the mask viewer
+
+def marker_labels(tok, text: str, response_marker: str, max_length: int = 256, name: str = "example") -> dict:
+    """Labels found by searching TEXT's tokens for RESPONSE_MARKER's tokens: train on what follows it.
+
+    This is how the older recipe (trl's DataCollatorForCompletionOnlyLM) masked the prompt. When the
+    marker's tokens are not in the text (a different template, or the marker tokenises differently in
+    context) every label is -100: the example silently teaches nothing, which PadCollator refuses.
+    Returns {"input_ids", "attention_mask", "labels", "prompt_length", "name"}; prompt_length is
+    len(input_ids) when the marker was not found.
+    """
+    ids = tok(text)["input_ids"][:max_length]
+    marker = tok(response_marker, add_special_tokens=False)["input_ids"]
+    if not marker:
+        raise ValueError(f"{name}: the response marker {response_marker!r} has no tokens.")
+    start = len(ids)
+    for j in range(len(ids) - len(marker), -1, -1):  # the last occurrence: the final answer
+        if ids[j:j + len(marker)] == marker:
+            start = j + len(marker)
+            break
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": completion_labels(ids, start),
+            "prompt_length": start, "name": name}
+
+
+# What the viewer offers: how an instruction example becomes tokens and labels.
+MASK_TEMPLATES = (
+    "chat template, completion only",   # labkit / trl: prompt masked, the answer trained
+    "chat template, every token",       # no masking: the prompt is trained on too
+    "marker '### Response:'",           # an Alpaca-style marker searched in chat-formatted text: not there
+    "plain text, marker 'Answer:'",     # a marker that is in the text, tokenised alone it differs
+)
+
+
+def mask_example(tok, example: dict, template: str = MASK_TEMPLATES[0], max_length: int = 256,
+                 name: str = "example") -> dict:
+    """One instruction EXAMPLE tokenised and labelled as TEMPLATE (one of MASK_TEMPLATES) says.
+
+    Returns {"input_ids", "labels", ...} (lists); labels are -100 where nothing is trained.
+    """
+    from .data import plain_text, to_prompt_completion
+
+    if template not in MASK_TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of {MASK_TEMPLATES}.")
+    if template.startswith("plain text"):
+        return marker_labels(tok, plain_text(example), "Answer:", max_length, name)
+    pc = to_prompt_completion(example, tok)
+    if template.startswith("marker"):
+        return marker_labels(tok, pc["prompt"] + pc["completion"], "### Response:", max_length, name)
+    f = tokenize_example(tok, pc["prompt"], pc["completion"], max_length, name)
+    if template.endswith("every token"):
+        f["labels"] = list(f["input_ids"])
+    f["name"] = name
+    return f
+
+
+def mask_rows(tok, input_ids, labels) -> list[tuple[str, bool]]:
+    """(token text, trained?) for each position: trained means its label is not -100."""
+    if len(input_ids) != len(labels):
+        raise ValueError(f"input_ids ({len(input_ids)}) and labels ({len(labels)}) differ in length.")
+    return [(tok.convert_ids_to_tokens(int(i)), int(l) != IGNORE_INDEX) for i, l in zip(input_ids, labels)]
+
+
+def _show_token(piece: str) -> str:
+    import html
+
+    piece = piece.replace("\u0120", " ").replace("\u010a", "\n")  # byte-level BPE's space and newline marks
+    return html.escape(piece).replace(" ", "&nbsp;").replace("\n", "&#8629;<br>")
+
+
+def mask_html(tok, input_ids, labels) -> str:
+    """HTML of every token coloured by whether it is trained on (green) or masked with -100 (grey).
+
+    Ends with a count; an example with no trained token gets a red warning line.
+    """
+    rows = mask_rows(tok, input_ids, labels)
+    spans = []
+    for piece, trained in rows:
+        style = ("background:#b7e4b0;color:#000" if trained else "background:#e6e6e6;color:#777")
+        spans.append(f'<span style="{style};border:1px solid #fff;font-family:monospace">{_show_token(piece)}</span>')
+    n = sum(t for _, t in rows)
+    summary = f"<b>{n}</b> of {len(rows)} tokens trained on (green); {len(rows) - n} masked with -100 (grey)."
+    if n == 0:
+        summary += (' <span style="color:#c00"><b>No token is trained on: this example teaches nothing.</b> '
+                    "labkit's collator refuses it.</span>")
+    return f'<div style="line-height:1.9">{"".join(spans)}</div><p>{summary}</p>'
+
+
+def mask_view(tok, example: dict, template: str = MASK_TEMPLATES[0], max_length: int = 256) -> str:
+    """The token-mask viewer's callback: EXAMPLE under TEMPLATE as coloured HTML (errors as text)."""
+    try:
+        f = mask_example(tok, example, template, max_length)
+    except ValueError as exc:
+        import html
+
+        return f'<p style="color:#c00">{html.escape(str(exc))}</p>'
+    return mask_html(tok, f["input_ids"], f["labels"])
+
+
+# ----------------------------------------------------------------------------- packing
+
+def segments(position_ids) -> list[tuple[int, int]]:
+    """(start, end) of each packed sequence in one row of POSITION_IDS (seq,): a new one starts at 0."""
+    pos = [int(p) for p in position_ids]
+    starts = [i for i, p in enumerate(pos) if p == 0]
+    if not starts or starts[0] != 0:
+        raise ValueError("position_ids must start at 0 (one packed row, as trl's padding-free collator builds).")
+    return list(zip(starts, starts[1:] + [len(pos)]))
+
+
+def packed_vs_alone(model, input_ids, position_ids) -> dict:
+    """Do packed sequences see each other? Run one packed row and each of its sequences alone.
+
+    input_ids, position_ids: (1, seq) tensors, as trl's packing collator gives them (position_ids
+    restart at 0 for each sequence). Returns {"with_position_ids": max |logits(packed) -
+    logits(alone)| when the model gets the position_ids (transformers then builds a block-diagonal
+    mask), "without_position_ids": the same with plain causal attention over the whole row (later
+    sequences attend to earlier ones), "with_position_ids_and_cache": the first with use_cache=True
+    (transformers 5 only looks for packed sequences when there is no cache, as in training; with a
+    cache the row is one long causal sequence again), "segments": [(start, end)]}.
+    """
+    import torch
+
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape != position_ids.shape:
+        raise ValueError("pass one packed row: input_ids and position_ids of shape (1, seq).")
+    spans = segments(position_ids[0])
+    with torch.no_grad():
+        runs = {"with_position_ids": model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0],
+                "without_position_ids": model(input_ids=input_ids, use_cache=False).logits[0],
+                "with_position_ids_and_cache": model(input_ids=input_ids, position_ids=position_ids,
+                                                     use_cache=True).logits[0]}
+        diffs = dict.fromkeys(runs, 0.0)
+        for a, b in spans:
+            alone = model(input_ids=input_ids[:, a:b], use_cache=False).logits[0]
+            for k, logits in runs.items():
+                diffs[k] = max(diffs[k], (logits[a:b] - alone).abs().max().item())
+    return {**diffs, "segments": spans}
+
+
+def padding_share(lengths: list[int], batch_size: int) -> float:
+    """Share of a padded batch's tokens that are padding, batching LENGTHS in order (each batch padded
+    to its longest). Packing's point: a packed batch has (almost) none."""
+    if not lengths or batch_size < 1:
+        raise ValueError("need at least one length and a positive batch_size.")
+    total = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size))
+    return 1 - sum(lengths) / total

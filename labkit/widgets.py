@@ -52,3 +52,32 @@ def wire(controls: list, out, redraw):
     redraw()
     display(box)
     return box
+
+
+def example_label(i: int, example: dict) -> str:
+    """A short dropdown label for an instruction example: its index, task and first words."""
+    words = example["instruction"][:40] + ("..." if len(example["instruction"]) > 40 else "")
+    return f"{i}: {example['task']} · {words}"
+
+
+def token_mask_viewer(tok, examples: list[dict], max_length: int = 256):
+    """Pick an instruction example and a template; see each token coloured by whether it is trained on.
+
+    The callback is labkit.sft.mask_view(tok, example, template), a plain function returning HTML.
+    """
+    import ipywidgets as w
+
+    from .sft import MASK_TEMPLATES, mask_view
+
+    if not examples:
+        raise ValueError("token_mask_viewer needs at least one example.")
+    pick = w.Dropdown(options=[(example_label(i, e), i) for i, e in enumerate(examples)], value=0,
+                      description="example", layout=w.Layout(width="70%"))
+    template = w.Dropdown(options=list(MASK_TEMPLATES), value=MASK_TEMPLATES[0], description="template",
+                          layout=w.Layout(width="70%"))
+    out = w.HTML()
+
+    def redraw(*_):
+        out.value = mask_view(tok, examples[pick.value], template.value, max_length)
+
+    return wire([pick, template], out, redraw)
