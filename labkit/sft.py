@@ -8,6 +8,12 @@ Tokenisation follows trl's SFTTrainer for prompt/completion data, so the two giv
 token for token: the prompt and prompt+completion are tokenised separately, the completion starts
 where the two token lists first differ, and the tokenizer's EOS is appended to a completion that does
 not already end with it.
+
+Lesson 04 also uses: the token-mask viewer (mask_example, mask_html, mask_view) and the response-
+marker recipe whose mismatch masks every label (marker_labels); checks of bad input (check_pairs,
+check_generation_markers); general-text mixing (mix_general); packing (packed_vs_alone, padding_share);
+trl's SFTTrainer with the course's settings (sft_config, sft_trainer, loss_recorder); and the LoRA
+adapter that scripts/train_sft_adapter.py trains (load_shipped_adapter), scored with score/score_table.
 """
 
 from __future__ import annotations
@@ -534,3 +540,59 @@ def padding_share(lengths: list[int], batch_size: int) -> float:
         raise ValueError("need at least one length and a positive batch_size.")
     total = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size))
     return 1 - sum(lengths) / total
+
+
+# ----------------------------------------------------------------------------- the shipped adapter and the score table
+
+def adapter_dir():
+    """Where scripts/train_sft_adapter.py puts the LoRA adapter lesson 04 loads."""
+    from .models import ASSETS
+
+    return ASSETS / "adapters" / "sft_lora"
+
+
+def load_shipped_adapter(model):
+    """MODEL (the bundled base model) with the shipped SFT LoRA adapter, in eval mode, and its report.
+
+    Returns (peft_model, report): report is the script's scores.json (training settings, time, and
+    its own held-out scores). A missing adapter is a clear error saying how to rebuild it.
+    """
+    import json
+
+    from peft import PeftModel
+
+    path = adapter_dir()
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter at {path}; build it with `python scripts/train_sft_adapter.py`.")
+    report = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}
+    pm = PeftModel.from_pretrained(model, str(path))
+    pm.eval()
+    return pm, report
+
+
+def score_table(results: dict) -> str:
+    """A Markdown table of score() results side by side: one row per task, exact and format per model.
+
+    results: {"model name": score(...) output}. DTI also shows its value (the final percentage).
+    """
+    if not results:
+        raise ValueError("score_table needs at least one result.")
+    names = list(results)
+    tasks = list(next(iter(results.values()))["by_task"])
+    head = "| task | n | " + " | ".join(f"{n}: exact | {n}: format" for n in names) + " |"
+    rule = "|---|---|" + "---|---|" * len(names)
+    lines = [head, rule]
+
+    def pct(x):
+        return f"{100 * x:.0f}%"
+
+    for t in tasks:
+        cells = [f"{pct(r['by_task'][t]['exact'])} | {pct(r['by_task'][t]['format'])}" for r in results.values()]
+        lines.append(f"| {t} | {results[names[0]]['by_task'][t]['n']} | " + " | ".join(cells) + " |")
+        if "value" in results[names[0]]["by_task"][t]:
+            vals = [f"{pct(r['by_task'][t]['value'])} | " for r in results.values()]
+            lines.append(f"| {t}: value only | | " + " | ".join(vals) + " |")
+    cells = [f"{pct(r['exact'])} | {pct(r['format'])}" for r in results.values()]
+    lines.append("| **all** | " + str(sum(v["n"] for v in results[names[0]]["by_task"].values())) + " | "
+                 + " | ".join(cells) + " |")
+    return "\n".join(lines)
