@@ -27,6 +27,31 @@ sys.path.insert(0, str(ROOT))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def describe(folder: Path, report: dict) -> None:
+    """Make the saved folder portable and self-describing: no local path in adapter_config.json, a
+    short model card instead of peft's empty template, readable permissions."""
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "labkit/assets/base_model"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    lines = ["# sft_lora: the LoRA adapter of lesson 04", "",
+             "Trained by `python scripts/train_sft_adapter.py` on the bundled base model (labkit/assets/base_model)",
+             "with trl's SFTTrainer, completion-only loss, on instructions_train.jsonl (every task family).", "",
+             f"- LoRA r={report['r']}, alpha={report['alpha']}, on {', '.join(report['target_modules'])}",
+             f"- {report['steps']} steps, batch {report['batch']}, lr {report['lr']} ({report['schedule']})",
+             f"- {report['train_seconds'] / 60:.0f} min on {report['threads']} CPU thread(s) of a shared machine",
+             f"- loss {report['loss_first']:.2f} -> {report['loss_last10']:.3f} (mean of the last 10 steps)", "",
+             f"Held-out scores ({report['n_eval']} examples of {report['eval_split']}):", "",
+             "| task | n | exact | format |", "|---|---|---|---|"]
+    for task, t in report["by_task"].items():
+        extra = f" (value {100 * t['value']:.1f}%)" if "value" in t else ""
+        lines.append(f"| {task} | {t['n']} | {100 * t['exact']:.1f}%{extra} | {100 * t['format']:.1f}% |")
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=800)
@@ -74,6 +99,7 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=out.parent))
     pm.save_pretrained(tmp)
     (tmp / "scores.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    describe(tmp, report)
     old = None
     if out.exists():
         old = out.with_name(out.name + ".old")

@@ -196,3 +196,61 @@ def test_dti_value_and_its_score(base, monkeypatch):
     monkeypatch.setattr(sft, "answer", lambda *a, **k: [right_value, rows[1]["output"]])
     s = sft.score(model, tok, rows)["by_task"]["dti"]
     assert s == {"exact": 0.5, "format": 0.5, "value": 1.0, "n": 2}
+
+
+# ----------------------------------------------------------------------------- the shipped adapter, the table, the script
+
+def test_score_table_lists_every_task_and_dti_value(base, monkeypatch):
+    model, tok = base
+    rows = data.read_jsonl("instructions_eval.jsonl")[:10]
+    monkeypatch.setattr(sft, "answer", lambda *a, **k: [r["output"] for r in rows])
+    perfect = sft.score(model, tok, rows)
+    monkeypatch.setattr(sft, "answer", lambda *a, **k: ["?"] * len(rows))
+    table = sft.score_table({"before": sft.score(model, tok, rows), "after": perfect})
+    lines = table.splitlines()
+    assert lines[0].startswith("| task | n | before: exact") and "after: format" in lines[0]
+    assert "| extract | 2 | 0% | 0% | 100% | 100% |" in lines
+    assert "| dti: value only | | 0% |  | 100% |  |" in lines
+    assert lines[-1].startswith("| **all** | 10 |")
+    with pytest.raises(ValueError):
+        sft.score_table({})
+
+
+def test_the_shipped_adapter_loads_and_answers_in_format(base):
+    model, tok = base
+    if not (sft.adapter_dir() / "adapter_config.json").is_file():
+        pytest.fail("the shipped adapter is missing: run python scripts/train_sft_adapter.py")
+    pm, report = sft.load_shipped_adapter(copy.deepcopy(model))
+    assert {"steps", "lr", "r", "by_task", "n_eval"} <= set(report)
+    size = sum(p.stat().st_size for p in sft.adapter_dir().iterdir())
+    assert size < 3_000_000, "an adapter of this model should be about a megabyte"
+    rows = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] in ("classify", "risk")][:6]
+    s = sft.score(pm, tok, rows, max_new_tokens=8)
+    assert s["format"] >= 0.8, s["answers"]
+
+
+def test_a_missing_adapter_is_a_clear_error(base, monkeypatch, tmp_path):
+    monkeypatch.setattr(sft, "adapter_dir", lambda: tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="train_sft_adapter.py"):
+        sft.load_shipped_adapter(base[0])
+
+
+@pytest.mark.slow
+def test_adapter_script_writes_a_loadable_adapter_atomically(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_sft_adapter.py"
+    spec = importlib.util.spec_from_file_location("train_sft_adapter", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    report = mod.main(["--steps", "2", "--n-eval", "5", "--out", str(out), "--threads", "1"])
+    assert report["steps"] == 2 and report["n_eval"] == 5
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "scores.json"]
+    assert json.loads((out / "scores.json").read_text())["steps"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temporary or old folder may be left"
