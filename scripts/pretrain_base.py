@@ -263,7 +263,8 @@ def main() -> None:
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.75) // 16 * 16,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+        max_position_embeddings=512, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         rms_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02,
     )
