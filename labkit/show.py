@@ -1,4 +1,5 @@
-"""Show labkit's own code in a notebook, so a lesson never pastes a copy that can drift."""
+"""Show labkit's own code in a notebook, so a lesson never pastes a copy that can drift; the launch
+links (Colab, Binder) of a notebook; record(name, value) for the metrics `labkit render` collects."""
 
 from __future__ import annotations
 
@@ -31,3 +32,42 @@ def colab_url(notebook_path: str) -> str:
 def colab_badge(notebook_path: str) -> str:
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"({colab_url(notebook_path)})")
+
+
+def binder_url(notebook_path: str) -> str:
+    """The mybinder.org address that builds the repository (binder/) and opens NOTEBOOK_PATH (relative
+    to the repository root) in JupyterLab."""
+    return f"https://mybinder.org/v2/gh/{REPO}/{BRANCH}?urlpath=lab/tree/{notebook_path}"
+
+
+def binder_badge(notebook_path: str) -> str:
+    return f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(notebook_path)})"
+
+
+# The MIME type of a recorded metric in a notebook's outputs. JupyterLab does not know it and shows
+# the text/plain line next to it; `labkit render` reads it back from the executed notebook.
+RECORD_MIME = "application/vnd.labkit.record+json"
+
+
+def record(name: str, value) -> None:
+    """Record a metric of this run, e.g. record("exact_match_after_sft", 0.42).
+
+    Shows `name = value` and stores {"name", "value"} in the cell's output, so that `labkit render`
+    (and labkit.render.recorded) can list it in the summary page. VALUE: a number, a bool or a short
+    string; 0-d tensors and numpy scalars are converted with .item().
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"record's name must be a short identifier such as 'exact_match'; got {name!r}.")
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if not isinstance(value, (bool, int, float, str)):
+        raise TypeError(f"record stores a number, a bool or a string; got {type(value).__name__} for {name!r}.")
+    text = f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value!r}"
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        value = str(value)  # JSON has no NaN or infinity
+    try:
+        from IPython.display import display
+    except ImportError:  # pragma: no cover
+        print(text)
+        return
+    display({RECORD_MIME: {"name": name, "value": value}, "text/plain": text}, raw=True)
