@@ -4,6 +4,8 @@
     labkit data          rewrite the course's JSONL datasets (deterministic)
     labkit exercises     build exercises/ from solutions/, check it is up to date, build a workshop
                          subset, list the exercises, hash a quiz answer (labkit exercises --help)
+    labkit render        run every notebook with given parameters into a folder, with a summary page
+                         of status, time and recorded metrics (labkit render --help)
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("doctor", help="check versions, device, offline state and the bundled model")
     sub.add_parser("data", help="rewrite the course's JSONL datasets")
     _add_exercises_parser(sub)
+    _add_render_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor()
@@ -99,7 +102,46 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "exercises":
         return exercises_command(args)
+    if args.command == "render":
+        return render_command(args)
     return 2
+
+
+def _add_render_parser(sub) -> None:
+    r = sub.add_parser("render", help="run every notebook with given parameters into a folder, with a summary page",
+                       description="Run notebooks (default: every lesson in notebooks/) with papermill into OUT; "
+                                   "write OUT/summary.md and OUT/summary.json. A -p parameter goes only to the "
+                                   "notebooks whose parameters cell assigns it.")
+    r.add_argument("notebooks", nargs="*", help="notebooks to run (default: notebooks/NN_*.ipynb)")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter to inject, e.g. -p DEVICE=cuda -p FT_STEPS=100 (Python literal or string)")
+    r.add_argument("--fast", action="store_true", help="also inject each lesson's own quick CI parameters")
+    r.add_argument("--html", action="store_true", help="also write each executed notebook as HTML")
+    r.add_argument("--out", required=True, help="output folder")
+
+
+def render_command(args) -> int:
+    import os
+
+    from . import render
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
+                "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(key, "1")
+    try:
+        params = render.parse_params(args.param)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = [Path(p) for p in args.notebooks] or render.default_notebooks()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    rows = render.render(paths, params, out, fast=args.fast, html=args.html)
+    print(f"summary: {out / 'summary.md'}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def _add_exercises_parser(sub) -> None:

@@ -1,0 +1,96 @@
+"""`labkit render` and labkit.show.record: parameters in, executed notebooks and a summary page out."""
+
+import json
+
+import nbformat
+import pytest
+
+from labkit import render
+from labkit.cli import main
+from labkit.show import RECORD_MIME, record
+
+
+def _notebook(path, params_src, body_src, fast=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if fast:
+        nb.metadata["labkit"] = {"fast_parameters": fast}
+    cell = nbformat.v4.new_code_cell(params_src)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body_src)]
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_parse_params_reads_literals_and_strings():
+    assert render.parse_params(["R=16", "LR=3e-4", "DEVICE=cuda", "M=HuggingFaceTB/SmolLM2-135M", "F=False"]) == {
+        "R": 16, "LR": 3e-4, "DEVICE": "cuda", "M": "HuggingFaceTB/SmolLM2-135M", "F": False}
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        render.parse_params(["R16"])
+
+
+def test_parameter_names_and_recorded_read_a_notebook():
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "A = 1\nB_2 = 'x'  # c\n",
+                     "outputs": []},
+                    {"cell_type": "code", "metadata": {}, "source": "",
+                     "outputs": [{"output_type": "display_data", "data": {RECORD_MIME: {"name": "acc", "value": 0.5},
+                                                                           "text/plain": "acc = 0.5"}}]}]}
+    assert render.parameter_names(nb) == {"A", "B_2"}
+    assert render.recorded(nb) == {"acc": 0.5}
+    assert render.parameter_names({"cells": []}) == set()
+
+
+def test_record_displays_text_and_the_machine_readable_value(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append((obj, raw)))
+    import torch
+
+    record("loss", torch.tensor(0.25))
+    record("steps", 10)
+    assert shown[0] == ({RECORD_MIME: {"name": "loss", "value": 0.25}, "text/plain": "loss = 0.25"}, True)
+    assert shown[1][0][RECORD_MIME] == {"name": "steps", "value": 10}
+    record("bad", float("nan"))
+    assert shown[2][0][RECORD_MIME]["value"] == "nan"  # JSON has no NaN
+    with pytest.raises(ValueError):
+        record("not a name", 1)
+    with pytest.raises(TypeError):
+        record("vec", [1, 2])
+
+
+def test_summary_markdown_lists_status_time_params_and_metrics():
+    rows = [{"notebook": "a.ipynb", "status": "ok", "wall_s": 1.5, "params": {"R": 4}, "metrics": {"acc": 0.123456},
+             "error": None, "html": "a.html"},
+            {"notebook": "b.ipynb", "status": "failed", "wall_s": 0.3, "params": {}, "metrics": {},
+             "error": "PapermillExecutionError: x | y", "html": None}]
+    md = render.summary_markdown(rows, {"R": 4}, fast=False)
+    assert "1 of 2 notebooks ran without error" in md
+    assert "| [a.ipynb](a.ipynb) ([html](a.html)) | ok | 1.5 | R=4 | acc = 0.1235 |" in md
+    assert "FAILED: PapermillExecutionError: x \\| y" in md
+
+
+@pytest.mark.slow
+def test_labkit_render_runs_notebooks_with_parameters(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    a = _notebook(src / "01_a.ipynb", "R = 8\nSTEPS = 100\n",
+                  "from labkit.show import record\nrecord('r_times_steps', R * STEPS)", fast={"STEPS": 2})
+    b = _notebook(src / "02_b.ipynb", "SEED = 0\n", "raise RuntimeError('boom')")
+    out = tmp_path / "out"
+    code = main(["render", str(a), str(b), "-p", "R=4", "--fast", "--out", str(out)])
+    assert code == 1  # one notebook failed
+    summary = json.loads((out / "summary.json").read_text())
+    ok, failed = summary["rows"]
+    assert ok["params"] == {"STEPS": 2, "R": 4}          # R only where the parameters cell has it
+    assert ok["metrics"] == {"r_times_steps": 8} and ok["status"] == "ok"
+    assert failed["params"] == {} and failed["status"] == "failed" and "boom" in (failed["error"] or "") + \
+        (out / "02_b.ipynb").read_text()
+    md = (out / "summary.md").read_text()
+    assert "r_times_steps = 8" in md and "FAILED" in md
+    assert (out / "01_a.ipynb").is_file()
+    assert "summary:" in capsys.readouterr().out
+
+
+def test_render_rejects_a_missing_notebook_and_a_bad_param(tmp_path, capsys):
+    assert main(["render", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["render", "-p", "oops", "--out", str(tmp_path / "o")]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
