@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from labkit import REPO
 from labkit.show import colab_url
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# every notebook a learner can open in Colab: the lessons, the exercises and their solutions
+LAUNCHABLE = NOTEBOOKS + sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("*.ipynb"))
 
 
 
@@ -49,15 +52,30 @@ def test_notebook_has_parameters_cell(path):
     assert parsed == assigned, f"papermill could not parse: {set(assigned) - set(parsed)}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", LAUNCHABLE, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_notebook_has_its_own_colab_badge_and_install_cell(path):
     cells = _nb(path)["cells"]
     first = _src(cells[0])
+    rel = path.relative_to(ROOT).as_posix()
     assert "colab-badge.svg" in first
-    assert colab_url(f"notebooks/{path.name}") in first, "the badge must open this very notebook"
+    assert colab_url(rel) in first, f"the badge must open this very notebook ({rel})"
     install = [c for c in cells if c["cell_type"] == "code" and "google.colab" in _src(c)]
     assert install and "pip install" in _src(install[0])
-    assert "torch" not in _src(install[0]).split("pip install", 1)[1], "never reinstall Colab's torch"
+    assert install[0] is next(c for c in cells if c["cell_type"] == "code"), "install before any other code"
+    args = _src(install[0]).split("pip install", 1)[1]
+    assert f"labkit @ git+https://github.com/{REPO}" in args, "install labkit (and with it the course's packages)"
+    assert "torch" not in args, "never reinstall Colab's torch"
+    assert not re.search(r"(^|\s)(-U|--upgrade|--force-reinstall)(\s|$)", args), "never upgrade Colab's packages"
+
+
+def test_labkit_keeps_colabs_torch():
+    """The install cell installs labkit's dependencies; torch must be a lower bound only, so that pip
+    keeps the CUDA torch Colab ships instead of replacing it."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [d for d in deps if re.match(r"torch\b", d)]
+    assert re.fullmatch(r"torch>=[\d.]+", torch.replace(" ", "")), torch
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
