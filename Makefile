@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.labkit-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
            HF_HUB_DISABLE_PROGRESS_BARS=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 PORT   ?= 8888
+CHROMIUM ?= /usr/bin/chromium
+LATEST ?= .venv-latest
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install lab test test-fast test-offline doctor bench pins data clean
+.PHONY: install browser-deps lab test test-fast test-offline test-latest doctor bench render pins data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,17 +20,37 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The browser test drives Debian's Chromium through Playwright (Playwright's own browser download is
+# never used). Installed here when missing and possible (root with apt-get); otherwise the test skips
+# and says why.
+browser-deps:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser test: installing chromium with apt-get"; \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	  echo "browser test: apt-get install chromium failed; the browser test will be skipped"; \
+	else echo "browser test: no $(CHROMIUM) and no root apt-get; it will be skipped (sudo apt-get install chromium, or CHROMIUM=/path)"; fi
+
 lab: install  ## open the course in JupyterLab
 	$(OFFLINE) $(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-test: install  ## the whole suite: unit tests, every notebook with nbval and with papermill
-	$(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax -q
+test: install browser-deps  ## the whole suite: unit tests, every notebook (nbval, papermill), the browser test
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax -q
 
 test-fast: install  ## unit tests only, no notebooks
 	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow"
 
 test-offline: install  ## the suite with the network cut off (needs root: unshare -n)
 	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax -q'
+
+test-latest:  ## the suite against the newest releases of the libraries (no pins, no upper bounds) in $(LATEST)
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --extra-index-url $(TORCH_INDEX) -e ".[test]"
+	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --extra-index-url $(TORCH_INDEX) --upgrade \
+	  torch transformers tokenizers peft trl bitsandbytes datasets accelerate safetensors jupyterlab ipywidgets papermill nbval playwright
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes|datasets|accelerate) "
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax -q
 
 doctor: install
 	$(OFFLINE) $(VENV)/bin/labkit doctor

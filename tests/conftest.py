@@ -19,3 +19,13 @@ def base():
 
     env.quiet()
     return models.load_base(device="cpu")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each test's call report on the item, so a fixture can tell a failure (the browser test
+    takes a screenshot then)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep
