@@ -58,6 +58,9 @@ doctor: install
 bench: install  ## wall time and peak memory of every notebook -> bench/notebooks.md
 	$(OFFLINE) $(PY) scripts/bench_notebooks.py
 
+render: install  ## every notebook into out/render with a summary page; e.g. make render ARGS="--fast --html"
+	$(OFFLINE) $(VENV)/bin/labkit render --out out/render $(ARGS)
+
 data: install  ## regenerate the course's JSONL datasets (deterministic)
 	$(PY) -m labkit.data
 

@@ -68,3 +68,22 @@ def test_the_benchmark_covers_every_lesson():
     missing = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if p.name not in benched)
     if missing:  # a new lesson: not a failure, but its memory is unchecked until `make bench` runs
         warnings.warn(f"not in bench/notebooks.json (run `make bench`): {', '.join(missing)}", stacklevel=1)
+
+
+def test_make_test_prepares_the_browser_and_test_latest_runs_unpinned():
+    """`make test` (the README's command, .ci/run) installs Chromium from apt, never Playwright's own
+    download; `make test-latest` upgrades the libraries without constraints in its own venv."""
+    import subprocess
+
+    def dry(target):
+        return subprocess.run(["make", "-n", target, "STAMP=/dev/null"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.replace("\\\n", " ")
+
+    test = dry("test")
+    assert "apt-get install -y -q chromium" in test and "playwright install" not in test
+    latest = dry("test-latest")
+    assert ".venv-latest" in latest and "--upgrade" in latest
+    upgrade = [line for line in latest.splitlines() if "--upgrade" in line][0]
+    assert "-c constraints.txt" not in upgrade and all(p in upgrade for p in ("transformers", "peft", "trl", "bitsandbytes"))
+    deps = (ROOT / "pyproject.toml").read_text()
+    assert '"playwright>=' in deps and re.search(r"^playwright==", (ROOT / "constraints.txt").read_text(), re.M)
