@@ -6,7 +6,8 @@
 Peak memory is the largest resident set size (RSS) of the kernel process and its children, sampled
 every 50 ms while the notebook runs, and is checked against Binder's 2 GB limit (--memory-limit-mb):
 a notebook over it fails the run (exit 1), as does a notebook that raises. The load average is
-recorded too: on a shared machine wall times grow with it. Executed copies go to bench/executed/
+recorded too: on a shared machine wall times grow with it, while the kernel's CPU time (user + system
+of the kernel and its children) barely does. Executed copies go to bench/executed/
 (not committed); tests/test_launch.py reads bench/notebooks.json.
 """
 
@@ -28,11 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class PeakRSS(threading.Thread):
-    """Samples the RSS of this process's children (the kernel) until stopped."""
+    """Samples the RSS of this process's children (the kernel) until stopped; also their CPU time
+    (user + system, the last value seen per process), which unlike wall time hardly depends on how
+    busy a shared machine is."""
 
     def __init__(self, interval: float = 0.05):
         super().__init__(daemon=True)
         self.interval, self.peak, self._halt = interval, 0, threading.Event()
+        self._cpu: dict[int, float] = {}
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
 
     def run(self):
         me = psutil.Process()
@@ -41,6 +49,8 @@ class PeakRSS(threading.Thread):
             for child in me.children(recursive=True):
                 try:
                     total += child.memory_info().rss
+                    t = child.cpu_times()
+                    self._cpu[child.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
@@ -65,7 +75,8 @@ def bench(path: Path, params: dict, out_dir: Path) -> dict:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.perf_counter() - t0
     sampler.stop()
-    return {"notebook": path.name, "wall_s": round(wall, 1), "peak_rss_mb": round(sampler.peak / 2**20),
+    return {"notebook": path.name, "wall_s": round(wall, 1), "kernel_cpu_s": round(sampler.cpu_s, 1),
+            "peak_rss_mb": round(sampler.peak / 2**20),
             "params": params, "error": error}
 
 
@@ -132,10 +143,10 @@ def main() -> None:
              f"on a shared machine wall times grow with it.", "",
              f"Bundled model: `load_base()` {load['load_s']} s after imports of {load['import_s']} s; "
              f"a whole fresh process {load['process_s']} s.", "",
-             f"| notebook | wall time (s) | peak kernel RSS (MB) | under {limit} MB (Binder) | status |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['notebook']} | {r['wall_s']} | {r['peak_rss_mb']} | {'yes' if r['within_memory_limit'] else 'NO'} "
-              f"| {r['error'] or 'ok'} |" for r in rows]
+             f"| notebook | wall time (s) | kernel CPU time (s) | peak kernel RSS (MB) | under {limit} MB (Binder) | status |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['wall_s']} | {r['kernel_cpu_s']} | {r['peak_rss_mb']} "
+              f"| {'yes' if r['within_memory_limit'] else 'NO'} | {r['error'] or 'ok'} |" for r in rows]
     (args.out / "notebooks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     over = [r["notebook"] for r in rows if not r["within_memory_limit"]]
