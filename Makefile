@@ -9,6 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_
 PORT   ?= 8888
 CHROMIUM ?= /usr/bin/chromium
 LATEST ?= .venv-latest
+# where test-latest gets torch (a CPU build); TORCH_INDEX= for PyPI and pip.conf only
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install browser-deps lab test test-fast test-offline test-latest doctor bench render pins data clean
@@ -46,8 +47,8 @@ test-offline: install  ## the suite with the network cut off (needs root: unshar
 
 test-latest:  ## the suite against the newest releases of the libraries (no pins, no upper bounds) in $(LATEST)
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --extra-index-url $(TORCH_INDEX) -e ".[test]"
-	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --extra-index-url $(TORCH_INDEX) --upgrade \
+	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) -e ".[test]"
+	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) --upgrade \
 	  torch transformers tokenizers peft trl bitsandbytes datasets accelerate safetensors jupyterlab ipywidgets papermill nbval playwright
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes|datasets|accelerate) "
 	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax -q
