@@ -6,8 +6,8 @@
 Peak memory is the largest resident set size (RSS) of the kernel process and its children, sampled
 every 50 ms while the notebook runs, and is checked against Binder's 2 GB limit (--memory-limit-mb):
 a notebook over it fails the run (exit 1), as does a notebook that raises. The load average is
-recorded too: on a shared machine wall times grow with it, while the kernel's CPU time (user + system
-of the kernel and its children) barely does. Executed copies go to bench/executed/
+recorded too: on a shared machine wall times grow with it. The kernel's CPU time (user + system of
+the kernel and its children) grows much less, but not nothing: oversubscribed OpenMP threads spin. Executed copies go to bench/executed/
 (not committed); tests/test_launch.py reads bench/notebooks.json.
 """
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class PeakRSS(threading.Thread):
     """Samples the RSS of this process's children (the kernel) until stopped; also their CPU time
-    (user + system, the last value seen per process), which unlike wall time hardly depends on how
+    (user + system, the last value seen per process), which depends much less than wall time on how
     busy a shared machine is."""
 
     def __init__(self, interval: float = 0.05):

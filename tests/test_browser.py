@@ -100,6 +100,7 @@ def lab(tmp_path_factory):
         pytest.skip(f"browser test skipped: {reason}")
     import papermill as pm
 
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # only this run's screenshots and timings
     home = tmp_path_factory.mktemp("lab")
     root = home / "root"
     root.mkdir()
@@ -124,7 +125,7 @@ def lab(tmp_path_factory):
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"]
+           f"--ServerApp.root_dir={root}", "--LabApp.news_url="]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log = open(home / "server.log", "w")
@@ -175,8 +176,9 @@ def page(browser, lab, request):
         try:
             pg.screenshot(path=str(shot), full_page=True)
             (ARTIFACTS / f"{request.node.name}.txt").write_text(pg.inner_text("body"))
+            shutil.copy(lab["log"], ARTIFACTS / "jupyterlab-server.log")
             print(f"\nbrowser test failed: screenshot {shot}, page text {shot.with_suffix('.txt')}, "
-                  f"server log {lab['log']}")
+                  f"server log {ARTIFACTS / 'jupyterlab-server.log'}")
         except Exception as exc:  # a crashed page: say so, keep the original failure
             print(f"\nbrowser test failed and no screenshot could be taken: {exc}")
     context.close()
