@@ -46,7 +46,10 @@ EXERCISES = ROOT / "exercises" / "01_lora_exercises.ipynb"
 # On top of the lesson's own fast parameters: the parts of 01 that the widget does not depend on,
 # cut to a few steps (names missing from the parameters cell are left out).
 BROWSER_PARAMETERS = {"ADAPTER_STEPS": 4, "LATENCY_REPEATS": 3}
-RUN_ALL_TIMEOUT_S = 420  # generous: the shared 2-core CI machine can be several times slower than idle
+# Patient on purpose: on the course's 2-core machine, shared with other jobs, Run All of 01 took 305 s
+# at load average 14 and more than 420 s at load 20 (see the module docstring). LABKIT_BROWSER_TIMEOUT_S
+# overrides it.
+RUN_ALL_TIMEOUT_S = float(os.environ.get("LABKIT_BROWSER_TIMEOUT_S", 1200))
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
