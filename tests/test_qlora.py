@@ -77,6 +77,7 @@ def test_4bit_model_stays_close_to_the_original(model_4bit, base):
     assert ppl_4bit != ppl and abs(ppl_4bit / ppl - 1) < 0.05  # close, and not always worse
 
 
+@pytest.mark.slow
 def test_qlora_trains_and_the_loss_falls(texts):
     m4, tok = qlora.load_4bit(device="cpu")
     with torch.no_grad():  # a no-grad eval forward: what would trigger bitsandbytes' CPU repacking
@@ -92,6 +93,7 @@ def test_qlora_trains_and_the_loss_falls(texts):
     assert all(p.dtype == torch.uint8 for n, p in model.named_parameters() if "base_layer" in n and "weight" in n)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:bitsandbytes::gemv_4bit")  # the trap itself: no autograd kernel
 def test_the_avx512_bf16_trap_and_its_fix(texts):
     """On a CPU with AVX512-BF16, a no-grad forward repacks the weights and no adapter gets a gradient;
