@@ -213,6 +213,37 @@ def lora_gradients(model, batch: dict) -> dict:
     return out
 
 
+def check_against_bitsandbytes(w, blocksize: int = 64, quant_type: str = "nf4") -> dict:
+    """labkit.quant's 4-bit quantisation of W (out, in) next to bitsandbytes' quantize_4bit.
+
+    Returns {"codes_equal", "absmax_equal" (bit for bit), "dequant_max_abs_diff" (ours vs
+    bitsandbytes' dequantize_4bit), "rows_whole_blocks" (in_features % blocksize == 0: where
+    bitsandbytes 0.50.2's CPU dequantize_4bit is right)}. FP4 codes are compared by the value they
+    stand for, since bitsandbytes numbers FP4 by bit pattern.
+    """
+    import bitsandbytes.functional as bnbF
+    import torch
+
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be one of ('nf4', 'fp4') (what bitsandbytes has), got {quant_type!r}.")
+    w = w.detach()
+    codes, absmax = quant.quantize_4bit(w, quant_type, blocksize)
+    packed, state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
+    theirs = quant.unpack_4bit(packed, w.numel()).long()
+    table = bnbF.get_4bit_type(quant_type, device=w.device)
+    ours = quant.dequantize_4bit(codes, absmax, w.shape, quant_type, blocksize)
+    return {"codes_equal": torch.equal(quant.CODES_4BIT[quant_type][codes.long()], table[theirs]),
+            "absmax_equal": torch.equal(absmax, state.absmax),
+            "dequant_max_abs_diff": (bnbF.dequantize_4bit(packed, state, quant_type=quant_type) - ours).abs().max().item(),
+            "rows_whole_blocks": w.shape[-1] % blocksize == 0}
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if hasattr(v, "element_size"))
+
+
 # -----------------------------------------------------------------------------
 # What fits where
 

@@ -177,3 +177,30 @@ def test_load_gpu_results(tmp_path):
     assert qlora.load_gpu_results(p) is None
     p.write_text(json.dumps({"device": "cuda", "smoke": False, "gpu": "H100"}))
     assert qlora.load_gpu_results(p)["gpu"] == "H100"
+
+
+def test_check_against_bitsandbytes_on_real_weights(base):
+    layer = base[0].model.layers[0]
+    for quant_type in ("nf4", "fp4"):
+        for blocksize in (64, 128):
+            r = qlora.check_against_bitsandbytes(layer.self_attn.q_proj.weight, blocksize, quant_type)
+            assert r == {"codes_equal": True, "absmax_equal": True, "dequant_max_abs_diff": 0.0,
+                         "rows_whole_blocks": True}
+    # rows of 704 = 5.5 blocks of 128: codes still equal, bitsandbytes 0.50.2's CPU dequantize is off
+    r = qlora.check_against_bitsandbytes(layer.mlp.down_proj.weight, 128)
+    assert r["codes_equal"] and r["absmax_equal"] and not r["rows_whole_blocks"]
+    with pytest.raises(ValueError, match=r"quant_type must be one of \('nf4', 'fp4'\).*'int4'"):
+        qlora.check_against_bitsandbytes(layer.mlp.down_proj.weight, 64, "int4")
+
+
+def test_optimizer_state_bytes():
+    import bitsandbytes as bnb
+
+    p = torch.nn.Parameter(torch.randn(64, 256))
+    p.grad = torch.randn_like(p)
+    adamw, adamw8 = torch.optim.AdamW([p], lr=1e-3), bnb.optim.AdamW8bit([p], lr=1e-3)
+    assert qlora.optimizer_state_bytes(adamw) == 0
+    adamw.step()
+    adamw8.step()
+    assert qlora.optimizer_state_bytes(adamw) == 8 * p.numel() + 4  # m and v in fp32, plus the step count
+    assert 2 * p.numel() <= qlora.optimizer_state_bytes(adamw8) < 3 * p.numel()  # 8-bit m, v + constants
