@@ -99,6 +99,9 @@ def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", dou
               quant_type: str = "nf4"):
     """Return (model, tokenizer): MODEL (bundled by default) with every Linear in 4 bits.
 
+    device: "auto" (CUDA, else CPU: bitsandbytes has no 4-bit kernels for Apple MPS), "cpu" or
+    "cuda". compute_dtype: one of COMPUTE_DTYPES ("auto": bfloat16 on CUDA, float32 on CPU).
+
     Embeddings, norms and the LM head stay in their dtype (float32 on CPU, as bitsandbytes leaves
     them). The model is ready to train: CPU repacking is off (see disable_cpu_repacking).
     """
@@ -107,7 +110,9 @@ def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", dou
 
     dev = pick_device(device)
     if dev == "mps":
-        raise ValueError("bitsandbytes has no 4-bit support on Apple MPS; use DEVICE='cpu' or a CUDA GPU.")
+        if str(device).lower() != "auto":
+            raise ValueError("bitsandbytes has no 4-bit support on Apple MPS; use DEVICE='cpu' or a CUDA GPU.")
+        dev = "cpu"  # 'auto' on a Mac: the 4-bit model runs on the CPU
     config = bnb_config(compute_dtype, double_quant, quant_type, device=dev)
     # dtype "auto": what stays unquantised is float32 on CPU, bf16 (or fp16) on a GPU
     lm, tok = load_base(model, device=dev, dtype="auto", quantization_config=config,
