@@ -80,7 +80,7 @@ def versions() -> dict:
 def build_random_model(config: dict, folder: Path, device: str, seed: int = 0) -> int:
     """Save a Llama with random weights (bf16, safetensors) to FOLDER; return its parameter count."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: F401
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     with torch.device(device):
