@@ -2,7 +2,8 @@
 
 The pieces, in the order of the QLoRA paper (Dettmers et al. 2023, https://arxiv.org/abs/2305.14314):
 
-1. The NF4 codebook: 16 values at quantiles of a standard normal, scaled to [-1, 1] (`NF4_CODE`).
+1. The NF4 codebook: 16 values at quantiles of a standard normal, scaled to [-1, 1] (`NF4_CODE`);
+   FP4 and plain int4 (`FP4_CODE`, `INT4_CODE`) for comparison (`quantize_4bit`, `quantization_error`).
 2. Blockwise absmax quantisation: each block of 64 weights is divided by its largest |w| and every
    value is replaced by the index of the nearest NF4 value (`quantize_nf4`, `dequantize_nf4`).
 3. Double quantisation: the per-block absmax constants (fp32, 0.5 bit per weight) are themselves
@@ -69,8 +70,36 @@ def dynamic_code() -> torch.Tensor:
     return torch.tensor(sorted(values), dtype=torch.float32)
 
 
+def fp4_code() -> torch.Tensor:
+    """bitsandbytes' FP4 values: a tiny float with 1 sign, 2 exponent and 1 mantissa bit.
+
+    Returns: (16,) float32, sorted, from -1.0 to 1.0; zero appears twice (+0 and -0), so only 15
+    values are distinct. The magnitudes are 0, a subnormal 0.0625 and 2^e * (1 + m/2) for
+    e = 1, 2, 3 and m = 0, 1 (2, 3, 4, 6, 8, 12), divided by 12 so the largest is 1.
+    A float grid is dense near 0 and coarse near +-1, like NF4, but its spacing doubles per
+    exponent step instead of following a normal distribution.
+    """
+    magnitudes = [0.0, 0.0625] + [2.0**e * (1 + m / 2) for e in (1, 2, 3) for m in (0, 1)]
+    values = torch.tensor([-v for v in magnitudes] + magnitudes, dtype=torch.float32) / 12
+    return values.sort().values
+
+
+def int4_code() -> torch.Tensor:
+    """Plain symmetric int4: the uniform grid -7/7 .. 7/7 (as bitsandbytes' get_4bit_type("int4")).
+
+    Returns: (16,) float32, sorted, zero twice (+0 and -0): 15 distinct, evenly spaced values.
+    With an absmax scale the 16th integer level, -8, would never be used.
+    """
+    values = torch.arange(-7, 8, dtype=torch.float32) / 7
+    return torch.cat([values[:7], torch.zeros(1), values[7:]])
+
+
 NF4_CODE = nf4_code_from_normal()
+FP4_CODE = fp4_code()
+INT4_CODE = int4_code()
 DYNAMIC_CODE = dynamic_code()
+# The 4-bit codebooks quantize_4bit accepts, by name (each sorted, 16 entries).
+CODES_4BIT = {"nf4": NF4_CODE, "fp4": FP4_CODE, "int4": INT4_CODE}
 
 
 # -----------------------------------------------------------------------------
@@ -153,6 +182,44 @@ def _check_codes(codes, absmax, numel: int, blocksize: int, n_codes: int) -> Non
 # NF4
 
 
+def _check_quant_type(quant_type) -> torch.Tensor:
+    if quant_type not in CODES_4BIT:
+        raise ValueError(f"quant_type must be one of {tuple(CODES_4BIT)}, got {quant_type!r}.")
+    return CODES_4BIT[quant_type]
+
+
+def quantize_4bit(w: torch.Tensor, quant_type: str = "nf4",
+                  blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax 4-bit quantisation with the codebook CODES_4BIT[quant_type].
+
+    w: any shape, float32/bf16/fp16 (computed in float32), flattened row-major into blocks of
+    BLOCKSIZE values; the last block may be partial. quant_type: "nf4", "fp4" or "int4".
+    Returns (codes, absmax): codes (w.numel(),) uint8 indices 0..15 into the SORTED codebook (for
+    "nf4" that is bitsandbytes' own numbering; its "fp4" numbering is a permutation of ours);
+    absmax (ceil(w.numel() / blocksize),) float32, the largest |w| of each block.
+    """
+    code = _check_quant_type(quant_type)
+    _check_float(w, "w")
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    scaled, absmax = _scale_blocks(w.detach().reshape(-1).float(), blocksize)
+    return _nearest_index(scaled, code.to(w.device)), absmax
+
+
+def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape, quant_type: str = "nf4",
+                    blocksize: int = 64) -> torch.Tensor:
+    """The inverse of quantize_4bit: CODES_4BIT[quant_type][codes] * absmax of each block.
+
+    codes: (prod(shape),) integer indices 0..15; absmax: (ceil(prod(shape) / blocksize),) float.
+    Returns: float32 tensor of SHAPE.
+    """
+    code = _check_quant_type(quant_type)
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    shape = torch.Size(shape)
+    _check_codes(codes, absmax, shape.numel(), blocksize, n_codes=16)
+    values = code.to(codes.device)[codes.reshape(-1).long()]
+    return _unscale_blocks(values, absmax.reshape(-1).float(), blocksize).reshape(shape)
+
+
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Blockwise NF4 quantisation of a weight, as bitsandbytes' quantize_4bit(quant_type="nf4").
 
@@ -163,10 +230,7 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, to
         (one code per byte here; bitsandbytes packs two per byte, see pack_4bit);
       absmax: (ceil(w.numel() / blocksize),) float32, the largest |w| of each block.
     """
-    _check_float(w, "w")
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
-    scaled, absmax = _scale_blocks(w.detach().reshape(-1).float(), blocksize)
-    return _nearest_index(scaled, NF4_CODE.to(w.device)), absmax
+    return quantize_4bit(w, "nf4", blocksize)
 
 
 def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = 64) -> torch.Tensor:
@@ -175,11 +239,22 @@ def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, shape, blocksize: 
     codes: (prod(shape),) integer indices 0..15; absmax: (ceil(prod(shape) / blocksize),) float.
     Returns: float32 tensor of SHAPE.
     """
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
-    shape = torch.Size(shape)
-    _check_codes(codes, absmax, shape.numel(), blocksize, n_codes=16)
-    values = NF4_CODE.to(codes.device)[codes.reshape(-1).long()]
-    return _unscale_blocks(values, absmax.reshape(-1).float(), blocksize).reshape(shape)
+    return dequantize_4bit(codes, absmax, shape, "nf4", blocksize)
+
+
+def quantization_error(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64) -> dict:
+    """How much of W a 4-bit round trip loses. w: any shape, float.
+
+    Returns {"rmse", "relative_rmse" (rmse / std of w), "max_abs", "mean_abs", "levels_used" (how
+    many distinct code values occur: at most 16, 15 for fp4 and int4, whose two zeros are one)}.
+    """
+    codes, absmax = quantize_4bit(w, quant_type, blocksize)
+    back = dequantize_4bit(codes, absmax, w.shape, quant_type, blocksize)
+    err = (back - w.detach().float()).reshape(-1)
+    rmse = err.pow(2).mean().sqrt().item()
+    return {"rmse": rmse, "relative_rmse": rmse / w.detach().float().std().item(),
+            "max_abs": err.abs().max().item(), "mean_abs": err.abs().mean().item(),
+            "levels_used": int(CODES_4BIT[quant_type][codes.long()].unique().numel())}
 
 
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:

@@ -357,3 +357,62 @@ def test_estimate_memory_errors_name_the_choices():
         quant.estimate_memory(1e9, "full", optimizer="lion")
     with pytest.raises(ValueError, match="hidden and layers"):
         quant.estimate_memory(1e9, "full", hidden=4096)
+
+
+# ----------------------------------------------------------------------------- FP4 and int4
+
+def bnb_int4_table():
+    """bitsandbytes 0.50.2's get_4bit_type("int4") fails (it divides an integer tensor in place);
+    its table is [7, 6, ..., 0, -0, ..., -7] / 7, which is what we compare with when it does."""
+    try:
+        return bnbF.get_4bit_type("int4", device="cpu")
+    except RuntimeError:
+        return torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, -0, -1, -2, -3, -4, -5, -6, -7]) / 7
+
+
+def test_fp4_and_int4_codes_equal_bitsandbytes_tables():
+    for name, ours, table in (("fp4", quant.FP4_CODE, bnbF.get_4bit_type("fp4", device="cpu")),
+                              ("int4", quant.INT4_CODE, bnb_int4_table())):
+        assert ours.shape == (16,) and torch.all(ours[1:] >= ours[:-1])
+        assert torch.allclose(ours, table.sort().values, rtol=0, atol=1e-6), name
+    assert quant.FP4_CODE.unique().numel() == 15 and quant.INT4_CODE.unique().numel() == 15
+    steps = quant.INT4_CODE.unique().diff()
+    assert torch.allclose(steps, torch.full_like(steps, 1 / 7))  # int4 is uniform; FP4 and NF4 are not
+    assert quant.FP4_CODE.unique().diff().max() > 5 * quant.FP4_CODE.unique().diff().min()
+
+
+@pytest.mark.parametrize("blocksize", [64, 128])
+def test_fp4_equals_bitsandbytes(weight, blocksize):
+    codes, absmax = quant.quantize_4bit(weight, "fp4", blocksize)
+    packed, state = bnbF.quantize_4bit(weight, blocksize=blocksize, quant_type="fp4")
+    bnb_codes = quant.unpack_4bit(packed, weight.numel())
+    table = bnbF.get_4bit_type("fp4", device="cpu")
+    # bitsandbytes numbers FP4 by bit pattern, we by value: compare the values the codes stand for
+    assert torch.equal(quant.FP4_CODE[codes.long()], table[bnb_codes.long()])
+    assert torch.equal(absmax, state.absmax)
+    ours = quant.dequantize_4bit(codes, absmax, weight.shape, "fp4", blocksize)
+    assert torch.equal(ours, bnbF.dequantize_4bit(packed, state, quant_type="fp4"))
+
+
+def test_quantize_4bit_nf4_is_quantize_nf4(minilm_weight):
+    a = quant.quantize_4bit(minilm_weight, "nf4")
+    b = quant.quantize_nf4(minilm_weight)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_nf4_beats_fp4_and_int4_on_normal_and_real_weights(weight):
+    errors = {t: quant.quantization_error(weight, t)["rmse"] for t in quant.CODES_4BIT}
+    assert errors["nf4"] < errors["fp4"] and errors["nf4"] < errors["int4"], errors
+    report = quant.quantization_error(weight, "nf4")
+    assert set(report) == {"rmse", "relative_rmse", "max_abs", "mean_abs", "levels_used"}
+    assert report["levels_used"] == 16 and quant.quantization_error(weight, "int4")["levels_used"] == 15
+    assert 0 < report["relative_rmse"] < 0.12
+
+
+def test_quant_type_errors_name_the_choices():
+    with pytest.raises(ValueError, match=r"quant_type must be one of \('nf4', 'fp4', 'int4'\), got 'int8'"):
+        quant.quantize_4bit(torch.randn(64), "int8")
+    with pytest.raises(ValueError, match="quant_type"):
+        quant.dequantize_4bit(torch.zeros(64, dtype=torch.uint8), torch.ones(1), (64,), "NF4")
+    with pytest.raises(ValueError, match="quant_type"):
+        quant.quantization_error(torch.randn(64), "af4")

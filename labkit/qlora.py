@@ -1,0 +1,312 @@
+"""QLoRA in practice: a model loaded in 4-bit NF4 through transformers + bitsandbytes, LoRA on top.
+
+labkit.quant holds the arithmetic (NF4 from scratch, double quantisation, estimate_memory); this
+module holds what a lesson does with real models:
+
+- `load_4bit` loads a model with a BitsAndBytesConfig (NF4, double quantisation, a compute dtype)
+  and switches off bitsandbytes' CPU repacking, which breaks training (`disable_cpu_repacking`);
+- `prepare_qlora` is peft's recipe: prepare_model_for_kbit_training, then get_peft_model;
+- `footprint` counts the bytes a model really stores (4-bit data, quantisation constants, the rest);
+- `compare_outputs` measures how far the 4-bit model's logits are from the original's;
+- `llama_sizes` and `fit_table` apply quant.estimate_memory to real Llama shapes and GPU sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import quant
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Published Llama shapes (config.json of each checkpoint); 34B is Code Llama 34B (Llama 2 had none
+# released), 34B and 70B use grouped-query attention with 8 key/value heads.
+LLAMA_SHAPES = {
+    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000),
+    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000),
+    "34B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=32000),
+    "65B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=64, vocab_size=32000),
+    "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=32000),
+}
+GPU_SIZES_GB = (16, 24, 48, 80)
+
+
+# -----------------------------------------------------------------------------
+# Loading in 4 bits
+
+
+def _torch_dtype(name: str, device: str):
+    import torch
+
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}.")
+    if name == "auto":
+        # bf16 is QLoRA's compute dtype on a GPU; on a CPU float32 is the safe, well-tested choice.
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def bnb_config(compute_dtype: str = "auto", double_quant: bool = True, quant_type: str = "nf4",
+               device: str = "cpu"):
+    """The BitsAndBytesConfig of QLoRA: 4-bit QUANT_TYPE weights ("nf4" or "fp4"), double
+    quantisation of the constants, and the dtype the matmuls run in (weights are dequantised to
+    it block by block, on the fly)."""
+    from transformers import BitsAndBytesConfig
+
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be one of ('nf4', 'fp4') (what bitsandbytes loads), got {quant_type!r}.")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant must be True or False, got {double_quant!r}.")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=_torch_dtype(compute_dtype, device))
+
+
+def linear4bit_modules(model) -> list:
+    """[(name, bitsandbytes.nn.Linear4bit)] of MODEL, in order."""
+    import bitsandbytes as bnb
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def disable_cpu_repacking(model) -> int:
+    """Switch off bitsandbytes' AVX512-BF16 CPU fast path on every Linear4bit; return how many.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight the first time it
+    runs a no-grad forward in eval mode, and from then on computes it with a kernel that has no
+    backward: LoRA adapters on top of it get no gradient. This sets `support_avx512bf16_for_cpu =
+    False` and undoes a repacking that already happened. Harmless on other CPUs and on GPUs.
+    """
+    from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+    layers = linear4bit_modules(model)
+    for _, m in layers:
+        m.support_avx512bf16_for_cpu = False
+        state = m.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, state)
+    return len(layers)
+
+
+def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", double_quant: bool = True,
+              quant_type: str = "nf4"):
+    """Return (model, tokenizer): MODEL (bundled by default) with every Linear in 4 bits.
+
+    device: "auto" (CUDA, else CPU: bitsandbytes has no 4-bit kernels for Apple MPS), "cpu" or
+    "cuda". compute_dtype: one of COMPUTE_DTYPES ("auto": bfloat16 on CUDA, float32 on CPU).
+
+    Embeddings, norms and the LM head stay in their dtype (float32 on CPU, as bitsandbytes leaves
+    them). The model is ready to train: CPU repacking is off (see disable_cpu_repacking).
+    """
+    from .env import pick_device
+    from .models import load_base
+
+    dev = pick_device(device)
+    if dev == "mps":
+        if str(device).lower() != "auto":
+            raise ValueError("bitsandbytes has no 4-bit support on Apple MPS; use DEVICE='cpu' or a CUDA GPU.")
+        dev = "cpu"  # 'auto' on a Mac: the 4-bit model runs on the CPU
+    config = bnb_config(compute_dtype, double_quant, quant_type, device=dev)
+    # dtype "auto": what stays unquantised is float32 on CPU, bf16 (or fp16) on a GPU
+    lm, tok = load_base(model, device=dev, dtype="auto", quantization_config=config,
+                        device_map={"": 0 if dev == "cuda" else dev})
+    disable_cpu_repacking(lm)
+    return lm, tok
+
+
+def prepare_qlora(model, r: int = 8, alpha: float = 16, target_modules=ALL_LINEAR, dropout: float = 0.0,
+                  gradient_checkpointing: bool = False):
+    """peft's QLoRA recipe on a 4-bit MODEL: prepare_model_for_kbit_training, then LoRA adapters.
+
+    prepare_model_for_kbit_training freezes every weight, casts the remaining 16-bit ones (norms,
+    embeddings) to float32 for stable training and, with gradient checkpointing, makes the input
+    embeddings require grad so that checkpointed layers still pass gradients back.
+    Returns the peft model (only the adapters train).
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if not linear4bit_modules(model):
+        raise ValueError("the model has no 4-bit layers; load it with labkit.qlora.load_4bit first.")
+    disable_cpu_repacking(model)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+# -----------------------------------------------------------------------------
+# Measuring
+
+
+def footprint(model) -> dict:
+    """The bytes MODEL really stores, by kind.
+
+    Returns a dict of ints: weights_4bit (the packed codes, 2 per byte), quant_constants (absmax,
+    double-quantised absmax, their absmax2 and offsets), codebooks (the 16-entry NF4 and 256-entry
+    8-bit tables every layer keeps), other_params (embeddings, norms, LM head, adapters: numel x
+    element size), buffers, total; and quantized_params, the number of weights held in 4 bits.
+    transformers' model.get_memory_footprint() counts parameters and buffers only: the quantisation
+    constants live in each weight's quant_state, which it leaves out.
+    """
+    import bitsandbytes as bnb
+
+    out = dict.fromkeys(("weights_4bit", "quant_constants", "codebooks", "other_params", "buffers"), 0)
+    quantized = 0
+    seen = set()
+    for p in model.parameters():
+        if id(p) in seen:  # tied weights count once
+            continue
+        seen.add(id(p))
+        if isinstance(p, bnb.nn.Params4bit) and p.quant_state is not None:
+            s = p.quant_state
+            out["weights_4bit"] += p.numel() * p.element_size()
+            quantized += s.shape.numel()
+            out["quant_constants"] += s.absmax.numel() * s.absmax.element_size()
+            out["codebooks"] += s.code.numel() * s.code.element_size()
+            if s.nested:
+                out["quant_constants"] += s.state2.absmax.numel() * s.state2.absmax.element_size()
+                out["quant_constants"] += s.offset.numel() * s.offset.element_size()
+                out["codebooks"] += s.state2.code.numel() * s.state2.code.element_size()
+        else:
+            out["other_params"] += p.numel() * p.element_size()
+    out["buffers"] = sum(b.numel() * b.element_size() for b in model.buffers())
+    out["total"] = sum(out.values())
+    out["quantized_params"] = quantized
+    return out
+
+
+def compare_outputs(model, reference, input_ids) -> dict:
+    """How close MODEL's next-token distributions are to REFERENCE's on INPUT_IDS (batch, seq).
+
+    Returns {"max_abs_logit_diff", "mean_abs_logit_diff", "kl" (mean KL(reference || model) per
+    token, in nats), "top1_agreement" (share of positions where both pick the same next token)}.
+    """
+    import torch
+
+    with torch.no_grad():
+        a = model(input_ids.to(next(model.parameters()).device)).logits.float().cpu()
+        b = reference(input_ids.to(next(reference.parameters()).device)).logits.float().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"the two models give logits of different shapes: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    kl = torch.nn.functional.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True,
+                                    reduction="none").sum(-1)
+    return {"max_abs_logit_diff": (a - b).abs().max().item(), "mean_abs_logit_diff": (a - b).abs().mean().item(),
+            "kl": kl.mean().item(), "top1_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
+
+
+def lora_gradients(model, batch: dict) -> dict:
+    """One forward and backward pass on BATCH; {adapter parameter name: gradient norm, or None}.
+
+    A quick check that gradients reach the adapters (B gets one from step 0; A only once B is
+    non-zero, since the gradient of A is proportional to B). Gradients are cleared afterwards.
+    """
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    out = {n: (None if p.grad is None else p.grad.norm().item())
+           for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return out
+
+
+def check_against_bitsandbytes(w, blocksize: int = 64, quant_type: str = "nf4") -> dict:
+    """labkit.quant's 4-bit quantisation of W (out, in) next to bitsandbytes' quantize_4bit.
+
+    Returns {"codes_equal", "absmax_equal" (bit for bit), "dequant_max_abs_diff" (ours vs
+    bitsandbytes' dequantize_4bit), "rows_whole_blocks" (in_features % blocksize == 0: where
+    bitsandbytes 0.50.2's CPU dequantize_4bit is right)}. FP4 codes are compared by the value they
+    stand for, since bitsandbytes numbers FP4 by bit pattern.
+    """
+    import bitsandbytes.functional as bnbF
+    import torch
+
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be one of ('nf4', 'fp4') (what bitsandbytes has), got {quant_type!r}.")
+    w = w.detach()
+    codes, absmax = quant.quantize_4bit(w, quant_type, blocksize)
+    packed, state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type)
+    theirs = quant.unpack_4bit(packed, w.numel()).long()
+    table = bnbF.get_4bit_type(quant_type, device=w.device)
+    ours = quant.dequantize_4bit(codes, absmax, w.shape, quant_type, blocksize)
+    return {"codes_equal": torch.equal(quant.CODES_4BIT[quant_type][codes.long()], table[theirs]),
+            "absmax_equal": torch.equal(absmax, state.absmax),
+            "dequant_max_abs_diff": (bnbF.dequantize_4bit(packed, state, quant_type=quant_type) - ours).abs().max().item(),
+            "rows_whole_blocks": w.shape[-1] % blocksize == 0}
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if hasattr(v, "element_size"))
+
+
+# -----------------------------------------------------------------------------
+# What fits where
+
+
+def llama_sizes(names=tuple(LLAMA_SHAPES), r: int = 64, target_modules=ALL_LINEAR) -> dict:
+    """Parameter counts of real Llama shapes, built on the meta device (no memory, no download).
+
+    Returns {name: {"n_params", "lora_params" (rank R on TARGET_MODULES), "hidden", "layers"}}.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .lora import count_lora_params
+
+    bad = [n for n in names if n not in LLAMA_SHAPES]
+    if bad:
+        raise ValueError(f"unknown model size {bad[0]!r}; choose from {tuple(LLAMA_SHAPES)}.")
+    out = {}
+    for name in names:
+        shape = LLAMA_SHAPES[name]
+        with torch.device("meta"):
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        out[name] = {"n_params": sum(p.numel() for p in model.parameters()),
+                     "lora_params": count_lora_params(model, r, list(target_modules)),
+                     "hidden": shape["hidden_size"], "layers": shape["num_hidden_layers"]}
+    return out
+
+
+def fit_table(sizes: dict, gpus_gb=GPU_SIZES_GB, methods=quant.METHODS, reserve_gb: float = 1.0,
+              **assumptions) -> list[dict]:
+    """Which (model, method) fits on which GPU, by quant.estimate_memory.
+
+    sizes: as llama_sizes returns. gpus_gb: GPU memory in GB (1 GB = 1e9 bytes; a "48 GB" card
+    really has about 48 GiB = 51.5e9 bytes, so this errs on the safe side). reserve_gb: left for the
+    CUDA context and allocator (estimate_memory leaves it out). ASSUMPTIONS go to estimate_memory
+    (batch, seq_len, grad_checkpointing, optimizer, ...).
+    Returns rows {"model", "method", "total_gb" (estimate, without the reserve), "fits": {gpu: bool}}.
+    """
+    bad = [m for m in methods if m not in quant.METHODS]
+    if bad:
+        raise ValueError(f"method must be one of {quant.METHODS}, got {bad[0]!r}.")
+    rows = []
+    for name, s in sizes.items():
+        for method in methods:
+            est = quant.estimate_memory(s["n_params"], method, lora_params=s["lora_params"], hidden=s["hidden"],
+                                        layers=s["layers"], **assumptions)
+            total_gb = est["total"] / 1e9
+            rows.append({"model": name, "method": method, "total_gb": total_gb,
+                         "fits": {g: total_gb + reserve_gb <= g for g in gpus_gb}})
+    return rows
+
+
+def load_gpu_results(path) -> dict | None:
+    """The JSON written by scripts/gpu_qlora.py, or None when there is none (or only a smoke run)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if results.get("smoke") or results.get("device") != "cuda":
+        return None
+    return results

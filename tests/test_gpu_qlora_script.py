@@ -1,0 +1,40 @@
+"""scripts/gpu_qlora.py runs end to end in --smoke mode on a CPU (a tiny model), so the script is
+ready for a GPU, and lesson 03 never shows smoke figures as measurements."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labkit import qlora
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_qlora.py"
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_json_and_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--steps", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu_qlora.json").read_text())
+    assert res["smoke"] is True and res["n_params"] > 0
+    assert set(res["versions"]) >= {"torch", "transformers", "peft", "bitsandbytes", "cuda"}
+    assert list(res["runs"]) == ["LoRA, bf16 weights", "QLoRA, NF4 + double quant", "QLoRA, NF4 + paged 8-bit AdamW"]
+    bf16, nf4 = res["runs"]["LoRA, bf16 weights"], res["runs"]["QLoRA, NF4 + double quant"]
+    assert nf4["model_bytes"] < bf16["model_bytes"]  # 4-bit linear layers, even on the tiny model
+    assert bf16["trainable_params"] == nf4["trainable_params"] > 0
+    for run in res["runs"].values():
+        assert run["tokens_per_s"] > 0 and run["loss_first"] > 0
+        if res["device"] == "cpu":
+            assert run["train_peak_gb"] is None  # never a made-up GPU figure
+    table = (tmp_path / "gpu_qlora.md").read_text()
+    assert "SMOKE RUN" in table and table.count("\n| ") == 4
+    assert qlora.load_gpu_results(tmp_path / "gpu_qlora.json") is None
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    for args in (["--smoke"], ["--smoke", "--out", str(tmp_path), "--steps", "0"]):
+        proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "error:" in proc.stderr

@@ -1,0 +1,206 @@
+"""labkit.qlora: the bundled model in 4-bit NF4 through transformers + bitsandbytes on CPU, a QLoRA
+run whose loss falls, the bytes it stores, and the what-fits-where arithmetic on real Llama shapes."""
+
+import logging
+
+for _name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from labkit import data, evaluate, qlora, quant, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_4bit():
+    from labkit import env
+
+    env.quiet()
+    return qlora.load_4bit(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [data.plain_text(r) for r in data.read_jsonl("instructions_train.jsonl")[:64]]
+
+
+def test_load_4bit_quantizes_every_linear_in_nf4_with_double_quant(model_4bit, base):
+    m4, _ = model_4bit
+    layers = qlora.linear4bit_modules(m4)
+    n_linear = sum(1 for _, m in base[0].named_modules() if isinstance(m, torch.nn.Linear)) - 1  # not lm_head
+    assert len(layers) == n_linear == 28
+    for _, layer in layers:
+        state = layer.weight.quant_state
+        assert state.quant_type == "nf4" and state.blocksize == 64 and state.nested
+        assert layer.compute_dtype == torch.float32 and layer.support_avx512bf16_for_cpu is False
+
+
+def test_4bit_weights_are_our_nf4_codes(model_4bit, base):
+    """The codes transformers stored for a real weight are exactly labkit.quant's NF4 codes, and its
+    double-quantised absmax constants come back as ours do (within the C kernel's rare near-ties)."""
+    m4, _ = model_4bit
+    layer = m4.model.layers[1].mlp.down_proj
+    w = base[0].model.layers[1].mlp.down_proj.weight.detach()
+    codes, absmax = quant.quantize_nf4(w)
+    state = layer.weight.quant_state
+    assert torch.equal(quant.unpack_4bit(layer.weight.data, w.numel()), codes)
+    q, absmax2, offset = quant.double_quantize(absmax)
+    assert torch.equal(absmax2, state.state2.absmax) and offset == pytest.approx(state.offset.item(), abs=0)
+    assert (q != state.absmax).float().mean() < 0.01
+
+
+def test_footprint_counts_what_is_stored(model_4bit, base):
+    m4, _ = model_4bit
+    fp = qlora.footprint(m4)
+    assert fp["quantized_params"] == 3_211_264  # 4 layers x (4 x 256 x 256 + 3 x 256 x 704)
+    assert fp["weights_4bit"] == fp["quantized_params"] // 2
+    bits = 8 * (fp["weights_4bit"] + fp["quant_constants"]) / fp["quantized_params"]
+    assert bits == pytest.approx(quant.bits_per_parameter(64, double_quant=True), abs=1e-3)
+    assert fp["total"] == sum(v for k, v in fp.items() if k not in ("total", "quantized_params"))
+    # transformers' own figure leaves out the quantisation constants and codebooks
+    assert m4.get_memory_footprint() == fp["total"] - fp["quant_constants"] - fp["codebooks"]
+    full = qlora.footprint(base[0])
+    assert full["weights_4bit"] == 0 and full["total"] == base[0].get_memory_footprint()
+    assert fp["total"] < full["total"] / 3.5
+
+
+def test_4bit_model_stays_close_to_the_original(model_4bit, base):
+    m4, tok = model_4bit
+    x = torch.tensor([tok("Applicant: Linda Garcia\nMonthly income: $4,200")["input_ids"]])
+    cmp = qlora.compare_outputs(m4, base[0], x)
+    assert set(cmp) == {"max_abs_logit_diff", "mean_abs_logit_diff", "kl", "top1_agreement"}
+    assert 0 < cmp["max_abs_logit_diff"] < 3 and cmp["kl"] < 0.05 and cmp["top1_agreement"] >= 0.9
+    assert qlora.compare_outputs(base[0], base[0], x)["kl"] == 0.0
+    general = [r["text"] for r in data.read_jsonl("general_eval.jsonl")[:8]]
+    ppl_4bit, ppl = evaluate.perplexity(m4, tok, general), evaluate.perplexity(base[0], tok, general)
+    assert ppl_4bit != ppl and abs(ppl_4bit / ppl - 1) < 0.05  # close, and not always worse
+
+
+@pytest.mark.slow
+def test_qlora_trains_and_the_loss_falls(texts):
+    m4, tok = qlora.load_4bit(device="cpu")
+    with torch.no_grad():  # a no-grad eval forward: what would trigger bitsandbytes' CPU repacking
+        m4.eval()(torch.tensor([[0, 1, 2, 3]]))
+    model = qlora.prepare_qlora(m4, r=8, alpha=16)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = next(train.lm_batches(tok, texts, 4, 64))
+    grads = qlora.lora_gradients(model, batch)
+    assert all(grads[n] is not None and grads[n] > 0 for n in grads if "lora_B" in n)
+    losses = train.finetune(model, tok, texts, steps=25, lr=3e-3, batch_size=8, max_tokens=96, seed=0)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3
+    assert all(p.dtype == torch.uint8 for n, p in model.named_parameters() if "base_layer" in n and "weight" in n)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:bitsandbytes.*gemv_4bit")  # the trap itself: no autograd kernel
+def test_the_avx512_bf16_trap_and_its_fix(texts):
+    """On a CPU with AVX512-BF16, a no-grad forward repacks the weights and no adapter gets a gradient;
+    disable_cpu_repacking undoes it. (Elsewhere the flag does nothing and both runs are fine.)"""
+    from bitsandbytes.nn.modules import has_avx512bf16
+    from peft import LoraConfig, get_peft_model
+
+    m4, tok = qlora.load_4bit(device="cpu")
+    for _, layer in qlora.linear4bit_modules(m4):
+        layer.support_avx512bf16_for_cpu = has_avx512bf16()  # bitsandbytes' default
+    with torch.no_grad():
+        m4.eval()(torch.tensor([[0, 1, 2, 3]]))
+    repacked = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for _, m in qlora.linear4bit_modules(m4))
+    assert repacked == bool(has_avx512bf16())
+    model = get_peft_model(m4, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    batch = next(train.lm_batches(tok, texts, 2, 32))
+    if repacked:
+        assert all(g is None for g in qlora.lora_gradients(model, batch).values())
+    assert qlora.disable_cpu_repacking(model) == 28
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for _, m in qlora.linear4bit_modules(model))
+    grads = qlora.lora_gradients(model, batch)
+    assert all(grads[n] and grads[n] > 0 for n in grads if "lora_B" in n)
+
+
+def test_bad_arguments_are_clear_errors(base):
+    with pytest.raises(ValueError, match=r"compute_dtype must be one of .*'bfloat16'.*got 'bf8'"):
+        qlora.bnb_config(compute_dtype="bf8")
+    with pytest.raises(ValueError, match=r"quant_type must be one of \('nf4', 'fp4'\).*got 'int4'"):
+        qlora.bnb_config(quant_type="int4")
+    with pytest.raises(ValueError, match="double_quant"):
+        qlora.bnb_config(double_quant="yes")
+    with pytest.raises(ValueError, match="no 4-bit layers"):
+        qlora.prepare_qlora(base[0])
+    with pytest.raises(ValueError, match=r"unknown model size '8B'.*'7B'"):
+        qlora.llama_sizes(["8B"])
+    with pytest.raises(ValueError, match=r"method must be one of \('full', 'lora', 'qlora'\), got 'dora'"):
+        qlora.fit_table({}, methods=("dora",))
+
+
+# ----------------------------------------------------------------------------- what fits where
+
+@pytest.fixture(scope="module")
+def sizes():
+    return qlora.llama_sizes(r=64)
+
+
+def test_llama_sizes_are_the_published_counts(sizes):
+    assert sizes["7B"]["n_params"] == 6_738_415_616  # Llama-2-7B
+    assert sizes["13B"]["n_params"] == 13_015_864_320
+    assert sizes["65B"]["n_params"] == 65_285_660_672
+    assert sizes["70B"]["n_params"] == 68_976_648_192
+    assert sizes["65B"]["lora_params"] == 799_539_200  # as tests/test_quant.py computes by hand
+    assert qlora.llama_sizes(["7B"], r=8, target_modules=("q_proj", "v_proj"))["7B"]["lora_params"] == 4_194_304
+
+
+def test_fit_table_reproduces_the_qlora_paper(sizes):
+    rows = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes)}
+    assert len(rows) == 15
+    assert rows["65B", "full"]["total_gb"] > 780 and not any(rows["65B", "full"]["fits"].values())
+    assert rows["65B", "qlora"]["total_gb"] < 48 and rows["65B", "qlora"]["fits"] == {16: False, 24: False, 48: True, 80: True}
+    assert rows["7B", "qlora"]["fits"][16] and not rows["7B", "full"]["fits"][80]
+    for model in sizes:
+        totals = [rows[model, m]["total_gb"] for m in ("qlora", "lora", "full")]
+        assert totals == sorted(totals)
+    # the reserve counts: with 3 GB held back, 70B QLoRA (46.3 GB) no longer fits in 48 GB
+    assert rows["70B", "qlora"]["fits"][48]
+    tight = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes, reserve_gb=3.0)}
+    assert not tight["70B", "qlora"]["fits"][48]
+    longer = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes, seq_len=4096)}
+    assert not longer["70B", "qlora"]["fits"][48]
+
+
+def test_load_gpu_results(tmp_path):
+    import json
+
+    assert qlora.load_gpu_results(tmp_path / "missing.json") is None
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"device": "cpu", "smoke": True}))
+    assert qlora.load_gpu_results(p) is None
+    p.write_text(json.dumps({"device": "cuda", "smoke": False, "gpu": "H100"}))
+    assert qlora.load_gpu_results(p)["gpu"] == "H100"
+
+
+def test_check_against_bitsandbytes_on_real_weights(base):
+    layer = base[0].model.layers[0]
+    for quant_type in ("nf4", "fp4"):
+        for blocksize in (64, 128):
+            r = qlora.check_against_bitsandbytes(layer.self_attn.q_proj.weight, blocksize, quant_type)
+            assert r == {"codes_equal": True, "absmax_equal": True, "dequant_max_abs_diff": 0.0,
+                         "rows_whole_blocks": True}
+    # rows of 704 = 5.5 blocks of 128: codes still equal, bitsandbytes 0.50.2's CPU dequantize is off
+    r = qlora.check_against_bitsandbytes(layer.mlp.down_proj.weight, 128)
+    assert r["codes_equal"] and r["absmax_equal"] and not r["rows_whole_blocks"]
+    with pytest.raises(ValueError, match=r"quant_type must be one of \('nf4', 'fp4'\).*'int4'"):
+        qlora.check_against_bitsandbytes(layer.mlp.down_proj.weight, 64, "int4")
+
+
+def test_optimizer_state_bytes():
+    import bitsandbytes as bnb
+
+    p = torch.nn.Parameter(torch.randn(64, 256))
+    p.grad = torch.randn_like(p)
+    adamw, adamw8 = torch.optim.AdamW([p], lr=1e-3), bnb.optim.AdamW8bit([p], lr=1e-3)
+    assert qlora.optimizer_state_bytes(adamw) == 0
+    adamw.step()
+    adamw8.step()
+    assert qlora.optimizer_state_bytes(adamw) == 8 * p.numel() + 4  # m and v in fp32, plus the step count
+    assert 2 * p.numel() <= qlora.optimizer_state_bytes(adamw8) < 3 * p.numel()  # 8-bit m, v + constants
