@@ -163,7 +163,8 @@ class PPOConfig:
     batch_size: int = 16        # prompts per rollout
     max_new_tokens: int = 16
     kl_coef: float = 0.1        # beta of the KL penalty to pi_ref; 0 switches it off
-    lr: float = 3e-4
+    lr: float = 1e-4
+    warmup_steps: int = 5       # the learning rate ramps up linearly over these PPO steps
     ppo_epochs: int = 2         # passes over each rollout batch
     clip: float = 0.2
     vf_coef: float = 0.5
@@ -210,6 +211,9 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
     policy.to(device)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # Adam's first updates move every weight by about lr whatever the gradient's size; on a noisy
+    # policy gradient that alone can wreck a small model, so the learning rate warms up.
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps * cfg.ppo_epochs)))
     rng = random.Random(cfg.seed)
     log = PPOLog()
     start = time.perf_counter()
@@ -243,6 +247,7 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            warmup.step()
         log.score.append(scores.mean().item())
         log.kl.append(kl.sum(1).mean().item())
         log.length.append(mask.sum(1).float().mean().item())
