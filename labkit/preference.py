@@ -313,28 +313,41 @@ def batch_logps(model, batch: dict):
     return sequence_logps(logits, batch["labels"]).chunk(2)
 
 
-def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, batch_size: int = 16) -> dict:
-    """DPO's held-out metric: share of pairs whose implicit reward margin is above zero.
+def pair_logps(model, tok, rows: list[dict], batch_size: int = 16):
+    """Sequence log-probs of the chosen and rejected answers of ROWS under MODEL, no gradient.
 
-    Returns {"accuracy", "margin": mean of chosen_reward - rejected_reward, "margins": per pair}.
-    At the start (policy == ref) every margin is exactly 0, so the accuracy is 0.
+    Returns (chosen (N,), rejected (N,)) float tensors on the CPU.
     """
     import torch
 
-    beta = _check_beta(beta)
     if not rows:
-        raise ValueError("preference_accuracy needs at least one preference pair.")
+        raise ValueError("pair_logps needs at least one preference pair.")
     pairs = tokenize_pairs(tok, rows)
-    device = next(policy.parameters()).device
-    margins = []
-    was = policy.training
-    policy.eval()
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    was = model.training
+    model.eval()
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
             b = {k: v.to(device) for k, v in collate_pairs(pairs[i:i + batch_size], tok.pad_token_id).items()}
-            _, rc, rr = dpo_loss(*batch_logps(policy, b), *batch_logps(ref, b), beta=beta)
-            margins += (rc - rr).tolist()
-    policy.train(was)
+            c, r = batch_logps(model, b)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    model.train(was)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, ref_logps=None) -> dict:
+    """DPO's held-out metric: share of pairs whose implicit reward margin is above zero.
+
+    Returns {"accuracy", "margin": mean of chosen_reward - rejected_reward, "margins": per pair}.
+    At the start (policy == ref) every margin is exactly 0, so the accuracy is 0. REF_LOGPS, if
+    given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes).
+    """
+    beta = _check_beta(beta)
+    ref_c, ref_r = ref_logps if ref_logps is not None else pair_logps(ref, tok, rows)
+    _, rc, rr = dpo_loss(*pair_logps(policy, tok, rows), ref_c, ref_r, beta=beta)
+    margins = (rc - rr).tolist()
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins),
             "margins": margins}
 
@@ -381,3 +394,57 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int 
         log["accuracy"].append((rc > rr).float().mean().item())
     policy.eval()
     return log
+
+
+def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta: float, steps: int = 10,
+             lr: float = 1e-3, batch_size: int = 8, seed: int = 0) -> dict:
+    """A short DPO run from SFT_MODEL (copied; the original is the frozen reference) for one BETA.
+
+    Returns {"beta", "log": train_dpo's log, "accuracy": held-out share with margin > 0,
+    "logratio_chosen": mean held-out log pi_theta/pi_ref of the chosen answers,
+    "logratio_rejected": the same for the rejected answers}: how far the policy moved, and where.
+    """
+    import copy
+
+    beta = _check_beta(beta)
+    policy = copy.deepcopy(sft_model)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    log = train_dpo(policy, sft_model, tok, train_rows, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
+                    seed=seed)
+    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows)
+    pol_c, pol_r = pair_logps(policy, tok, eval_rows)
+    acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r))
+    return {"beta": beta, "log": log, "accuracy": acc["accuracy"],
+            "logratio_chosen": (pol_c - ref_c).mean().item(), "logratio_rejected": (pol_r - ref_r).mean().item()}
+
+
+def beta_widget(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], betas=(0.01, 0.1, 0.5, 2.0),
+                beta: float = 0.1, steps: int = 10, lr: float = 1e-3):
+    """The beta widget: a slider over BETAS; shows the loss curves (``dpo_loss_curve``) with the chosen
+    beta highlighted, and the result of a short ``beta_run`` at that beta."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from .widgets import wire
+
+    betas = sorted(_check_beta(b) for b in betas)
+    slider = w.SelectionSlider(options=betas, value=min(betas, key=lambda b: abs(b - beta)), description="beta",
+                               continuous_update=False)
+    out = w.Output()
+    margins = [m / 2 for m in range(-60, 61)]
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            curve = dpo_loss_curve(margins, betas)
+            ax = plot_dpo_loss_curve(curve)
+            for line, b in zip(ax.get_lines(), betas):
+                line.set_linewidth(3 if b == slider.value else 1)
+            plt.show()
+            r = beta_run(sft_model, tok, train_rows, eval_rows, slider.value, steps=steps, lr=lr)
+            print(f"beta={r['beta']:g}, {steps} DPO steps: final loss {r['log']['loss'][-1]:.3f}, held-out "
+                  f"accuracy {r['accuracy']:.0%}, mean log-ratio chosen {r['logratio_chosen']:+.2f}, "
+                  f"rejected {r['logratio_rejected']:+.2f}")
+
+    return wire([slider], out, redraw)
