@@ -421,30 +421,42 @@ def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta
 
 def beta_widget(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], betas=(0.01, 0.1, 0.5, 2.0),
                 beta: float = 0.1, steps: int = 10, lr: float = 1e-3):
-    """The beta widget: a slider over BETAS; shows the loss curves (``dpo_loss_curve``) with the chosen
-    beta highlighted, and the result of a short ``beta_run`` at that beta."""
+    """The beta widget: a slider over BETAS redraws the loss curves (``dpo_loss_curve``) with the chosen
+    beta highlighted; a button runs a short ``beta_run`` at that beta and prints what it measured."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
-
-    from .widgets import wire
+    from IPython.display import display
 
     betas = sorted(_check_beta(b) for b in betas)
     slider = w.SelectionSlider(options=betas, value=min(betas, key=lambda b: abs(b - beta)), description="beta",
                                continuous_update=False)
-    out = w.Output()
+    button = w.Button(description=f"train {steps} steps")
+    plot_out, run_out = w.Output(), w.Output()
     margins = [m / 2 for m in range(-60, 61)]
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            curve = dpo_loss_curve(margins, betas)
-            ax = plot_dpo_loss_curve(curve)
+        with plot_out:
+            plot_out.clear_output(wait=True)
+            ax = plot_dpo_loss_curve(dpo_loss_curve(margins, betas))
             for line, b in zip(ax.get_lines(), betas):
                 line.set_linewidth(3 if b == slider.value else 1)
             plt.show()
-            r = beta_run(sft_model, tok, train_rows, eval_rows, slider.value, steps=steps, lr=lr)
-            print(f"beta={r['beta']:g}, {steps} DPO steps: final loss {r['log']['loss'][-1]:.3f}, held-out "
-                  f"accuracy {r['accuracy']:.0%}, mean log-ratio chosen {r['logratio_chosen']:+.2f}, "
-                  f"rejected {r['logratio_rejected']:+.2f}")
 
-    return wire([slider], out, redraw)
+    def train(*_):
+        with run_out:
+            run_out.clear_output(wait=True)
+            print(describe_beta_run(beta_run(sft_model, tok, train_rows, eval_rows, slider.value, steps=steps, lr=lr)))
+
+    slider.observe(redraw, names="value")
+    button.on_click(train)
+    box = w.VBox([slider, plot_out, button, run_out])
+    redraw()
+    display(box)
+    return box
+
+
+def describe_beta_run(r: dict) -> str:
+    """One line about a ``beta_run`` result."""
+    return (f"beta={r['beta']:g}, {len(r['log']['loss'])} DPO steps: final loss {r['log']['loss'][-1]:.3f}, held-out "
+            f"accuracy {r['accuracy']:.0%}, mean log-ratio chosen {r['logratio_chosen']:+.2f}, "
+            f"rejected {r['logratio_rejected']:+.2f}")

@@ -220,3 +220,20 @@ def test_win_rate_counts_ties_as_half(tok, rows):
     assert P.win_rate(rm, rtok, prompts, answers, answers) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="equally many"):
         P.win_rate(rm, rtok, prompts, answers, answers[:2])
+
+
+def test_beta_run_and_widget_report_a_short_run(base, tok, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model, _ = base
+    sft_model = copy.deepcopy(model).requires_grad_(False)
+    r = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-4, batch_size=4)
+    assert r["beta"] == 0.5 and len(r["log"]["loss"]) == 1 and 0 <= r["accuracy"] <= 1
+    assert all(not p.requires_grad for p in sft_model.parameters()), "the reference stays frozen"
+    box = P.beta_widget(sft_model, tok, rows[:4], rows[4:8], betas=[0.1, 0.5], beta=0.5, steps=1)
+    assert box.children[0].value == 0.5
+    box.children[2].click()  # the Train button runs beta_run without a browser
+    assert "beta=0.5" in P.describe_beta_run(r)
+    with pytest.raises(ValueError, match="beta"):
+        P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0)
