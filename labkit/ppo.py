@@ -1,0 +1,312 @@
+"""RLHF with PPO, small and readable (trl 1.x no longer ships a PPOTrainer).
+
+The pieces, in the order one PPO step runs them:
+
+1. rollout: the policy pi_theta samples an answer for each prompt (``rollout``);
+2. score: a reward function (a reward model, or a program) rates each whole answer;
+3. per-token rewards: -kl_coef * (log pi_theta - log pi_ref) at every answer token, plus the score
+   at the last one (``kl_penalised_rewards``): the KL penalty keeps the policy near the SFT model;
+4. advantages: generalised advantage estimation with the value head's estimates (``gae``);
+5. update: a few epochs of the clipped surrogate objective plus a value loss (``ppo_losses``).
+
+Shapes: B prompts, P prompt tokens (left-padded), T answer tokens (right-padded after the stop token).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+class PolicyWithValueHead(nn.Module):
+    """A causal LM plus a value head: a linear layer hidden -> 1 on the last hidden state.
+
+    ``forward(input_ids, attention_mask)`` returns (logits (B, L, V), values (B, L)). Positions are
+    computed from the attention mask, so left-padded prompts get the same positions as in generate.
+    The value head starts at zero: V = 0 everywhere until it learns. It reads the hidden states
+    detached, so fitting the values never moves the language model (with Adam, even a tiny value
+    gradient in the shared body would become a full-size step and shake the policy).
+    """
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=True, use_cache=False)
+        return out.logits, self.value_head(out.hidden_states[-1].detach().float()).squeeze(-1)
+
+
+def stop_ids(tok) -> list[int]:
+    """Token ids that end an answer: <|end|> (the chat template's turn end) and EOS."""
+    ids = [tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id]
+    return [i for i in ids if isinstance(i, int) and i >= 0 and i != tok.unk_token_id]
+
+
+def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperature: float = 1.0,
+            seed: int = 0) -> dict:
+    """Sample one answer per templated prompt from POLICY (a PolicyWithValueHead).
+
+    Returns {"input_ids": (B, P+T), "attention_mask": (B, P+T), "response_mask": (B, T) 1 on answer
+    tokens up to and including the stop token, "prompt_len": P, "texts": B answers cut at the stop}.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling; got temperature={temperature!r}.")
+    device = next(policy.parameters()).device
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+    finally:
+        tok.padding_side = side
+    stops = stop_ids(tok)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        seq = policy.lm.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
+    P = enc["input_ids"].shape[1]
+    response = seq[:, P:]
+    is_stop = torch.isin(response, torch.tensor(stops, device=device))
+    # a token is part of the answer if no stop token came strictly before it
+    before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
+    response_mask = (before == 0).long()
+    texts = []
+    for row, m in zip(response, response_mask):
+        texts.append(tok.decode(row[m.bool() & ~torch.isin(row, torch.tensor(stops, device=device))],
+                                skip_special_tokens=False).strip())
+    return {"input_ids": seq, "attention_mask": torch.cat([enc["attention_mask"], response_mask], dim=1),
+            "response_mask": response_mask, "prompt_len": P, "texts": texts}
+
+
+def response_logps(logits, input_ids, prompt_len: int):
+    """log pi(answer token | prefix) for each answer position: logits (B, P+T, V) -> (B, T)."""
+    answer_logits = logits[:, prompt_len - 1:-1, :].float()
+    return torch.gather(answer_logits.log_softmax(-1), 2, input_ids[:, prompt_len:].unsqueeze(-1)).squeeze(-1)
+
+
+def kl_penalised_rewards(scores, logps, ref_logps, response_mask, kl_coef: float):
+    """Per-token rewards: -kl_coef * (logp - ref_logp) everywhere, plus the score on the last token.
+
+    scores: (B,); logps, ref_logps, response_mask: (B, T). Returns (rewards (B, T), kl (B, T)).
+    logp - ref_logp of the sampled token is the usual per-token estimate of KL(pi_theta || pi_ref).
+    """
+    if kl_coef < 0 or not math.isfinite(kl_coef):
+        raise ValueError(f"kl_coef must be >= 0; got kl_coef={kl_coef!r}.")
+    mask = response_mask.float()
+    kl = (logps - ref_logps) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards[range(len(scores)), last] += scores.float()
+    return rewards * mask, kl
+
+
+def gae(rewards, values, response_mask, gamma: float = 1.0, lam: float = 0.95):
+    """Generalised advantage estimation over the answer tokens.
+
+    rewards, values, response_mask: (B, T). delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 after the
+    last token); A_t = delta_t + gamma * lam * A_{t+1}. Returns (advantages (B, T), returns (B, T)).
+    """
+    mask = response_mask.float()
+    values = values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        adv[:, t] = next_adv
+        next_value = values[:, t]
+    return adv, (adv + values) * mask
+
+
+def masked_whiten(x, mask, eps: float = 1e-8):
+    m = mask.float()
+    mean = (x * m).sum() / m.sum()
+    var = (((x - mean) ** 2) * m).sum() / m.sum()
+    return (x - mean) / (var + eps).sqrt() * m
+
+
+def ppo_losses(logps, old_logps, advantages, values, old_values, returns, response_mask,
+               clip: float = 0.2, value_clip: float = 0.2) -> dict:
+    """The clipped PPO objective (Schulman et al., 2017), masked to the answer tokens. All (B, T).
+
+    ratio = pi_theta / pi_old; policy loss = mean of max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps)):
+    the policy gains nothing from moving a token's probability more than eps away from the rollout's.
+    value loss = 0.5 * mean of max((V - R)^2, (V_clipped - R)^2). Returns {"policy", "value", "clipfrac"}.
+    """
+    if not (0 < clip < 1):
+        raise ValueError(f"clip must be between 0 and 1; got clip={clip!r}.")
+    m = response_mask.float()
+    n = m.sum().clamp(min=1)
+    ratio = torch.exp(logps - old_logps)
+    pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
+    v_clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
+    vf = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+    clipfrac = (((ratio - 1).abs() > clip).float() * m).sum() / n
+    return {"policy": (pg * m).sum() / n, "value": (vf * m).sum() / n, "clipfrac": clipfrac.detach()}
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 20             # PPO steps (one rollout batch each)
+    batch_size: int = 16        # prompts per rollout
+    max_new_tokens: int = 16
+    kl_coef: float = 0.1        # beta of the KL penalty to pi_ref; 0 switches it off
+    lr: float = 1e-4
+    warmup_steps: int = 5       # the learning rate ramps up linearly over these PPO steps
+    ppo_epochs: int = 2         # passes over each rollout batch
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    temperature: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class PPOLog:
+    score: list = field(default_factory=list)     # mean reward-function score per step
+    kl: list = field(default_factory=list)        # mean over answers of sum_t (logp - ref_logp)
+    length: list = field(default_factory=list)    # mean answer length in tokens
+    clipfrac: list = field(default_factory=list)
+    samples: list = field(default_factory=list)   # the first answer of each step
+    seconds: float = 0.0
+
+
+def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None = None, ref=None,
+              callback=None):
+    """PPO on LM (trained in place, every parameter), against REWARD_FN, with a KL penalty to REF.
+
+    prompts: templated prompts; reward_fn(indices, texts) -> list of floats, where indices are the
+    positions in PROMPTS of the answers TEXTS (so it can look up gold answers). REF: the frozen
+    reference (default: a copy of LM as it is now, i.e. the SFT model). Returns (policy, PPOLog).
+    """
+    import random
+
+    cfg = config or PPOConfig()
+    if not prompts:
+        raise ValueError("train_ppo needs at least one prompt.")
+    for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {name}={v!r}.")
+    if cfg.kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0 (0 switches the penalty off); got kl_coef={cfg.kl_coef!r}.")
+    if not any(p.requires_grad for p in lm.parameters()):
+        raise ValueError("the policy has no trainable parameters (a merged or frozen model?): call "
+                         "lm.requires_grad_(True) for full fine-tuning, or give it a LoRA adapter.")
+    ref = ref if ref is not None else copy.deepcopy(lm).requires_grad_(False)
+    ref.eval()  # used under no_grad only; its requires_grad flags are left as they are
+    policy = PolicyWithValueHead(lm)
+    device = next(lm.parameters()).device
+    policy.to(device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # Adam's first updates move every weight by about lr whatever the gradient's size; on a noisy
+    # policy gradient that alone can wreck a small model, so the learning rate warms up.
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps * cfg.ppo_epochs)))
+    rng = random.Random(cfg.seed)
+    log = PPOLog()
+    start = time.perf_counter()
+    order: list[int] = []
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(prompts)), k=len(prompts))
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        policy.eval()
+        roll = rollout(policy, tok, [prompts[i] for i in idx], cfg.max_new_tokens, cfg.temperature,
+                       seed=cfg.seed * 100_003 + step)
+        scores = torch.tensor(reward_fn(idx, roll["texts"]), dtype=torch.float32, device=device)
+        ids, attn, mask, P = roll["input_ids"], roll["attention_mask"], roll["response_mask"], roll["prompt_len"]
+        with torch.no_grad():
+            logits, values = policy(ids, attn)
+            old_logps = response_logps(logits, ids, P)
+            old_values = values[:, P - 1:-1]
+            ref_logits = ref(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                             use_cache=False).logits
+            ref_logps = response_logps(ref_logits, ids, P)
+            rewards, kl = kl_penalised_rewards(scores, old_logps, ref_logps, mask, cfg.kl_coef)
+            adv, returns = gae(rewards, old_values, mask)
+            adv = masked_whiten(adv, mask)
+        policy.train()
+        for _ in range(cfg.ppo_epochs):
+            logits, values = policy(ids, attn)
+            losses = ppo_losses(response_logps(logits, ids, P), old_logps, adv, values[:, P - 1:-1], old_values,
+                                returns, mask, clip=cfg.clip)
+            loss = losses["policy"] + cfg.vf_coef * losses["value"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            warmup.step()
+        log.score.append(scores.mean().item())
+        log.kl.append(kl.sum(1).mean().item())
+        log.length.append(mask.sum(1).float().mean().item())
+        log.clipfrac.append(losses["clipfrac"].item())
+        log.samples.append(roll["texts"][0])
+        if callback is not None:
+            callback(step, log)
+    log.seconds = time.perf_counter() - start
+    policy.eval()
+    return policy, log
+
+
+def plot_ppo(logs: dict, axes=None):
+    """Reward-function score and KL to pi_ref per step, one line per run: logs = {label: PPOLog}."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for label, log in logs.items():
+        axes[0].plot(log.score, label=label)
+        axes[1].plot(log.kl, label=label)
+        axes[2].plot(log.length, label=label)
+    for ax, title in zip(axes, ("score (reward function)", "KL(pi_theta || pi_ref) per answer", "answer length (tokens)")):
+        ax.set_title(title)
+        ax.set_xlabel("PPO step")
+    axes[0].legend()
+    return axes
+
+
+# ----------------------------------------------------------------------------- a reward with a loophole
+
+def lenient_grader(answer: str, gold: str, words_bonus: float = 0.1) -> float:
+    """A deliberately flawed grader, the kind reward hacking exploits.
+
+    1 point if the gold answer appears anywhere in ANSWER (a lenient "contains" check), plus
+    WORDS_BONUS per word (graders, human or learned, tend to like longer answers). The intended
+    behaviour is the short exact answer; a policy can earn more by padding it.
+    """
+    if words_bonus < 0:
+        raise ValueError(f"words_bonus must be >= 0; got words_bonus={words_bonus!r}.")
+    return float(gold.strip().lower() in answer.lower()) + words_bonus * len(answer.split())
+
+
+def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int = 16) -> dict:
+    """Greedy answers of MODEL to instruction ROWS, scored three ways.
+
+    Returns {"exact": share equal to the reference answer, "words": mean answer length in words,
+    "rm_score": mean reward-model score (None without RM), "answers": the answers}.
+    """
+    from .data import to_prompt_completion
+    from .preference import score_texts
+    from .sft import answer
+
+    if not rows:
+        raise ValueError("evaluate_policy needs at least one example.")
+    prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
+    got = answer(model, tok, prompts, max_new_tokens=max_new_tokens)
+    out = {"exact": sum(g == r["output"].strip() for g, r in zip(got, rows)) / len(rows),
+           "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
+    if rm is not None:
+        out["rm_score"] = score_texts(rm, tok, prompts, [" " + g + "<|end|>" for g in got]).mean().item()
+    return out

@@ -1,0 +1,462 @@
+"""Learning from preferences: the Bradley-Terry reward model and DPO, written from scratch.
+
+A preference pair is {"prompt", "chosen", "rejected"}: for the same prompt, a person (here: the data
+generator) preferred one answer to the other. Two ways to use such pairs:
+
+- RLHF: fit a reward model r(x, y) with the Bradley-Terry loss  -log sigma(r(x, y_w) - r(x, y_l)),
+  then optimise the policy pi_theta against r with a KL penalty to the SFT model pi_ref (labkit.ppo).
+- DPO: skip the reward model; the policy's own log-ratio beta * log(pi_theta / pi_ref) is the
+  reward, and the same Bradley-Terry loss is applied to it directly.
+
+Shapes follow one convention: B pairs, T tokens, V vocabulary. Data helpers render pairs with the
+model's chat template (``pair_texts``) and tokenise them as trl does (prompt/completion split where
+the token lists diverge, EOS appended), so our numbers and trl's can be compared token for token.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .sft import IGNORE_INDEX, tokenize_example
+
+
+# ----------------------------------------------------------------------------- the three losses
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta must be a positive number such as 0.1; got beta={beta!r}.")
+    return float(beta)
+
+
+def _check_same_shape(**tensors) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError("these tensors must have the same shape: "
+                         + ", ".join(f"{n} {s}" for n, s in shapes.items()) + ".")
+
+
+def sequence_logps(logits, labels):
+    """Sum of log pi(token | prefix) over the tokens whose label is not -100.
+
+    logits: (B, T, V) float, the model's output for input_ids (B, T);
+    labels: (B, T) long, a copy of input_ids with -100 on tokens not to score (prompt, padding).
+    The logits at position t predict the token at t+1, so logits[:, :-1] are scored against
+    labels[:, 1:] (the one-token shift every causal LM loss makes). Returns (B,) float.
+    """
+    import torch
+
+    if logits.dim() != 3 or labels.dim() != 2 or tuple(logits.shape[:2]) != tuple(labels.shape):
+        raise ValueError(f"logits must be (batch, seq, vocab) and labels (batch, seq) with the same batch and seq; "
+                         f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}.")
+    logits, labels = logits[:, :-1, :], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~mask, 0)
+    token_logps = torch.gather(logits.float().log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def reward_loss(r_chosen, r_rejected):
+    """Bradley-Terry loss: mean over pairs of -log sigma(r_chosen - r_rejected).
+
+    r_chosen, r_rejected: (B,) rewards of the preferred and the other answer. Returns a scalar.
+    sigma(r_w - r_l) is the model's probability that the chosen answer wins, so this is the negative
+    log-likelihood of the observed preferences. Only differences of rewards matter.
+    """
+    import torch.nn.functional as F
+
+    _check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1):
+    """The DPO loss (Rafailov et al., 2023) and the implicit rewards it trains.
+
+    All four inputs are (B,) sequence log-probabilities (``sequence_logps``) of the chosen and the
+    rejected answers under the policy pi_theta and the frozen reference pi_ref.
+    The implicit reward of an answer is beta * (log pi_theta(y|x) - log pi_ref(y|x)); the loss is the
+    Bradley-Terry loss on those rewards: mean of -log sigma(chosen_reward - rejected_reward).
+    Returns (loss: scalar, chosen_rewards: (B,), rejected_rewards: (B,)); the rewards are detached.
+    """
+    beta = _check_beta(beta)
+    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                      ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = reward_loss(chosen_rewards, rejected_rewards)
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def dpo_loss_curve(margins, betas) -> dict:
+    """The beta widget's data: DPO loss and gradient weight as functions of the log-ratio margin.
+
+    margin m = [log pi_theta(y_w|x) - log pi_ref(y_w|x)] - [log pi_theta(y_l|x) - log pi_ref(y_l|x)].
+    For each beta: loss = -log sigma(beta * m), and the weight with which a pair pushes the
+    gradient, beta * sigma(-beta * m) (large while the pair is ordered wrongly, about 0 once
+    beta * m >> 1). Returns {"margin": [...], "loss": {beta: [...]}, "weight": {beta: [...]}}.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    betas = [_check_beta(b) for b in betas]
+    if not betas:
+        raise ValueError("betas is empty: give at least one beta, e.g. [0.1].")
+    m = torch.as_tensor(list(margins), dtype=torch.float64)
+    if m.numel() == 0:
+        raise ValueError("margins is empty: give the margins at which to evaluate the loss.")
+    return {"margin": m.tolist(),
+            "loss": {b: (-F.logsigmoid(b * m)).tolist() for b in betas},
+            "weight": {b: (b * torch.sigmoid(-b * m)).tolist() for b in betas}}
+
+
+def plot_dpo_loss_curve(curve: dict, ax=None):
+    """Plot ``dpo_loss_curve``'s output: loss against margin, one line per beta."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    for b, loss in curve["loss"].items():
+        ax.plot(curve["margin"], loss, label=f"beta={b:g}")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("log-ratio margin  m = log-ratio(chosen) - log-ratio(rejected)")
+    ax.set_ylabel("DPO loss  -log sigma(beta m)")
+    ax.legend()
+    return ax
+
+
+# ----------------------------------------------------------------------------- data
+
+def pair_texts(row: dict, tok) -> dict:
+    """A preference row (the prompt is the user message) rendered with the chat template.
+
+    Returns {"prompt": the templated prompt ending in <|assistant|>, "chosen": " answer<|end|>",
+    "rejected": " answer<|end|>"}: the completion strings SFT trained on (labkit.data).
+    """
+    for key in ("prompt", "chosen", "rejected"):
+        if not isinstance(row.get(key), str):
+            raise ValueError(f"a preference row needs string fields prompt, chosen, rejected; {key!r} is "
+                             f"{row.get(key)!r}.")
+    prompt = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
+                                     add_generation_prompt=True)
+    return {"prompt": prompt, "chosen": " " + row["chosen"].strip() + "<|end|>",
+            "rejected": " " + row["rejected"].strip() + "<|end|>"}
+
+
+def tokenize_pairs(tok, rows: list[dict], max_length: int = 256) -> list[dict]:
+    """Rows {"prompt", "chosen", "rejected"} -> [{"chosen": features, "rejected": features}].
+
+    Each side is tokenised like SFT data (labkit.sft.tokenize_example): input_ids, attention_mask
+    and labels with -100 on the prompt, EOS appended, as trl's DPOTrainer tokenises them.
+    """
+    out = []
+    for i, row in enumerate(rows):
+        t = pair_texts(row, tok)
+        out.append({side: tokenize_example(tok, t["prompt"], t[side], max_length, name=f"pair {i} ({side})")
+                    for side in ("chosen", "rejected")})
+    return out
+
+
+def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict:
+    """Pad tokenised pairs into ONE batch of 2B rows: chosen first, then rejected (as trl does).
+
+    Returns {"input_ids", "attention_mask", "labels"}, each (2B, T), right-padded.
+    """
+    from .sft import PadCollator
+
+    if not pairs:
+        raise ValueError("no pairs to collate.")
+    return PadCollator(pad_token_id)([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+
+
+# ----------------------------------------------------------------------------- the reward model
+
+def load_reward_model(model: str | None = None, device: str = "cpu"):
+    """A reward model r(x, y): the causal LM's body with a scalar head on the last token.
+
+    AutoModelForSequenceClassification(num_labels=1) on the same checkpoint: the LM head is replaced
+    by a linear layer hidden -> 1 (newly initialised); the score of a sequence is read at its last
+    non-padding token. Returns (reward_model, tokenizer).
+    """
+    import logging
+
+    from transformers import AutoModelForSequenceClassification
+
+    from .models import load_tokenizer, resolve
+
+    tok = load_tokenizer(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    name = resolve(model)
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "newly initialized: score.weight" is the point, not a problem
+    try:
+        rm = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True,
+                                                                trust_remote_code=False)
+    finally:
+        log.setLevel(level)
+    rm.config.pad_token_id = tok.pad_token_id
+    return rm.to(device).eval(), tok
+
+
+def pair_rewards(rm, batch: dict):
+    """Rewards of a ``collate_pairs`` batch: returns (r_chosen (B,), r_rejected (B,))."""
+    out = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    return out.chunk(2)
+
+
+def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3e-4, batch_size: int = 16,
+                       seed: int = 0, max_length: int = 256, callback=None) -> list[float]:
+    """Fit RM on preference ROWS with ``reward_loss`` and AdamW; returns the loss per step.
+
+    CALLBACK(step, loss), if given, runs after each step.
+    """
+    import random
+
+    import torch
+
+    from .train import check_lr, check_steps
+
+    lr, steps = check_lr(lr), check_steps(steps)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    pairs = tokenize_pairs(tok, rows, max_length)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(rm.parameters()).device
+    rm.train()
+    losses, order = [], []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pairs)), k=len(pairs))
+        chosen, order = order[:batch_size], order[batch_size:]
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in chosen], tok.pad_token_id).items()}
+        loss = reward_loss(*pair_rewards(rm, batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if callback is not None:
+            callback(step, losses[-1])
+    rm.eval()
+    return losses
+
+
+def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size: int = 32):
+    """Reward of each (templated prompt, completion) pair as a (N,) float tensor, no gradient.
+
+    The completion gets EOS appended (as the reward model was trained); padding is on the right.
+    """
+    import torch
+
+    from .sft import PadCollator
+
+    if len(prompts) != len(completions):
+        raise ValueError(f"prompts and completions must have the same length; got {len(prompts)} and "
+                         f"{len(completions)}.")
+    device = next(rm.parameters()).device
+    feats = []
+    for p, c in zip(prompts, completions):
+        ids = tok(p + c + tok.eos_token)["input_ids"]
+        feats.append({"input_ids": ids, "labels": ids})
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            b = PadCollator(tok.pad_token_id)(feats[i:i + batch_size])
+            out.append(rm(input_ids=b["input_ids"].to(device),
+                          attention_mask=b["attention_mask"].to(device)).logits.squeeze(-1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pairwise_accuracy(rm, tok, rows: list[dict]) -> dict:
+    """Share of held-out pairs the reward model orders correctly, overall and per task.
+
+    Returns {"accuracy", "by_task": {task: accuracy}, "margins": [r_chosen - r_rejected per pair]}.
+    """
+    if not rows:
+        raise ValueError("pairwise_accuracy needs at least one preference pair.")
+    texts = [pair_texts(r, tok) for r in rows]
+    prompts = [t["prompt"] for t in texts]
+    rc = score_texts(rm, tok, prompts, [t["chosen"] for t in texts])
+    rr = score_texts(rm, tok, prompts, [t["rejected"] for t in texts])
+    margins = (rc - rr).tolist()
+    by_task: dict[str, list] = {}
+    for r, m in zip(rows, margins):
+        by_task.setdefault(r.get("task", "all"), []).append(m > 0)
+    return {"accuracy": sum(m > 0 for m in margins) / len(margins),
+            "by_task": {t: sum(v) / len(v) for t, v in by_task.items()}, "margins": margins}
+
+
+def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[str]) -> float:
+    """Share of prompts where the reward model prefers answer A to answer B (a tie counts one half).
+
+    prompts: templated prompts; answers: completions as generated (without <|end|>; it is added).
+    """
+    import torch
+
+    if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
+        raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
+                         f"{len(answers_a)}, {len(answers_b)}.")
+    ra = score_texts(rm, tok, prompts, [" " + a.strip() + "<|end|>" for a in answers_a])
+    rb = score_texts(rm, tok, prompts, [" " + b.strip() + "<|end|>" for b in answers_b])
+    return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item() if len(ra) else float("nan")
+
+
+# ----------------------------------------------------------------------------- DPO from scratch
+
+def batch_logps(model, batch: dict):
+    """sequence_logps of every row of a ``collate_pairs`` batch under MODEL: returns (chosen (B,), rejected (B,))."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logps(logits, batch["labels"]).chunk(2)
+
+
+def pair_logps(model, tok, rows: list[dict], batch_size: int = 16):
+    """Sequence log-probs of the chosen and rejected answers of ROWS under MODEL, no gradient.
+
+    Returns (chosen (N,), rejected (N,)) float tensors on the CPU.
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("pair_logps needs at least one preference pair.")
+    pairs = tokenize_pairs(tok, rows)
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            b = {k: v.to(device) for k, v in collate_pairs(pairs[i:i + batch_size], tok.pad_token_id).items()}
+            c, r = batch_logps(model, b)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    model.train(was)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, ref_logps=None) -> dict:
+    """DPO's held-out metric: share of pairs whose implicit reward margin is above zero.
+
+    Returns {"accuracy", "margin": mean of chosen_reward - rejected_reward, "margins": per pair}.
+    At the start (policy == ref) every margin is exactly 0, so the accuracy is 0. REF_LOGPS, if
+    given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes).
+    """
+    beta = _check_beta(beta)
+    ref_c, ref_r = ref_logps if ref_logps is not None else pair_logps(ref, tok, rows)
+    _, rc, rr = dpo_loss(*pair_logps(policy, tok, rows), ref_c, ref_r, beta=beta)
+    margins = (rc - rr).tolist()
+    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins),
+            "margins": margins}
+
+
+def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int = 20, lr: float = 1e-3,
+              batch_size: int = 8, seed: int = 0) -> dict:
+    """DPO with ``dpo_loss``: the trainable parameters of POLICY, REF frozen. Returns per-step logs.
+
+    {"loss": [...], "margin": [mean chosen - rejected implicit reward], "accuracy": [batch share > 0]}.
+    """
+    import random
+
+    import torch
+
+    from .train import check_lr, check_steps
+
+    beta, lr, steps = _check_beta(beta), check_lr(lr), check_steps(steps)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters: nothing would be learned.")
+    pairs = tokenize_pairs(tok, rows)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(policy.parameters()).device
+    ref.eval()
+    policy.train()
+    log = {"loss": [], "margin": [], "accuracy": []}
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pairs)), k=len(pairs))
+        idx, order = order[:batch_size], order[batch_size:]
+        b = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], tok.pad_token_id).items()}
+        with torch.no_grad():
+            ref_c, ref_r = batch_logps(ref, b)
+        loss, rc, rr = dpo_loss(*batch_logps(policy, b), ref_c, ref_r, beta=beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        log["loss"].append(loss.item())
+        log["margin"].append((rc - rr).mean().item())
+        log["accuracy"].append((rc > rr).float().mean().item())
+    policy.eval()
+    return log
+
+
+def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta: float, steps: int = 10,
+             lr: float = 1e-3, batch_size: int = 8, seed: int = 0) -> dict:
+    """A short DPO run from SFT_MODEL (copied; the original is the frozen reference) for one BETA.
+
+    Returns {"beta", "log": train_dpo's log, "accuracy": held-out share with margin > 0,
+    "logratio_chosen": mean held-out log pi_theta/pi_ref of the chosen answers,
+    "logratio_rejected": the same for the rejected answers}: how far the policy moved, and where.
+    """
+    import copy
+
+    beta = _check_beta(beta)
+    policy = copy.deepcopy(sft_model)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    log = train_dpo(policy, sft_model, tok, train_rows, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
+                    seed=seed)
+    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows)
+    pol_c, pol_r = pair_logps(policy, tok, eval_rows)
+    acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r))
+    return {"beta": beta, "log": log, "accuracy": acc["accuracy"],
+            "logratio_chosen": (pol_c - ref_c).mean().item(), "logratio_rejected": (pol_r - ref_r).mean().item()}
+
+
+def beta_widget(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], betas=(0.01, 0.1, 0.5, 2.0),
+                beta: float = 0.1, steps: int = 10, lr: float = 1e-3):
+    """The beta widget: a slider over BETAS redraws the loss curves (``dpo_loss_curve``) with the chosen
+    beta highlighted; a button runs a short ``beta_run`` at that beta and prints what it measured."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    betas = sorted(_check_beta(b) for b in betas)
+    slider = w.SelectionSlider(options=betas, value=min(betas, key=lambda b: abs(b - beta)), description="beta",
+                               continuous_update=False)
+    button = w.Button(description=f"train {steps} steps")
+    plot_out, run_out = w.Output(), w.Output()
+    margins = [m / 2 for m in range(-60, 61)]
+
+    def redraw(*_):
+        with plot_out:
+            plot_out.clear_output(wait=True)
+            ax = plot_dpo_loss_curve(dpo_loss_curve(margins, betas))
+            for line, b in zip(ax.get_lines(), betas):
+                line.set_linewidth(3 if b == slider.value else 1)
+            plt.show()
+
+    def train(*_):
+        with run_out:
+            run_out.clear_output(wait=True)
+            print(describe_beta_run(beta_run(sft_model, tok, train_rows, eval_rows, slider.value, steps=steps, lr=lr)))
+
+    slider.observe(redraw, names="value")
+    button.on_click(train)
+    box = w.VBox([slider, plot_out, button, run_out])
+    redraw()
+    display(box)
+    return box
+
+
+def describe_beta_run(r: dict) -> str:
+    """One line about a ``beta_run`` result."""
+    return (f"beta={r['beta']:g}, {len(r['log']['loss'])} DPO steps: final loss {r['log']['loss'][-1]:.3f}, held-out "
+            f"accuracy {r['accuracy']:.0%}, mean log-ratio chosen {r['logratio_chosen']:+.2f}, "
+            f"rejected {r['logratio_rejected']:+.2f}")

@@ -1,0 +1,121 @@
+"""labkit.ppo: the pieces of a PPO step checked by hand, positions with left padding, and a short run."""
+
+import copy
+
+import pytest
+import torch
+
+from labkit import data, ppo
+
+
+@pytest.fixture(scope="module")
+def tok(base):
+    return base[1]
+
+
+def test_kl_penalised_rewards_put_the_score_on_the_last_answer_token():
+    logps = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -2.0, -1.0], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    rewards, kl = ppo.kl_penalised_rewards(torch.tensor([2.0, -1.0]), logps, ref, mask, kl_coef=0.5)
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, -2.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.25, 0.0, 1.0 + 2.0], [-0.5, -1.0, 0.0]]))
+    with pytest.raises(ValueError, match="kl_coef"):
+        ppo.kl_penalised_rewards(torch.zeros(2), logps, ref, mask, kl_coef=-0.1)
+
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1]])
+    mask = torch.ones(1, 3)
+    adv, ret = ppo.gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    d2 = 1.0 - 0.1
+    d1 = 0.0 + 0.1 - 0.2
+    d0 = 0.0 + 0.2 - 0.5
+    a2, a1 = d2, d1 + 0.5 * d2
+    a0 = d0 + 0.5 * a1
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2]]), atol=1e-6)
+    assert torch.allclose(ret, adv + values)
+    # lam = 1, gamma = 1: the advantage is the total future reward minus the value
+    adv1, _ = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv1, 1.0 - values)
+
+
+def test_gae_ignores_tokens_after_the_answer():
+    rewards = torch.tensor([[0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.0, 0.0, 9.0]])
+    adv, _ = ppo.gae(rewards, values, torch.tensor([[1, 1, 0]]), lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_ppo_policy_loss_is_clipped():
+    adv = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    zeros = torch.zeros(1, 2)
+    # ratio 1: the loss is -mean(A)
+    out = ppo.ppo_losses(zeros, zeros, adv, zeros, zeros, zeros, mask)
+    assert out["policy"].item() == pytest.approx(0.0) and out["clipfrac"].item() == 0
+    # a ratio of e^1 on a positive advantage earns only 1 + clip, and gives no gradient
+    logps = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    out = ppo.ppo_losses(logps, zeros, adv, zeros, zeros, zeros, mask, clip=0.2)
+    assert out["policy"].item() == pytest.approx((-1.2 + 1.0) / 2)
+    out["policy"].backward()
+    assert logps.grad[0, 0].item() == 0.0 and logps.grad[0, 1].item() != 0.0
+    with pytest.raises(ValueError, match="clip"):
+        ppo.ppo_losses(zeros, zeros, adv, zeros, zeros, zeros, mask, clip=1.5)
+
+
+def test_answer_logps_do_not_depend_on_left_padding(base, tok):
+    model, _ = base
+    policy = ppo.PolicyWithValueHead(copy.deepcopy(model)).eval()
+    short = tok("<|user|>\nHi<|end|>\n<|assistant|> Risk: low<|end|>")["input_ids"]
+    pad = 5
+    ids = torch.tensor([short, [tok.pad_token_id] * pad + short[:-pad]])
+    attn = torch.tensor([[1] * len(short), [0] * pad + [1] * (len(short) - pad)])
+    alone = torch.tensor([short[:-pad]])
+    with torch.no_grad():
+        logits, values = policy(ids, attn)
+        logits_alone, _ = policy(alone, torch.ones_like(alone))
+    assert values.abs().max() == 0, "the value head starts at zero"
+    assert torch.allclose(logits[1, pad:], logits_alone[0], atol=1e-4)
+
+
+def test_rollout_masks_the_answer_up_to_the_stop_token(base, tok):
+    model, _ = base
+    policy = ppo.PolicyWithValueHead(copy.deepcopy(model)).eval()
+    prompts = [data.to_prompt_completion(r, tok)["prompt"] for r in data.read_jsonl("instructions_eval.jsonl")[:3]]
+    roll = ppo.rollout(policy, tok, prompts, max_new_tokens=6, seed=0)
+    P, resp, mask = roll["prompt_len"], roll["input_ids"][:, roll["prompt_len"]:], roll["response_mask"]
+    stops = set(ppo.stop_ids(tok))
+    for row, m in zip(resp.tolist(), mask.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n), "the mask is one block at the start"
+        assert not stops & set(row[: n - 1]), "no stop token inside the answer"
+        if n < len(row):
+            assert row[n - 1] in stops, "an answer cut before the limit ends with its stop token"
+    assert len(roll["texts"]) == 3 and roll["attention_mask"].shape == roll["input_ids"].shape
+    with pytest.raises(ValueError, match="temperature"):
+        ppo.rollout(policy, tok, prompts, temperature=0)
+
+
+def test_lenient_grader():
+    assert ppo.lenient_grader("Risk: low", "Risk: low") == pytest.approx(1.2)
+    assert ppo.lenient_grader("risk: LOW and more words", "Risk: low", words_bonus=0.0) == 1.0
+    assert ppo.lenient_grader("Risk: high", "Risk: low", words_bonus=0.5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="words_bonus"):
+        ppo.lenient_grader("x", "y", words_bonus=-1)
+
+
+def test_train_ppo_runs_logs_and_starts_at_zero_kl(base, tok):
+    model, _ = base
+    prompts = [data.to_prompt_completion(r, tok)["prompt"] for r in data.read_jsonl("instructions_eval.jsonl")[:4]]
+    cfg = ppo.PPOConfig(steps=2, batch_size=2, max_new_tokens=4, kl_coef=0.1, lr=1e-4, ppo_epochs=1)
+    seen = []
+    policy, log = ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda idx, texts: [float(len(t)) for t in texts],
+                                cfg, callback=lambda step, log: seen.append(step))
+    assert seen == [0, 1] and len(log.score) == len(log.kl) == len(log.samples) == 2
+    assert abs(log.kl[0]) < 1e-4, "before any update the policy is the reference"
+    with pytest.raises(ValueError, match="kl_coef"):
+        ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(kl_coef=-1))
+    with pytest.raises(ValueError, match="steps"):
+        ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(steps=0))

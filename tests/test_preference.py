@@ -1,0 +1,239 @@
+"""labkit.preference: sequence log-probs, the Bradley-Terry and DPO losses, checked by hand and against trl."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from labkit import data
+from labkit import preference as P
+
+
+@pytest.fixture(scope="module")
+def tok(base):
+    return base[1]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return data.read_jsonl("preferences_train.jsonl")[:16]
+
+
+# ----------------------------------------------------------------------------- sequence_logps
+
+def test_sequence_logps_sums_shifted_token_logprobs_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 0]])
+    logp = logits.log_softmax(-1)
+    want = torch.stack([logp[0, 1, 3] + logp[0, 2, 4],
+                        logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 6] + logp[1, 3, 0]])
+    assert torch.allclose(P.sequence_logps(logits, labels), want, atol=1e-6)
+
+
+def test_sequence_logps_equals_the_models_own_loss(base, tok):
+    model, _ = base
+    ids = torch.tensor([tok("<|user|>\nHello there<|end|>\n<|assistant|> Risk: low<|end|>")["input_ids"]])
+    labels = ids.clone()
+    labels[0, :5] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    n = (labels[0, 1:] != -100).sum()
+    assert torch.allclose(P.sequence_logps(out.logits, labels), -out.loss * n, atol=1e-4)
+
+
+@pytest.mark.parametrize("logits_shape,labels_shape", [((2, 5, 7), (2, 4)), ((2, 5), (2, 5)), ((3, 5, 7), (2, 5))])
+def test_sequence_logps_rejects_mismatched_shapes(logits_shape, labels_shape):
+    with pytest.raises(ValueError, match="logits"):
+        P.sequence_logps(torch.zeros(logits_shape), torch.zeros(labels_shape, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- reward_loss and dpo_loss
+
+def test_reward_loss_is_bradley_terry():
+    rc, rr = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    want = -(torch.log(torch.sigmoid(rc - rr))).mean()
+    assert torch.allclose(P.reward_loss(rc, rr), want, atol=1e-6)
+    assert P.reward_loss(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(math.log(2))
+    # only differences matter
+    assert torch.allclose(P.reward_loss(rc + 5, rr + 5), P.reward_loss(rc, rr))
+
+
+def test_reward_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="r_chosen"):
+        P.reward_loss(torch.zeros(3), torch.zeros(4))
+
+
+def test_dpo_loss_matches_the_formula_and_is_log2_at_the_start():
+    pc, pr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -3.0])
+    loss, cr, rj = P.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert torch.allclose(cr, 0.5 * (pc - rc)) and torch.allclose(rj, 0.5 * (pr - rr))
+    want = -torch.nn.functional.logsigmoid(0.5 * ((pc - rc) - (pr - rr))).mean()
+    assert torch.allclose(loss, want, atol=1e-6)
+    loss0, c0, r0 = P.dpo_loss(pc, pr, pc, pr)
+    assert loss0.item() == pytest.approx(math.log(2)) and c0.abs().max() == 0 and r0.abs().max() == 0
+
+
+@pytest.mark.parametrize("beta", [-0.1, 0, float("nan"), "0.1", True])
+def test_dpo_loss_rejects_a_bad_beta(beta):
+    x = torch.zeros(2)
+    with pytest.raises(ValueError, match="beta"):
+        P.dpo_loss(x, x, x, x, beta=beta)
+
+
+def test_dpo_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="ref_rejected_logps"):
+        P.dpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(3))
+
+
+def test_dpo_loss_curve_is_log2_at_zero_and_sharper_for_larger_beta():
+    curve = P.dpo_loss_curve([-10, 0, 10], [0.1, 1.0])
+    assert curve["margin"] == [-10, 0, 10]
+    for b in (0.1, 1.0):
+        assert curve["loss"][b][1] == pytest.approx(math.log(2))
+        assert curve["loss"][b][0] > curve["loss"][b][1] > curve["loss"][b][2]
+    assert curve["loss"][1.0][2] < curve["loss"][0.1][2], "a larger beta is satisfied sooner by the same margin"
+    assert curve["weight"][1.0][2] < curve["weight"][1.0][0]
+    with pytest.raises(ValueError, match="beta"):
+        P.dpo_loss_curve([0], [0.1, -1])
+    with pytest.raises(ValueError, match="margins"):
+        P.dpo_loss_curve([], [0.1])
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_pairs_train_only_on_the_answers(tok, rows):
+    pairs = P.tokenize_pairs(tok, rows[:3])
+    for row, pair in zip(rows, pairs):
+        for side in ("chosen", "rejected"):
+            f = pair[side]
+            trained = [t for t in f["labels"] if t != -100]
+            assert tok.decode(trained) == " " + row[side] + "<|end|>" + tok.eos_token
+    batch = P.collate_pairs(pairs, tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 6
+    assert batch["labels"][0].tolist()[: len(pairs[0]["chosen"]["labels"])] == pairs[0]["chosen"]["labels"]
+    assert batch["labels"][3].tolist()[: len(pairs[0]["rejected"]["labels"])] == pairs[0]["rejected"]["labels"]
+
+
+def test_pair_texts_names_a_missing_field(tok):
+    with pytest.raises(ValueError, match="rejected"):
+        P.pair_texts({"prompt": "hi", "chosen": "yes"}, tok)
+
+
+# ----------------------------------------------------------------------------- equal to trl
+
+def _trl_common(tmp_path):
+    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=3,
+                bf16=False, report_to="none", dataloader_pin_memory=False, disable_tqdm=True, save_strategy="no",
+                logging_strategy="no", use_cpu=True, seed=0)
+
+
+@pytest.mark.slow
+def test_reward_loss_equals_trl_reward_trainer_on_the_same_batch(tok, rows, tmp_path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from labkit import env
+
+    env.quiet()
+    rm, rtok = P.load_reward_model(device="cpu")
+    ds = Dataset.from_list([P.pair_texts(r, rtok) for r in rows[:12]])
+    trainer = RewardTrainer(model=rm, args=RewardConfig(**_trl_common(tmp_path), center_rewards_coefficient=None),
+                            train_dataset=ds, processing_class=rtok)
+    trainer.train()  # a few steps, so the score head is no longer near its initial values
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    # our tokenisation gives trl's token ids
+    ours_pairs = P.tokenize_pairs(rtok, rows[:4])
+    assert [p["chosen"]["input_ids"] for p in ours_pairs] == [e["chosen_ids"] for e in examples]
+    assert [p["rejected"]["input_ids"] for p in ours_pairs] == [e["rejected_ids"] for e in examples]
+    rm.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(rm, dict(batch)).item()
+        rc, rr = P.pair_rewards(rm, batch)
+        ours = P.reward_loss(rc, rr).item()
+    assert abs(trl_loss - math.log(2)) > 1e-3, "the check must not be at the trivial starting point"
+    assert ours == pytest.approx(trl_loss, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_dpo_loss_equals_trl_dpo_trainer_after_training(base, tok, rows, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from labkit import env
+
+    env.quiet()
+    model, _ = base
+    policy, ref = copy.deepcopy(model), copy.deepcopy(model)
+    ds = Dataset.from_list([P.pair_texts(r, tok) for r in rows[:12]])
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=DPOConfig(**_trl_common(tmp_path), beta=0.1),
+                         train_dataset=ds, processing_class=tok)
+    trainer.train()
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    policy.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        ours_batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+        loss, rc, rr = P.dpo_loss(*P.batch_logps(policy, ours_batch), *P.batch_logps(ref, ours_batch), beta=0.1)
+        # and our own tokenisation + collation gives the same batch
+        mine = P.collate_pairs(P.tokenize_pairs(tok, rows[:4]), tok.pad_token_id)
+        loss_mine, _, _ = P.dpo_loss(*P.batch_logps(policy, mine), *P.batch_logps(ref, mine), beta=0.1)
+    assert abs(trl_loss - math.log(2)) > 1e-3, "the check must not be at the trivial 0.693 of step 0"
+    assert loss.item() == pytest.approx(trl_loss, abs=1e-5)
+    assert loss_mine.item() == pytest.approx(trl_loss, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_reward_model_training_lowers_the_loss(tok, rows):
+    rm, rtok = P.load_reward_model(device="cpu")
+    losses = P.train_reward_model(rm, rtok, rows, steps=6, lr=3e-4, batch_size=8)
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2])
+    acc = P.pairwise_accuracy(rm, rtok, rows[:8])
+    assert 0 <= acc["accuracy"] <= 1 and len(acc["margins"]) == 8
+    with pytest.raises(ValueError, match="learning rate"):
+        P.train_reward_model(rm, rtok, rows, steps=1, lr=-1)
+
+
+def test_train_dpo_raises_the_margin_and_preference_accuracy_starts_at_zero(base, tok, rows):
+    model, _ = base
+    policy, ref = copy.deepcopy(model), copy.deepcopy(model)
+    before = P.preference_accuracy(policy, ref, tok, rows[:8])
+    assert before["accuracy"] == 0 and before["margin"] == 0, "policy == ref: every implicit reward is 0"
+    log = P.train_dpo(policy, ref, tok, rows[:8], beta=0.1, steps=4, lr=1e-3, batch_size=8)
+    assert log["loss"][0] == pytest.approx(math.log(2), abs=1e-5)
+    after = P.preference_accuracy(policy, ref, tok, rows[:8])
+    assert after["margin"] > 0 and after["accuracy"] > 0.5
+    with pytest.raises(ValueError, match="beta"):
+        P.train_dpo(policy, ref, tok, rows[:8], beta=-1)
+
+
+def test_win_rate_counts_ties_as_half(tok, rows):
+    rm, rtok = P.load_reward_model(device="cpu")
+    prompts = [P.pair_texts(r, rtok)["prompt"] for r in rows[:4]]
+    answers = [r["chosen"] for r in rows[:4]]
+    assert P.win_rate(rm, rtok, prompts, answers, answers) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="equally many"):
+        P.win_rate(rm, rtok, prompts, answers, answers[:2])
+
+
+def test_beta_run_and_widget_report_a_short_run(base, tok, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model, _ = base
+    sft_model = copy.deepcopy(model).requires_grad_(False)
+    r = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-4, batch_size=4)
+    assert r["beta"] == 0.5 and len(r["log"]["loss"]) == 1 and 0 <= r["accuracy"] <= 1
+    assert all(not p.requires_grad for p in sft_model.parameters()), "the reference stays frozen"
+    box = P.beta_widget(sft_model, tok, rows[:4], rows[4:8], betas=[0.1, 0.5], beta=0.5, steps=1)
+    assert box.children[0].value == 0.5
+    box.children[2].click()  # the Train button runs beta_run without a browser
+    assert "beta=0.5" in P.describe_beta_run(r)
+    with pytest.raises(ValueError, match="beta"):
+        P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0)
