@@ -21,8 +21,8 @@ from pathlib import Path
 from labkit import adapters, data, encoder, env, models, tuning
 
 TASK = "classify"
-SWEEP = {"lrs": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2], "ranks": [2, 8, 32], "steps": 30}
-METHOD_STEPS = 60
+SWEEP = {"lrs": [3e-4, 1e-3, 3e-3, 1e-2], "ranks": [2, 8, 32], "steps": 20}
+METHOD_STEPS = 40
 MINILM_STEPS = 60
 N_EVAL, N_GENERAL = 40, 20
 
