@@ -185,3 +185,40 @@ def test_run_sft_measures_forgetting_and_learning(base):
     assert res["ppl_after"] != res["ppl_before"] and res["ppl_ratio"] == pytest.approx(res["ppl_after"] / res["ppl_before"])
     assert res["alpha"] == 8 and res["exact"] is None and len(res["losses"]) == 4
     assert all((a == b).all() for a, b in zip(before, model.parameters()))  # the base is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# the precomputed forgetting grid that lesson 07 plots
+
+
+def test_forgetting_grid_result_holds_every_combination():
+    import json
+    from pathlib import Path
+
+    import labkit
+
+    grid = json.loads((Path(labkit.__file__).parent / "assets" / "results" / "forgetting_grid.json").read_text())
+    combos = {(r["lr"], r["r"], r["mix"]) for r in grid["runs"]}
+    assert len(combos) == len(grid["runs"]) == 8
+    assert len({r["lr"] for r in grid["runs"]}) == 2 and {r["r"] for r in grid["runs"]} == {4, 64}
+    assert {r["mix"] for r in grid["runs"]} == {0.0, 0.1}
+    for r in grid["runs"]:
+        assert r["ppl_ratio"] == pytest.approx(r["ppl_after"] / r["ppl_before"]) and 0 <= r["exact"] <= 1
+    assert grid["made_by"] == "scripts/forgetting_grid.py" and "load_average_at_end" in grid
+
+
+@pytest.mark.slow
+def test_forgetting_grid_script_runs_and_writes_json(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "forgetting_grid.py"
+    spec = importlib.util.spec_from_file_location("forgetting_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "g.json"
+    assert mod.main(["--steps", "1", "--lrs", "2e-3", "--ranks", "4", "--mixes", "0", "--n-eval", "2",
+                     "--n-general-eval", "2", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["steps"] == 1 and "losses" not in runs[0]
