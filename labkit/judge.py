@@ -33,12 +33,14 @@ def task_of(prompt: str) -> str:
 def grounded_share(prompt: str, answer: str) -> float:
     """The share of the answer's values (numbers, capitalised words) that also occur in the prompt.
 
-    1.0 when the answer holds no such value. Invented names and amounts lower it.
+    Compared without case ("Risk" is grounded by "rate the risk"); 1.0 when the answer holds no such
+    value. Invented names and amounts lower it.
     """
     values = re.findall(r"\$?\d[\d,]*|[A-Z][a-z]+", answer)
     if not values:
         return 1.0
-    return sum(v in prompt for v in values) / len(values)
+    text = prompt.lower()
+    return sum(v.lower() in text for v in values) / len(values)
 
 
 REFUSALS = ("i don't know", "i cannot help", "ask someone else", "i can't")
