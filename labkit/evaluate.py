@@ -141,3 +141,130 @@ def exact_match(predictions: list[str], references: list[str], normalize: bool =
         raise ValueError("exact_match needs at least one prediction.")
     norm = normalize_answer if normalize else (lambda s: s)
     return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(predictions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson 07: overlap metrics (token F1, ROUGE-L), format validity, win rate
+
+
+def _metric_tokens(text: str) -> list[str]:
+    """Lower-cased runs of letters and digits: rouge-score's default tokenizer (no stemming).
+
+    "Risk: HIGH" -> ["risk", "high"]; "$1,500" -> ["1", "500"].
+    """
+    import re
+
+    if not isinstance(text, str):
+        raise ValueError(f"expected a string, got {type(text).__name__}: {text!r}.")
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1: the harmonic mean of precision and recall of shared tokens (with counts).
+
+    Tokens are _metric_tokens (lower-cased letters and digits). Two empty answers score 1, one empty 0.
+    """
+    from collections import Counter
+
+    p, r = _metric_tokens(prediction), _metric_tokens(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lcs_length(a: list, b: list) -> int:
+    """Length of the longest common subsequence of A and B (dynamic programming, O(len(a)·len(b)))."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> dict:
+    """ROUGE-L of one prediction: {"precision", "recall", "f1"} from the longest common subsequence.
+
+    precision = LCS / len(prediction tokens), recall = LCS / len(reference tokens), f1 their harmonic
+    mean; the same numbers as rouge_score.RougeScorer(["rougeL"]) without stemming.
+    """
+    p, r = _metric_tokens(prediction), _metric_tokens(reference)
+    lcs = lcs_length(p, r)
+    if lcs == 0:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    precision, recall = lcs / len(p), lcs / len(r)
+    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / (precision + recall)}
+
+
+def mean_score(metric, predictions: list[str], references: list[str]) -> float:
+    """The mean of METRIC(prediction, reference) over the pairs (for rouge_l, its f1)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    if not predictions:
+        raise ValueError("mean_score needs at least one prediction.")
+    values = [metric(p, r) for p, r in zip(predictions, references)]
+    return sum(v["f1"] if isinstance(v, dict) else v for v in values) / len(values)
+
+
+def format_validity(tasks, answers: list[str]) -> float:
+    """The share of ANSWERS in their task's answer format (labkit.data.answer_format_ok), values ignored.
+
+    tasks: one task name for all answers, or a list with one task per answer.
+    """
+    from .data import answer_format_ok
+
+    tasks = [tasks] * len(answers) if isinstance(tasks, str) else list(tasks)
+    if len(tasks) != len(answers):
+        raise ValueError(f"{len(tasks)} tasks but {len(answers)} answers.")
+    if not answers:
+        raise ValueError("format_validity needs at least one answer.")
+    return sum(answer_format_ok(t, a) for t, a in zip(tasks, answers)) / len(answers)
+
+
+def win_rate(score_fn, prompts: list[str], answers_a: list[str], answers_b: list[str], tie_margin: float = 0.0) -> dict:
+    """How often answer A beats answer B for the same prompt, judged by SCORE_FN(prompt, answer) -> float.
+
+    SCORE_FN is any judge: a reward model, an LLM-as-judge's score, a rule. A wins when its score is
+    more than TIE_MARGIN above B's; within the margin it is a tie. Returns {"wins", "ties", "losses",
+    "n", "win_rate"} with win_rate = (wins + ties / 2) / n (0.5: no difference).
+    """
+    if not (len(prompts) == len(answers_a) == len(answers_b)):
+        raise ValueError(f"need one answer of each system per prompt; got {len(prompts)} prompts, "
+                         f"{len(answers_a)} answers A and {len(answers_b)} answers B.")
+    if not prompts:
+        raise ValueError("win_rate needs at least one prompt.")
+    if not tie_margin >= 0:
+        raise ValueError(f"tie_margin must be >= 0; got {tie_margin!r}.")
+    wins = ties = 0
+    for p, a, b in zip(prompts, answers_a, answers_b):
+        d = float(score_fn(p, a)) - float(score_fn(p, b))
+        if math.isnan(d):
+            raise ValueError(f"the judge returned NaN for prompt {p[:60]!r}.")
+        wins += d > tie_margin
+        ties += abs(d) <= tie_margin
+    n = len(prompts)
+    return {"wins": wins, "ties": ties, "losses": n - wins - ties, "n": n, "win_rate": (wins + ties / 2) / n}
+
+
+def pairwise_win_rate(prefer_fn, prompts: list[str], answers_a: list[str], answers_b: list[str]) -> dict:
+    """Win rate from a PAIRWISE judge, asked in both orders to cancel its position bias.
+
+    prefer_fn(prompt, first, second) -> probability that FIRST is the better answer (an LLM judge shown
+    two answers). Returns {"win_rate": mean over both orders of P(A better), "first_position_rate":
+    how often the judge prefers whichever answer is shown first (0.5 = no position bias),
+    "consistent": share of prompts where both orders agree on the winner}.
+    """
+    if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
+        raise ValueError(f"need one answer of each system per prompt (and at least one prompt); got "
+                         f"{len(prompts)}, {len(answers_a)} and {len(answers_b)}.")
+    p_ab = [float(prefer_fn(p, a, b)) for p, a, b in zip(prompts, answers_a, answers_b)]
+    p_ba = [float(prefer_fn(p, b, a)) for p, a, b in zip(prompts, answers_a, answers_b)]
+    n = len(prompts)
+    return {"win_rate": sum(x + (1 - y) for x, y in zip(p_ab, p_ba)) / (2 * n),
+            "first_position_rate": sum(x + y for x, y in zip(p_ab, p_ba)) / (2 * n),
+            "consistent": sum((x > 0.5) == (y < 0.5) for x, y in zip(p_ab, p_ba)) / n}

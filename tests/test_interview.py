@@ -1,0 +1,63 @@
+"""labkit.interview: lesson 09's quiz wrapper shows where the answer is proven, and why once right."""
+
+import pytest
+
+from labkit import check as C
+from labkit import interview
+
+
+@pytest.fixture(autouse=True)
+def _private_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+
+
+def _right_letter(qid):
+    return next(letter for letter in "abc" if C.quiz(qid, letter).passed)
+
+
+def test_enough_questions_and_every_one_explained():
+    from labkit.checks import lesson09
+
+    ids = [q for q in C.quizzes() if q.startswith("q09_")]
+    assert len(ids) >= 23
+    assert set(ids) == set(lesson09.EXPLANATIONS) == set(lesson09.TOPICS)
+    for qid in ("q09_which_rank", "q09_prevent_forgetting", "q09_finetune_vs_prompting"):
+        assert qid in ids
+    for where, why in lesson09.EXPLANATIONS.values():
+        assert "lesson 0" in where and why
+    assert {"token_f1", "rouge_l_f1"} <= set(C.exercises())
+
+
+def test_choice_answers_are_spread_over_the_letters():
+    letters = [_right_letter(q) for q in C.quizzes() if q.startswith("q09_") and C.get(q).kind == "choice"]
+    assert all(letters.count(x) >= 4 for x in "abc")
+
+
+def test_quiz_shows_where_after_any_answer_and_why_only_when_right():
+    qid = "q09_which_rank"
+    right = _right_letter(qid)
+    wrong = next(x for x in "abc" if x != right)
+    where, why = interview.explain(qid)
+    shown = interview.quiz(qid)
+    assert shown.message.startswith("?") and where not in shown.message
+    bad = interview.quiz(qid, wrong)
+    assert not bad.passed and where in bad.message and why not in bad.message
+    good = interview.quiz(qid, right)
+    assert good.passed and good.message.startswith("✔") and where in good.message and why in good.message
+    empty = interview.quiz(qid, None)
+    assert "no answer yet" in empty.message and where not in empty.message
+
+
+def test_quiz_of_another_lesson_and_unknown_ids_never_raise():
+    assert interview.quiz("q07_em_normalised", "a").message.startswith(("✔", "✘"))
+    assert "there is no quiz question" in interview.quiz("nope", "a").message
+    with pytest.raises(ValueError, match="no explanation for 'nope'"):
+        interview.explain("nope")
+
+
+def test_deck_groups_by_topic():
+    d = interview.deck()
+    assert sum(len(v) for v in d.values()) == len([q for q in C.quizzes() if q.startswith("q09_")])
+    assert list(interview.deck("DPO")) == ["DPO"]
+    with pytest.raises(ValueError, match="unknown topic 'Nope'"):
+        interview.deck("Nope")
