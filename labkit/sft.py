@@ -147,7 +147,7 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     """
     import torch
 
-    from .train import check_lr, check_steps
+    from .train import check_lr, check_steps, fit
 
     lr, steps = check_lr(lr), check_steps(steps)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -157,32 +157,7 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     features = tokenize_all(tok, pairs, max_length, completion_only)
     data = batches(features, batch_size, tok.pad_token_id, seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.train()
-    losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="SFT", leave=False)
-    for step in range(steps):
-        batch = {k: v.to(device) for k, v in next(data).items()}
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if callback is not None:
-            callback(step, losses[-1])
-    if bar is not None:
-        bar.close()
-    model.train(was_training)
-    return losses
+    return fit(model, data, opt, params, steps, progress="SFT" if progress else None, callback=callback)
 
 
 def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:

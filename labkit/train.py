@@ -69,12 +69,29 @@ def finetune(model, tok, texts: list[str], steps: int = 50, lr: float = 3e-4, ba
         raise ValueError("the model has no trainable parameters: nothing would be learned.")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return fit(model, lm_batches(tok, texts, batch_size, max_tokens, seed), opt, params, steps)
+
+
+def fit(model, data, opt, params, steps: int, progress: str | None = None, callback=None) -> list[float]:
+    """The training loop itself: STEPS batches from the iterator DATA ({"input_ids", "attention_mask",
+    "labels"}), each a forward with the model's own loss, backward, gradient clipping at 1.0 and an
+    OPT step over PARAMS. Returns the loss per step.
+
+    PROGRESS names a progress bar (None: no bar); CALLBACK(step, loss), if given, runs after each step.
+    finetune and labkit.sft.train differ only in their batches and call this.
+    """
+    import torch
+
     device = next(model.parameters()).device
-    data = lm_batches(tok, texts, batch_size, max_tokens, seed)
     was_training = model.training
     model.train()
-    losses = []
-    for _ in range(steps):
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=progress, leave=False)
+    for step in range(steps):
         batch = {k: v.to(device) for k, v in next(data).items()}
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
@@ -82,6 +99,13 @@ def finetune(model, tok, texts: list[str], steps: int = 50, lr: float = 3e-4, ba
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if callback is not None:
+            callback(step, losses[-1])
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return losses
 
