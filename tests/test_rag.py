@@ -1,6 +1,7 @@
 """labkit.rag: the fact collection, prompts, and MiniLM retrieval with in-place document updates."""
 
 import pytest
+import torch
 
 from labkit import rag
 
@@ -44,6 +45,39 @@ def test_prompts_and_reader_pairs(base):
     assert pairs[0]["prompt"].endswith("<|assistant|>")
 
 
+def test_top_k_ranks_by_cosine_similarity_best_first():
+    docs = torch.tensor([[10.0, 0.0], [0.6, 0.8], [0.1, 0.9], [-0.5, 0.5]])
+    query = torch.tensor([0.6, 0.8])
+    # the long first document wins by dot product (6.0) but points elsewhere: cosine 0.6
+    assert rag.top_k(query, docs, 2).tolist() == [1, 2]
+    assert rag.top_k(query, docs, 4).tolist() == [1, 2, 0, 3]
+    assert rag.top_k(query.unsqueeze(0), docs, 2).tolist() == [[1, 2]]  # (Q, D) -> (Q, k)
+    assert rag.top_k(torch.tensor([[-1.0, 1.0], [1.0, 0.0]]), docs, 1).tolist() == [[3], [0]]
+
+
+def test_top_k_matches_a_brute_force_ranking_and_ignores_lengths():
+    g = torch.Generator().manual_seed(0)
+    queries, docs = torch.randn(4, 16, generator=g), torch.randn(30, 16, generator=g)
+    cos = torch.stack([torch.stack([torch.dot(q, d) / (q.norm() * d.norm()) for d in docs]) for q in queries])
+    expected = [sorted(range(30), key=lambda j: -cos[i, j].item())[:5] for i in range(4)]
+    assert rag.top_k(queries, docs, 5).tolist() == expected
+    scaled = docs * torch.rand(30, 1, generator=g).mul(100).add(0.01)
+    assert rag.top_k(queries * 7, scaled, 5).tolist() == expected
+    assert rag.top_k(queries, docs, 5).dtype == torch.long
+
+
+@pytest.mark.parametrize("query, docs, k, match", [
+    (torch.zeros(3), torch.zeros(5, 3), 0, "k must be between 1 and the 5"),
+    (torch.zeros(3), torch.zeros(5, 3), 6, "k must be"),
+    (torch.zeros(3), torch.zeros(5, 3), 2.0, "k must be"),
+    (torch.zeros(4), torch.zeros(5, 3), 1, "same D"),
+    (torch.zeros(2, 2, 3), torch.zeros(5, 3), 1, r"query_emb must be \(Q, D\)"),
+])
+def test_top_k_rejects_bad_shapes_and_k(query, docs, k, match):
+    with pytest.raises(ValueError, match=match):
+        rag.top_k(query, docs, k)
+
+
 @pytest.mark.slow
 def test_retriever_finds_the_right_note_and_sees_updates():
     docs = rag.make_collection(n=12, seed=0)
@@ -55,6 +89,12 @@ def test_retriever_finds_the_right_note_and_sees_updates():
     index.replace(new)
     hit, score = index.search(rag.WORDINGS["test"]["fee"].format(city=docs[3]["city"]))[0]
     assert hit["fee"] == "$77" and -1 <= score <= 1
+    # the ranking is rag.top_k's on the stored vectors, and the scores are cosine similarities
+    query = qs[0]["question"]
+    hits = index.search(query, k=3)
+    best = rag.top_k(index.embed([query])[0], index.vectors, 3).tolist()
+    assert [d["id"] for d, _ in hits] == [index.docs[i]["id"] for i in best]
+    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     with pytest.raises(ValueError, match="already in the index"):
         index.add([docs[0]])
     with pytest.raises(ValueError, match="k must be"):

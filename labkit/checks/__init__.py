@@ -3,7 +3,7 @@
 labkit.check imports every module in this folder the first time it needs the registry, so adding an
 exercise touches one place: the lesson's module here (plus its cell in solutions/).
 
-Adding a coding exercise (e.g. the Bradley-Terry loss, in a new labkit/checks/lesson05.py):
+Adding a coding exercise (a sketch of the Bradley-Terry loss; labkit/checks/lesson05.py holds the real one):
 
     import torch
     from labkit import preference
@@ -25,7 +25,8 @@ Adding a coding exercise (e.g. the Bradley-Terry loss, in a new labkit/checks/le
              public=_public, hidden=_hidden, compare=number(rtol=1e-5),
              hint="-log sigmoid(r_chosen - r_rejected), averaged over the pairs")
 
-lesson04.py is a short real example (tensors in, integer tensors out, a dict of tensors).
+lesson04.py is a short real example (tensors in, integer tensors out, a dict of tensors); lesson08.py
+draws hidden cases without near-ties, for an answer compared exactly (an order of indices).
 
 - inputs are passed positionally, in the dict's order; the dict's keys name them in feedback;
 - reference is labkit's own function (never a copy of it); the candidate and the reference each get
