@@ -337,16 +337,19 @@ def pair_logps(model, tok, rows: list[dict], batch_size: int = 16):
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, ref_logps=None) -> dict:
+def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, ref_logps=None,
+                        policy_logps=None) -> dict:
     """DPO's held-out metric: share of pairs whose implicit reward margin is above zero.
 
     Returns {"accuracy", "margin": mean of chosen_reward - rejected_reward, "margins": per pair}.
     At the start (policy == ref) every margin is exactly 0, so the accuracy is 0. REF_LOGPS, if
-    given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes).
+    given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes);
+    POLICY_LOGPS likewise for the policy, when the caller already has them.
     """
     beta = _check_beta(beta)
     ref_c, ref_r = ref_logps if ref_logps is not None else pair_logps(ref, tok, rows)
-    _, rc, rr = dpo_loss(*pair_logps(policy, tok, rows), ref_c, ref_r, beta=beta)
+    pol_c, pol_r = policy_logps if policy_logps is not None else pair_logps(policy, tok, rows)
+    _, rc, rr = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta)
     margins = (rc - rr).tolist()
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins),
             "margins": margins}
@@ -414,7 +417,8 @@ def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta
                     seed=seed)
     ref_c, ref_r = pair_logps(sft_model, tok, eval_rows)
     pol_c, pol_r = pair_logps(policy, tok, eval_rows)
-    acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r))
+    acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r),
+                              policy_logps=(pol_c, pol_r))
     return {"beta": beta, "log": log, "accuracy": acc["accuracy"],
             "logratio_chosen": (pol_c - ref_c).mean().item(), "logratio_rejected": (pol_r - ref_r).mean().item()}
 

@@ -545,6 +545,47 @@ def load_shipped_adapter(model):
     return pm, report
 
 
+def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
+                    model: str | None = "bundled", rows: list[dict] | None = None):
+    """The SFT model that preference training starts from (and keeps, frozen, as pi_ref).
+
+    steps == 0: the shipped adapter of lesson 04 (``load_shipped_adapter``, trained for 800 steps by
+    scripts/train_sft_adapter.py) merged into BASE; it fits the bundled model only. steps > 0: a
+    live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
+    (default: instructions_train.jsonl), merged. BASE itself is left untouched (a copy is trained).
+    Returns (model, description): the merged model in eval mode with every parameter frozen.
+    """
+    import copy
+
+    from .train import check_steps
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be 0 (the shipped SFT adapter) or a positive integer; got {steps!r}.")
+    if steps == 0:
+        if model not in (None, "bundled"):
+            raise ValueError(f"the shipped SFT adapter was trained on the bundled model, not {model!r}: "
+                             "set SFT_STEPS to a positive number (e.g. 60) to fine-tune this model live.")
+        pm, report = load_shipped_adapter(copy.deepcopy(base))
+        what = (f"the shipped SFT adapter of lesson 04 ({report.get('steps', 800)} steps), merged")
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        from .data import read_jsonl, to_prompt_completion
+
+        check_steps(steps)
+        rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
+        pm = get_peft_model(copy.deepcopy(base), LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
+              batch_size=batch_size, seed=seed, progress=False)
+        what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
+    merged = pm.merge_and_unload().eval()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged, what
+
+
 def score_table(results: dict) -> str:
     """A Markdown table of score() results side by side: one row per task, exact and format per model.
 

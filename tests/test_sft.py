@@ -108,3 +108,29 @@ def test_score_of_perfect_and_misformatted_answers(base, monkeypatch):
     assert s["exact"] == pytest.approx(0.9) and s["format"] == pytest.approx(0.9)
     assert s["by_task"]["extract"] == {"exact": 0.5, "format": 0.5, "n": 2}
     assert s["by_task"]["risk"] == {"exact": 1.0, "format": 1.0, "n": 2}
+
+
+def test_reference_model_merges_the_shipped_adapter_frozen_and_leaves_the_base_alone(base):
+    model, tok = base
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged, how = sft.reference_model(model, tok, steps=0)
+    assert "shipped" in how and not any(p.requires_grad for p in merged.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the base must not change"
+    peft_model, _ = sft.load_shipped_adapter(copy.deepcopy(model))
+    ids = tok("Risk of a loan with a ratio of 0.9?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-3)
+
+
+def test_reference_model_trains_live_and_refuses_bad_steps(base):
+    model, tok = base
+    rows = data.read_jsonl("instructions_train.jsonl")[:8]
+    merged, how = sft.reference_model(model, tok, steps=2, rows=rows)
+    assert "2 steps" in how and not any(p.requires_grad for p in merged.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), model.state_dict().values()))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            sft.reference_model(model, tok, steps=bad)
+    with pytest.raises(ValueError, match="SFT_STEPS"):
+        sft.reference_model(model, tok, steps=0, model="someone/llama-7b")
