@@ -316,6 +316,55 @@ def micro_batches(batch: dict, world_size: int, rank: int, accum_steps: int) -> 
     return out
 
 
+def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: int = 1) -> dict:
+    """One global BATCH cut into world_size x accum_steps micro-batches, on one process: the whole
+    batch's loss and gradient next to the two ways of adding up the micro-batches.
+
+    model: a model with trainable parameters (e.g. a peft model); batch: {"input_ids",
+    "attention_mask", "labels"} (global_batch, seq). Returns {"tokens": trained tokens per
+    micro-batch, "whole": the batch's loss (mean over all its trained tokens), "tokens_normalised":
+    the micro-batches' summed token losses / all trained tokens, "naive": the mean of the
+    micro-batches' own means, "grad_diff_tokens" and "grad_diff_naive": |g - g_whole| / |g_whole|}.
+    """
+    import torch
+
+    parts = [b for r in range(world_size) for b in micro_batches(batch, world_size, r, accum_steps)]
+    counts = [supervised_tokens(b["labels"]) for b in parts]
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    parts = [{k: v.to(device) for k, v in b.items()} for b in parts]
+    was_training = model.training
+    model.train()
+
+    def value_and_grad(loss_fn):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        g = torch.cat([p.grad.flatten() for p in params])
+        model.zero_grad(set_to_none=True)
+        return loss.item(), g
+
+    total = torch.tensor(float(sum(counts)), device=device)
+    whole, g_whole = value_and_grad(lambda: model(**{k: v.to(device) for k, v in batch.items()}).loss)
+    tok, g_tok = value_and_grad(lambda: sum(model(**b, num_items_in_batch=total).loss for b in parts))
+    naive, g_naive = value_and_grad(lambda: sum(model(**b).loss for b in parts) / len(parts))
+    model.train(was_training)
+
+    def rel(g):
+        return ((g - g_whole).norm() / g_whole.norm()).item()
+
+    return {"tokens": counts, "whole": whole, "tokens_normalised": tok, "naive": naive,
+            "grad_diff_tokens": rel(g_tok), "grad_diff_naive": rel(g_naive)}
+
+
+def run_device(nproc: int) -> str:
+    """"cuda" when there is a GPU for each of NPROC processes, else "cpu" (two processes cannot share
+    the one GPU of a laptop or of Colab)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "cpu"
+
+
 # ----------------------------------------------------------------------------- the training run
 
 def _fingerprint(model) -> str:
@@ -409,6 +458,7 @@ def train(cfg: TrainConfig, out=print) -> dict:
         raise ConfigError(str(exc)) from None
     if device == "mps" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("several processes on Apple MPS are not supported; use device = 'cpu'.")
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if cfg.precision == "bf16" else "no")
@@ -486,6 +536,7 @@ def train(cfg: TrainConfig, out=print) -> dict:
         accelerator.wait_for_everyone()
         return log
     finally:
+        torch.set_num_threads(threads_before)  # a run inside a notebook leaves the kernel as it was
         if world_size_of(accelerator) > 1:
             accelerator.end_training()
 
@@ -617,14 +668,10 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     The log gets "command" (what ran) and "wall_seconds" (start-up included). A failed run raises
     RuntimeError with the end of its output.
     """
-    import torch
-
     launcher = launcher or ("python" if nproc == 1 else "torchrun")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="labkit_scale_"))
-    # one GPU per process, else CPUs (two processes cannot share the one GPU of a laptop or of Colab)
-    device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "cpu"
     overrides = {"output_dir": str(workdir / "adapter"), "log_file": str(workdir / "log.json"), "log_every": 0,
-                 "device": device, **(overrides or {})}
+                 "device": run_device(nproc), **(overrides or {})}
     cmd = launch_command(nproc, config, overrides, launcher)
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process), "TOKENIZERS_PARALLELISM": "false",
                    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}

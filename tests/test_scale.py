@@ -170,6 +170,9 @@ def test_token_normalisation_gives_the_one_batch_gradient(base):
 
     assert abs(tokens - whole) < 1e-5 and rel(g_tokens) < 1e-5
     assert abs(naive - whole) > 1e-4 and rel(g_naive) > 1e-3, (naive - whole, rel(g_naive))  # 0.5% here
+    check = scale.normalisation_check(pm, batch, world_size=2, accum_steps=2)  # what lesson 10 shows
+    assert check["tokens"] == counts and check["whole"] == pytest.approx(whole, abs=1e-6)
+    assert check["grad_diff_tokens"] < 1e-5 < 1e-3 < check["grad_diff_naive"]
 
 
 # ----------------------------------------------------------------------------- real runs: 1 process and 2 (gloo)
