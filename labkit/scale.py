@@ -33,6 +33,7 @@ and memory_table below, built on labkit.quant.estimate_memory's breakdown.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -493,7 +494,7 @@ def train(cfg: TrainConfig, out=print) -> dict:
             loss_sum = 0.0
             for i, (b, n) in enumerate(zip(parts, counts)):
                 sync = i == len(parts) - 1
-                with (accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()):
+                with (accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()):
                     if cfg.loss_normalisation == "tokens":
                         # sum over this micro-batch's tokens / all tokens of the step, x world (DDP averages)
                         loss = model(**b, num_items_in_batch=total).loss
@@ -537,23 +538,8 @@ def train(cfg: TrainConfig, out=print) -> dict:
         return log
     finally:
         torch.set_num_threads(threads_before)  # a run inside a notebook leaves the kernel as it was
-        if world_size_of(accelerator) > 1:
-            accelerator.end_training()
-
-
-def world_size_of(accelerator) -> int:
-    try:
-        return accelerator.num_processes
-    except Exception:  # pragma: no cover
-        return 1
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        if accelerator.num_processes > 1:
+            accelerator.end_training()  # leaves the process group cleanly
 
 
 def _versions() -> dict:

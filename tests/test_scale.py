@@ -204,6 +204,34 @@ def test_two_processes_match_one_process_and_accumulation(tmp_path):
     adapters.load(models.load_base(device="cpu")[0], saved)
 
 
+SAME_AS_SFT_TRAIN = textwrap.dedent("""
+    import json, sys
+    from labkit import adapters, env, models, scale, sft
+    cfg = scale.load_config(None, json.loads(sys.argv[1]))
+    log = scale.train(cfg, out=lambda line: None)
+    env.seed_everything(cfg.seed)
+    model, tok = models.load_base(cfg.model, device="cpu")
+    pm = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.target_modules)
+    losses = sft.train(pm, tok, scale.load_pairs(cfg, tok), steps=cfg.steps, lr=cfg.lr, batch_size=cfg.global_batch,
+                       max_length=cfg.max_length, seed=cfg.seed, progress=False)
+    print(json.dumps([log["losses"], losses]))
+""")
+
+
+@pytest.mark.slow
+def test_one_process_reproduces_labkit_sft_train(tmp_path):
+    """The script is the course's recipe, not a copy of it: on one process with micro-batch = global
+    batch it follows labkit.sft.train's loss curve (same batches, same LoRA init, same AdamW and clipping)."""
+    overrides = {**QUICK, "micro_batch": 8, "device": "cpu", "threads": 1, "log_every": 0,
+                 "output_dir": str(tmp_path / "a"), "log_file": str(tmp_path / "a.json")}
+    proc = subprocess.run([sys.executable, "-c", SAME_AS_SFT_TRAIN, json.dumps(overrides)], capture_output=True,
+                          text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(ours) == len(theirs) == QUICK["steps"]
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) < LOSS_TOLERANCE
+
+
 @pytest.mark.slow
 def test_naive_mean_differs_and_the_script_runs_under_accelerate_launch(tmp_path):
     """accelerate launch with the shipped DDP config (torchrun underneath, gloo on CPUs); with the naive
