@@ -6,6 +6,8 @@
                          subset, list the exercises, hash a quiz answer (labkit exercises --help)
     labkit render        run every notebook with given parameters into a folder, with a summary page
                          of status, time and recorded metrics (labkit render --help)
+    labkit train         the SFT + LoRA training script of lesson 10 (labkit.scale): labkit train --config
+                         FILE [--set KEY=VALUE ...]; under torchrun: torchrun --no-python ... labkit train ...
 """
 
 from __future__ import annotations
@@ -85,12 +87,18 @@ def doctor(out=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the training script's own options (labkit.scale.main)
+        from .scale import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="labkit", description="The labkit course helper.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="check versions, device, offline state and the bundled model")
     sub.add_parser("data", help="rewrite the course's JSONL datasets")
     _add_exercises_parser(sub)
     _add_render_parser(sub)
+    sub.add_parser("train", help="SFT + LoRA on one process or many (labkit train --help)")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor()

@@ -1,0 +1,765 @@
+"""Scaling out: one SFT + LoRA training script for one CPU, one GPU, or many processes (DDP, FSDP).
+
+    python scripts/train_sft.py --config labkit/assets/configs/sft_lora.toml          # one process
+    torchrun --standalone --nproc_per_node 2 scripts/train_sft.py --config ...        # two processes (DDP)
+    accelerate launch --config_file labkit/assets/configs/accelerate_ddp.yaml --num_processes 8 \\
+        scripts/train_sft.py --config ...                                             # eight GPUs
+    labkit train --config FILE --set steps=20 --set lr=1e-3                            # the same, as a command
+
+The recipe is the course's SFT with LoRA: instruction rows become prompt/completion pairs
+(labkit.data), labels are -100 on the prompt (labkit.sft), the adapter is peft's LoRA
+(labkit.adapters), AdamW with gradient clipping at 1.0 as labkit.train.fit, and the adapter is
+saved atomically (labkit.adapters.save) by rank 0 only. accelerate's Accelerator does the
+distributed part: the process group (gloo on CPUs, NCCL on GPUs), DDP or FSDP wrapping, bf16
+autocast, and `no_sync` while gradients are accumulated.
+
+Batches. Every step trains on GLOBAL_BATCH examples = world_size x micro_batch x accum_steps.
+Every rank draws the same global batch (same seed, as labkit.sft.batches draws them) and takes its
+own rows: rank r trains on micro-batches r*accum .. r*accum + accum - 1 of the step. So 1 process
+with accum 2 and 2 processes with accum 1 see exactly the same examples at each step.
+
+Loss normalisation. With completion-only labels, micro-batches hold different numbers of trained
+tokens. The mean over tokens of each micro-batch, averaged over micro-batches (what accumulation
+and DDP's gradient averaging do by default), weights a token of a short-answer micro-batch more
+than a token of a long-answer one: it is not the mean over the global batch's tokens. With
+loss_normalisation = "tokens" (the default) each micro-batch's summed token loss is divided by the
+GLOBAL number of trained tokens of the step (one all_reduce) and multiplied by world_size (DDP
+divides by it): the gradient is then exactly the one-process, one-batch gradient. "mean" keeps the
+naive recipe, so the lesson can measure the difference.
+
+The memory side of scaling out (what DDP, ZeRO-1/2/3 and FSDP keep on each GPU) is per_gpu_memory
+and memory_table below, built on labkit.quant.estimate_memory's breakdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import quant
+from .adapters import DEFAULT_TARGETS
+from .models import ASSETS
+
+CONFIG_DIR = ASSETS / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "sft_lora.toml"
+NORMALISATIONS = ("tokens", "mean")
+PRECISIONS = ("fp32", "bf16")
+IGNORE_INDEX = -100
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot run, with what to change."""
+
+
+# ----------------------------------------------------------------------------- the configuration
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of the training script; a config file sets any subset (unknown keys are errors)."""
+
+    model: str = "bundled"                     # "bundled", a local folder, or a Hub id
+    data: str = "instructions_train.jsonl"     # a file of labkit/assets/data, or a path to a JSONL file
+    tasks: list = dataclasses.field(default_factory=list)   # keep these task families ([] = all)
+    n_examples: int = 0                        # the first N rows after filtering (0 = all)
+    max_length: int = 256                      # tokens per example (prompt + completion)
+    completion_only: bool = True               # labels -100 on the prompt
+    steps: int = 100                           # optimizer steps
+    lr: float = 2e-3
+    global_batch: int = 8                      # examples per optimizer step, over all processes
+    micro_batch: int = 8                       # examples per forward pass on one process
+    seed: int = 0
+    loss_normalisation: str = "tokens"         # "tokens": global token mean; "mean": mean of micro-batch means
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    target_modules: list = dataclasses.field(default_factory=lambda: list(DEFAULT_TARGETS))
+    precision: str = "fp32"                    # "bf16": bf16 weights and autocast
+    load_in_4bit: bool = False                 # QLoRA: NF4 base weights (bitsandbytes), via labkit.qlora
+    device: str = "auto"                       # "auto", "cpu", "cuda"
+    threads: int = 0                           # torch threads per process (0: leave torch's default)
+    output_dir: str = "out/sft_lora"           # the adapter folder (rank 0 writes it, atomically)
+    log_file: str = "out/sft_lora_log.json"    # losses, tokens and each rank's adapter fingerprint
+    log_every: int = 10                        # print a loss line every N steps (0: only the summary)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _expected_type(name: str) -> tuple:
+    default = getattr(TrainConfig(), name)
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    return (type(default),)
+
+
+def _check_types(values: dict, where: str) -> None:
+    unknown = [k for k in values if k not in FIELDS]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, FIELDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown key {k!r}.{hint} Valid keys: {', '.join(FIELDS)}.")
+    for k, v in values.items():
+        want = _expected_type(k)
+        ok = isinstance(v, want) and not (isinstance(v, bool) and bool not in want)
+        if not ok:
+            names = " or ".join(t.__name__ for t in want)
+            raise ConfigError(f"{where}: {k} must be {names}, got {v!r} ({type(v).__name__}).")
+
+
+def parse_overrides(items) -> dict:
+    """["steps=3", "tasks=['dti']", "model=/path"] -> {"steps": 3, ...}: each value read as a TOML
+    value (numbers, booleans, strings, lists), else taken as a plain string."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}.")
+        key, value = (s.strip() for s in item.split("=", 1))
+        out[key] = _toml_value(value)
+    return out
+
+
+def _toml_value(text: str):
+    try:
+        return _toml_loads(f"v = {text}")["v"]
+    except Exception:
+        return text
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError("reading a TOML config needs Python 3.11+ (tomllib) or `pip install tomli`; "
+                              "or write the config as YAML (.yaml).") from None
+    return tomllib.loads(text)
+
+
+def read_config_file(path) -> dict:
+    """The key/value pairs of a TOML (.toml) or YAML (.yaml/.yml) config file, as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist. The course's default is {DEFAULT_CONFIG}; "
+                          "copy it and edit the copy.")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = _toml_loads(text)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'} "
+                          f"file: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected key = value pairs at the top level.")
+    return values
+
+
+def load_config(path=DEFAULT_CONFIG, overrides=None) -> TrainConfig:
+    """The checked TrainConfig of config file PATH, with OVERRIDES (a dict, or ["key=value"] strings).
+
+    Raises ConfigError (a ValueError) for a missing file, a parse error, an unknown key (with the
+    closest valid one), a wrong type, or a bad value (check_config).
+    """
+    values = read_config_file(path) if path is not None else {}
+    _check_types(values, str(path))
+    extra = parse_overrides(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    _check_types(extra, "--set")
+    cfg = TrainConfig(**{**values, **extra})
+    cfg.lr = float(cfg.lr)
+    cfg.lora_alpha = float(cfg.lora_alpha)
+    cfg.lora_dropout = float(cfg.lora_dropout)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first bad value of CFG (what can be checked without a model)."""
+    from . import adapters, data, models
+    from .train import check_lr, check_steps
+
+    try:
+        check_lr(cfg.lr)
+        check_steps(cfg.steps)
+        adapters.config("lora", None, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        target_modules=cfg.target_modules)
+        models.resolve(cfg.model)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    for name in ("global_batch", "micro_batch", "max_length"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer; got {name}={v!r}.")
+    if cfg.max_length < 8:
+        raise ConfigError(f"max_length={cfg.max_length} leaves no room for a prompt and an answer; use 64 or more.")
+    for name in ("n_examples", "threads", "log_every"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be 0 or more; got {name}={getattr(cfg, name)!r}.")
+    if cfg.global_batch % cfg.micro_batch:
+        raise ConfigError(f"global_batch={cfg.global_batch} is not a multiple of micro_batch={cfg.micro_batch}.")
+    if cfg.loss_normalisation not in NORMALISATIONS:
+        raise ConfigError(f"loss_normalisation must be one of {NORMALISATIONS}; got {cfg.loss_normalisation!r}.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}; got {cfg.precision!r}.")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda'; got {cfg.device!r}.")
+    bad = [t for t in cfg.tasks if t not in data.TASKS]
+    if bad:
+        raise ConfigError(f"unknown task {bad[0]!r} in tasks; choose from {data.TASKS} (or [] for all).")
+    data_path(cfg.data)
+    for name in ("output_dir", "log_file"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name} must be a path; got an empty string.")
+
+
+def data_path(name: str) -> Path:
+    """NAME as a path: an existing file, else a file of the course's data folder."""
+    from .data import DATA_DIR
+
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p
+    if (DATA_DIR / name).is_file():
+        return DATA_DIR / name
+    shipped = ", ".join(sorted(f.name for f in DATA_DIR.glob("instructions_*.jsonl")))
+    raise ConfigError(f"data file {name!r} not found (neither a path nor a file of {DATA_DIR}: {shipped}).")
+
+
+def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> int:
+    """global_batch = world_size x micro_batch x accumulation steps; returns the accumulation steps.
+
+    Raises ConfigError when GLOBAL_BATCH is not a multiple of world_size x micro_batch, naming the
+    settings that would work.
+    """
+    if world_size < 1 or micro_batch < 1 or global_batch < 1:
+        raise ConfigError(f"global_batch, world_size and micro_batch must be positive; got {global_batch}, "
+                          f"{world_size}, {micro_batch}.")
+    per_round = world_size * micro_batch
+    if global_batch % per_round:
+        fits = [m for m in range(1, global_batch + 1) if global_batch % (world_size * m) == 0]
+        hint = (f"micro_batch in {fits}" if fits else
+                f"a global_batch that is a multiple of {world_size} (the number of processes)")
+        raise ConfigError(f"global_batch={global_batch} is not divisible by world_size x micro_batch = "
+                          f"{world_size} x {micro_batch} = {per_round}; with {world_size} process(es) use {hint}.")
+    return global_batch // per_round
+
+
+# ----------------------------------------------------------------------------- data: the same global batch everywhere
+
+def load_pairs(cfg: TrainConfig, tok) -> list[dict]:
+    """The training rows of CFG as {"prompt", "completion"} pairs (instruction rows go through the chat
+    template with labkit.data.to_prompt_completion; prompt/completion rows are taken as they are)."""
+    from .data import to_prompt_completion
+
+    path = data_path(cfg.data)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if cfg.tasks:
+        rows = [r for r in rows if r.get("task") in cfg.tasks]
+    if cfg.n_examples:
+        rows = rows[:cfg.n_examples]
+    if not rows:
+        raise ConfigError(f"no training rows left in {path} (tasks={cfg.tasks}, n_examples={cfg.n_examples}).")
+    pairs = []
+    for i, r in enumerate(rows):
+        if "prompt" in r and "completion" in r:
+            pairs.append({"prompt": r["prompt"], "completion": r["completion"]})
+        elif "instruction" in r and "output" in r:
+            pairs.append(to_prompt_completion(r, tok))
+        else:
+            raise ConfigError(f"{path}, row {i}: expected instruction/input/output or prompt/completion keys, "
+                              f"got {sorted(r)}.")
+    return pairs
+
+
+def supervised_tokens(labels) -> int:
+    """How many tokens a causal LM's loss counts in LABELS (batch, seq): labels are shifted by one
+    inside the model, so the first position never counts; -100 never counts."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def micro_batches(batch: dict, world_size: int, rank: int, accum_steps: int) -> list[dict]:
+    """RANK's ACCUM_STEPS micro-batches of one global BATCH ({"input_ids", "attention_mask",
+    "labels"}, each (global_batch, seq), padded on the right).
+
+    The global batch is cut into world_size x accum_steps equal slices of rows; rank r gets slices
+    r*accum_steps .. (r+1)*accum_steps - 1. Columns that are padding in every row of a slice are
+    dropped (right padding: the other tokens' logits do not depend on them).
+    """
+    n = batch["input_ids"].shape[0]
+    parts = world_size * accum_steps
+    if not 0 <= rank < world_size or n % parts:
+        raise ValueError(f"cannot cut a batch of {n} rows into {world_size} x {accum_steps} micro-batches for rank {rank}.")
+    size = n // parts
+    out = []
+    for k in range(rank * accum_steps, (rank + 1) * accum_steps):
+        rows = slice(k * size, (k + 1) * size)
+        width = int(batch["attention_mask"][rows].sum(1).max())
+        out.append({key: v[rows, :width] for key, v in batch.items()})
+    return out
+
+
+def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: int = 1) -> dict:
+    """One global BATCH cut into world_size x accum_steps micro-batches, on one process: the whole
+    batch's loss and gradient next to the two ways of adding up the micro-batches.
+
+    model: a model with trainable parameters (e.g. a peft model); batch: {"input_ids",
+    "attention_mask", "labels"} (global_batch, seq). Returns {"tokens": trained tokens per
+    micro-batch, "whole": the batch's loss (mean over all its trained tokens), "tokens_normalised":
+    the micro-batches' summed token losses / all trained tokens, "naive": the mean of the
+    micro-batches' own means, "grad_diff_tokens" and "grad_diff_naive": |g - g_whole| / |g_whole|}.
+    """
+    import torch
+
+    parts = [b for r in range(world_size) for b in micro_batches(batch, world_size, r, accum_steps)]
+    counts = [supervised_tokens(b["labels"]) for b in parts]
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    parts = [{k: v.to(device) for k, v in b.items()} for b in parts]
+    was_training = model.training
+    model.train()
+
+    def value_and_grad(loss_fn):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        g = torch.cat([p.grad.flatten() for p in params])
+        model.zero_grad(set_to_none=True)
+        return loss.item(), g
+
+    total = torch.tensor(float(sum(counts)), device=device)
+    whole, g_whole = value_and_grad(lambda: model(**{k: v.to(device) for k, v in batch.items()}).loss)
+    tok, g_tok = value_and_grad(lambda: sum(model(**b, num_items_in_batch=total).loss for b in parts))
+    naive, g_naive = value_and_grad(lambda: sum(model(**b).loss for b in parts) / len(parts))
+    model.train(was_training)
+
+    def rel(g):
+        return ((g - g_whole).norm() / g_whole.norm()).item()
+
+    return {"tokens": counts, "whole": whole, "tokens_normalised": tok, "naive": naive,
+            "grad_diff_tokens": rel(g_tok), "grad_diff_naive": rel(g_naive)}
+
+
+def run_device(nproc: int) -> str:
+    """"cuda" when there is a GPU for each of NPROC processes, else "cpu" (two processes cannot share
+    the one GPU of a laptop or of Colab)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "cpu"
+
+
+# ----------------------------------------------------------------------------- the training run
+
+def _fingerprint(model) -> str:
+    """sha256 of the trainable parameters (name order): equal on two ranks only if their weights are."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def check_fsdp_device(device: str) -> None:
+    """Refuse FSDP (asked for by `accelerate launch` with an FSDP config) on CPUs, after checking the
+    FSDP settings parse: accelerate 1.x runs FSDP only on GPUs and on CPUs would silently use DDP."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or device != "cpu":
+        return
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings: a bad config fails here
+    raise ConfigError(
+        f"FSDP was requested (fsdp_version={plugin.fsdp_version}, reshard_after_forward="
+        f"{plugin.reshard_after_forward}) but the processes run on CPUs: accelerate supports FSDP only on GPUs "
+        "(on CPUs it would silently fall back to DDP). Use accelerate_ddp.yaml here, and accelerate_fsdp.yaml "
+        "on a machine with GPUs.")
+
+
+def _check_launch(accelerator, device: str) -> None:
+    """Refuse launches that would silently do something else than asked."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError(f"{launched} processes were launched but accelerate formed a group of "
+                          f"{accelerator.num_processes} (device {device!r}): each would train alone and overwrite "
+                          "the others' adapter. Launch with torchrun or an accelerate config of type MULTI_GPU.")
+    check_fsdp_device(device)
+
+
+def _load_model(cfg: TrainConfig, device: str, accelerator):
+    import torch
+
+    from . import adapters, models, qlora
+
+    dtype = "bfloat16" if cfg.precision == "bf16" else "float32"
+    if cfg.load_in_4bit:
+        if accelerator.distributed_type.name == "FSDP":
+            raise ConfigError("load_in_4bit with FSDP needs 4-bit storage in a float dtype "
+                              "(bnb_4bit_quant_storage), which this script does not set up; use DDP for QLoRA.")
+        bnb = qlora.bnb_config("bfloat16" if cfg.precision == "bf16" else "float32", device=device)
+        place = accelerator.device if device != "cpu" else "cpu"
+        model, tok = models.load_base(cfg.model, device=device, dtype=dtype, quantization_config=bnb,
+                                      device_map={"": place})
+        torch.manual_seed(cfg.seed)
+        model = qlora.prepare_qlora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                    target_modules=adapters.check_targets(model, cfg.target_modules))
+    else:
+        model, tok = models.load_base(cfg.model, device=device, dtype=dtype)
+        model = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                             dropout=cfg.lora_dropout, target_modules=cfg.target_modules)
+    return model, tok
+
+
+def train(cfg: TrainConfig, out=print) -> dict:
+    """Run CFG on this process (one of a launched group, or alone); return the run's log (a dict).
+
+    Every rank returns {"losses": global token-mean loss per step (the same on every rank),
+    "tokens": trained tokens per step over all ranks, "ranks": [one record per rank: "tokens" and
+    "loss_sums" it saw, "adapter_sha256" of its own copy of the adapter], "world_size",
+    "accum_steps", "train_seconds", ...}. Rank 0 saves the adapter to cfg.output_dir (atomically)
+    and writes the log to cfg.log_file.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from . import adapters, env, sft
+    from .env import pick_device
+
+    check_config(cfg)
+    env.quiet()
+    try:
+        device = pick_device(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if device == "mps" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("several processes on Apple MPS are not supported; use device = 'cpu'.")
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    try:
+        _check_launch(accelerator, device)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        accum = accumulation_steps(cfg.global_batch, world, cfg.micro_batch)
+        env.seed_everything(cfg.seed)
+        model, tok = _load_model(cfg, device, accelerator)
+        pairs = load_pairs(cfg, tok)
+        try:
+            features = sft.check_pairs(tok, pairs, cfg.max_length) if rank == 0 else \
+                sft.tokenize_all(tok, pairs, cfg.max_length)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not cfg.completion_only:
+            for f in features:
+                f["labels"] = list(f["input_ids"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        model, opt = accelerator.prepare(model, opt)
+        model.train()
+        stream = sft.batches(features, cfg.global_batch, tok.pad_token_id, cfg.seed)
+        losses, tokens, my_tokens, my_sums = [], [], [], []
+        t0 = time.perf_counter()
+        for step in range(cfg.steps):
+            parts = [{k: v.to(accelerator.device) for k, v in b.items()}
+                     for b in micro_batches(next(stream), world, rank, accum)]
+            counts = [supervised_tokens(b["labels"]) for b in parts]
+            total = accelerator.reduce(torch.tensor(float(sum(counts)), device=accelerator.device), "sum")
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for i, (b, n) in enumerate(zip(parts, counts)):
+                sync = i == len(parts) - 1
+                with (accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()):
+                    if cfg.loss_normalisation == "tokens":
+                        # sum over this micro-batch's tokens / all tokens of the step, x world (DDP averages)
+                        loss = model(**b, num_items_in_batch=total).loss
+                        loss_sum += loss.item() * total.item()
+                        accelerator.backward(loss * world)
+                    else:
+                        loss = model(**b).loss  # this micro-batch's own token mean
+                        loss_sum += loss.item() * n
+                        accelerator.backward(loss / len(parts))
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
+            losses.append(step_sum / total.item())
+            tokens.append(int(total.item()))
+            my_tokens.append(sum(counts))
+            my_sums.append(loss_sum)
+            if cfg.log_every and rank == 0 and ((step + 1) % cfg.log_every == 0 or step == 0):
+                out(f"step {step + 1:>4}/{cfg.steps}  loss {losses[-1]:.4f}  ({tokens[-1]} trained tokens)")
+        seconds = time.perf_counter() - t0
+        fsdp = accelerator.distributed_type.name == "FSDP"
+        record = {"rank": rank, "tokens": my_tokens, "loss_sums": my_sums,
+                  "adapter_sha256": None if fsdp else _fingerprint(accelerator.unwrap_model(model)),
+                  "threads": torch.get_num_threads()}
+        everyone = gather_object([record])
+        state = accelerator.get_state_dict(model) if fsdp else None  # a collective under FSDP
+        log = {"world_size": world, "accum_steps": accum, "micro_batch": cfg.micro_batch,
+               "global_batch": cfg.global_batch, "device": device, "distributed_type": accelerator.distributed_type.name,
+               "backend": getattr(accelerator.state, "backend", None), "precision": cfg.precision,
+               "load_in_4bit": cfg.load_in_4bit, "loss_normalisation": cfg.loss_normalisation,
+               "losses": losses, "tokens": tokens, "ranks": sorted(everyone, key=lambda r: r["rank"]),
+               "train_seconds": seconds, "adapter": str(Path(cfg.output_dir)),
+               "config": dataclasses.asdict(cfg), "versions": _versions()}
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            adapters.save(unwrapped, cfg.output_dir, **({"state_dict": state} if fsdp else {}))
+            _atomic_write_json(Path(cfg.log_file), log)
+            out(f"done: {cfg.steps} steps on {world} process(es) x {cfg.micro_batch} examples x {accum} accumulation "
+                f"= global batch {cfg.global_batch}; loss {losses[0]:.4f} -> {losses[-1]:.4f}; {seconds:.1f} s; "
+                f"adapter -> {cfg.output_dir}; log -> {cfg.log_file}")
+        accelerator.wait_for_everyone()
+        return log
+    finally:
+        torch.set_num_threads(threads_before)  # a run inside a notebook leaves the kernel as it was
+        if accelerator.num_processes > 1:
+            accelerator.end_training()  # leaves the process group cleanly
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "accelerate", "bitsandbytes"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv=None) -> int:
+    """The training script's command line (scripts/train_sft.py, `labkit train`, python -m labkit.scale)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="train_sft", description="SFT + LoRA on one process or many "
+                                 "(python, torchrun, accelerate launch).")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"TOML or YAML file (default: {DEFAULT_CONFIG})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set steps=20 --set 'tasks=[\"dti\"]'")
+    ap.add_argument("--check", action="store_true", help="check the config and the batch plan, then stop")
+    args = ap.parse_args(argv)
+    from . import env
+
+    env.quiet()  # before peft imports bitsandbytes, whose import logs a line
+    try:
+        cfg = load_config(args.config, args.set)
+        from .env import pick_device
+
+        try:
+            check_fsdp_device(pick_device(cfg.device))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        accum = accumulation_steps(cfg.global_batch, world, cfg.micro_batch)
+        if args.check:
+            if _is_rank0():
+                print(f"config ok: {world} process(es) x micro_batch {cfg.micro_batch} x {accum} accumulation "
+                      f"step(s) = global batch {cfg.global_batch}")
+            return 0
+        train(cfg)
+    except ConfigError as exc:
+        if _is_rank0():
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(1.0)  # let rank 0 print the error before the launcher stops the group
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- launching it from a notebook or a test
+
+def launch_command(nproc: int = 1, config=DEFAULT_CONFIG, overrides: dict | None = None,
+                   launcher: str = "torchrun") -> list[str]:
+    """The command that runs the training script on NPROC processes of this machine.
+
+    launcher "torchrun": `python -m torch.distributed.run --standalone --nproc_per_node N -m labkit.scale`
+    (nproc 1 with torchrun still makes a group of one; launcher "python" runs the script plainly, one
+    process, no process group). "accelerate": `accelerate launch` with the course's DDP config.
+    OVERRIDES become --set KEY=VALUE (values written as TOML).
+    """
+    sets = []
+    for k, v in (overrides or {}).items():
+        sets += ["--set", f"{k}={_toml_literal(v)}"]
+    script = ["-m", "labkit.scale", "--config", str(config), *sets]
+    if launcher == "python":
+        if nproc != 1:
+            raise ValueError("launcher='python' runs one process; use 'torchrun' or 'accelerate' for more.")
+        return [sys.executable, *script]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                "--nproc_per_node", str(nproc), *script]
+    if launcher == "accelerate":
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(CONFIG_DIR / "accelerate_ddp.yaml"), "--num_processes", str(nproc), "--main_process_port",
+                str(_free_port()), *script]
+    raise ValueError(f"launcher must be 'python', 'torchrun' or 'accelerate'; got {launcher!r}.")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_literal(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = None, config=DEFAULT_CONFIG,
+        threads_per_process: int = 1, timeout: float = 600, workdir=None) -> dict:
+    """Run the training script in fresh processes and return its log (the dict train returns).
+
+    launcher: None picks "python" for one process and "torchrun" for more. The device is CUDA when
+    there is a GPU for every process, else the CPU (OVERRIDES may set it). Output files go to
+    WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
+    The log gets "command" (what ran) and "wall_seconds" (start-up included). A failed run raises
+    RuntimeError with the end of its output.
+    """
+    launcher = launcher or ("python" if nproc == 1 else "torchrun")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="labkit_scale_"))
+    overrides = {"output_dir": str(workdir / "adapter"), "log_file": str(workdir / "log.json"), "log_every": 0,
+                 "device": run_device(nproc), **(overrides or {})}
+    cmd = launch_command(nproc, config, overrides, launcher)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process), "TOKENIZERS_PARALLELISM": "false",
+                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    root = str(Path(__file__).resolve().parents[1])
+    environment["PYTHONPATH"] = root + os.pathsep + environment.get("PYTHONPATH", "") if environment.get(
+        "PYTHONPATH") else root
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        raise RuntimeError(f"the training run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    log = json.loads(Path(overrides["log_file"]).read_text())
+    log["command"] = cmd
+    log["wall_seconds"] = wall
+    log["stdout"] = proc.stdout
+    return log
+
+
+# ----------------------------------------------------------------------------- memory per GPU: DDP, ZeRO, FSDP
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+STRATEGY_NAMES = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3 / FSDP"}
+# What each strategy splits across the GPUs (ZeRO: Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054;
+# FSDP's FULL_SHARD is ZeRO-3, SHARD_GRAD_OP is ZeRO-2).
+SHARDED = {"ddp": (), "zero1": ("optimizer_states",), "zero2": ("optimizer_states", "gradients"),
+           "zero3": ("optimizer_states", "gradients", "weights", "adapters", "quant_constants")}
+
+
+def per_gpu_memory(n_params, method: str, strategy: str, n_gpus: int, *, prefetch_layers: int = 2,
+                   **assumptions) -> dict:
+    """Bytes on each of N_GPUS GPUs to fine-tune a model of N_PARAMS parameters with STRATEGY.
+
+    method: "full", "lora" or "qlora" (as labkit.quant.estimate_memory); strategy: one of STRATEGIES.
+    quant.estimate_memory gives the one-GPU breakdown (ASSUMPTIONS go to it: lora_params, hidden,
+    layers, batch (per GPU), seq_len, grad_checkpointing, ...); each strategy divides some of its
+    parts by N_GPUS (SHARDED): ZeRO-1 the optimizer states (AdamW's m and v and the fp32 master
+    weights), ZeRO-2 also the gradients, ZeRO-3 / FSDP also the weights. Activations are never
+    divided: each GPU runs its own micro-batch. Under ZeRO-3 each GPU gathers the full weights of
+    the layer it computes (and of PREFETCH_LAYERS - 1 next ones, fetched ahead) for a moment: that
+    is "gathered", PREFETCH_LAYERS x (weights / layers) (needs layers; 0 leaves it out, as the ZeRO
+    paper's table does). Not counted: communication buckets, the CUDA context, fragmentation.
+
+    Returns dict of ints (bytes): estimate_memory's keys (weights, gradients, optimizer_states,
+    adapters, quant_constants, activations), "gathered", and "total".
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
+    if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
+        raise ValueError(f"n_gpus must be a positive integer; got {n_gpus!r}.")
+    if isinstance(prefetch_layers, bool) or not isinstance(prefetch_layers, int) or prefetch_layers < 0:
+        raise ValueError(f"prefetch_layers must be 0 or a positive integer; got {prefetch_layers!r}.")
+    one = quant.estimate_memory(n_params, method, **assumptions)
+    out = {k: v for k, v in one.items() if k != "total"}
+    for part in SHARDED[strategy]:
+        out[part] = math.ceil(one[part] / n_gpus)
+    out["gathered"] = 0
+    layers = assumptions.get("layers")
+    if strategy == "zero3" and n_gpus > 1 and prefetch_layers and layers:
+        per_layer = (one["weights"] + one["adapters"] + one["quant_constants"]) / layers
+        out["gathered"] = math.ceil(min(prefetch_layers, layers) * per_layer * (1 - 1 / n_gpus))
+    out["total"] = sum(out.values())
+    return out
+
+
+def memory_table(sizes: dict, methods=quant.METHODS, strategies=STRATEGIES, gpus=(1, 2, 4, 8),
+                 **assumptions) -> list[dict]:
+    """per_gpu_memory for every model of SIZES (as labkit.qlora.llama_sizes returns), method,
+    strategy and GPU count. Returns rows {"model", "method", "strategy", "gpus", "gb" (per GPU,
+    1 GB = 1e9 bytes), "breakdown" (bytes)}."""
+    rows = []
+    for name, s in sizes.items():
+        for method in methods:
+            kw = dict(assumptions, hidden=s["hidden"], layers=s["layers"])
+            if method != "full":
+                kw["lora_params"] = s["lora_params"]
+            for strategy in strategies:
+                for g in gpus:
+                    est = per_gpu_memory(s["n_params"], method, strategy, g, **kw)
+                    rows.append({"model": name, "method": method, "strategy": strategy, "gpus": g,
+                                 "gb": est["total"] / 1e9, "breakdown": est})
+    return rows
+
+
+def memory_markdown(rows: list[dict], model: str, gpu_gb: float = 80.0) -> str:
+    """A Markdown table of MEMORY_TABLE rows for one MODEL: a row per (method, strategy), a column
+    per GPU count, GB per GPU; cells over GPU_GB (with 1 GB kept for the CUDA context) are marked."""
+    mine = [r for r in rows if r["model"] == model]
+    if not mine:
+        raise ValueError(f"no rows for model {model!r}.")
+    gpus = sorted({r["gpus"] for r in mine})
+    head = f"| {model}: GB per GPU | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in gpus) + " |"
+    lines = [head, "|---|" + "---:|" * len(gpus)]
+    keys = list(dict.fromkeys((r["method"], r["strategy"]) for r in mine))
+    for method, strategy in keys:
+        cells = []
+        for g in gpus:
+            gb = next(r["gb"] for r in mine if (r["method"], r["strategy"], r["gpus"]) == (method, strategy, g))
+            cells.append(f"{gb:,.1f}" + ("" if gb + 1 <= gpu_gb else " ✗"))
+        lines.append(f"| {method}, {STRATEGY_NAMES[strategy]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
