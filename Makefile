@@ -37,13 +37,13 @@ lab: install  ## open the course in JupyterLab
 	$(OFFLINE) $(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 test: install browser-deps  ## the whole suite: unit tests, every notebook (nbval, papermill), the browser test
-	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax -q
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 test-fast: install  ## unit tests only, no notebooks
 	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow"
 
 test-offline: install  ## the suite with the network cut off (needs root: unshare -n)
-	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax -q'
+	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q'
 
 test-latest:  ## the suite against the newest releases of the libraries (no pins, no upper bounds) in $(LATEST)
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
@@ -51,7 +51,7 @@ test-latest:  ## the suite against the newest releases of the libraries (no pins
 	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) --upgrade \
 	  torch transformers tokenizers peft trl bitsandbytes datasets accelerate safetensors jupyterlab ipywidgets papermill nbval playwright
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes|datasets|accelerate) "
-	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax -q
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 doctor: install
 	$(OFFLINE) $(VENV)/bin/labkit doctor

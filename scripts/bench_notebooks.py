@@ -70,7 +70,7 @@ def bench(path: Path, params: dict, out_dir: Path) -> dict:
     error = None
     try:
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name="python3",
-                            progress_bar=False, cwd=str(path.parent))
+                            progress_bar=False, cwd=str(path.parent), execution_timeout=900)
     except Exception as exc:  # record and go on with the other notebooks
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.perf_counter() - t0

@@ -105,8 +105,9 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     import papermill as pm
 
     out = tmp_path / path.name
+    # a cell that runs 10 minutes is a hang (a lost kernel reply was seen once): fail instead of waiting forever
     pm.execute_notebook(str(path), str(out), parameters=fast_parameters(path), kernel_name="python3",
-                        progress_bar=False, cwd=str(path.parent))
+                        progress_bar=False, cwd=str(path.parent), execution_timeout=600)
     nb = _nb(out)
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected or not fast_parameters(path)
