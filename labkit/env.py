@@ -23,6 +23,7 @@ QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "TQDM_DISABLE": "1",
+    "DATASETS_VERBOSITY": "error",  # read when datasets is first imported (quiet() does not import it)
 }
 
 
@@ -51,13 +52,13 @@ def quiet(offline: bool = True) -> None:
         transformers.utils.logging.disable_progress_bar()
     except Exception:  # transformers is optional at this point
         pass
-    try:
-        import datasets
-
-        datasets.utils.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-    except Exception:
-        pass
+    datasets = sys.modules.get("datasets")  # not imported here: it pulls in pandas and pyarrow (~100 MB)
+    if datasets is not None:
+        try:
+            datasets.utils.logging.set_verbosity_error()
+            datasets.disable_progress_bars()
+        except Exception:
+            pass
 
 
 def is_colab() -> bool:

@@ -174,11 +174,12 @@ def read_config_file(path) -> dict:
     return values
 
 
-def load_config(path=DEFAULT_CONFIG, overrides=None) -> TrainConfig:
+def load_config(path=DEFAULT_CONFIG, overrides=None, check: bool = True) -> TrainConfig:
     """The checked TrainConfig of config file PATH, with OVERRIDES (a dict, or ["key=value"] strings).
 
     Raises ConfigError (a ValueError) for a missing file, a parse error, an unknown key (with the
-    closest valid one), a wrong type, or a bad value (check_config).
+    closest valid one), a wrong type, or a bad value (check_config; CHECK=False leaves that step,
+    which imports peft, to the caller).
     """
     values = read_config_file(path) if path is not None else {}
     _check_types(values, str(path))
@@ -188,7 +189,8 @@ def load_config(path=DEFAULT_CONFIG, overrides=None) -> TrainConfig:
     cfg.lr = float(cfg.lr)
     cfg.lora_alpha = float(cfg.lora_alpha)
     cfg.lora_dropout = float(cfg.lora_dropout)
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     return cfg
 
 
@@ -558,6 +560,22 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def skip_bitsandbytes() -> bool:
+    """Keep peft from importing bitsandbytes in a process that will not quantise.
+
+    peft imports bitsandbytes whenever it is installed, and that import costs about 120 MB of memory
+    per process on a CPU (measured: RSS 220 -> 340 MB); with 8 ranks on a node that is 1 GB for
+    nothing. A None entry in sys.modules is Python's way to say "not available": importlib's
+    find_spec returns None for it and `import bitsandbytes` raises ImportError, so peft and
+    transformers skip their 4-bit code. Only for the script's own processes, before peft is
+    imported; returns whether it was applied.
+    """
+    if "bitsandbytes" in sys.modules or "peft" in sys.modules:
+        return False
+    sys.modules["bitsandbytes"] = None
+    return True
+
+
 def main(argv=None) -> int:
     """The training script's command line (scripts/train_sft.py, `labkit train`, python -m labkit.scale)."""
     import argparse
@@ -573,7 +591,10 @@ def main(argv=None) -> int:
 
     env.quiet()  # before peft imports bitsandbytes, whose import logs a line
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set, check=False)
+        if not cfg.load_in_4bit:
+            skip_bitsandbytes()
+        check_config(cfg)
         from .env import pick_device
 
         try:

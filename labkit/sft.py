@@ -547,7 +547,7 @@ def load_shipped_adapter(model):
 
 def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
                     model: str | None = "bundled", rows: list[dict] | None = None):
-    """The SFT model that preference training starts from (and keeps, frozen, as pi_ref).
+    """The SFT model that preference training starts from (and keeps, frozen, as pi_ref); deterministic in SEED.
 
     steps == 0: the shipped adapter of lesson 04 (``load_shipped_adapter``, trained for 800 steps by
     scripts/train_sft_adapter.py) merged into BASE; it fits the bundled model only. steps > 0: a
@@ -573,7 +573,10 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
         from .data import read_jsonl, to_prompt_completion
 
         check_steps(steps)
+        import torch
+
         rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
+        torch.manual_seed(seed)  # LoRA's A is drawn at random: the same SEED gives the same model, whatever ran before
         pm = get_peft_model(copy.deepcopy(base), LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))

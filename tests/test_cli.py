@@ -63,3 +63,9 @@ def test_installed_versions_are_the_pinned_ones():
 def test_labkit_command_is_installed():
     out = subprocess.run([sys.executable, "-m", "labkit.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "doctor" in out.stdout
+
+
+def test_python_dash_m_labkit_is_the_labkit_command():
+    out = subprocess.run([sys.executable, "-m", "labkit", "exercises", "list"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "reward_loss" in out.stdout and "top_k_retrieval" in out.stdout

@@ -72,3 +72,17 @@ def test_describe_lists_versions_device_and_offline():
     for key in ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "device", "offline"):
         assert key in info
     assert info["torch"] is not None
+
+
+def test_quiet_does_not_import_datasets_but_datasets_imported_later_is_quiet():
+    import subprocess
+    import sys
+
+    code = ("import os, sys; [os.environ.pop(k, None) for k in ('DATASETS_VERBOSITY', 'HF_DATASETS_DISABLE_PROGRESS_BARS')]\n"
+            "from labkit import env; env.quiet()\n"
+            "assert 'datasets' not in sys.modules, 'quiet() imported datasets (pandas, pyarrow: ~100 MB per process)'\n"
+            "import datasets, logging\n"
+            "assert datasets.utils.logging.get_verbosity() == logging.ERROR, datasets.utils.logging.get_verbosity()\n"
+            "assert not datasets.is_progress_bar_enabled()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

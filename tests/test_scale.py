@@ -377,3 +377,18 @@ def test_memory_table_and_markdown():
     assert len(rows) == 3 * 4 * 4
     md = scale.memory_markdown(rows, "7B")
     assert md.count("\n") == 1 + 12 and "ZeRO-3 / FSDP" in md and "✗" in md  # full fine-tune on 1 GPU: > 80 GB
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_the_script_loads_bitsandbytes_only_when_it_quantises(four_bit):
+    code = textwrap.dedent(f"""
+        import sys
+        from labkit import scale
+        rc = scale.main(["--check", "--set", "load_in_4bit={'true' if four_bit else 'false'}", "--set", "device=cpu"])
+        assert rc == 0, rc
+        assert "peft" in sys.modules
+        print("BNB", sys.modules.get("bitsandbytes") is not None)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"BNB {four_bit}" in out.stdout, out.stdout
