@@ -168,6 +168,21 @@ def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict:
     return PadCollator(pad_token_id)([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
 
 
+def pair_batches(pairs: list[dict], batch_size: int, pad_token_id: int, seed: int = 0):
+    """Endless ``collate_pairs`` batches of BATCH_SIZE tokenised pairs: the pairs in a random order
+    (seeded), reshuffled each time fewer than a batch are left. The reward model's and DPO's trainers
+    draw from it."""
+    import random
+
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(len(pairs)), k=len(pairs))
+        idx, order = order[:batch_size], order[batch_size:]
+        yield collate_pairs([pairs[i] for i in idx], pad_token_id)
+
+
 # ----------------------------------------------------------------------------- the reward model
 
 def load_reward_model(model: str | None = None, device: str = "cpu"):
@@ -211,36 +226,19 @@ def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3
 
     CALLBACK(step, loss), if given, runs after each step.
     """
-    import random
-
     import torch
 
-    from .train import check_lr, check_steps
+    from .train import check_lr, check_steps, fit
 
     lr, steps = check_lr(lr), check_steps(steps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     pairs = tokenize_pairs(tok, rows, max_length)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     params = [p for p in rm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(rm.parameters()).device
-    rm.train()
-    losses, order = [], []
-    for step in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(pairs)), k=len(pairs))
-        chosen, order = order[:batch_size], order[batch_size:]
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in chosen], tok.pad_token_id).items()}
-        loss = reward_loss(*pair_rewards(rm, batch))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if callback is not None:
-            callback(step, losses[-1])
+    losses = fit(rm, pair_batches(pairs, batch_size, tok.pad_token_id, seed), opt, params, steps,
+                 callback=callback, loss_fn=lambda model, batch: reward_loss(*pair_rewards(model, batch)))
     rm.eval()
     return losses
 
@@ -295,14 +293,12 @@ def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[
 
     prompts: templated prompts; answers: completions as generated (without <|end|>; it is added).
     """
-    import torch
-
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
                          f"{len(answers_a)}, {len(answers_b)}.")
     ra = score_texts(rm, tok, prompts, [" " + a.strip() + "<|end|>" for a in answers_a])
     rb = score_texts(rm, tok, prompts, [" " + b.strip() + "<|end|>" for b in answers_b])
-    return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item() if len(ra) else float("nan")
+    return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item()
 
 
 # ----------------------------------------------------------------------------- DPO from scratch
@@ -361,11 +357,9 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int 
 
     {"loss": [...], "margin": [mean chosen - rejected implicit reward], "accuracy": [batch share > 0]}.
     """
-    import random
-
     import torch
 
-    from .train import check_lr, check_steps
+    from .train import check_lr, check_steps, fit
 
     beta, lr, steps = _check_beta(beta), check_lr(lr), check_steps(steps)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -373,28 +367,20 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int 
         raise ValueError("the policy has no trainable parameters: nothing would be learned.")
     pairs = tokenize_pairs(tok, rows)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(policy.parameters()).device
     ref.eval()
-    policy.train()
     log = {"loss": [], "margin": [], "accuracy": []}
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(pairs)), k=len(pairs))
-        idx, order = order[:batch_size], order[batch_size:]
-        b = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], tok.pad_token_id).items()}
+
+    def loss_fn(model, b):
         with torch.no_grad():
             ref_c, ref_r = batch_logps(ref, b)
-        loss, rc, rr = dpo_loss(*batch_logps(policy, b), ref_c, ref_r, beta=beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        log["loss"].append(loss.item())
+        loss, rc, rr = dpo_loss(*batch_logps(model, b), ref_c, ref_r, beta=beta)
         log["margin"].append((rc - rr).mean().item())
         log["accuracy"].append((rc > rr).float().mean().item())
+        return loss
+
+    log["loss"] = fit(policy, pair_batches(pairs, batch_size, tok.pad_token_id, seed), opt, params, steps,
+                      loss_fn=loss_fn)
     policy.eval()
     return log
 

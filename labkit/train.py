@@ -72,13 +72,15 @@ def finetune(model, tok, texts: list[str], steps: int = 50, lr: float = 3e-4, ba
     return fit(model, lm_batches(tok, texts, batch_size, max_tokens, seed), opt, params, steps)
 
 
-def fit(model, data, opt, params, steps: int, progress: str | None = None, callback=None) -> list[float]:
+def fit(model, data, opt, params, steps: int, progress: str | None = None, callback=None,
+        loss_fn=None) -> list[float]:
     """The training loop itself: STEPS batches from the iterator DATA ({"input_ids", "attention_mask",
     "labels"}), each a forward with the model's own loss, backward, gradient clipping at 1.0 and an
     OPT step over PARAMS. Returns the loss per step.
 
     PROGRESS names a progress bar (None: no bar); CALLBACK(step, loss), if given, runs after each step.
-    finetune and labkit.sft.train differ only in their batches and call this.
+    LOSS_FN(model, batch), if given, replaces the model's own loss (the reward model's Bradley-Terry
+    loss, DPO's loss). finetune, labkit.sft.train and labkit.preference's trainers call this.
     """
     import torch
 
@@ -93,7 +95,7 @@ def fit(model, data, opt, params, steps: int, progress: str | None = None, callb
         bar = tqdm(total=steps, desc=progress, leave=False)
     for step in range(steps):
         batch = {k: v.to(device) for k, v in next(data).items()}
-        loss = model(**batch).loss
+        loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
