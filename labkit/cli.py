@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import re
 import sys
 import time

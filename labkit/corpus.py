@@ -168,7 +168,7 @@ def pay_slip(rng: random.Random, a: dict | None = None) -> tuple[str, dict]:
 def bank_statement(rng: random.Random, a: dict | None = None) -> tuple[str, dict]:
     a = a or applicant(rng)
     balance = rng.randrange(200, 20000)
-    rows = [f"BANK STATEMENT - Pinecrest Bank", f"Account holder: {a['name']}",
+    rows = ["BANK STATEMENT - Pinecrest Bank", f"Account holder: {a['name']}",
             f"Account number: {a['account']}", f"Opening balance: {money(balance)}"]
     for _ in range(rng.randrange(2, 5)):
         if rng.random() < 0.35:
@@ -295,12 +295,12 @@ def fact(rng: random.Random) -> str:
         f"Many people in {city} walk to {place} on Sunday.",
         f"A {animal} can sleep for {n} hours a day.",
         f"The town of {city} has {n} schools and a library.",
-        f"Water boils at 100 degrees and freezes at 0 degrees.",
-        f"A week has 7 days and a year has 12 months.",
+        "Water boils at 100 degrees and freezes at 0 degrees.",
+        "A week has 7 days and a year has 12 months.",
         f"In spring the trees in {city} turn green.",
-        f"Bread is made from flour, water and salt.",
-        f"A bank keeps money safe and lends it to people who want to buy a home.",
-        f"People who borrow money pay it back in monthly payments.",
+        "Bread is made from flour, water and salt.",
+        "A bank keeps money safe and lends it to people who want to buy a home.",
+        "People who borrow money pay it back in monthly payments.",
     ], k=rng.randrange(3, 6)))
 
 

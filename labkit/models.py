@@ -82,7 +82,6 @@ def load_base(model: str | os.PathLike | None = None, device: str = "auto", dtyp
     The model is in eval mode on the chosen device. Extra keyword arguments (e.g. a
     ``quantization_config``) go to ``AutoModelForCausalLM.from_pretrained``.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from .env import is_offline, pick_device, pick_dtype

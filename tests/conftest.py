@@ -21,6 +21,22 @@ def base():
     return models.load_base(device="cpu")
 
 
+@pytest.fixture(scope="session")
+def load_script():
+    """load_script("name") imports scripts/name.py as a module (scripts/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each test's call report on the item, so a fixture can tell a failure (the browser test

@@ -1,7 +1,6 @@
 """labkit.encoder: MiniLM with a head, three ways to train it, memory accounting."""
 
 import pytest
-import torch
 
 from labkit import data, encoder
 

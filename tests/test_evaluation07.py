@@ -208,15 +208,10 @@ def test_forgetting_grid_result_holds_every_combination():
 
 
 @pytest.mark.slow
-def test_forgetting_grid_script_runs_and_writes_json(tmp_path):
-    import importlib.util
+def test_forgetting_grid_script_runs_and_writes_json(tmp_path, load_script):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "forgetting_grid.py"
-    spec = importlib.util.spec_from_file_location("forgetting_grid", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("forgetting_grid")
     out = tmp_path / "g.json"
     assert mod.main(["--steps", "1", "--lrs", "2e-3", "--ranks", "4", "--mixes", "0", "--n-eval", "2",
                      "--n-general-eval", "2", "--out", str(out)]) == 0

@@ -4,21 +4,14 @@ If labkit.corpus or the tokenizer recipe changes, this fails: the bundled model 
 what scripts/pretrain_base.py makes, and it must be retrained (or the change undone).
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("pretrain_base", ROOT / "scripts" / "pretrain_base.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def script(load_script):
+    return load_script("pretrain_base")
 
 
 @pytest.mark.slow

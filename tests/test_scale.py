@@ -103,7 +103,7 @@ def test_script_is_a_thin_cli():
 # ----------------------------------------------------------------------------- batches and the loss normalisation
 
 def _global_batch(tok, n=8, seed=0):
-    from labkit import data, sft
+    from labkit import sft
 
     cfg = scale.TrainConfig(**{k: v for k, v in QUICK.items() if k != "steps"})
     feats = sft.tokenize_all(tok, scale.load_pairs(cfg, tok), cfg.max_length)

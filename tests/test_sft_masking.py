@@ -236,15 +236,10 @@ def test_a_missing_adapter_is_a_clear_error(base, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_adapter_script_writes_a_loadable_adapter_atomically(tmp_path):
-    import importlib.util
+def test_adapter_script_writes_a_loadable_adapter_atomically(tmp_path, load_script):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_sft_adapter.py"
-    spec = importlib.util.spec_from_file_location("train_sft_adapter", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("train_sft_adapter")
     out = tmp_path / "adapter"
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
