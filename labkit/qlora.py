@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 
 from . import quant
+from .adapters import DEFAULT_TARGETS
 
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = DEFAULT_TARGETS  # every linear layer of a Llama block
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Published Llama shapes (config.json of each checkpoint); 34B is Code Llama 34B (Llama 2 had none

@@ -557,8 +557,6 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
     """
     import copy
 
-    from .train import check_steps
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be 0 (the shipped SFT adapter) or a positive integer; got {steps!r}.")
     if steps == 0:
@@ -568,18 +566,13 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
         pm, report = load_shipped_adapter(copy.deepcopy(base))
         what = (f"the shipped SFT adapter of lesson 04 ({report.get('steps', 800)} steps), merged")
     else:
-        from peft import LoraConfig, get_peft_model
-
+        from .adapters import add
         from .data import read_jsonl, to_prompt_completion
 
-        check_steps(steps)
-        import torch
-
         rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
-        torch.manual_seed(seed)  # LoRA's A is drawn at random: the same SEED gives the same model, whatever ran before
-        pm = get_peft_model(copy.deepcopy(base), LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        # r=8 on all seven projections; add() seeds LoRA's random A, so the same SEED gives the same
+        # model whatever ran before
+        pm = add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
         train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
               batch_size=batch_size, seed=seed, progress=False)
         what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
