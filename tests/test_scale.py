@@ -295,6 +295,7 @@ FSDP2_WORKER = textwrap.dedent("""
     a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     out = {"losses": losses, "full": list(a.shape), "local": list(a.to_local().shape)}
     json.dump(out, open(sys.argv[1] + f".{rank}", "w"))
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 """)
 
