@@ -7,7 +7,3 @@ Importing labkit is cheap: torch and transformers are imported only when a funct
 """
 
 __version__ = "0.1.0"
-
-# Where the course lives on GitHub: the Colab badges and the Colab install cell point here.
-REPO = "labkit-course/labkit"
-BRANCH = "main"

@@ -6,6 +6,8 @@
                          subset, list the exercises, hash a quiz answer (labkit exercises --help)
     labkit render        run every notebook with given parameters into a folder, with a summary page
                          of status, time and recorded metrics (labkit render --help)
+    labkit links         check (--write: regenerate) the Colab/Binder badges and install cells from the
+                         repository address in pyproject.toml
     labkit train         the SFT + LoRA training script of lesson 10 (labkit.scale): labkit train --config
                          FILE [--set KEY=VALUE ...]; under torchrun: torchrun --no-python ... labkit train ...
 """
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_exercises_parser(sub)
     _add_render_parser(sub)
     sub.add_parser("train", help="SFT + LoRA on one process or many (labkit train --help)")
+    links = sub.add_parser("links", help="check (or --write) every notebook's Colab badge and install cell and the "
+                                         "README's badges against pyproject's repository address")
+    links.add_argument("--write", action="store_true", help="rewrite the files that differ")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor()
@@ -111,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         return exercises_command(args)
     if args.command == "render":
         return render_command(args)
+    if args.command == "links":
+        from .launch import repository_url, sync
+
+        changed = sync(write=args.write)
+        for rel in changed:
+            print(("rewrote " if args.write else "differs: ") + rel)
+        if changed and not args.write:
+            print(f"run `labkit links --write` to regenerate them from {repository_url()}")
+        return 0 if args.write or not changed else 1
     return 2
 
 

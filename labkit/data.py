@@ -144,14 +144,15 @@ def to_messages(example: dict) -> list[dict]:
 
 
 def to_prompt_completion(example: dict, tokenizer) -> dict:
-    """The example as {"prompt", "completion"} strings, the prompt rendered by the chat template.
+    """The example as {"prompt", "completion"} strings, both from the tokenizer's own chat template.
 
-    prompt + completion is exactly what the template renders for the whole conversation (minus the
-    newline after the last turn), so training on it matches what the model sees when asked.
+    prompt + completion is exactly what the template renders for the whole conversation (minus any
+    whitespace after the final turn end), so training on it matches what the model sees when asked;
+    see ``labkit.chat.split``.
     """
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": user_message(example)}],
-                                           tokenize=False, add_generation_prompt=True)
-    return {"prompt": prompt, "completion": " " + example["output"] + "<|end|>"}
+    from .chat import prompt_completion
+
+    return prompt_completion(tokenizer, user_message(example), example["output"])
 
 
 def answer_format_ok(task: str, text: str) -> bool:

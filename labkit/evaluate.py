@@ -15,10 +15,13 @@ def _device(model):
 def perplexity(model, tok, texts: list[str], max_tokens: int = 256) -> float:
     """exp(mean negative log-likelihood per predicted token) over TEXTS.
 
-    Each text is scored on its own, preceded by <|endoftext|> (the document start the model saw in
-    pretraining) and cut to MAX_TOKENS tokens; the mean is over all predicted tokens of all texts.
+    Each text is scored on its own, preceded by the tokenizer's BOS when it has one (the document start
+    the model saw in pretraining; labkit.chat.document_start) and cut to MAX_TOKENS tokens after it; the
+    mean is over all predicted tokens of all texts.
     """
     import torch
+
+    from .chat import document_start
 
     if not texts:
         raise ValueError("perplexity needs at least one text.")
@@ -27,13 +30,17 @@ def perplexity(model, tok, texts: list[str], max_tokens: int = 256) -> float:
     nll, count = 0.0, 0
     with torch.no_grad():
         for t in texts:
-            ids = tok(t, add_special_tokens=False)["input_ids"][:max_tokens]
-            x = torch.tensor([[tok.eos_token_id] + ids], device=_device(model))
+            ids = (document_start(tok) + tok(t, add_special_tokens=False)["input_ids"])[:max_tokens + 1]
+            if len(ids) < 2:
+                continue
+            x = torch.tensor([ids], device=_device(model))
             out = model(x, labels=x)
             n = x.shape[1] - 1
             nll += out.loss.float().item() * n
             count += n
     model.train(was_training)
+    if count == 0:
+        raise ValueError("perplexity needs texts of at least two tokens: nothing was predicted.")
     return math.exp(nll / count)
 
 
@@ -47,15 +54,18 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
     """
     import torch
 
+    from .chat import document_start
+
     was_training = model.training
     model.eval()
     hits: dict[str, list[bool]] = {}
     dev = _device(model)
     with torch.no_grad():
         for ex in probe:
-            p_ids = [tok.eos_token_id] + tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+            start = document_start(tok)
+            p_ids = start + tok(ex["prompt"], add_special_tokens=False)["input_ids"]
             full = tok(ex["prompt"] + " " + ex["answer"], add_special_tokens=False)["input_ids"]
-            a_ids = full[len(p_ids) - 1:]
+            a_ids = full[len(p_ids) - len(start):]
             if generate:
                 x = torch.tensor([p_ids], device=dev)
                 out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=len(a_ids) + 2,

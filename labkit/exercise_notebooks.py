@@ -105,7 +105,7 @@ def _source(cell) -> str:
 
 def strip_notebook(nb: dict, name: str = "notebook") -> dict:
     """A copy of the solutions notebook NB as an exercise notebook: stubs, no outputs."""
-    from .show import colab_url
+    from .launch import colab_url
 
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb["cells"]):

@@ -25,9 +25,9 @@ import time
 
 
 def general_pairs(texts: list[str], tok) -> list[dict]:
-    """General TEXTS as SFT pairs: the prompt is the document start (<|endoftext|>), every text token is
-    trained on, as in pretraining."""
-    return [{"prompt": tok.eos_token, "completion": t} for t in texts]
+    """General TEXTS as SFT pairs: the prompt is the document start (the tokenizer's BOS, if it has one),
+    every text token is trained on, as in pretraining."""
+    return [{"prompt": tok.bos_token or "", "completion": t} for t in texts]
 
 
 def check_fraction(mix) -> float:

@@ -116,16 +116,24 @@ def load_base(model: str | os.PathLike | None = None, device: str = "auto", dtyp
 
 def generate(model, tok, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
              seed: int = 0, stop_at_newline: bool = False) -> str:
-    """Continue PROMPT; greedy when temperature is 0. Returns only the new text."""
+    """Continue PROMPT (plain text, after the tokenizer's BOS if it has one); greedy when temperature is 0.
+
+    Returns only the new text, without special tokens; stop_at_newline keeps its first line.
+    """
     import torch
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    from .chat import document_start
+
     device = next(model.parameters()).device
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1).to(device)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    start = document_start(tok)
+    if start and ids[:1] != start:  # BOS once, and only where the tokenizer has one
+        ids = start + ids
+    ids = torch.tensor([ids], device=device)
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

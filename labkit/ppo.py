@@ -47,10 +47,11 @@ class PolicyWithValueHead(nn.Module):
         return out.logits, self.value_head(out.hidden_states[-1].detach().float()).squeeze(-1)
 
 
-def stop_ids(tok) -> list[int]:
-    """Token ids that end an answer: <|end|> (the chat template's turn end) and EOS."""
-    ids = [tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id]
-    return [i for i in ids if isinstance(i, int) and i >= 0 and i != tok.unk_token_id]
+def stop_ids(tok, model=None) -> list[int]:
+    """Token ids that end an answer: the chat template's turn end and every EOS id (labkit.chat)."""
+    from .chat import stop_token_ids
+
+    return stop_token_ids(tok, model)
 
 
 def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperature: float = 1.0,
@@ -60,16 +61,19 @@ def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperatu
     Returns {"input_ids": (B, P+T), "attention_mask": (B, P+T), "response_mask": (B, T) 1 on answer
     tokens up to and including the stop token, "prompt_len": P, "texts": B answers cut at the stop}.
     """
+    from .chat import adds_bos
+
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling; got temperature={temperature!r}.")
     device = next(policy.parameters()).device
     side = tok.padding_side
     tok.padding_side = "left"
     try:
-        enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+        enc = tok(prompts, return_tensors="pt", padding=True,
+                  add_special_tokens=all(adds_bos(tok, p) for p in prompts)).to(device)
     finally:
         tok.padding_side = side
-    stops = stop_ids(tok)
+    stops = stop_ids(tok, policy.lm)
     torch.manual_seed(seed)
     with torch.no_grad():
         seq = policy.lm.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
@@ -297,6 +301,7 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     Returns {"exact": share equal to the reference answer, "words": mean answer length in words,
     "rm_score": mean reward-model score (None without RM), "answers": the answers}.
     """
+    from .chat import completion
     from .data import to_prompt_completion
     from .preference import score_texts
     from .sft import answer
@@ -308,5 +313,5 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     out = {"exact": sum(g == r["output"].strip() for g, r in zip(got, rows)) / len(rows),
            "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
     if rm is not None:
-        out["rm_score"] = score_texts(rm, tok, prompts, [" " + g + "<|end|>" for g in got]).mean().item()
+        out["rm_score"] = score_texts(rm, tok, prompts, [completion(tok, g) for g in got]).mean().item()
     return out

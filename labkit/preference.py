@@ -127,19 +127,20 @@ def plot_dpo_loss_curve(curve: dict, ax=None):
 # ----------------------------------------------------------------------------- data
 
 def pair_texts(row: dict, tok) -> dict:
-    """A preference row (the prompt is the user message) rendered with the chat template.
+    """A preference row (the prompt is the user message) rendered with the model's chat template.
 
-    Returns {"prompt": the templated prompt ending in <|assistant|>, "chosen": " answer<|end|>",
-    "rejected": " answer<|end|>"}: the completion strings SFT trained on (labkit.data).
+    Returns {"prompt": the templated prompt, ending with the generation prompt, "chosen", "rejected":
+    each answer as the template completes the prompt (answer and turn end, labkit.chat.split)}: the
+    same completion strings SFT trained on (labkit.data.to_prompt_completion).
     """
+    from .chat import messages, split
+
     for key in ("prompt", "chosen", "rejected"):
         if not isinstance(row.get(key), str):
             raise ValueError(f"a preference row needs string fields prompt, chosen, rejected; {key!r} is "
                              f"{row.get(key)!r}.")
-    prompt = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}], tokenize=False,
-                                     add_generation_prompt=True)
-    return {"prompt": prompt, "chosen": " " + row["chosen"].strip() + "<|end|>",
-            "rejected": " " + row["rejected"].strip() + "<|end|>"}
+    chosen, rejected = (split(tok, messages(row["prompt"], row[k].strip())) for k in ("chosen", "rejected"))
+    return {"prompt": chosen["prompt"], "chosen": chosen["completion"], "rejected": rejected["completion"]}
 
 
 def tokenize_pairs(tok, rows: list[dict], max_length: int = 256) -> list[dict]:
@@ -250,6 +251,7 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
     """
     import torch
 
+    from .chat import encode
     from .sft import PadCollator
 
     if len(prompts) != len(completions):
@@ -258,7 +260,7 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
     device = next(rm.parameters()).device
     feats = []
     for p, c in zip(prompts, completions):
-        ids = tok(p + c + tok.eos_token)["input_ids"]
+        ids = encode(tok, p + c + tok.eos_token)
         feats.append({"input_ids": ids, "labels": ids})
     out = []
     with torch.no_grad():
@@ -291,13 +293,16 @@ def pairwise_accuracy(rm, tok, rows: list[dict]) -> dict:
 def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[str]) -> float:
     """Share of prompts where the reward model prefers answer A to answer B (a tie counts one half).
 
-    prompts: templated prompts; answers: completions as generated (without <|end|>; it is added).
+    prompts: templated prompts; answers: the answers as generated and cut (labkit.sft.answer); each is
+    completed as the template writes it (labkit.chat.completion) before it is scored.
     """
+    from .chat import completion
+
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
                          f"{len(answers_a)}, {len(answers_b)}.")
-    ra = score_texts(rm, tok, prompts, [" " + a.strip() + "<|end|>" for a in answers_a])
-    rb = score_texts(rm, tok, prompts, [" " + b.strip() + "<|end|>" for b in answers_b])
+    ra = score_texts(rm, tok, prompts, [completion(tok, a) for a in answers_a])
+    rb = score_texts(rm, tok, prompts, [completion(tok, b) for b in answers_b])
     return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item()
 
 

@@ -92,12 +92,16 @@ def few_shot_message(examples: list[dict], question: str) -> str:
 
 def chat_prompt(tok, message: str) -> str:
     """MESSAGE rendered by the chat template as a user turn, ready for the assistant's answer."""
-    return tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    from .chat import render_prompt
+
+    return render_prompt(tok, message)
 
 
 def sft_pair(tok, message: str, answer: str) -> dict:
-    """A {"prompt", "completion"} pair in the same format as labkit.data.to_prompt_completion."""
-    return {"prompt": chat_prompt(tok, message), "completion": " " + answer + "<|end|>"}
+    """A {"prompt", "completion"} pair from the model's chat template, as labkit.data.to_prompt_completion."""
+    from .chat import prompt_completion
+
+    return prompt_completion(tok, message, answer)
 
 
 def reader_training_pairs(tok, n: int, seed: int = 1) -> list[dict]:

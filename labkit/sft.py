@@ -58,17 +58,19 @@ def tokenize_example(tok, prompt: str, completion: str, max_length: int = 256, n
     """One prompt/completion pair -> {"input_ids", "attention_mask", "labels", "prompt_length"} (lists).
 
     Raises ValueError naming the example (NAME) when the completion is empty (or only spaces and
-    special tokens, such as " <|end|>" for an empty answer in the chat format), or when the prompt alone
+    special tokens, such as an empty answer followed by the template's turn end), or when the prompt alone
     fills the context so no completion token would be trained on. A completion that runs past
     MAX_LENGTH is cut, as trl cuts it.
     """
     if not isinstance(completion, str) or not _strip_special(tok, completion).strip():
         raise ValueError(f"{name}: the completion is empty (nothing but spaces and special tokens: "
                          f"{completion!r}); there is nothing to learn from it. Drop the example or give it an answer.")
+    from .chat import encode
+
     if not completion.endswith(tok.eos_token):
         completion = completion + tok.eos_token
-    prompt_ids = tok(prompt)["input_ids"]
-    ids = tok(prompt + completion)["input_ids"]
+    prompt_ids = encode(tok, prompt)
+    ids = encode(tok, prompt + completion)
     prompt_length = _common_prefix_length(prompt_ids, ids)
     if prompt_length >= max_length:
         raise ValueError(f"{name}: the prompt is {len(prompt_ids)} tokens but max_length is {max_length}, so no "
@@ -161,10 +163,14 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
 
 
 def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
-    """Greedy answers to PROMPTS (already rendered, e.g. by the chat template), cut at <|end|> or EOS."""
+    """Greedy answers to PROMPTS (already rendered by the chat template), each cut at the first stop token
+    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat)."""
     import torch
 
-    stop = [i for i in (tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id) if i is not None and i >= 0]
+    from .chat import adds_bos, stop_strings, stop_token_ids
+
+    stop = stop_token_ids(tok, model)
+    cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
     device = next(model.parameters()).device
     was_training, side = model.training, tok.padding_side
     model.eval()
@@ -172,13 +178,15 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
     out: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True).to(device)
+            chunk = prompts[i:i + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True,
+                      add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                                      pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = tok.decode(row, skip_special_tokens=False)
-                for s in ("<|end|>", tok.eos_token, tok.pad_token):
+                for s in cut:
                     text = text.split(s)[0]
                 out.append(text.strip())
     finally:
@@ -238,10 +246,12 @@ def check_pairs(tok, pairs: list[dict], max_length: int = 256) -> list[dict]:
     """
     import warnings
 
+    from .chat import encode
+
     feats, cut = [], []
     for i, row in enumerate(pairs):
         f = tokenize_example(tok, row["prompt"], row["completion"], max_length, name=f"example {i}")
-        full = len(tok(row["prompt"] + row["completion"])["input_ids"]) + (not row["completion"].endswith(tok.eos_token))
+        full = len(encode(tok, row["prompt"] + row["completion"])) + (not row["completion"].endswith(tok.eos_token))
         if full > max_length:
             cut.append(i)
         feats.append(f)
@@ -341,9 +351,11 @@ def sft_trainer(model, tok, pairs: list[dict], config=None, peft_config=None, ca
     if config is None:
         config_kwargs.setdefault("output_dir", tempfile.mkdtemp(prefix="labkit_sft_"))
         config = sft_config(**config_kwargs)
+    from .chat import for_trl
+
     check_pairs(tok, pairs, config.max_length)
     recorder = loss_recorder()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(list(pairs)),
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list([for_trl(tok, p) for p in pairs]),
                          processing_class=tok, peft_config=peft_config, callbacks=[recorder, *(callbacks or [])])
     from transformers import PrinterCallback
 
@@ -381,7 +393,9 @@ def marker_labels(tok, text: str, response_marker: str, max_length: int = 256, n
     Returns {"input_ids", "attention_mask", "labels", "prompt_length", "name"}; prompt_length is
     len(input_ids) when the marker was not found.
     """
-    ids = tok(text)["input_ids"][:max_length]
+    from .chat import encode
+
+    ids = encode(tok, text)[:max_length]
     marker = tok(response_marker, add_special_tokens=False)["input_ids"]
     if not marker:
         raise ValueError(f"{name}: the response marker {response_marker!r} has no tokens.")

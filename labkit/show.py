@@ -1,11 +1,9 @@
-"""Show labkit's own code in a notebook, so a lesson never pastes a copy that can drift; the launch
-links (Colab, Binder) of a notebook; record(name, value) for the metrics `labkit render` collects."""
+"""Show labkit's own code in a notebook, so a lesson never pastes a copy that can drift, and
+record(name, value) for the metrics `labkit render` collects. (Launch links: labkit.launch.)"""
 
 from __future__ import annotations
 
 import inspect
-
-from . import BRANCH, REPO
 
 
 def source(obj) -> str:
@@ -22,26 +20,6 @@ def show_source(obj) -> None:
         display(Markdown(f"```python\n{code}\n```"))
     except ImportError:  # pragma: no cover
         print(code)
-
-
-def colab_url(notebook_path: str) -> str:
-    """The Colab address that opens NOTEBOOK_PATH (relative to the repository root) from GitHub."""
-    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/{notebook_path}"
-
-
-def colab_badge(notebook_path: str) -> str:
-    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"({colab_url(notebook_path)})")
-
-
-def binder_url(notebook_path: str) -> str:
-    """The mybinder.org address that builds the repository (binder/) and opens NOTEBOOK_PATH (relative
-    to the repository root) in JupyterLab."""
-    return f"https://mybinder.org/v2/gh/{REPO}/{BRANCH}?urlpath=lab/tree/{notebook_path}"
-
-
-def binder_badge(notebook_path: str) -> str:
-    return f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(notebook_path)})"
 
 
 # The MIME type of a recorded metric in a notebook's outputs. JupyterLab does not know it and shows

@@ -26,17 +26,21 @@ def check_steps(steps) -> int:
 def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: int = 0):
     """Endless shuffled batches {"input_ids", "attention_mask", "labels"} (labels -100 on padding).
 
-    Each text starts with <|endoftext|>, as documents did in pretraining; shapes are
+    Each text starts with the tokenizer's BOS when it has one (labkit.chat.document_start), as documents
+    did in pretraining; shapes are
     (batch_size, longest text in the batch, at most max_tokens).
     """
     import random
 
     import torch
 
+    from .chat import document_start
+
     if not texts:
         raise ValueError("no training texts were given.")
     rng = random.Random(seed)
-    encoded = [[tok.eos_token_id] + tok(t, add_special_tokens=False)["input_ids"][: max_tokens - 1] for t in texts]
+    start = document_start(tok)
+    encoded = [(start + tok(t, add_special_tokens=False)["input_ids"])[:max_tokens] for t in texts]
     order: list[int] = []
     while True:
         if len(order) < batch_size:

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO
-from labkit.show import colab_url
-
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# every notebook a learner can open in Colab: the lessons, the exercises and their solutions
-LAUNCHABLE = NOTEBOOKS + sorted((ROOT / "solutions").glob("*.ipynb")) + sorted((ROOT / "exercises").glob("*.ipynb"))
 
 
 
@@ -50,22 +45,6 @@ def test_notebook_has_parameters_cell(path):
     assigned = re.findall(r"^(\w+)\s*=", src, re.M)
     parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
     assert parsed == assigned, f"papermill could not parse: {set(assigned) - set(parsed)}"
-
-
-@pytest.mark.parametrize("path", LAUNCHABLE, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_notebook_has_its_own_colab_badge_and_install_cell(path):
-    cells = _nb(path)["cells"]
-    first = _src(cells[0])
-    rel = path.relative_to(ROOT).as_posix()
-    assert "colab-badge.svg" in first
-    assert colab_url(rel) in first, f"the badge must open this very notebook ({rel})"
-    install = [c for c in cells if c["cell_type"] == "code" and "google.colab" in _src(c)]
-    assert install and "pip install" in _src(install[0])
-    assert install[0] is next(c for c in cells if c["cell_type"] == "code"), "install before any other code"
-    args = _src(install[0]).split("pip install", 1)[1]
-    assert f"labkit @ git+https://github.com/{REPO}" in args, "install labkit (and with it the course's packages)"
-    assert "torch" not in args, "never reinstall Colab's torch"
-    assert not re.search(r"(^|\s)(-U|--upgrade|--force-reinstall)(\s|$)", args), "never upgrade Colab's packages"
 
 
 def test_labkit_keeps_colabs_torch():
