@@ -17,10 +17,37 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .lora import _check_hyperparameters, _select
+from .lora import _adaptable_layers, _check_hyperparameters, _select, is_conv1d
 
 METHODS = ("lora", "dora", "ia3", "prompt")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The query and value projections the LoRA paper adapted, by the names model families give them.
+ATTENTION_TARGETS = {"q_proj": "v_proj", "c_attn": None, "query_key_value": None, "Wqkv": None}
+# Layers that are never LoRA targets by default: the output head (and a reward model's score head).
+HEADS = ("lm_head", "score", "classifier", "embed_out")
+
+
+def targets(model, which: str = "all") -> list[str]:
+    """MODEL's own names for LoRA targets, so a lesson never assumes Llama's.
+
+    which="all": every Linear / Conv1D layer inside the transformer blocks, by its last name (Llama's
+    seven q_proj ... down_proj, GPT-2's c_attn, c_proj, c_fc), as peft's "all-linear" but listed;
+    which="attention": the query and value projections (q_proj and v_proj), or the fused
+    query-key-value layer where a family has one (GPT-2's c_attn).
+    """
+    names = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in _adaptable_layers(model)
+                               if n.rsplit(".", 1)[-1] not in HEADS))
+    if which == "all":
+        if not names:
+            raise ValueError(f"{type(model).__name__} has no Linear or Conv1D layer to adapt.")
+        return names
+    if which == "attention":
+        for q, v in ATTENTION_TARGETS.items():
+            if q in names:
+                return [q] + ([v] if v in names else [])
+        raise ValueError(f"no known query projection in {type(model).__name__} (its layers: {', '.join(names)}); "
+                         "name the targets yourself.")
+    raise ValueError(f"which must be 'all' or 'attention'; got {which!r}.")
 
 
 def check_targets(model, target_modules: Iterable[str]) -> list[str]:
@@ -36,21 +63,30 @@ def check_targets(model, target_modules: Iterable[str]) -> list[str]:
 
 
 def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-           target_modules: Iterable[str] = DEFAULT_TARGETS, num_virtual_tokens: int = 8):
-    """A peft config for METHOD with its knobs checked (against MODEL's layers when given)."""
+           target_modules: Iterable[str] | None = None, num_virtual_tokens: int = 8):
+    """A peft config for METHOD with its knobs checked (against MODEL's layers when given).
+
+    target_modules: None means every linear layer of MODEL (``targets(model)``; without a model,
+    Llama's DEFAULT_TARGETS).
+    """
+    if target_modules is None:
+        target_modules = targets(model) if model is not None else DEFAULT_TARGETS
     from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType
 
     if method not in METHODS:
         raise ValueError(f"Unknown PEFT method {method!r}; choose one of {METHODS}.")
     if method in ("lora", "dora", "ia3"):
-        targets = check_targets(model, target_modules) if model is not None else list(target_modules)
+        names = check_targets(model, target_modules) if model is not None else list(target_modules)
+        # GPT-2's Conv1D stores W as (in, out): peft must transpose the update (it warns, then does it)
+        conv = model is not None and any(is_conv1d(m) for _, m in _select(model, names))
     if method in ("lora", "dora"):
         _check_hyperparameters(r, alpha, dropout)
-        return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                          use_dora=method == "dora", task_type=TaskType.CAUSAL_LM)
+        return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                          use_dora=method == "dora", task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     if method == "ia3":
-        ff = [t for t in targets if t in ("down_proj", "fc2", "dense_4h_to_h")]
-        return IA3Config(target_modules=targets, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM)
+        ff = [t for t in names if t in ("down_proj", "fc2", "dense_4h_to_h", "c_fc")]
+        return IA3Config(target_modules=names, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM,
+                         fan_in_fan_out=conv)
     if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens must be a positive integer such as 8; got {num_virtual_tokens!r}.")
     return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=TaskType.CAUSAL_LM)

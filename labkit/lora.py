@@ -39,10 +39,17 @@ def _check_hyperparameters(r, alpha, dropout) -> None:
         raise ValueError(f"dropout must be a probability in [0, 1), e.g. 0.0 or 0.05; got dropout={dropout!r}.")
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Is MODULE transformers' Conv1D (GPT-2's linear layers: y = x W + b with W stored (in, out))?"""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update B A.
 
-    base: the nn.Linear to adapt, weight (out_features, in_features); it is frozen in place.
+    base: the nn.Linear to adapt, weight (out_features, in_features); it is frozen in place. GPT-2's
+    Conv1D layers work too: they compute the same y = x W^T + b but store W transposed, (in, out), so
+    A and B keep their shapes and merge() adds (B A)^T. That is what peft's ``fan_in_fan_out=True`` says.
     r: the rank; alpha: the scale numerator; scaling = alpha / r, or alpha / sqrt(r) if rslora.
     Parameters: A (r, in_features), kaiming-uniform as nn.Linear's own init; B (out_features, r), zeros,
     so a freshly wrapped layer computes exactly what the base layer computed.
@@ -50,9 +57,10 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear; got {type(base).__name__}. "
+        if not isinstance(base, nn.Linear) and not is_conv1d(base):
+            raise TypeError(f"LoRALinear wraps an nn.Linear (or GPT-2's Conv1D); got {type(base).__name__}. "
                             f"Pick a Linear layer, e.g. model.model.layers[0].self_attn.q_proj.")
+        self.fan_in_fan_out = is_conv1d(base)  # weight stored (in, out)
         _check_hyperparameters(r, alpha, dropout)
         self.base = base
         self.r, self.alpha, self.rslora = int(r), float(alpha), bool(rslora)
@@ -66,8 +74,8 @@ class LoRALinear(nn.Module):
         # Like peft (autocast_adapter_dtype): half-precision or quantised bases get float32 adapters,
         # because tiny updates to A and B underflow in bf16/fp16.
         dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
-        self.A = nn.Parameter(torch.empty(self.r, base.in_features, device=w.device, dtype=dtype))
-        self.B = nn.Parameter(torch.zeros(base.out_features, self.r, device=w.device, dtype=dtype))
+        self.A = nn.Parameter(torch.empty(self.r, self.in_features, device=w.device, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(self.out_features, self.r, device=w.device, dtype=dtype))
         # A random and B zero: the update B A starts at exactly 0 (training starts from the base
         # model), yet the gradient of B is nonzero, so learning can start. a=sqrt(5) is what
         # nn.Linear and peft use: uniform in +-1/sqrt(in_features).
@@ -77,11 +85,11 @@ class LoRALinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base.in_features
+        return self.base.weight.shape[0] if self.fan_in_fan_out else self.base.in_features
 
     @property
     def out_features(self) -> int:
-        return self.base.out_features
+        return self.base.weight.shape[1] if self.fan_in_fan_out else self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features)."""
@@ -96,13 +104,17 @@ class LoRALinear(nn.Module):
         """The update to W: scaling * B A, shape (out_features, in_features)."""
         return self.scaling * (self.B @ self.A)
 
+    def _stored(self, delta: torch.Tensor) -> torch.Tensor:
+        """DELTA (out, in) in the layout the base layer stores its weight: transposed for a Conv1D."""
+        return (delta.T if self.fan_in_fan_out else delta).to(self.base.weight.dtype)
+
     @torch.no_grad()
     def merge(self) -> None:
         """W <- W + scaling * B A: afterwards the layer costs exactly what the base layer costs."""
         if self.merged:
             raise RuntimeError("This LoRALinear is already merged; call unmerge() before merging again.")
         self._check_mergeable()
-        self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+        self.base.weight += self._stored(self.delta_weight())
         self.merged = True
 
     @torch.no_grad()
@@ -110,7 +122,7 @@ class LoRALinear(nn.Module):
         """W <- W - scaling * B A: undoes merge() (exactly up to float rounding), e.g. to swap adapters."""
         if not self.merged:
             raise RuntimeError("This LoRALinear is not merged; call merge() first (nothing to unmerge).")
-        self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+        self.base.weight -= self._stored(self.delta_weight())
         self.merged = False
 
     def _check_mergeable(self) -> None:
@@ -135,13 +147,13 @@ def _matches(name: str, target: str) -> bool:
 
 
 def _adaptable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every nn.Linear and LoRALinear, skipping the Linear inside a LoRALinear."""
+    """(name, module) of every nn.Linear, Conv1D and LoRALinear, skipping the layer inside a LoRALinear."""
     found, wrapped = [], set()
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             found.append((name, module))
             wrapped.add(id(module.base))
-        elif isinstance(module, nn.Linear) and id(module) not in wrapped and name:
+        elif (isinstance(module, nn.Linear) or is_conv1d(module)) and id(module) not in wrapped and name:
             found.append((name, module))
     return found
 
@@ -160,7 +172,7 @@ def _select(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, 
     # to a valid "q_proj" would otherwise silently train one projection instead of two.
     unknown = [t for t in targets if not any(_matches(name, t) for name, _ in layers)]
     if unknown:
-        raise ValueError(f"target_modules {unknown} match no Linear layer of {type(model).__name__}; "
+        raise ValueError(f"target_modules {unknown} match no Linear (or Conv1D) layer of {type(model).__name__}; "
                          f"valid names: {', '.join(valid)}.")
     return [(name, m) for name, m in layers if any(_matches(name, t) for t in targets)]
 
@@ -194,7 +206,13 @@ def count_lora_params(model: nn.Module, r: int, target_modules: Iterable[str]) -
     model then costs no memory) and on a model that already has LoRA.
     """
     _check_hyperparameters(r, 1.0, 0.0)
-    return sum(r * (m.in_features + m.out_features) for _, m in _select(model, target_modules))
+    return sum(r * sum(_in_out(m)) for _, m in _select(model, target_modules))
+
+
+def _in_out(m: nn.Module) -> tuple[int, int]:
+    if is_conv1d(m):
+        return m.weight.shape[0], m.weight.shape[1]
+    return m.in_features, m.out_features
 
 
 def summary_line(trainable: int, total: int) -> str:

@@ -301,9 +301,8 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     Returns {"exact": share equal to the reference answer, "words": mean answer length in words,
     "rm_score": mean reward-model score (None without RM), "answers": the answers}.
     """
-    from .chat import completion
     from .data import to_prompt_completion
-    from .preference import score_texts
+    from .preference import score_answers
     from .sft import answer
 
     if not rows:
@@ -313,5 +312,5 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     out = {"exact": sum(g == r["output"].strip() for g, r in zip(got, rows)) / len(rows),
            "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
     if rm is not None:
-        out["rm_score"] = score_texts(rm, tok, prompts, [completion(tok, g) for g in got]).mean().item()
+        out["rm_score"] = score_answers(rm, tok, prompts, got).mean().item()
     return out

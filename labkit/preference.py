@@ -271,6 +271,14 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def score_answers(rm, tok, prompts: list[str], answers: list[str], batch_size: int = 32):
+    """Reward of each (templated prompt, answer) as a (N,) float tensor: ANSWERS are plain answers, as
+    generated and cut (labkit.sft.answer), completed as the template writes them (labkit.chat.completion)."""
+    from .chat import completion
+
+    return score_texts(rm, tok, prompts, [completion(tok, a) for a in answers], batch_size)
+
+
 def pairwise_accuracy(rm, tok, rows: list[dict]) -> dict:
     """Share of held-out pairs the reward model orders correctly, overall and per task.
 
@@ -296,13 +304,10 @@ def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[
     prompts: templated prompts; answers: the answers as generated and cut (labkit.sft.answer); each is
     completed as the template writes it (labkit.chat.completion) before it is scored.
     """
-    from .chat import completion
-
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
                          f"{len(answers_a)}, {len(answers_b)}.")
-    ra = score_texts(rm, tok, prompts, [completion(tok, a) for a in answers_a])
-    rb = score_texts(rm, tok, prompts, [completion(tok, b) for b in answers_b])
+    ra, rb = score_answers(rm, tok, prompts, answers_a), score_answers(rm, tok, prompts, answers_b)
     return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item()
 
 
