@@ -20,7 +20,7 @@ def test_a_rank_below_one_is_a_clear_error(fresh, r):
 
 
 def test_an_unknown_target_names_itself_and_the_valid_choices(fresh):
-    with pytest.raises(ValueError, match=r"\['v_prj'\] match no Linear layer.*valid names: q_proj, k_proj"):
+    with pytest.raises(ValueError, match=r"\['v_prj'\] match no Linear \(or Conv1D\) layer.*valid names: q_proj, k_proj"):
         adapters.config("lora", fresh, target_modules=["q_proj", "v_prj"])
 
 
