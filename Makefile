@@ -12,7 +12,7 @@ LATEST ?= .venv-latest
 # where test-latest gets torch (a CPU build); TORCH_INDEX= for PyPI and pip.conf only
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser-deps lab test test-fast test-offline test-latest doctor bench render pins data clean
+.PHONY: install browser-deps lab test test-models test-fast test-offline test-latest doctor bench render pins data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,13 @@ lab: install  ## open the course in JupyterLab
 	$(OFFLINE) $(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 test: install browser-deps  ## the whole suite: unit tests, every notebook (nbval, papermill), the browser test
-	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q -m "not models"
+
+test-models: install  ## every lesson with each locally built Hub-style model (tests/hub_models.py), at fast parameters
+	$(OFFLINE) $(PY) -m pytest tests/test_notebooks.py -m models -q
 
 test-fast: install  ## unit tests only, no notebooks
-	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow"
+	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow and not models"
 
 test-offline: install  ## the suite with the network cut off (needs root: unshare -n)
 	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q'

@@ -96,3 +96,29 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
                      if o.get("name") == "stderr")
     assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
+
+
+def hub_parameters(path) -> dict:
+    """What a lesson needs, on top of its fast parameters, to run with a model that is not the bundled
+    one (e.g. train live instead of loading a shipped adapter): metadata.labkit.hub_parameters."""
+    return _nb(path).get("metadata", {}).get("labkit", {}).get("hub_parameters", {})
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_runs_with_a_hub_style_model(path, hub_model, tmp_path):
+    """Every lesson, at its fast parameters, with MODEL pointing at a locally built Hub-style model
+    (tests/hub_models.py): it must run to the end without an error or a warning wall. `make test-models`."""
+    import papermill as pm
+
+    kind, folder = hub_model
+    out = tmp_path / path.name
+    params = {**fast_parameters(path), **hub_parameters(path), "MODEL": str(folder)}
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3", progress_bar=False,
+                        cwd=str(path.parent), execution_timeout=600)
+    nb = _nb(out)
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
