@@ -190,7 +190,7 @@ def training_text(n_course: int = 4000, n_invented: int = 3000, seed: int = 0) -
 
 # ----------------------------------------------------------------------------- tokenizer
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(kind: str) -> str:
     """The trained tokenizer of KIND as tokenizer.json text (cached: the weights' seed does not change it)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
