@@ -11,6 +11,8 @@ for key, value in {
 
 import pytest  # noqa: E402
 
+import hub_models as _hub  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
+
 
 @pytest.fixture(scope="session")
 def base():
@@ -19,6 +21,19 @@ def base():
 
     env.quiet()
     return models.load_base(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def hub_models():
+    """{kind: folder} of the locally built Hub-style fixture models (tests/hub_models.py), built once into
+    .cache/hub_models/ and reused while their sources and library versions stay the same."""
+    return _hub.cached()
+
+
+@pytest.fixture(scope="session", params=_hub.KINDS, ids=list(_hub.KINDS))
+def hub_model(request, hub_models):
+    """(kind, folder) of each Hub-style fixture model in turn: a test using it runs once per kind."""
+    return request.param, hub_models[request.param]
 
 
 @pytest.fixture(scope="session")
