@@ -9,6 +9,8 @@ With random weights every score is 0%: these tests check behaviour (templates, l
 not quality. The bundled model runs the same checks.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -88,13 +90,12 @@ def test_labels_equal_trls_sfttrainer(model):
     from labkit import adapters
 
     pairs = [data.to_prompt_completion(ex, tok) for ex in EXAMPLES[:4]]
-    trainer = sft.sft_trainer(adapters.add(lm, "lora", seed=0, r=2, alpha=4, target_modules=adapters.targets(lm)),
-                              tok, pairs, steps=1, batch_size=2)
-    for row, pair in zip(trainer.train_dataset, pairs):
-        ours = sft.tokenize_example(tok, pair["prompt"], pair["completion"])
-        assert row["input_ids"] == ours["input_ids"]
-        theirs = [i if m else IGNORE_INDEX for i, m in zip(row["input_ids"], row["completion_mask"])]
-        assert theirs == ours["labels"]
+    trainer = sft.sft_trainer(adapters.add(copy.deepcopy(lm), "lora", seed=0, r=2, alpha=4), tok, pairs, steps=1,
+                              batch_size=2)
+    theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    ours = sft.PadCollator(tok.pad_token_id)(sft.tokenize_all(tok, pairs))
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(theirs[key], ours[key]), key
 
 
 def test_stop_tokens_come_from_the_template_and_the_generation_config(model):
@@ -110,21 +111,22 @@ def test_stop_tokens_come_from_the_template_and_the_generation_config(model):
 def test_generation_stops_at_the_turn_end_after_sft(model):
     """Teach the model one answer (full fine-tune, a few seconds) and check that sft.answer stops at the
     template's turn end and returns the bare answer."""
-    import copy
-
     from labkit.train import fit
 
     kind, lm, tok = model
     m = copy.deepcopy(lm).train()
-    pair = data.to_prompt_completion(EXAMPLES[1], tok)
-    batch = sft.PadCollator(tok.pad_token_id)([sft.tokenize_example(tok, pair["prompt"], pair["completion"])] * 4)
+    ex = EXAMPLES[2]  # a risk question: short prompt, short answer
+    assert ex["task"] == "risk"
+    pair = data.to_prompt_completion(ex, tok)
+    batch = sft.PadCollator(tok.pad_token_id)([sft.tokenize_example(tok, pair["prompt"], pair["completion"])])
     torch.manual_seed(0)
     params = [p for p in m.parameters() if p.requires_grad]
-    fit(m, iter(lambda: batch, None), torch.optim.AdamW(params, lr=1e-2), params, 60)
-    got = sft.answer(m, tok, [pair["prompt"]], max_new_tokens=40)
-    assert got == [EXAMPLES[1]["output"]]
+    lr = 1e-3 if kind == "bundled" else 1e-2  # a pretrained model needs less than random weights
+    fit(m, iter(lambda: batch, None), torch.optim.AdamW(params, lr=lr), params, 30)
+    got = sft.answer(m, tok, [pair["prompt"]], max_new_tokens=20)
+    assert got == [ex["output"]]
     enc = torch.tensor([chat.encode(tok, pair["prompt"])])
-    out = m.generate(enc, attention_mask=torch.ones_like(enc), max_new_tokens=40, do_sample=False,
+    out = m.generate(enc, attention_mask=torch.ones_like(enc), max_new_tokens=20, do_sample=False,
                      eos_token_id=chat.stop_token_ids(tok, m), pad_token_id=tok.pad_token_id)
     new = out[0, enc.shape[1]:].tolist()
     assert new[-1] == tok.convert_tokens_to_ids(TURN_END[kind]), "stopped on the turn end, not on max_new_tokens"
@@ -157,8 +159,6 @@ def test_a_template_that_refuses_a_system_turn_is_a_clear_error(hub_models):
 
 
 def copy_with_template(tok, template):
-    import copy
-
     tok = copy.deepcopy(tok)
     tok.chat_template = template
     return tok
