@@ -56,16 +56,27 @@ def stop_ids(tok, model=None) -> list[int]:
 
 def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperature: float = 1.0,
             seed: int = 0) -> dict:
-    """Sample one answer per templated prompt from POLICY (a PolicyWithValueHead).
+    """Sample one answer per templated prompt from POLICY (a PolicyWithValueHead); see ``sample``."""
+    return sample(policy.lm, tok, prompts, stop_ids(tok, policy.lm), max_new_tokens, temperature, seed)
+
+
+def sample(lm, tok, prompts: list[str], stop_ids: list[int], max_new_tokens: int = 16, temperature: float = 1.0,
+           seed: int = 0) -> dict:
+    """Sample one answer per templated prompt from the causal LM LM; an answer ends at any of STOP_IDS.
 
     Returns {"input_ids": (B, P+T), "attention_mask": (B, P+T), "response_mask": (B, T) 1 on answer
     tokens up to and including the stop token, "prompt_len": P, "texts": B answers cut at the stop}.
+    Prompts are left-padded to P tokens; answers are right-padded to the longest, T <= max_new_tokens.
     """
     from .chat import adds_bos
 
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling; got temperature={temperature!r}.")
-    device = next(policy.parameters()).device
+    stops = [int(i) for i in stop_ids]
+    if not stops:
+        raise ValueError("stop_ids is empty: give the token ids that end an answer (the tokenizer's EOS and the "
+                         "chat template's turn end, e.g. from the model's generation_config).")
+    device = next(lm.parameters()).device
     side = tok.padding_side
     tok.padding_side = "left"
     try:
@@ -73,11 +84,10 @@ def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperatu
                   add_special_tokens=all(adds_bos(tok, p) for p in prompts)).to(device)
     finally:
         tok.padding_side = side
-    stops = stop_ids(tok, policy.lm)
     torch.manual_seed(seed)
     with torch.no_grad():
-        seq = policy.lm.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
+        seq = lm.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,
+                          max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
     P = enc["input_ids"].shape[1]
     response = seq[:, P:]
     is_stop = torch.isin(response, torch.tensor(stops, device=device))
