@@ -4,11 +4,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from labkit import check as C
+from labkit.check import registry
 
 
 @pytest.fixture(autouse=True)
@@ -233,7 +235,7 @@ def test_progress_file_is_replaced_atomically(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(C.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     assert C.check("lora_scaling", lambda alpha, r, rslora: alpha / r ** (0.5 if rslora else 1)).passed
     assert path.read_text() == before  # the old file is intact, not half-written
     assert [p.name for p in tmp_path.iterdir()] == ["progress.json"]  # no temporary file left behind
@@ -252,7 +254,7 @@ def test_progress_in_a_missing_folder_and_an_unwritable_place(tmp_path, monkeypa
 
 def test_default_progress_path_is_under_home(monkeypatch):
     monkeypatch.delenv("LABKIT_PROGRESS")
-    assert C.progress_path() == C.Path.home() / ".labkit" / "progress.json"
+    assert C.progress_path() == Path.home() / ".labkit" / "progress.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,8 +278,8 @@ def test_numeric_tolerance_by_buckets():
     qid = "test_only_number"
     q = C.Question(id=qid, lesson="xx", text="?", kind="number", rtol=0.01,
                    answer_hash=C.answer_hash(qid, 250.0, "number", rtol=0.01))
-    monkey = dict(C._QUESTIONS)
-    C._QUESTIONS[qid] = q
+    monkey = dict(registry.QUESTIONS)
+    registry.QUESTIONS[qid] = q
     try:
         for ok in (250.0, 251.5, 248.0, "250", "2.5e2", torch.tensor(250.0)):
             assert C.quiz(qid, ok).passed, ok
@@ -291,8 +293,8 @@ def test_numeric_tolerance_by_buckets():
         q.answer_hash = C.answer_hash(qid, 1234, "number")
         assert C.quiz(qid, "1,234").passed and not C.quiz(qid, 1235).passed
     finally:
-        C._QUESTIONS.clear()
-        C._QUESTIONS.update(monkey)
+        registry.QUESTIONS.clear()
+        registry.QUESTIONS.update(monkey)
 
 
 def test_answer_hash_depends_on_the_question_and_the_salt():
