@@ -16,9 +16,7 @@ from labkit.checks import lesson08
 NEW = ("reward_loss", "kl_penalised_rewards", "ppo_policy_loss", "sequence_logps", "dpo_loss", "top_k_retrieval")
 
 
-@pytest.fixture(autouse=True)
-def _private_progress(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+pytestmark = pytest.mark.usefixtures("checker_env")
 
 
 def _cosine(q, d):
