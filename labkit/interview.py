@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import check
+from .check import registry
 
 _MISSING = object()
 
 
 def _explanations() -> dict:
-    check._load()
+    registry.load()
     from .checks import lesson09
 
     return lesson09.EXPLANATIONS
@@ -52,7 +53,7 @@ def quiz(question_id: str, answer: Any = _MISSING) -> check.Result:
 
 def deck(topic: str | None = None) -> dict[str, list[str]]:
     """{topic: [question ids]} of lesson 09, in order; TOPIC keeps one (ValueError naming the known ones)."""
-    check._load()
+    registry.load()
     from .checks import lesson09
 
     out: dict[str, list[str]] = {}

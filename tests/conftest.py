@@ -52,6 +52,40 @@ def load_script():
     return load
 
 
+@pytest.fixture
+def checker_env(tmp_path, monkeypatch):
+    """labkit.check with a private progress file (TMP_PATH/progress.json) and its default isolation
+    and timeout; a test module opts in with pytestmark = pytest.mark.usefixtures("checker_env")."""
+    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+    monkeypatch.delenv("LABKIT_CHECK_ISOLATION", raising=False)
+    monkeypatch.delenv("LABKIT_CHECK_TIMEOUT", raising=False)
+
+
+@pytest.fixture
+def failed():
+    """failed(result, *words): assert RESULT is a failed labkit.check Result whose message holds
+    every one of WORDS; returns it."""
+    from labkit.check import Result
+
+    def check_failed(result, *words):
+        assert isinstance(result, Result) and result.passed is False
+        for w in words:
+            assert w in result.message, (w, result.message)
+        return result
+
+    return check_failed
+
+
+@pytest.fixture
+def merge():
+    """A right answer to the exercise lora_merge, for the checker's own tests."""
+
+    def merge(W, A, B, alpha, r):
+        return W + (alpha / r) * (B @ A)
+
+    return merge
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each test's call report on the item, so a fixture can tell a failure (the browser test

@@ -2,6 +2,7 @@
 case and gives away none of the expected values; other right ways of writing them pass; the top-k
 cases have no near-ties. (That every reference passes is in test_exercises.py, for all exercises.)"""
 
+import copy
 import random
 
 import pytest
@@ -15,9 +16,7 @@ from labkit.checks import lesson08
 NEW = ("reward_loss", "kl_penalised_rewards", "ppo_policy_loss", "sequence_logps", "dpo_loss", "top_k_retrieval")
 
 
-@pytest.fixture(autouse=True)
-def _private_progress(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+pytestmark = pytest.mark.usefixtures("checker_env")
 
 
 def _cosine(q, d):
@@ -105,7 +104,7 @@ def test_a_plausible_wrong_answer_fails_without_showing_the_expected_values(exer
         assert "checker itself failed" not in result.message
         cases = ex.public() + ex.hidden(random.Random(seed))  # the cases this check ran, in order
         for case in cases:
-            expected = ex.reference(*C._clone(case.inputs).values())
+            expected = ex.reference(*copy.deepcopy(case.inputs).values())
             for s in _leak_strings(expected):
                 assert s not in result.message, (s, result.message)
 

@@ -3,6 +3,7 @@ solutions and exercises notebooks run, exercises/ is what `labkit exercises buil
 and quiz answers are not readable in labkit/ or exercises/."""
 
 import ast
+import copy
 import json
 import math
 import re
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from labkit import check as C
+from labkit.check import grade
 from labkit import evaluate, exercise_notebooks as nbs, lora, quant, sft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +24,7 @@ SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
 
 
-@pytest.fixture(autouse=True)
-def _private_progress(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+pytestmark = pytest.mark.usefixtures("checker_env")
 
 
 def _nb(path):
@@ -63,7 +63,7 @@ def test_cases_are_public_and_hidden_and_hidden_ones_change_with_the_seed(exerci
     assert ex.public() and ex.hidden(random.Random(0))
     a, b = ex.hidden(random.Random(0)), ex.hidden(random.Random(1))
     assert C.describe_inputs(a[0].inputs) != C.describe_inputs(b[0].inputs) or any(
-        C._changed(a[0].inputs[k], b[0].inputs[k]) for k in a[0].inputs)
+        grade.modified(a[0].inputs[k], b[0].inputs[k]) for k in a[0].inputs)
 
 
 def _digits(value):
@@ -119,7 +119,7 @@ def test_a_near_miss_fails_naming_the_case_without_the_expected_values(exercise_
     assert "case" in result.message and result.case and "problem:" in result.message
     # the failing case's expected value is nowhere in the message
     for case in ex.public():
-        expected = ex.reference(*C._clone(case.inputs).values())
+        expected = ex.reference(*copy.deepcopy(case.inputs).values())
         for s in _digits(expected):
             assert s not in result.message, (s, result.message)
 

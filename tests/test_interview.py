@@ -6,9 +6,7 @@ from labkit import check as C
 from labkit import interview
 
 
-@pytest.fixture(autouse=True)
-def _private_progress(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_PROGRESS", str(tmp_path / "progress.json"))
+pytestmark = pytest.mark.usefixtures("checker_env")
 
 
 def _right_letter(qid):
