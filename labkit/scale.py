@@ -16,7 +16,10 @@ autocast, and `no_sync` while gradients are accumulated.
 Batches. Every step trains on GLOBAL_BATCH examples = world_size x micro_batch x accum_steps.
 Every rank draws the same global batch (same seed, as labkit.sft.batches draws them) and takes its
 own rows: rank r trains on micro-batches r*accum .. r*accum + accum - 1 of the step. So 1 process
-with accum 2 and 2 processes with accum 1 see exactly the same examples at each step.
+with accum 2 and 2 processes with accum 1 see exactly the same examples at each step; the base
+model's own dropout is off (disable_model_dropout: GPT-2 has p = 0.1), so they also compute the same
+function of them. LoRA goes on cfg.target_modules, or, when the config names none, on every linear
+layer of the model's blocks by the model's own names (lora_targets).
 
 Loss normalisation. With completion-only labels, micro-batches hold different numbers of trained
 tokens. The mean over tokens of each micro-batch, averaged over micro-batches (what accumulation
@@ -47,7 +50,6 @@ import time
 from pathlib import Path
 
 from . import quant
-from .adapters import DEFAULT_TARGETS
 from .models import ASSETS
 
 CONFIG_DIR = ASSETS / "configs"
@@ -82,7 +84,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
-    target_modules: list = dataclasses.field(default_factory=lambda: list(DEFAULT_TARGETS))
+    target_modules: list = dataclasses.field(default_factory=list)  # [] = the model's own (lora_targets)
     precision: str = "fp32"                    # "bf16": bf16 weights and autocast
     load_in_4bit: bool = False                 # QLoRA: NF4 base weights (bitsandbytes), via labkit.qlora
     device: str = "auto"                       # "auto", "cpu", "cuda"
@@ -203,7 +205,7 @@ def check_config(cfg: TrainConfig) -> None:
         check_lr(cfg.lr)
         check_steps(cfg.steps)
         adapters.config("lora", None, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        target_modules=cfg.target_modules)
+                        target_modules=cfg.target_modules or None)
         models.resolve(cfg.model)
     except (ValueError, TypeError, OSError) as exc:
         raise ConfigError(str(exc)) from None
@@ -319,6 +321,28 @@ def micro_batches(batch: dict, world_size: int, rank: int, accum_steps: int) -> 
     return out
 
 
+def uneven_batch(features: list[dict], global_batch: int, pad_token_id: int, seed: int = 0, world_size: int = 2,
+                 accum_steps: int = 1, max_batches: int = 100) -> tuple[dict, int]:
+    """The first global batch of labkit.sft.batches(FEATURES, ...) whose micro-batches (world_size x
+    accum_steps of them) hold different numbers of trained tokens, and how many batches came before it.
+
+    Where every micro-batch holds as many trained tokens as the others the naive mean of means IS the
+    token mean, so a demonstration of the difference needs a batch where they differ (with the bundled
+    model the first one does; with GPT-2's tokenizer the first ones can split evenly). Raises ValueError
+    after MAX_BATCHES even batches (every example as long as the others, say).
+    """
+    from .sft import batches
+
+    stream = batches(features, global_batch, pad_token_id, seed)
+    for i in range(max_batches):
+        batch = next(stream)
+        parts = [b for r in range(world_size) for b in micro_batches(batch, world_size, r, accum_steps)]
+        if len({supervised_tokens(b["labels"]) for b in parts}) > 1:
+            return batch, i
+    raise ValueError(f"the first {max_batches} global batches all split into micro-batches with equal numbers of "
+                     "trained tokens: the token mean and the naive mean of means agree on this data.")
+
+
 def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: int = 1) -> dict:
     """One global BATCH cut into world_size x accum_steps micro-batches, on one process: the whole
     batch's loss and gradient next to the two ways of adding up the micro-batches.
@@ -328,6 +352,8 @@ def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: in
     micro-batch, "whole": the batch's loss (mean over all its trained tokens), "tokens_normalised":
     the micro-batches' summed token losses / all trained tokens, "naive": the mean of the
     micro-batches' own means, "grad_diff_tokens" and "grad_diff_naive": |g - g_whole| / |g_whole|}.
+    The forward passes run in eval mode (gradients still flow): dropout (GPT-2's p = 0.1) would draw other
+    masks for the whole batch than for its parts, and hide the arithmetic this checks.
     """
     import torch
 
@@ -337,7 +363,7 @@ def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: in
     device = params[0].device
     parts = [{k: v.to(device) for k, v in b.items()} for b in parts]
     was_training = model.training
-    model.train()
+    model.eval()
 
     def value_and_grad(loss_fn):
         model.zero_grad(set_to_none=True)
@@ -358,6 +384,29 @@ def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: in
 
     return {"tokens": counts, "whole": whole, "tokens_normalised": tok, "naive": naive,
             "grad_diff_tokens": rel(g_tok), "grad_diff_naive": rel(g_naive)}
+
+
+def disable_model_dropout(model) -> int:
+    """Set the base model's own dropout to 0 (nn.Dropout layers, and attention_dropout rates of attention
+    modules); LoRA's lora_dropout is kept. Returns how many were above 0 (GPT-2: resid, embd and attn
+    p = 0.1; Llama-style models: none).
+
+    Why: with dropout every layout of a global batch (1 process, N processes, accumulation) draws its own
+    masks, so the layouts no longer compute the same gradient and cannot be compared; trl's preference
+    trainers turn it off for a similar reason (disable_dropout).
+    """
+    import torch
+
+    n = 0
+    for name, m in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        rate = getattr(m, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            m.attention_dropout, n = 0.0, n + 1
+    return n
 
 
 def run_device(nproc: int) -> str:
@@ -413,6 +462,15 @@ def _check_launch(accelerator, device: str) -> None:
     check_fsdp_device(device)
 
 
+def lora_targets(cfg: TrainConfig, model) -> list[str]:
+    """The LoRA targets of CFG for MODEL: cfg.target_modules when the config names them (checked against
+    MODEL's layers), else MODEL's own names for every linear layer of its blocks (labkit.adapters.targets:
+    Llama's q_proj ... down_proj, GPT-2's c_attn, c_proj, c_fc)."""
+    from . import adapters
+
+    return adapters.check_targets(model, cfg.target_modules) if cfg.target_modules else adapters.targets(model)
+
+
 def _load_model(cfg: TrainConfig, device: str, accelerator):
     import torch
 
@@ -429,11 +487,11 @@ def _load_model(cfg: TrainConfig, device: str, accelerator):
                                       device_map={"": place})
         torch.manual_seed(cfg.seed)
         model = qlora.prepare_qlora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                    target_modules=adapters.check_targets(model, cfg.target_modules))
+                                    target_modules=lora_targets(cfg, model))
     else:
         model, tok = models.load_base(cfg.model, device=device, dtype=dtype)
         model = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                             dropout=cfg.lora_dropout, target_modules=cfg.target_modules)
+                             dropout=cfg.lora_dropout, target_modules=lora_targets(cfg, model))
     return model, tok
 
 
@@ -471,6 +529,9 @@ def train(cfg: TrainConfig, out=print) -> dict:
         accum = accumulation_steps(cfg.global_batch, world, cfg.micro_batch)
         env.seed_everything(cfg.seed)
         model, tok = _load_model(cfg, device, accelerator)
+        order = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in model.named_modules()))
+        targets = sorted(model.peft_config["default"].target_modules, key=order.index)  # in model order
+        dropout_off = disable_model_dropout(model)
         pairs = load_pairs(cfg, tok)
         try:
             features = sft.check_pairs(tok, pairs, cfg.max_length) if rank == 0 else \
@@ -525,7 +586,8 @@ def train(cfg: TrainConfig, out=print) -> dict:
         log = {"world_size": world, "accum_steps": accum, "micro_batch": cfg.micro_batch,
                "global_batch": cfg.global_batch, "device": device, "distributed_type": accelerator.distributed_type.name,
                "backend": getattr(accelerator.state, "backend", None), "precision": cfg.precision,
-               "load_in_4bit": cfg.load_in_4bit, "loss_normalisation": cfg.loss_normalisation,
+               "load_in_4bit": cfg.load_in_4bit, "loss_normalisation": cfg.loss_normalisation, "target_modules": targets,
+               "model_dropout_disabled": dropout_off,
                "losses": losses, "tokens": tokens, "ranks": sorted(everyone, key=lambda r: r["rank"]),
                "train_seconds": seconds, "adapter": str(Path(cfg.output_dir)),
                "config": dataclasses.asdict(cfg), "versions": _versions()}

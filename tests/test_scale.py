@@ -175,6 +175,104 @@ def test_token_normalisation_gives_the_one_batch_gradient(base):
     assert check["grad_diff_tokens"] < 1e-5 < 1e-3 < check["grad_diff_naive"]
 
 
+# ----------------------------------------------------------------------------- other models: their own targets, pad == eos
+
+def test_lora_targets_are_the_models_own_unless_the_config_names_them(base, hub_models):
+    """The shipped config names no targets: the bundled Llama gets its seven projections (as before),
+    GPT-2 its Conv1D layers; named targets are checked against the model's layers."""
+    from labkit import adapters, models
+
+    assert scale.TrainConfig().target_modules == [] and "\ntarget_modules" not in scale.DEFAULT_CONFIG.read_text()
+    model, _ = base
+    assert scale.lora_targets(scale.TrainConfig(), model) == list(adapters.DEFAULT_TARGETS)
+    gpt2, _ = models.load_base(hub_models["gpt2"], device="cpu")
+    assert scale.lora_targets(scale.TrainConfig(), gpt2) == ["c_attn", "c_proj", "c_fc"]
+    assert scale.lora_targets(scale.TrainConfig(target_modules=["c_attn"]), gpt2) == ["c_attn"]
+    with pytest.raises(ValueError, match=r"\['q_proj'\] match no Linear \(or Conv1D\) layer of GPT2LMHeadModel"):
+        scale.lora_targets(scale.TrainConfig(target_modules=["q_proj"]), gpt2)
+
+
+def test_uneven_batch_skips_batches_whose_micro_batches_split_evenly():
+    import torch
+
+    def feat(n_trained):  # one example: 2 prompt tokens, then N_TRAINED trained ones
+        ids = list(range(1, 3 + n_trained))
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100, -100] + ids[2:]}
+
+    even = [feat(3)] * 8
+    with pytest.raises(ValueError, match="first 5 global batches"):
+        scale.uneven_batch(even, 4, 0, max_batches=5)
+    batch, skipped = scale.uneven_batch(even[:4] + [feat(1)] * 4, 4, 0, seed=0)
+    counts = [scale.supervised_tokens(b["labels"]) for r in (0, 1) for b in scale.micro_batches(batch, 2, r, 1)]
+    assert len(set(counts)) == 2 and isinstance(batch["input_ids"], torch.Tensor) and skipped >= 0
+
+
+def test_token_normalisation_holds_for_each_hub_style_model(hub_model):
+    """The equality of section 3 of lesson 10 on each fixture model, GPT-2 among them: its pad token IS
+    its eos (load_base sets it), and the eos that ends every completion is still a trained token, never
+    mistaken for padding (labels come from the pairs, padding from the attention mask). GPT-2 also has
+    dropout (p = 0.1), which normalisation_check keeps out (eval mode): measured in train mode, the
+    token-normalised gradient was 38% off the whole batch's, from the masks alone."""
+    import torch
+
+    from labkit import adapters, models, sft
+
+    kind, folder = hub_model
+    model, tok = models.load_base(folder, device="cpu")
+    if kind == "gpt2":
+        assert tok.pad_token_id == tok.eos_token_id
+    pm = adapters.add(model, "lora", seed=0, r=4, alpha=8)
+    with torch.no_grad():  # B = 0 at init; make the adapter matter so its gradients are informative
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    cfg = scale.TrainConfig(model=str(folder), tasks=["dti", "risk"], max_length=160)
+    feats = sft.tokenize_all(tok, scale.load_pairs(cfg, tok), cfg.max_length)
+    batch, skipped = scale.uneven_batch(feats, 8, tok.pad_token_id, 0, world_size=2, accum_steps=2)
+    stream = sft.batches(feats, 8, tok.pad_token_id, 0)
+    for _ in range(skipped):  # the batches before it split evenly
+        next(stream)
+    assert skipped < 10 and torch.equal(batch["input_ids"], next(stream)["input_ids"])
+    for row_labels, mask in zip(batch["labels"], batch["attention_mask"]):
+        n = int(mask.sum())
+        assert row_labels[n - 1] == tok.eos_token_id and (row_labels[n:] == -100).all()
+    check = scale.normalisation_check(pm, batch, world_size=2, accum_steps=2)
+    assert len(set(check["tokens"])) > 1 and sum(check["tokens"]) == scale.supervised_tokens(batch["labels"])
+    assert check["tokens_normalised"] == pytest.approx(check["whole"], abs=1e-5)
+    assert check["grad_diff_tokens"] < 1e-5 < 1e-3 < check["grad_diff_naive"], check
+    assert pm.training  # the check leaves the mode as it found it
+
+
+def test_the_scripts_runs_turn_the_base_models_dropout_off(hub_models):
+    """GPT-2's dropout layers (p = 0.1) are set to 0 so that every layout computes the same function; a
+    LoRA dropout asked for in the config is kept."""
+    import torch
+
+    from labkit import adapters, models
+
+    gpt2, _ = models.load_base(hub_models["gpt2"], device="cpu")
+    pm = adapters.add(gpt2, "lora", r=4, alpha=8, dropout=0.05)
+    drops = [n for n, m in pm.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    lora = [n for n in drops if "lora_dropout" in n]
+    assert len(lora) == 4 * 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj in 2 blocks
+    assert scale.disable_model_dropout(pm) == len(drops) - len(lora) == 1 + 3 * 2  # embd; attn, resid, mlp
+    assert {m.p for n, m in pm.named_modules() if isinstance(m, torch.nn.Dropout)} == {0.0, 0.05}
+    assert scale.disable_model_dropout(pm) == 0
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_gpt2(tmp_path, hub_models):
+    """torchrun with 2 CPU processes (gloo) on GPT-2 (Conv1D LoRA, pad == eos, the config naming no targets)
+    trains like 1 process: the same losses, the same adapter on both ranks, on GPT-2's own targets."""
+    quick = {**QUICK, "model": str(hub_models["gpt2"]), "steps": 3}
+    one = scale.run(1, {**quick, "micro_batch": 8}, workdir=tmp_path / "one")
+    two = scale.run(2, {**quick, "micro_batch": 4}, workdir=tmp_path / "two")
+    assert one["target_modules"] == two["target_modules"] == ["c_attn", "c_proj", "c_fc"]
+    assert two["world_size"] == 2 and two["backend"] == "gloo" and two["tokens"] == one["tokens"]
+    assert two["ranks"][0]["adapter_sha256"] == two["ranks"][1]["adapter_sha256"]
+    assert max(abs(a - b) for a, b in zip(two["losses"], one["losses"])) < LOSS_TOLERANCE
+
+
 # ----------------------------------------------------------------------------- real runs: 1 process and 2 (gloo)
 
 @pytest.mark.slow
@@ -211,7 +309,8 @@ SAME_AS_SFT_TRAIN = textwrap.dedent("""
     log = scale.train(cfg, out=lambda line: None)
     env.seed_everything(cfg.seed)
     model, tok = models.load_base(cfg.model, device="cpu")
-    pm = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.target_modules)
+    pm = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                      target_modules=scale.lora_targets(cfg, model))
     losses = sft.train(pm, tok, scale.load_pairs(cfg, tok), steps=cfg.steps, lr=cfg.lr, batch_size=cfg.global_batch,
                        max_length=cfg.max_length, seed=cfg.seed, progress=False)
     print(json.dumps([log["losses"], losses]))
