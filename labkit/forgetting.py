@@ -124,3 +124,153 @@ def run_sft(base, tok, task_pairs: list[dict], general_train: list[str], general
             "ppl_after": ppl_after, "ppl_ratio": ppl_after / ppl_before,
             "exact": scores["exact"] if scores else None, "format": scores["format"] if scores else None,
             "seconds": seconds, "losses": losses}
+
+
+# ---------------------------------------------------------------------------------------------
+# The forgetting grid: 2 learning rates x 2 ranks x 2 shares of general text, one run_sft each
+
+GRID_FILE = "forgetting_grid.json"  # in labkit/assets/results/: scripts/forgetting_grid.py on the bundled model
+SHIPPED_BY = "scripts/forgetting_grid.py"
+
+
+def is_bundled(model) -> bool:
+    """Is MODEL (a lesson's MODEL parameter) the course's bundled model ("bundled", None, or its folder)?"""
+    from pathlib import Path
+
+    from .models import BASE_MODEL_DIR, BUNDLED
+
+    if model is None or str(model) == BUNDLED:
+        return True
+    p = Path(str(model)).expanduser()
+    return p.exists() and p.resolve() == BASE_MODEL_DIR.resolve()
+
+
+def load_grid() -> dict:
+    """The shipped grid (labkit/assets/results/forgetting_grid.json): the bundled model's, measured by
+    scripts/forgetting_grid.py. Its "model" is "bundled" (the script wrote none before it took --model)."""
+    import json
+
+    from .models import ASSETS
+
+    grid = json.loads((ASSETS / "results" / GRID_FILE).read_text())
+    grid.setdefault("model", "bundled")
+    return grid
+
+
+def run_grid(base, tok, task: str = "classify", steps: int = 120, lrs=(2e-3, 2e-4), ranks=(4, 64),
+             mixes=(0.0, 0.1), n_general_eval: int = 40, n_eval: int = 40, seed: int = 0, model: str = "",
+             log=None) -> dict:
+    """Every combination of LRS x RANKS x MIXES as one run_sft of STEPS steps on TASK, measured.
+
+    Data: the task's training pairs (labkit.data.to_prompt_completion with TOK's template), general_train
+    for the mix, the first N_GENERAL_EVAL general_eval texts for perplexity and the first N_EVAL held-out
+    task examples for exact match. LOG(line), if given, gets one line per run. Returns the grid as
+    scripts/forgetting_grid.py saves it: {"task", "steps", "batch_size", "alpha", "seed", "model",
+    "n_task_pairs", "n_general_eval", "n_eval", "made_by", "wall_seconds", "load_average_at_end",
+    "runs": [run_sft's result without "losses", plus "final_loss" (mean of the last 10 losses)]}.
+    """
+    import itertools
+    import os
+
+    from . import data
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive number of SFT steps per run; got steps={steps!r}.")
+    task_pairs = [data.to_prompt_completion(r, tok) for r in data.read_jsonl("instructions_train.jsonl")
+                  if r["task"] == task]
+    if not task_pairs:
+        raise ValueError(f"no training examples of task {task!r}; choose one of {data.TASKS}.")
+    general_train = [r["text"] for r in data.read_jsonl("general_train.jsonl")]
+    general_eval = [r["text"] for r in data.read_jsonl("general_eval.jsonl")][:n_general_eval]
+    eval_examples = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] == task][:n_eval]
+    runs, t0 = [], time.time()
+    for lr, r, mix in itertools.product([float(x) for x in lrs], [int(x) for x in ranks], [float(x) for x in mixes]):
+        res = run_sft(base, tok, task_pairs, general_train, general_eval, eval_examples,
+                      lr=lr, r=r, mix=mix, steps=steps, seed=seed)
+        res["final_loss"] = sum(res["losses"][-10:]) / len(res["losses"][-10:])
+        del res["losses"]
+        runs.append(res)
+        if log:
+            log(f"lr={lr:g} r={r:>2} mix={mix:.0%}: ppl x{res['ppl_ratio']:.2f} exact {res['exact']:.0%} "
+                f"({res['seconds']:.0f}s, load {os.getloadavg()[0]:.1f})")
+    return {"what": "LoRA SFT on one task; general-text perplexity after/before and held-out exact match",
+            "task": task, "steps": steps, "batch_size": 8, "alpha": "2r", "seed": seed, "model": model,
+            "n_task_pairs": len(task_pairs), "n_general_eval": len(general_eval), "n_eval": len(eval_examples),
+            "made_by": "labkit.forgetting.run_grid", "wall_seconds": round(time.time() - t0, 1),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "runs": runs}
+
+
+def grid_for(model, base, tok, task: str, steps: int = 0, **kwargs) -> dict | None:
+    """Lesson 07's grid for MODEL: steps == 0 gives the shipped grid when MODEL is the bundled model
+    (load_grid) and None for any other model, whose numbers it is not (grid_skipped says why); steps > 0
+    runs the grid live on BASE and TOK (run_grid; KWARGS go to it)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"GRID_STEPS must be 0 (the precomputed grid of the bundled model) or a positive number "
+                         f"of steps per run; got {steps!r}.")
+    if steps == 0:
+        return load_grid() if is_bundled(model) else None
+    return run_grid(base, tok, task=task, steps=steps, model=str(model), **kwargs)
+
+
+def grid_skipped(model) -> str:
+    """Why the grid is not shown for MODEL, and how to get one."""
+    return (f"The precomputed forgetting grid was measured on the bundled model, not on {str(model)!r}: its numbers "
+            "say nothing about this model, so this section is skipped. Set GRID_STEPS (e.g. 120, the shipped "
+            "grid's) to run the eight runs live here, or run `python scripts/forgetting_grid.py --model "
+            f"{model} --device auto --out my_grid.json`.")
+
+
+def grid_source(grid: dict) -> str:
+    """"precomputed by scripts/forgetting_grid.py" or "measured live here"."""
+    return f"precomputed by {SHIPPED_BY}" if grid.get("made_by") == SHIPPED_BY else "measured live here"
+
+
+def describe_grid(grid: dict) -> str:
+    """One line: where GRID comes from (precomputed or live, on which model) and its settings."""
+    settings = f"task {grid['task']}, {grid['steps']} steps, batch {grid['batch_size']}, alpha {grid['alpha']}"
+    if grid.get("made_by") == SHIPPED_BY:
+        return (f"{grid_source(grid)}: {settings}, {grid['wall_seconds'] / 60:.0f} min on a shared CPU "
+                f"(load average {grid['load_average_at_end'][0]})")
+    return f"{grid_source(grid)} on {grid.get('model') or 'this model'}: {settings}, {grid['wall_seconds']:.0f} s"
+
+
+def _geomean(xs) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def remedies(runs: list[dict]) -> list[dict]:
+    """Each usual remedy for forgetting, read off a grid's RUNS by pairing runs that differ only in its knob.
+
+    One row per remedy (a low learning rate, a small rank, ~10% general data): {"advice", "key", "safe",
+    "risky" (the knob's two values), "g_safe", "g_risky" (geometric means of the perplexity ratios: one
+    huge ratio must not drown the others), "better" (pairs where the remedy forgot less), "n" (pairs),
+    "e_safe", "e_risky" (mean exact match), "verdict"}: "holds here" when the remedy's geometric mean is
+    below 0.9 x the other's and it forgot less in most pairs; else "makes no clear difference here (under
+    10%, or not in most pairs)" when it is below 1.1 x the other's; else "does NOT hold here".
+    """
+    if not runs:
+        raise ValueError("remedies needs the runs of a grid.")
+
+    def effect(key, safe, risky):
+        def others(r):
+            return tuple(v for k, v in r.items() if k in ("lr", "r", "mix") and k != key)
+
+        pairs = [(a, b) for a in runs for b in runs if a[key] == safe and b[key] == risky and others(a) == others(b)]
+        return (_geomean([a["ppl_ratio"] for a, _ in pairs]), _geomean([b["ppl_ratio"] for _, b in pairs]),
+                sum(a["ppl_ratio"] < b["ppl_ratio"] for a, b in pairs), len(pairs),
+                sum(a["exact"] for a, _ in pairs) / len(pairs), sum(b["exact"] for _, b in pairs) / len(pairs))
+
+    lrs, ranks, mixes = sorted({r["lr"] for r in runs}), sorted({r["r"] for r in runs}), sorted({r["mix"] for r in runs})
+    rows = []
+    for advice, key, safe, risky in (("a low learning rate", "lr", lrs[0], lrs[-1]),
+                                     ("a small rank", "r", ranks[0], ranks[-1]),
+                                     ("~10% general data", "mix", mixes[-1], mixes[0])):
+        if safe == risky:
+            continue  # the grid does not vary this knob
+        g_safe, g_risky, better, n, e_safe, e_risky = effect(key, safe, risky)
+        verdict = ("holds here" if g_safe < g_risky * 0.9 and better > n / 2 else
+                   "makes no clear difference here (under 10%, or not in most pairs)" if g_safe < g_risky * 1.1 else
+                   "does NOT hold here")
+        rows.append({"advice": advice, "key": key, "safe": safe, "risky": risky, "g_safe": g_safe, "g_risky": g_risky,
+                     "better": better, "n": n, "e_safe": e_safe, "e_risky": e_risky, "verdict": verdict})
+    return rows

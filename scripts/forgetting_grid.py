@@ -3,6 +3,10 @@
 
     python scripts/forgetting_grid.py                 # -> labkit/assets/results/forgetting_grid.json
     python scripts/forgetting_grid.py --steps 20      # a quick smoke run (writes to --out)
+    python scripts/forgetting_grid.py --model HuggingFaceTB/SmolLM2-135M-Instruct --device auto --out my_grid.json
+
+The shipped JSON is the bundled model's (lesson 07 shows it for MODEL = "bundled" only); the runs are
+labkit.forgetting.run_grid, which lesson 07 also calls to run the grid live for another model.
 
 Deterministic (fixed seeds, one thread of data order per run); the JSON records the wall time and the
 machine's load average, since timings on a shared CPU vary several-fold while the metrics do not.
@@ -11,11 +15,9 @@ machine's load average, since timings on a shared CPU vary several-fold while th
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,36 +34,21 @@ def main(argv=None) -> int:
     p.add_argument("--n-general-eval", type=int, default=40)
     p.add_argument("--n-eval", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="bundled", help="bundled, a local folder or a Hub id (the shipped grid: bundled)")
+    p.add_argument("--device", default="cpu", help="cpu (the shipped grid), auto, cuda, mps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args(argv)
 
-    from labkit import data, env, forgetting, models
+    from labkit import env, forgetting, models
 
-    env.setup("cpu", seed=a.seed, threads=a.threads)
-    base, tok = models.load_base("bundled", device="cpu")
-    task_pairs = [data.to_prompt_completion(r, tok) for r in data.read_jsonl("instructions_train.jsonl")
-                  if r["task"] == a.task]
-    general_train = [r["text"] for r in data.read_jsonl("general_train.jsonl")]
-    general_eval = [r["text"] for r in data.read_jsonl("general_eval.jsonl")][: a.n_general_eval]
-    eval_examples = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] == a.task][: a.n_eval]
-    runs, t0 = [], time.time()
-    grid = itertools.product([float(x) for x in a.lrs.split(",")], [int(x) for x in a.ranks.split(",")],
-                             [float(x) for x in a.mixes.split(",")])
-    for lr, r, mix in grid:
-        res = forgetting.run_sft(base, tok, task_pairs, general_train, general_eval, eval_examples,
-                                 lr=lr, r=r, mix=mix, steps=a.steps, seed=a.seed)
-        res["final_loss"] = sum(res["losses"][-10:]) / len(res["losses"][-10:])
-        del res["losses"]
-        runs.append(res)
-        print(f"lr={lr:g} r={r:>2} mix={mix:.0%}: ppl x{res['ppl_ratio']:.2f} exact {res['exact']:.0%} "
-              f"({res['seconds']:.0f}s, load {os.getloadavg()[0]:.1f})", flush=True)
-    out = {"what": "LoRA SFT on one task; general-text perplexity after/before and held-out exact match",
-           "task": a.task, "steps": a.steps, "batch_size": 8, "alpha": "2r", "seed": a.seed,
-           "n_task_pairs": len(task_pairs), "n_general_eval": len(general_eval), "n_eval": len(eval_examples),
-           "made_by": "scripts/forgetting_grid.py", "wall_seconds": round(time.time() - t0, 1),
-           "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
-           "platform": platform.platform(), "runs": runs}
+    device = env.setup(a.device, seed=a.seed, threads=a.threads)
+    base, tok = models.load_base(a.model, device=device)
+    out = forgetting.run_grid(base, tok, task=a.task, steps=a.steps, lrs=a.lrs.split(","), ranks=a.ranks.split(","),
+                              mixes=a.mixes.split(","), n_general_eval=a.n_general_eval, n_eval=a.n_eval, seed=a.seed,
+                              model=a.model, log=lambda line: print(line, flush=True))
+    out.update({"made_by": "scripts/forgetting_grid.py", "cpu_count": os.cpu_count(), "platform": platform.platform()})
+    out["runs"] = out.pop("runs")  # last, as before
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print("wrote", a.out)
