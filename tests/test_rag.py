@@ -45,6 +45,35 @@ def test_prompts_and_reader_pairs(base):
     assert pairs[0]["prompt"].endswith("<|assistant|>")
 
 
+def test_reader_and_fact_pairs_follow_each_hub_style_models_template(hub_model):
+    """Lesson 08's SFT pairs with another model: the template's own prompt and turn end (never the bundled
+    model's), BOS once in what the lesson counts as prompt tokens, and short enough that sft.train's
+    default max_length (256) never cuts a completion (ChatML's default system turn makes them longest)."""
+    from labkit import chat, models, sft
+
+    kind, folder = hub_model
+    tok = models.load_tokenizer(folder)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    gen_prompt = chat.render_prompt(tok, "QQ_7").split("QQ_7")[-1]
+    doc = rag.make_collection(n=1)[0]
+    pairs = rag.reader_training_pairs(tok, 40, seed=1) + [rag.sft_pair(tok, q["question"], q["answer"])
+                                                          for q in rag.make_questions([doc], "train")]
+    for p in pairs:
+        answer = chat.clean(tok, p["completion"])
+        assert p["completion"] == chat.completion(tok, answer) and "<|end|>" not in p["completion"]
+        assert p["prompt"].endswith(gen_prompt)
+        f = sft.tokenize_example(tok, p["prompt"], p["completion"])
+        assert len(f["input_ids"]) < 256
+        trained = [i for i, lab in zip(f["input_ids"], f["labels"]) if lab != -100]
+        assert answer in tok.decode(trained)
+    prompt = rag.chat_prompt(tok, rag.rag_message(doc, "Who manages it?"))
+    ids = chat.encode(tok, prompt)
+    if kind == "gemma-style":  # the template writes <bos> and tok(prompt) would add a second one
+        assert ids.count(tok.bos_token_id) == 1 and len(tok(prompt)["input_ids"]) == len(ids) + 1
+    else:
+        assert ids == tok(prompt)["input_ids"]
+
+
 def test_top_k_ranks_by_cosine_similarity_best_first():
     docs = torch.tensor([[10.0, 0.0], [0.6, 0.8], [0.1, 0.9], [-0.5, 0.5]])
     query = torch.tensor([0.6, 0.8])
