@@ -59,3 +59,23 @@ def test_deck_groups_by_topic():
     assert list(interview.deck("DPO")) == ["DPO"]
     with pytest.raises(ValueError, match="unknown topic 'Nope'"):
         interview.deck("Nope")
+
+
+@pytest.mark.parametrize("which", ["all", "attention"])
+def test_lesson_09s_lora_count_is_what_peft_trains_for_each_model(base, hub_models, which):
+    """Section 1 counts r * (d_in + d_out) over the model's own targets (adapters.targets); for every model,
+    GPT-2's Conv1D (weight stored (in, out)) included, that is exactly the number of parameters peft trains."""
+    import copy
+
+    from labkit import adapters, lora, models
+
+    expected = {"bundled": {"all": list(adapters.DEFAULT_TARGETS), "attention": ["q_proj", "v_proj"]},
+                "gpt2": {"all": ["c_attn", "c_proj", "c_fc"], "attention": ["c_attn"]}}
+    for kind in ("bundled", *hub_models):
+        model = base[0] if kind == "bundled" else models.load_base(hub_models[kind], device="cpu")[0]
+        targets = adapters.targets(model, which)
+        if kind in expected:
+            assert targets == expected[kind][which]
+        for r in (4, 8):
+            pm = adapters.add(copy.deepcopy(model), "lora", r=r, alpha=2 * r, target_modules=targets)
+            assert lora.count_lora_params(model, r, targets) == pm.get_nb_trainable_parameters()[0], (kind, r)
