@@ -199,3 +199,34 @@ def document_start(tok) -> list[int]:
     <|endoftext|>, as GPT-2's), else none (Qwen's and SmolLM's ChatML tokenizers have no BOS)."""
     bos = getattr(tok, "bos_token_id", None)
     return [bos] if bos is not None else []
+
+
+def describe(tok, user: str = "Hello", answer: str = "Hi") -> dict:
+    """What TOK's chat template does around one exchange, for a lesson to print (the values are examples).
+
+    Returns {"generation_prompt": the text add_generation_prompt=True appends ("<|assistant|>",
+    "<|im_start|>assistant\\n"), "answer_prefix": what precedes the answer in the completion (a space,
+    or ""), "turn_end": what follows it ("<|end|>", "<|im_end|>", "<end_of_turn>"), "bos_token" (None
+    when the tokenizer has none), "template_writes_bos": the rendered prompt starts with it (Gemma,
+    Llama 3), "tokenizer_adds_bos": tok(text) puts it in front (Llama 2, Gemma), "double_bos": both, so
+    a naive tok(prompt) starts with BOS twice (``encode`` adds none to a text that starts with BOS),
+    "for_trl_strips_bos": ``for_trl`` takes the template's BOS off the prompt so that trl's own
+    tokenizer call adds it back once, "turn_end_is_eos": the turn end is the tokenizer's EOS (GPT-2-style
+    templates; trl and labkit append EOS only to a completion that does not end with it), "prompt",
+    "completion": the exchange split by ``prompt_completion``}.
+    """
+    pair = prompt_completion(tok, user, answer)
+    conv = messages(user)
+    without, with_prompt = _render(tok, conv, False), _render(tok, conv, True)
+    generation = with_prompt[len(without):] if with_prompt.startswith(without) else with_prompt
+    before, after = _probe(tok)
+    bos, bos_id = getattr(tok, "bos_token", None), getattr(tok, "bos_token_id", None)
+    writes = bool(bos) and pair["prompt"].startswith(bos)
+    adds = tokenizer_adds_bos(tok)
+    naive = tok(pair["prompt"])["input_ids"]
+    return {"generation_prompt": generation, "answer_prefix": before, "turn_end": after.strip(),
+            "bos_token": bos if bos_id is not None else None, "template_writes_bos": writes,
+            "tokenizer_adds_bos": adds, "double_bos": bos_id is not None and naive[:2] == [bos_id] * 2,
+            "for_trl_strips_bos": for_trl(tok, pair)["prompt"] != pair["prompt"],
+            "turn_end_is_eos": bool(tok.eos_token) and after.strip() == tok.eos_token,
+            "prompt": pair["prompt"], "completion": pair["completion"]}

@@ -5,7 +5,10 @@ module holds what a lesson does with real models:
 
 - `load_4bit` loads a model with a BitsAndBytesConfig (NF4, double quantisation, a compute dtype)
   and switches off bitsandbytes' CPU repacking, which breaks training (`disable_cpu_repacking`);
-- `prepare_qlora` is peft's recipe: prepare_model_for_kbit_training, then get_peft_model;
+- `prepare_qlora` is peft's recipe: prepare_model_for_kbit_training, then get_peft_model, on the
+  model's own layers (labkit.adapters.targets);
+- `linear_weights` and `block_layer` give the weights a lesson quantises, as bitsandbytes sees them
+  ((out, in): GPT-2's Conv1D transposed, as transformers' bitsandbytes integration does);
 - `footprint` counts the bytes a model really stores (4-bit data, quantisation constants, the rest);
 - `compare_outputs` measures how far the 4-bit model's logits are from the original's;
 - `llama_sizes` and `fit_table` apply quant.estimate_memory to real Llama shapes and GPU sizes.
@@ -19,7 +22,9 @@ from pathlib import Path
 from . import quant
 from .adapters import DEFAULT_TARGETS
 
-ALL_LINEAR = DEFAULT_TARGETS  # every linear layer of a Llama block
+# Llama's seven linear layers per block, for the memory arithmetic on LLAMA_SHAPES (llama_sizes). A
+# loaded model's own names come from labkit.adapters.targets(model) (GPT-2: c_attn, c_proj, c_fc).
+ALL_LINEAR = DEFAULT_TARGETS
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Published Llama shapes (config.json of each checkpoint); 34B is Code Llama 34B (Llama 2 had none
@@ -77,6 +82,42 @@ def linear4bit_modules(model) -> list:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
+def linear_weights(model, which: str = "all") -> dict:
+    """{name: weight (out_features, in_features), float32 on the CPU} of every layer that
+    labkit.adapters.targets(MODEL, WHICH) names, in model order: what 4-bit loading quantises.
+
+    GPT-2's Conv1D stores its weight as (in, out); it is transposed here, as transformers' bitsandbytes
+    integration transposes it before quantising (the Linear4bit that replaces a Conv1D holds (out, in)),
+    so the blocks of 64 run along the same rows here as in bitsandbytes.
+    """
+    from .adapters import targets
+    from .lora import _select, is_conv1d
+
+    out = {}
+    for name, m in _select(model, targets(model, which)):
+        w = m.weight.detach().float().cpu()
+        out[name] = w.T.contiguous() if is_conv1d(m) else w
+    return out
+
+
+def block_layer(names, block: int = 1, index: int = 0) -> str:
+    """The INDEX-th of NAMES (layer names in model order, e.g. linear_weights' keys) inside transformer
+    block BLOCK: index 0 is a block's first projection (Llama's q_proj, GPT-2's c_attn), -1 its last
+    (Llama's mlp.down_proj, GPT-2's mlp.c_proj). The block is the first number in a name
+    ("model.layers.1.mlp.down_proj", "transformer.h.1.mlp.c_proj")."""
+    import re
+
+    names = list(names)
+    found = [n for n in names if (m := re.search(r"\.(\d+)\.", f".{n}.")) and int(m.group(1)) == block]
+    if not found:
+        blocks = sorted({int(m.group(1)) for n in names if (m := re.search(r"\.(\d+)\.", f".{n}."))})
+        raise ValueError(f"no layer of block {block} among {len(names)} names; the blocks are {blocks}.")
+    try:
+        return found[index]
+    except IndexError:
+        raise ValueError(f"block {block} has {len(found)} layers; index {index} is out of range.") from None
+
+
 def disable_cpu_repacking(model) -> int:
     """Switch off bitsandbytes' AVX512-BF16 CPU fast path on every Linear4bit; return how many.
 
@@ -94,6 +135,74 @@ def disable_cpu_repacking(model) -> int:
         if getattr(state, "packing_format_for_cpu", False):
             m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, state)
     return len(layers)
+
+
+def repacking_trap(model, batch: dict, target_modules=None, r: int = 8, alpha: float = 16) -> dict:
+    """bitsandbytes' AVX512-BF16 CPU trap, shown on a 4-bit MODEL (from load_4bit; changed in place).
+
+    1. bitsandbytes' own default goes back on every Linear4bit: support_avx512bf16_for_cpu =
+       has_avx512bf16(), the fast path on where the CPU has the instructions;
+    2. an evaluation: a no-grad forward in eval mode on BATCH["input_ids"]. On such a CPU each
+       Linear4bit repacks its weight for a kernel that has no backward pass. bitsandbytes 0.50's
+       repacking needs a layer's output size to be a multiple of 32: on a layer where it is not (a
+       Llama MLP of width 172) it raises an AssertionError, so the evaluation itself fails after the
+       layers before it were repacked; the error is recorded, not raised;
+    3. LoRA (rank R) on TARGET_MODULES (default: the model's query and value projections,
+       labkit.adapters.targets(model, "attention")), and the lora_B matrices that get a gradient counted
+       after one training step's forward and backward. With a repacked layer that has a bias (GPT-2's)
+       bitsandbytes 0.50 raises a RuntimeError in that forward instead; recorded too;
+    4. disable_cpu_repacking, and the count again.
+    Returns {"avx512bf16": bool, "repacked": layers repacked after step 2, "layers": Linear4bit layers,
+    "error": what the evaluation raised or None, "stopped_at": the first layer left unrepacked when it
+    raised, "default": (lora_B with a gradient, lora_B), "train_error": what step 3 raised or None (then
+    "default" is (0, lora_B)), "fixed": the count after the fix, "model": the peft model}.
+    """
+    import warnings
+
+    import torch
+    from bitsandbytes.functional import has_avx512bf16
+    from peft import get_peft_model
+
+    from .adapters import config, targets
+
+    def packed(m):
+        return bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
+
+    layers = linear4bit_modules(model)
+    if not layers:
+        raise ValueError("the model has no 4-bit layers; load it with labkit.qlora.load_4bit first.")
+    for _, m in layers:
+        m.support_avx512bf16_for_cpu = has_avx512bf16()  # bitsandbytes' default, which load_4bit overrides
+    error = None
+    try:
+        with torch.no_grad():
+            model.eval()(batch["input_ids"].to(model.device))
+    except AssertionError as exc:
+        error = f"AssertionError: {exc}"
+    stopped = next((n for n, m in layers if not packed(m)), None) if error else None
+    repacked = sum(packed(m) for _, m in layers)
+    names = targets(model, "attention") if target_modules is None else target_modules
+    model = get_peft_model(model, config("lora", model, r=r, alpha=alpha, target_modules=names))
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+
+    def with_grad():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trap's own warning: the repacked kernel has no backward
+            grads = lora_gradients(model, batch)
+        b = [v for k, v in grads.items() if "lora_B" in k]
+        return sum(1 for v in b if v), len(b)
+
+    train_error = None
+    try:
+        default = with_grad()
+    except RuntimeError as exc:
+        train_error = f"RuntimeError: {str(exc).splitlines()[0]}"
+        default = (0, sum(1 for n, _ in model.named_parameters() if "lora_B" in n))
+        model.zero_grad(set_to_none=True)
+    disable_cpu_repacking(model)
+    return {"avx512bf16": bool(has_avx512bf16()), "repacked": repacked, "layers": len(layers), "error": error,
+            "stopped_at": stopped, "default": default, "train_error": train_error, "fixed": with_grad(),
+            "model": model}
 
 
 def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", double_quant: bool = True,
@@ -122,24 +231,29 @@ def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", dou
     return lm, tok
 
 
-def prepare_qlora(model, r: int = 8, alpha: float = 16, target_modules=ALL_LINEAR, dropout: float = 0.0,
+def prepare_qlora(model, r: int = 8, alpha: float = 16, target_modules=None, dropout: float = 0.0,
                   gradient_checkpointing: bool = False):
     """peft's QLoRA recipe on a 4-bit MODEL: prepare_model_for_kbit_training, then LoRA adapters.
 
+    target_modules: None means every linear layer of MODEL (labkit.adapters.targets: Llama's seven
+    projections, GPT-2's c_attn, c_proj and c_fc), checked against its layers. In 4 bits every target
+    is a bitsandbytes Linear4bit holding W as (out, in), GPT-2's former Conv1D included, so the LoRA
+    config has fan_in_fan_out=False (peft's 4-bit LoRA layer forces it off in any case).
     prepare_model_for_kbit_training freezes every weight, casts the remaining 16-bit ones (norms,
     embeddings) to float32 for stable training and, with gradient checkpointing, makes the input
     embeddings require grad so that checkpointed layers still pass gradients back.
     Returns the peft model (only the adapters train).
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from .adapters import config
 
     if not linear4bit_modules(model):
         raise ValueError("the model has no 4-bit layers; load it with labkit.qlora.load_4bit first.")
     disable_cpu_repacking(model)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, config("lora", model, r=r, alpha=alpha, dropout=dropout,
+                                        target_modules=target_modules))
 
 
 # -----------------------------------------------------------------------------

@@ -390,8 +390,8 @@ def marker_labels(tok, text: str, response_marker: str, max_length: int = 256, n
     This is how the older recipe (trl's DataCollatorForCompletionOnlyLM) masked the prompt. When the
     marker's tokens are not in the text (a different template, or the marker tokenises differently in
     context) every label is -100: the example silently teaches nothing, which PadCollator refuses.
-    Returns {"input_ids", "attention_mask", "labels", "prompt_length", "name"}; prompt_length is
-    len(input_ids) when the marker was not found.
+    Returns {"input_ids", "attention_mask", "labels", "prompt_length", "name", "marker" (RESPONSE_MARKER),
+    "marker_found"}; prompt_length is len(input_ids) when the marker was not found.
     """
     from .chat import encode
 
@@ -399,13 +399,29 @@ def marker_labels(tok, text: str, response_marker: str, max_length: int = 256, n
     marker = tok(response_marker, add_special_tokens=False)["input_ids"]
     if not marker:
         raise ValueError(f"{name}: the response marker {response_marker!r} has no tokens.")
-    start = len(ids)
+    start, found = len(ids), False
     for j in range(len(ids) - len(marker), -1, -1):  # the last occurrence: the final answer
         if ids[j:j + len(marker)] == marker:
-            start = j + len(marker)
+            start, found = j + len(marker), True
             break
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": completion_labels(ids, start),
-            "prompt_length": start, "name": name}
+            "prompt_length": start, "name": name, "marker": response_marker, "marker_found": found}
+
+
+def plain_marker(tok, text: str, marker: str = "Answer:") -> str:
+    """The spelling of MARKER that the viewer's "plain text" recipe searches TEXT (data.plain_text) for:
+    one that is in TEXT but whose tokens alone are not a run of TEXT's tokens, so that the recipe shows
+    this failure whatever the tokenizer. That is MARKER itself where the tokenizer splits it differently
+    after a newline (the bundled one restores a space there, as SentencePiece tokenizers do); else MARKER
+    with the space that follows it in TEXT ("Answer: "), which byte-level BPEs (GPT-2's, Llama 3's,
+    Qwen's) merge into the next word ("ĠThe"), so the lone space token is never in the text. MARKER when
+    both are found (a tokenizer that splits them the same everywhere: the recipe then works, and the
+    viewer shows it).
+    """
+    for spelling in (marker, marker + " "):
+        if spelling in text and not marker_labels(tok, text, spelling, max_length=10**9)["marker_found"]:
+            return spelling
+    return marker
 
 
 # What the viewer offers: how an instruction example becomes tokens and labels.
@@ -413,7 +429,8 @@ MASK_TEMPLATES = (
     "chat template, completion only",   # labkit / trl: prompt masked, the answer trained
     "chat template, every token",       # no masking: the prompt is trained on too
     "marker '### Response:'",           # an Alpaca-style marker searched in chat-formatted text: not there
-    "plain text, marker 'Answer:'",     # a marker that is in the text, tokenised alone it differs
+                                        # (where a template writes it, it is found, and the viewer says so)
+    "plain text, marker 'Answer:'",     # a marker that is in the text, tokenised alone it differs (plain_marker)
 )
 
 
@@ -428,7 +445,8 @@ def mask_example(tok, example: dict, template: str = MASK_TEMPLATES[0], max_leng
     if template not in MASK_TEMPLATES:
         raise ValueError(f"unknown template {template!r}; choose one of {MASK_TEMPLATES}.")
     if template.startswith("plain text"):
-        return marker_labels(tok, plain_text(example), "Answer:", max_length, name)
+        text = plain_text(example)
+        return marker_labels(tok, text, plain_marker(tok, text), max_length, name)
     pc = to_prompt_completion(example, tok)
     if template.startswith("marker"):
         return marker_labels(tok, pc["prompt"] + pc["completion"], "### Response:", max_length, name)
@@ -453,10 +471,11 @@ def _show_token(piece: str) -> str:
     return html.escape(piece).replace(" ", "&nbsp;").replace("\n", "&#8629;<br>")
 
 
-def mask_html(tok, input_ids, labels) -> str:
+def mask_html(tok, input_ids, labels, note: str = "") -> str:
     """HTML of every token coloured by whether it is trained on (green) or masked with -100 (grey).
 
-    Ends with a count; an example with no trained token gets a red warning line.
+    Ends with a count (and NOTE, escaped, when given); an example with no trained token gets a red
+    warning line.
     """
     rows = mask_rows(tok, input_ids, labels)
     spans = []
@@ -468,6 +487,10 @@ def mask_html(tok, input_ids, labels) -> str:
     if n == 0:
         summary += (' <span style="color:#c00"><b>No token is trained on: this example teaches nothing.</b> '
                     "labkit's collator refuses it.</span>")
+    if note:
+        import html
+
+        summary += f"<br>{html.escape(note)}"
     return f'<div style="line-height:1.9">{"".join(spans)}</div><p>{summary}</p>'
 
 
@@ -479,7 +502,18 @@ def mask_view(tok, example: dict, template: str = MASK_TEMPLATES[0], max_length:
         import html
 
         return f'<p style="color:#c00">{html.escape(str(exc))}</p>'
-    return mask_html(tok, f["input_ids"], f["labels"])
+    return mask_html(tok, f["input_ids"], f["labels"], marker_note(tok, f))
+
+
+def marker_note(tok, features: dict) -> str:
+    """What a marker recipe searched and whether it found it, e.g. "searched for the tokens of
+    '### Response:' alone (#, #, #, ĠR, ...): not in the text's tokens"; "" for other FEATURES."""
+    if "marker" not in features:
+        return ""
+    pieces = tok.convert_ids_to_tokens(tok(features["marker"], add_special_tokens=False)["input_ids"])
+    where = ("found: trained on what follows its last occurrence" if features["marker_found"]
+             else "not in the text's tokens")
+    return f"searched for the tokens of {features['marker']!r} alone ({', '.join(pieces)}): {where}"
 
 
 # ----------------------------------------------------------------------------- packing

@@ -8,7 +8,8 @@ Nothing is downloaded: the model is built from a config (TinyLlama-1.1B's shapes
 weights, saved as safetensors to a temporary folder and loaded back with from_pretrained, in bf16
 and in NF4 with double quantisation (bf16 compute), exactly as a Hub model would be. Random weights
 train and use memory like real ones of the same shape; only the loss values mean nothing.
-Each configuration then gets LoRA adapters (rank --r on every linear layer) and --steps training
+Each configuration then gets LoRA adapters (rank --r on every linear layer the model has,
+labkit.adapters.targets) and --steps training
 steps of AdamW (after 2 warm-up steps); the QLoRA run is repeated with bitsandbytes' paged 8-bit
 AdamW. Memory is torch.cuda.max_memory_allocated (what PyTorch allocated, not what nvidia-smi
 shows, which adds the CUDA context and the allocator's cache). Lesson 03 shows the markdown table.
@@ -118,10 +119,10 @@ def _gb(device, peak=True):
 
 def run_one(folder: Path, weights: str, optim: str, args, device: str) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from labkit import qlora
+    from labkit import adapters, qlora
 
     compute = "bfloat16" if device == "cuda" else "float32"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -136,16 +137,17 @@ def run_one(folder: Path, weights: str, optim: str, args, device: str) -> dict:
     load_s = time.perf_counter() - t0
     out = {"weights": weights, "optimizer": optim, "load_s": load_s, "load_peak_gb": _gb(device),
            "loaded_gb": _gb(device, peak=False), "model_bytes": qlora.footprint(model)["total"]}
+    # LoRA on every linear layer the model has (adapters.targets), in both runs
     if weights == "nf4":
         model = qlora.prepare_qlora(model, r=args.r, alpha=2 * args.r, gradient_checkpointing=args.grad_ckpt)
     else:
         if args.grad_ckpt:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.0,
-                                                 target_modules=list(qlora.ALL_LINEAR), task_type="CAUSAL_LM"))
+        model = get_peft_model(model, adapters.config("lora", model, r=args.r, alpha=2 * args.r))
     params = [p for p in model.parameters() if p.requires_grad]
     out["trainable_params"] = sum(p.numel() for p in params)
+    out["target_modules"] = sorted(model.peft_config["default"].target_modules)
     if optim == "adamw":
         opt = torch.optim.AdamW(params, lr=1e-4)
     else:

@@ -25,6 +25,8 @@ def test_smoke_run_writes_json_and_table(tmp_path):
     bf16, nf4 = res["runs"]["LoRA, bf16 weights"], res["runs"]["QLoRA, NF4 + double quant"]
     assert nf4["model_bytes"] < bf16["model_bytes"]  # 4-bit linear layers, even on the tiny model
     assert bf16["trainable_params"] == nf4["trainable_params"] > 0
+    llama = sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert bf16["target_modules"] == nf4["target_modules"] == llama  # the model's own layers (adapters.targets)
     for run in res["runs"].values():
         assert run["tokens_per_s"] > 0 and run["loss_first"] > 0
         if res["device"] == "cpu":

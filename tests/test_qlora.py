@@ -204,3 +204,100 @@ def test_optimizer_state_bytes():
     adamw8.step()
     assert qlora.optimizer_state_bytes(adamw) == 8 * p.numel() + 4  # m and v in fp32, plus the step count
     assert 2 * p.numel() <= qlora.optimizer_state_bytes(adamw8) < 3 * p.numel()  # 8-bit m, v + constants
+
+
+# ----------------------------------------------------------------------------- any model's own layers (Hub-style fixtures)
+
+@pytest.fixture(scope="module")
+def hub_pair(hub_model):
+    """(kind, float32 model, 4-bit model, tokenizer) of each Hub-style fixture model."""
+    from labkit import env, models
+
+    env.quiet()
+    kind, folder = hub_model
+    lm, tok = models.load_base(str(folder), device="cpu")
+    m4, _ = qlora.load_4bit(str(folder), device="cpu")
+    return kind, lm, m4, tok
+
+
+def test_linear_weights_are_what_bitsandbytes_quantises(hub_pair):
+    """Every layer adapters.targets names is a Linear4bit in 4 bits (GPT-2's Conv1D too), holding W as
+    (out, in) = linear_weights' shape, with exactly our NF4 codes; nothing else is quantised."""
+    from labkit import adapters
+    from labkit.lora import is_conv1d
+
+    kind, lm, m4, _ = hub_pair
+    weights = qlora.linear_weights(lm)
+    assert {n.rsplit(".", 1)[-1] for n in weights} == set(adapters.targets(lm))
+    assert [n for n, _ in qlora.linear4bit_modules(m4)] == list(weights)
+    for name, w in weights.items():
+        original, layer = lm.get_submodule(name), m4.get_submodule(name)
+        if kind == "gpt2":
+            assert is_conv1d(original) and tuple(w.shape) == tuple(original.weight.shape[::-1])
+        assert tuple(layer.weight.quant_state.shape) == tuple(w.shape) == (layer.out_features, layer.in_features)
+        assert torch.equal(quant.unpack_4bit(layer.weight.data, w.numel()), quant.quantize_nf4(w)[0]), name
+        assert qlora.check_against_bitsandbytes(w, 64)["codes_equal"]
+
+
+def test_block_layer_names_a_blocks_first_and_last_projection(hub_pair):
+    kind, lm, _, _ = hub_pair
+    names = list(qlora.linear_weights(lm))
+    first, last = qlora.block_layer(names, 1, 0), qlora.block_layer(names, 1, -1)
+    expected = {"gpt2": ("transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj")}.get(
+        kind, ("model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"))
+    assert (first, last) == expected
+    with pytest.raises(ValueError, match=r"no layer of block 7 .* the blocks are \[0, 1\]"):
+        qlora.block_layer(names, 7)
+    with pytest.raises(ValueError, match="index 40 is out of range"):
+        qlora.block_layer(names, 0, 40)
+
+
+def test_prepare_qlora_targets_the_models_own_layers_and_trains(hub_pair):
+    """Default targets come from the model; fan_in_fan_out is off on the 4-bit layers (GPT-2's float32
+    Conv1D needs it on, the Linear4bit that replaced it must not have it); every lora_B gets a gradient."""
+    import copy
+
+    from labkit import adapters
+
+    kind, lm, m4, tok = hub_pair
+    model = qlora.prepare_qlora(copy.deepcopy(m4), r=2, alpha=4)
+    cfg = model.peft_config["default"]
+    assert set(cfg.target_modules) == set(adapters.targets(lm)) and cfg.fan_in_fan_out is False
+    assert adapters.config("lora", lm).fan_in_fan_out is (kind == "gpt2")
+    wrapped = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert len(wrapped) == len(qlora.linear4bit_modules(model)) == len(qlora.linear_weights(lm))
+    texts = [data.plain_text(r) for r in data.read_jsonl("instructions_train.jsonl")[:8]]
+    grads = qlora.lora_gradients(model, next(train.lm_batches(tok, texts, 2, 32)))
+    assert all(grads[n] for n in grads if "lora_B" in n)
+    with pytest.raises(ValueError, match="match no Linear"):
+        qlora.prepare_qlora(copy.deepcopy(m4), target_modules=["q_prj"])
+
+
+@pytest.mark.filterwarnings("ignore:bitsandbytes.*gemv_4bit")
+def test_repacking_trap_and_its_fix_reach_every_linear4bit(hub_model):
+    """bitsandbytes' default, then disable_cpu_repacking, on each fixture: afterwards no layer is
+    repacked or can be, and every adapter trains. On a CPU with AVX512-BF16 the default breaks each
+    fixture in its own way (llama-chatml's 172-wide MLP and gemma-style's 16-output k_proj fail the
+    evaluation; GPT-2's biased layers fail the training step)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    kind, folder = hub_model
+    m4, tok = qlora.load_4bit(str(folder), device="cpu")
+    n = len(qlora.linear4bit_modules(m4))
+    assert all(m.support_avx512bf16_for_cpu is False for _, m in qlora.linear4bit_modules(m4))
+    texts = [data.plain_text(r) for r in data.read_jsonl("instructions_train.jsonl")[:8]]
+    res = qlora.repacking_trap(m4, next(train.lm_batches(tok, texts, 2, 32)), r=2, alpha=4)
+    layers = qlora.linear4bit_modules(res["model"])
+    assert res["layers"] == len(layers) == n
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers)
+    assert all(m.support_avx512bf16_for_cpu is False for _, m in layers)
+    assert res["fixed"][0] == res["fixed"][1] > 0
+    if not has_avx512bf16():
+        assert res["repacked"] == 0 and res["error"] is None and res["default"] == res["fixed"]
+    elif kind == "gpt2":
+        assert res["repacked"] == n and res["error"] is None and "RuntimeError" in res["train_error"]
+        assert res["default"] == (0, res["fixed"][1])
+    else:
+        assert res["error"] == "AssertionError: N must be divisible by block_n" and 0 < res["repacked"] < n
+        assert res["stopped_at"] == {"llama-chatml": "model.layers.0.mlp.gate_proj",
+                                     "gemma-style": "model.layers.0.self_attn.k_proj"}[kind]

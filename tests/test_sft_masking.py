@@ -249,3 +249,101 @@ def test_adapter_script_writes_a_loadable_adapter_atomically(tmp_path, load_scri
                                                      "scores.json"]
     assert json.loads((out / "scores.json").read_text())["steps"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temporary or old folder may be left"
+
+
+# ----------------------------------------------------------------------------- any model's template (Hub-style fixtures)
+
+@pytest.fixture(scope="module", params=["bundled", "llama-chatml", "gpt2", "gemma-style"])
+def any_tok(request, hub_models):
+    from labkit import models
+
+    kind = request.param
+    return kind, models.load_tokenizer(None if kind == "bundled" else hub_models[kind])
+
+
+# what lesson 04 prints about each template: (generation prompt, before the answer, turn end, BOS token,
+# template writes BOS, tokenizer adds BOS)
+TEMPLATES = {
+    "bundled": ("<|assistant|>", " ", "<|end|>", "<|endoftext|>", False, False),
+    "llama-chatml": ("<|im_start|>assistant\n", "", "<|im_end|>", None, False, False),
+    "gpt2": ("Assistant:", " ", "<|endoftext|>", "<|endoftext|>", False, False),
+    "gemma-style": ("<start_of_turn>model\n", "", "<end_of_turn>", "<bos>", True, True),
+}
+
+
+def test_describe_reads_each_template(any_tok):
+    from labkit import chat
+
+    kind, tok = any_tok
+    d = chat.describe(tok, "Q?", "yes")
+    got = (d["generation_prompt"], d["answer_prefix"], d["turn_end"], d["bos_token"], d["template_writes_bos"],
+           d["tokenizer_adds_bos"])
+    assert got == TEMPLATES[kind]
+    assert d["prompt"].endswith(d["generation_prompt"]) and d["completion"] == d["answer_prefix"] + "yes" + d["turn_end"]
+    assert d["double_bos"] == d["for_trl_strips_bos"] == (kind == "gemma-style")
+    assert d["turn_end_is_eos"] == (kind in ("llama-chatml", "gpt2"))  # SmolLM2: eos is <|im_end|>
+    if d["double_bos"]:  # the trap, and what chat.encode and chat.for_trl do about it
+        assert tok(d["prompt"])["input_ids"][:2] == [tok.bos_token_id] * 2
+        assert chat.encode(tok, d["prompt"])[:2] == [tok.bos_token_id, tok("<start_of_turn>", add_special_tokens=False)["input_ids"][0]]
+        assert chat.for_trl(tok, d)["prompt"] == d["prompt"][len(tok.bos_token):]
+
+
+def test_marker_recipes_mask_everything_on_every_model_and_say_why(any_tok):
+    """Both marker recipes make their point whatever the tokenizer: the Alpaca marker is not in the chat
+    text; the plain-text recipe searches a spelling of 'Answer:' that is in the text but tokenises
+    differently alone. The completion-only recipe trains the answer and the turn end."""
+    from labkit import chat
+
+    kind, tok = any_tok
+    ex = data.read_jsonl("instructions_eval.jsonl")[1]
+    for recipe in ("marker '### Response:'", "plain text, marker 'Answer:'"):
+        f = sft.mask_example(tok, ex, recipe)
+        assert f["marker_found"] is False and all(t == -100 for t in f["labels"]), (kind, recipe)
+        view = sft.mask_view(tok, ex, recipe)
+        assert "teaches nothing" in view and "not in the text&#x27;s tokens" in view
+    plain = data.plain_text(ex)
+    marker = sft.plain_marker(tok, plain)
+    assert marker in plain and marker == ("Answer:" if kind == "bundled" else "Answer: ")
+    good = sft.mask_example(tok, ex)
+    trained = tok.decode([i for i, lab in zip(good["input_ids"], good["labels"]) if lab != -100])
+    assert chat.clean(tok, trained) == ex["output"] and chat.turn_end(tok) in trained
+
+
+def test_plain_marker_falls_back_when_no_spelling_fails(any_tok):
+    kind, tok = any_tok
+    prompt = data.plain_text(data.DTI_EXAMPLE, with_answer=False)  # ends with "Answer:", no space after it
+    marker = sft.plain_marker(tok, prompt)
+    assert marker == "Answer:"
+    assert sft.marker_labels(tok, prompt, marker)["marker_found"] is (kind != "bundled")
+
+
+def test_the_viewer_is_truthful_when_the_template_contains_the_marker(any_tok):
+    """An Alpaca-style template writes '### Response:': the marker recipe then finds it and trains the
+    answer, and the viewer says so instead of claiming the marker is missing."""
+    kind, tok = any_tok
+    tok = copy.deepcopy(tok)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+                         "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}### Response:\n{% endif %}")
+    ex = data.read_jsonl("instructions_eval.jsonl")[2]
+    f = sft.mask_example(tok, ex, "marker '### Response:'")
+    assert f["marker_found"] is True
+    assert tok.decode([t for t in f["labels"] if t != -100]).strip().startswith(ex["output"])
+    view = sft.mask_view(tok, ex, "marker '### Response:'")
+    assert "found: trained on what follows" in view and "teaches nothing" not in view
+
+
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_labels_equal_trl_on_every_model(hub_model, completion_only):
+    """Lesson 04's own check (both loss settings) on each Hub-style fixture, as the notebook runs it."""
+    from labkit import models
+
+    kind, folder = hub_model
+    model, tok = models.load_base(str(folder), device="cpu")
+    rows = data.read_jsonl("instructions_eval.jsonl")[:6]
+    pairs = [data.to_prompt_completion(r, tok) for r in rows]
+    trainer = sft.sft_trainer(copy.deepcopy(model), tok, pairs, steps=1, completion_only=completion_only)
+    theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    ours = sft.PadCollator(tok.pad_token_id)(sft.tokenize_all(tok, pairs, completion_only=completion_only))
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(theirs[key], ours[key]), (kind, key)
