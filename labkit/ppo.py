@@ -54,6 +54,17 @@ def stop_ids(tok, model=None) -> list[int]:
     return stop_token_ids(tok, model)
 
 
+def stop_at_turn_end(model, tok):
+    """MODEL with its generation config's eos_token_id holding every stop id (``stop_ids``): the ids it
+    had, then the missing ones (the template's turn end). trl's GRPOTrainer and RLOOTrainer stop a
+    completion at the tokenizer's EOS and at generation_config.eos_token_id only, so a model whose
+    config lacks the turn end would write past it. Changes MODEL in place and returns it."""
+    ids = model.generation_config.eos_token_id
+    have = [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+    model.generation_config.eos_token_id = have + [i for i in stop_ids(tok, model) if i not in have]
+    return model
+
+
 def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperature: float = 1.0,
             seed: int = 0) -> dict:
     """Sample one answer per templated prompt from POLICY (a PolicyWithValueHead); see ``sample``."""
@@ -198,7 +209,7 @@ class PPOLog:
 
 def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None = None, ref=None,
               callback=None):
-    """PPO on LM (trained in place, every parameter), against REWARD_FN, with a KL penalty to REF.
+    """PPO on LM (trained in place, every parameter, dropout off), against REWARD_FN, with a KL penalty to REF.
 
     prompts: templated prompts; reward_fn(indices, texts) -> list of floats, where indices are the
     positions in PROMPTS of the answers TEXTS (so it can look up gold answers). REF: the frozen
@@ -218,6 +229,10 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
     if not any(p.requires_grad for p in lm.parameters()):
         raise ValueError("the policy has no trainable parameters (a merged or frozen model?): call "
                          "lm.requires_grad_(True) for full fine-tuning, or give it a LoRA adapter.")
+    from .train import disable_dropout
+
+    # the ratio pi_theta / pi_old must be 1 before an update: no dropout in the policy (GPT-2 has p = 0.1)
+    disable_dropout(lm)
     ref = ref if ref is not None else copy.deepcopy(lm).requires_grad_(False)
     ref.eval()  # used under no_grad only; its requires_grad flags are left as they are
     policy = PolicyWithValueHead(lm)

@@ -143,11 +143,26 @@ def pair_texts(row: dict, tok) -> dict:
     return {"prompt": chosen["prompt"], "chosen": chosen["completion"], "rejected": rejected["completion"]}
 
 
-def tokenize_pairs(tok, rows: list[dict], max_length: int = 256) -> list[dict]:
+MAX_LENGTH = 512  # tokens of prompt + answer; a longer pair is cut (and loses its EOS): see tokenize_pairs
+
+
+def trl_pairs(rows: list[dict], tok) -> list[dict]:
+    """ROWS as trl's RewardTrainer and DPOTrainer should get them: ``pair_texts`` with the prompt as
+    ``labkit.chat.for_trl`` gives it (trl encodes prompt + answer with the tokenizer's defaults, which
+    would add a second BOS after a template's own, Gemma's), so trl's token ids are ``tokenize_pairs``'."""
+    from .chat import for_trl
+
+    return [for_trl(tok, pair_texts(r, tok)) for r in rows]
+
+
+def tokenize_pairs(tok, rows: list[dict], max_length: int = MAX_LENGTH) -> list[dict]:
     """Rows {"prompt", "chosen", "rejected"} -> [{"chosen": features, "rejected": features}].
 
     Each side is tokenised like SFT data (labkit.sft.tokenize_example): input_ids, attention_mask
-    and labels with -100 on the prompt, EOS appended, as trl's DPOTrainer tokenises them.
+    and labels with -100 on the prompt, EOS appended, as trl's DPOTrainer tokenises them (BOS once:
+    give trl ``trl_pairs``). MAX_LENGTH leaves room for long templates (a default system turn, split
+    digits: the course's longest pair is about 290 tokens with SmolLM2's ChatML); a pair cut there
+    would lose its EOS, where the reward model reads its score.
     """
     out = []
     for i, row in enumerate(rows):
@@ -186,12 +201,20 @@ def pair_batches(pairs: list[dict], batch_size: int, pad_token_id: int, seed: in
 
 # ----------------------------------------------------------------------------- the reward model
 
+REWARD_PAD = "<|pad|>"  # the pad token a reward model gets when its tokenizer pads with EOS (GPT-2)
+
+
 def load_reward_model(model: str | None = None, device: str = "cpu"):
     """A reward model r(x, y): the causal LM's body with a scalar head on the last token.
 
     AutoModelForSequenceClassification(num_labels=1) on the same checkpoint: the LM head is replaced
-    by a linear layer hidden -> 1 (newly initialised); the score of a sequence is read at its last
-    non-padding token. Returns (reward_model, tokenizer).
+    by a linear layer hidden -> 1 (newly initialised). transformers reads a sequence's score at its last
+    token that is not the pad token (``config.pad_token_id``); every scored sequence ends with EOS
+    (``tokenize_pairs``, ``score_texts``), so that is the EOS, which has seen the whole answer and its
+    turn end. A tokenizer without a pad token (GPT-2), or one that pads with EOS, would make that
+    rule skip the EOS and read the token before it: such a reward model gets a pad token of its own
+    (``REWARD_PAD``, a new embedding row that only padding positions use). Returns (reward_model,
+    tokenizer); the tokenizer is the reward model's own (load the policy's separately).
     """
     import logging
 
@@ -200,8 +223,6 @@ def load_reward_model(model: str | None = None, device: str = "cpu"):
     from .models import load_tokenizer, resolve
 
     tok = load_tokenizer(model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     name = resolve(model)
     log = logging.getLogger("transformers.modeling_utils")
     level = log.level
@@ -211,8 +232,40 @@ def load_reward_model(model: str | None = None, device: str = "cpu"):
                                                                 trust_remote_code=False)
     finally:
         log.setLevel(level)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": REWARD_PAD})
+        if len(tok) > rm.get_input_embeddings().num_embeddings:
+            rm.resize_token_embeddings(len(tok), mean_resizing=False)
     rm.config.pad_token_id = tok.pad_token_id
     return rm.to(device).eval(), tok
+
+
+def with_eos(tok, completion: str) -> str:
+    """COMPLETION ending with the tokenizer's EOS (appended unless it is there already), as trl and
+    ``labkit.sft.tokenize_example`` end every completion: the token a reward model reads its score at."""
+    return completion if completion.endswith(tok.eos_token) else completion + tok.eos_token
+
+
+def score_position(rm, input_ids):
+    """Where transformers' sequence-classification head reads each row's score: the last position whose
+    token is not ``rm.config.pad_token_id`` (its rule, for left and right padding). input_ids: (B, T);
+    returns (B,) long."""
+    import torch
+
+    keep = (input_ids != rm.config.pad_token_id).long()
+    return (torch.arange(input_ids.shape[-1], device=input_ids.device) * keep).argmax(-1)
+
+
+def describe_scored_sequence(rm, tok, row: dict) -> str:
+    """One line saying where the reward model reads the score of ROW's chosen answer: the last tokens of
+    the sequence, the one read, and the pad token (true for whichever model is loaded)."""
+    import torch
+
+    ids = tokenize_pairs(tok, [row])[0]["chosen"]["input_ids"]
+    pos = int(score_position(rm, torch.tensor([ids]))[0])
+    tail = tok.convert_ids_to_tokens(ids[max(0, pos - 3):pos + 1])
+    return (f"a scored sequence ends with {tail}: the head reads token {pos} of {len(ids)}, "
+            f"{tail[-1]!r} (the pad token is {tok.pad_token!r})")
 
 
 def pair_rewards(rm, batch: dict):
@@ -222,16 +275,18 @@ def pair_rewards(rm, batch: dict):
 
 
 def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3e-4, batch_size: int = 16,
-                       seed: int = 0, max_length: int = 256, callback=None) -> list[float]:
-    """Fit RM on preference ROWS with ``reward_loss`` and AdamW; returns the loss per step.
+                       seed: int = 0, max_length: int = MAX_LENGTH, callback=None) -> list[float]:
+    """Fit RM on preference ROWS with ``reward_loss`` and AdamW (RM's dropout switched off, as trl's
+    RewardTrainer does); returns the loss per step.
 
     CALLBACK(step, loss), if given, runs after each step.
     """
     import torch
 
-    from .train import check_lr, check_steps, fit
+    from .train import check_lr, check_steps, disable_dropout, fit
 
     lr, steps = check_lr(lr), check_steps(steps)
+    disable_dropout(rm)  # as trl's RewardTrainer does by default
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     pairs = tokenize_pairs(tok, rows, max_length)
@@ -247,7 +302,8 @@ def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3
 def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size: int = 32):
     """Reward of each (templated prompt, completion) pair as a (N,) float tensor, no gradient.
 
-    The completion gets EOS appended (as the reward model was trained); padding is on the right.
+    The completion ends with EOS (``with_eos``), exactly as the reward model was trained on it
+    (``tokenize_pairs``); padding is on the right.
     """
     import torch
 
@@ -260,7 +316,7 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
     device = next(rm.parameters()).device
     feats = []
     for p, c in zip(prompts, completions):
-        ids = encode(tok, p + c + tok.eos_token)
+        ids = encode(tok, p + with_eos(tok, c))
         feats.append({"input_ids": ids, "labels": ids})
     out = []
     with torch.no_grad():
@@ -363,15 +419,17 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
 
 def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int = 20, lr: float = 1e-3,
               batch_size: int = 8, seed: int = 0) -> dict:
-    """DPO with ``dpo_loss``: the trainable parameters of POLICY, REF frozen. Returns per-step logs.
+    """DPO with ``dpo_loss``: the trainable parameters of POLICY (its dropout switched off), REF frozen.
+    Returns per-step logs.
 
     {"loss": [...], "margin": [mean chosen - rejected implicit reward], "accuracy": [batch share > 0]}.
     """
     import torch
 
-    from .train import check_lr, check_steps, fit
+    from .train import check_lr, check_steps, disable_dropout, fit
 
     beta, lr, steps = _check_beta(beta), check_lr(lr), check_steps(steps)
+    disable_dropout(policy)  # else policy != ref before any update (trl's DPOTrainer does the same)
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the policy has no trainable parameters: nothing would be learned.")

@@ -23,6 +23,22 @@ def check_steps(steps) -> int:
     return int(steps)
 
 
+def disable_dropout(model):
+    """Set every dropout layer of MODEL to p = 0, in place; returns MODEL.
+
+    Preference and RL training compare the trained model's log-probabilities with a reference's (DPO's
+    log-ratio, PPO's ratio pi_theta / pi_old) and need both computed the same way: with dropout active
+    in the trained model only (GPT-2 ships p = 0.1; Llama-style models have none), the ratio is not 1
+    and DPO's loss not log 2 before any update. trl's DPO and reward trainers do the same by default.
+    """
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: int = 0):
     """Endless shuffled batches {"input_ids", "attention_mask", "labels"} (labels -100 on padding).
 

@@ -119,3 +119,89 @@ def test_train_ppo_runs_logs_and_starts_at_zero_kl(base, tok):
         ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(kl_coef=-1))
     with pytest.raises(ValueError, match="steps"):
         ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(steps=0))
+
+
+# ----------------------------------------------------------------------------- every model (tests/hub_models.py)
+
+@pytest.fixture(scope="module", params=["bundled", "llama-chatml", "gpt2", "gemma-style"])
+def any_model(request, hub_models):
+    from labkit import models
+
+    kind = request.param
+    lm, mtok = models.load_base(None if kind == "bundled" else hub_models[kind], device="cpu")
+    return kind, lm, mtok
+
+
+def test_rollout_stops_at_the_templates_turn_end_on_each_model(any_model):
+    from labkit import chat
+
+    kind, lm, mtok = any_model
+    prompts = [data.to_prompt_completion(r, mtok)["prompt"] for r in data.read_jsonl("instructions_eval.jsonl")[:3]]
+    roll = ppo.rollout(ppo.PolicyWithValueHead(copy.deepcopy(lm)).eval(), mtok, prompts, max_new_tokens=12, seed=0)
+    P, stops = roll["prompt_len"], set(chat.stop_token_ids(mtok, lm))
+    assert chat.stop_token_ids(mtok, lm)[0] == mtok.convert_tokens_to_ids(chat.turn_end(mtok))
+    rows = zip(prompts, roll["input_ids"].tolist(), roll["attention_mask"].tolist(), roll["response_mask"].tolist())
+    for text, ids, attn, m in rows:
+        prompt = [i for i, a in zip(ids[:P], attn[:P]) if a]
+        assert prompt == chat.encode(mtok, text), "the prompt as labkit encodes it (left padding aside)"
+        if kind == "gemma-style":  # its template writes <bos> and its tokenizer would add another
+            assert prompt[0] == mtok.bos_token_id and prompt[1] != mtok.bos_token_id, "BOS once"
+        n = sum(m)
+        assert not stops & set(ids[P:P + n - 1]), "no stop token inside an answer"
+        if n < len(m):
+            assert ids[P + n - 1] in stops
+
+
+def test_stop_at_turn_end_puts_the_turn_end_into_the_generation_config(any_model):
+    """trl's GRPOTrainer stops completions at the tokenizer's EOS and the model's generation_config
+    eos ids: a model whose config lacks the template's turn end must get it."""
+    from labkit import chat
+
+    kind, lm, mtok = any_model
+    m = copy.deepcopy(lm)
+    m.generation_config.eos_token_id = mtok.eos_token_id  # as a config that lists only EOS
+    assert ppo.stop_at_turn_end(m, mtok) is m
+    have = m.generation_config.eos_token_id
+    assert have[0] == mtok.eos_token_id and set(have) == set(chat.stop_token_ids(mtok))
+    assert mtok.convert_tokens_to_ids(chat.turn_end(mtok)) in have and len(have) == len(set(have))
+    before = list(lm.generation_config.eos_token_id) if isinstance(lm.generation_config.eos_token_id, list) else [
+        lm.generation_config.eos_token_id]
+    unchanged = ppo.stop_at_turn_end(copy.deepcopy(lm), mtok).generation_config.eos_token_id
+    assert unchanged[:len(before)] == before, "the ids a config has keep their order"
+
+
+@pytest.mark.slow
+def test_trl_grpo_gets_one_bos_and_every_stop_token(any_model, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from labkit import adapters, chat, env
+
+    env.quiet()
+    kind, lm, mtok = any_model
+    rows = data.read_jsonl("instructions_eval.jsonl")[:4]
+    prompts = [data.to_prompt_completion(r, mtok)["prompt"] for r in rows]
+    model = ppo.stop_at_turn_end(copy.deepcopy(lm), mtok)
+    model.generation_config.eos_token_id = model.generation_config.eos_token_id[::-1]  # order is not the point
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=lambda prompts, completions, **kw: [float(len(c)) for c in completions],
+        train_dataset=Dataset.from_list([chat.for_trl(mtok, {"prompt": p}) for p in prompts]), processing_class=mtok,
+        peft_config=adapters.config("lora", model, r=2, alpha=4, target_modules=adapters.targets(model, "attention")),
+        args=GRPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_steps=1,
+                        disable_dropout=True, per_device_train_batch_size=4, num_generations=2, max_completion_length=4,
+                        disable_tqdm=True, save_strategy="no", logging_strategy="no", seed=0))
+    assert set(chat.stop_token_ids(mtok, lm)) <= set(trainer.eos_token_ids)
+    ids, _, _ = trainer._tokenize_prompts([trainer.train_dataset[i]["prompt"] for i in range(len(prompts))])
+    assert [list(i) for i in ids] == [chat.encode(mtok, p) for p in prompts], "trl encodes each prompt with BOS once"
+    trainer.train()
+
+
+def test_train_ppo_switches_the_policys_dropout_off_on_each_model(any_model):
+    """PPO's ratio pi_theta / pi_old is 1 before an update only if the policy has no dropout (GPT-2: p = 0.1)."""
+    kind, lm, mtok = any_model
+    prompts = [data.to_prompt_completion(r, mtok)["prompt"] for r in data.read_jsonl("instructions_eval.jsonl")[:2]]
+    m = copy.deepcopy(lm).requires_grad_(True)
+    cfg = ppo.PPOConfig(steps=1, batch_size=2, max_new_tokens=4, ppo_epochs=1)
+    policy, log = ppo.train_ppo(m, mtok, prompts, lambda idx, texts: [0.0] * len(texts), cfg)
+    assert all(d.p == 0 for d in policy.modules() if isinstance(d, torch.nn.Dropout))
+    assert abs(log.kl[0]) < 1e-4 and log.clipfrac[0] == 0, "first epoch: the policy is the one that sampled"

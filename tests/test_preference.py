@@ -240,3 +240,131 @@ def test_beta_run_and_widget_report_a_short_run(base, tok, rows):
     assert "beta=0.5" in P.describe_beta_run(r)
     with pytest.raises(ValueError, match="beta"):
         P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0)
+
+
+# ----------------------------------------------------------------------------- every model (tests/hub_models.py)
+
+KINDS = ["bundled", "llama-chatml", "gpt2", "gemma-style"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def reward_model(request, hub_models):
+    """(kind, reward model, its tokenizer) for the bundled model and each Hub-style fixture."""
+    from labkit import env
+
+    env.quiet()
+    kind = request.param
+    rm, rtok = P.load_reward_model(None if kind == "bundled" else hub_models[kind], device="cpu")
+    torch.manual_seed(0)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)  # a head far from zero, so positions give distinct scores
+    return kind, rm, rtok
+
+
+def _rewards_at_every_position(rm, batch):
+    with torch.no_grad():
+        out = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        every = rm.score(out.hidden_states[-1]).squeeze(-1)  # (2B, T): the head applied at each position
+    return out.logits.squeeze(-1), every
+
+
+def test_the_reward_head_reads_the_eos_that_ends_chosen_and_rejected(reward_model, rows):
+    """transformers reads the score at the last token that is not the pad token; with pad == EOS (GPT-2's
+    tokenizer has no pad token) that rule would skip the EOS that ends every answer and read the token
+    before it. load_reward_model gives such a model a pad token of its own."""
+    kind, rm, rtok = reward_model
+    assert rtok.pad_token_id is not None and rtok.pad_token_id != rtok.eos_token_id
+    assert rm.config.pad_token_id == rtok.pad_token_id
+    if kind == "gpt2":
+        assert rtok.pad_token == P.REWARD_PAD, "GPT-2 has no pad token: the reward model gets its own"
+        assert rm.get_input_embeddings().num_embeddings == len(rtok)
+    batch = P.collate_pairs(P.tokenize_pairs(rtok, rows[:6]), rtok.pad_token_id)
+    last = batch["attention_mask"].sum(1) - 1
+    assert len(set(last.tolist())) > 1, "rows of different lengths: some are padded"
+    pooled, every = _rewards_at_every_position(rm, batch)
+    rows_ = torch.arange(len(last))
+    assert torch.allclose(pooled, every[rows_, last], atol=1e-5), "the score is read at the last real token"
+    assert not torch.allclose(pooled, every[rows_, last - 1], atol=1e-3), "and not at the one before it"
+    assert torch.equal(P.score_position(rm, batch["input_ids"]), last)
+    assert (batch["input_ids"][rows_, last] == rtok.eos_token_id).all(), "that token is EOS, chosen and rejected alike"
+    ids = batch["input_ids"]
+    if rtok.bos_token_id is not None and kind == "gemma-style":  # template and tokenizer both write <bos>
+        assert (ids[:, 0] == rtok.bos_token_id).all() and (ids[:, 1] != rtok.bos_token_id).all()
+    assert "the head reads token" in P.describe_scored_sequence(rm, rtok, rows[0])
+
+
+def test_score_texts_scores_the_sequence_the_reward_model_trains_on(reward_model, rows):
+    """score_texts (what PPO and the judge use) must see the same tokens as training (tokenize_pairs):
+    EOS once, not a second one after a turn end that is EOS (ChatML's <|im_end|>, GPT-2's <|endoftext|>)."""
+    kind, rm, rtok = reward_model
+    batch = P.collate_pairs(P.tokenize_pairs(rtok, rows[:4]), rtok.pad_token_id)
+    rc, rr = P.pair_rewards(rm, batch)
+    texts = [P.pair_texts(r, rtok) for r in rows[:4]]
+    prompts = [t["prompt"] for t in texts]
+    assert torch.allclose(P.score_texts(rm, rtok, prompts, [t["chosen"] for t in texts]), rc.detach(), atol=1e-5)
+    assert torch.allclose(P.score_texts(rm, rtok, prompts, [t["rejected"] for t in texts]), rr.detach(), atol=1e-5)
+    assert torch.allclose(P.score_answers(rm, rtok, prompts, [r["chosen"] for r in rows[:4]]), rc.detach(), atol=1e-5)
+    assert P.score_answers(rm, rtok, prompts[:1], [""]).shape == (1,), "an empty generated answer can be scored"
+
+
+@pytest.mark.slow
+def test_trl_reward_trainer_gets_labkits_tokens_and_loss(reward_model, rows, tmp_path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    kind, rm, rtok = reward_model
+    rm = copy.deepcopy(rm)
+    trainer = RewardTrainer(model=rm, args=RewardConfig(**_trl_common(tmp_path), center_rewards_coefficient=None),
+                            train_dataset=Dataset.from_list(P.trl_pairs(rows[:8], rtok)), processing_class=rtok)
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    ours = P.tokenize_pairs(rtok, rows[:4])
+    assert [p["chosen"]["input_ids"] for p in ours] == [e["chosen_ids"] for e in examples], "BOS once, EOS once"
+    assert [p["rejected"]["input_ids"] for p in ours] == [e["rejected_ids"] for e in examples]
+    assert rm.config.pad_token_id == rtok.pad_token_id != rtok.eos_token_id, "trl keeps the reward model's pad token"
+    batch = trainer.data_collator(examples)
+    rm.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(rm, dict(batch)).item()
+        ours_loss = P.reward_loss(*P.pair_rewards(rm, batch)).item()
+    assert abs(trl_loss - math.log(2)) > 1e-3, "the check must not be at the trivial starting point"
+    assert ours_loss == pytest.approx(trl_loss, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS[1:])
+def test_dpo_loss_equals_trl_dpo_trainer_on_each_model(kind, hub_models, rows, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from labkit import env, models
+
+    env.quiet()
+    model, mtok = models.load_base(hub_models[kind], device="cpu")
+    policy, ref = copy.deepcopy(model), copy.deepcopy(model)
+    trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=mtok,
+                         args=DPOConfig(**{**_trl_common(tmp_path), "learning_rate": 1e-2}, beta=0.1),
+                         train_dataset=Dataset.from_list(P.trl_pairs(rows[:12], mtok)))
+    trainer.train()
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    mine = P.collate_pairs(P.tokenize_pairs(mtok, rows[:4]), mtok.pad_token_id)
+    assert torch.equal(mine["input_ids"], batch["input_ids"]), "our tokens are trl's: BOS once, EOS once"
+    assert torch.equal(mine["labels"] != -100, batch["completion_mask"].bool()), "and the same answer tokens"
+    policy.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
+        loss, _, _ = P.dpo_loss(*P.batch_logps(policy, mine), *P.batch_logps(ref, mine), beta=0.1)
+    assert abs(trl_loss - math.log(2)) > 1e-3, "the check must not be at the trivial 0.693 of step 0"
+    assert loss.item() == pytest.approx(trl_loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_dpo_starts_at_log2_on_each_model(kind, hub_models, rows):
+    """Before any update the policy is the reference, so every implicit reward is 0 and the loss log 2;
+    with the policy's dropout on (GPT-2: p = 0.1) the two would differ. train_dpo switches it off."""
+    from labkit import models
+
+    model, mtok = models.load_base(None if kind == "bundled" else hub_models[kind], device="cpu")
+    policy, ref = copy.deepcopy(model).requires_grad_(True), copy.deepcopy(model)
+    log = P.train_dpo(policy, ref, mtok, rows[:4], beta=0.1, steps=1, lr=1e-4, batch_size=4)
+    assert log["loss"][0] == pytest.approx(math.log(2), abs=1e-6) and log["margin"][0] == pytest.approx(0, abs=1e-5)
+    assert all(d.p == 0 for d in policy.modules() if isinstance(d, torch.nn.Dropout))
