@@ -54,7 +54,7 @@ test-latest:  ## the suite against the newest releases of the libraries (no pins
 	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) --upgrade \
 	  torch transformers tokenizers peft trl bitsandbytes datasets accelerate safetensors jupyterlab ipywidgets papermill nbval playwright
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes|datasets|accelerate) "
-	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
+	$(OFFLINE) LABKIT_UNPINNED=1 LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 doctor: install
 	$(OFFLINE) $(VENV)/bin/labkit doctor
