@@ -139,3 +139,13 @@ def test_make_test_prepares_the_browser_and_test_latest_runs_unpinned():
     assert "-c constraints.txt" not in upgrade and all(p in upgrade for p in ("transformers", "peft", "trl", "bitsandbytes"))
     deps = (ROOT / "pyproject.toml").read_text()
     assert '"playwright>=' in deps and re.search(r"^playwright==", (ROOT / "constraints.txt").read_text(), re.M)
+
+
+def test_ci_runs_the_readme_test_commands_and_nothing_else():
+    """.ci/run calls the README's test commands (make test, make test-models), and only commands the README shows."""
+    readme = (ROOT / "README.md").read_text()
+    shown = set(re.findall(r"^(make [\w-]+)", readme, flags=re.M))
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln.strip() and not ln.lstrip().startswith("#") and not ln.startswith(("set ", "cd "))]
+    assert ci == ["make test", "make test-models"], ci
+    assert set(ci) <= shown, set(ci) - shown
