@@ -12,7 +12,7 @@ LATEST ?= .venv-latest
 # where test-latest gets torch (a CPU build); TORCH_INDEX= for PyPI and pip.conf only
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser-deps lab test test-models test-fast test-offline test-latest doctor bench render pins data clean
+.PHONY: install browser-deps lab test test-defaults test-models test-fast test-offline test-latest doctor bench render pins data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,11 @@ browser-deps:
 lab: install  ## open the course in JupyterLab
 	$(OFFLINE) $(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-test: install browser-deps  ## the whole suite: unit tests, every notebook (nbval, papermill), the browser test
-	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q -m "not models"
+test: install browser-deps  ## the whole suite: unit tests, every notebook once at its fast parameters (papermill), the browser test
+	$(OFFLINE) LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest tests -q -m "not models"
+
+test-defaults: install  ## every lesson at its defaults under nbval, as a learner runs it (slow: about a minute each)
+	$(OFFLINE) $(PY) -m pytest notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 test-models: install  ## every lesson with each locally built Hub-style model (tests/hub_models.py), at fast parameters
 	$(OFFLINE) $(PY) -m pytest tests/test_notebooks.py -m models -q
@@ -46,7 +49,7 @@ test-fast: install  ## unit tests only, no notebooks
 	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow and not models"
 
 test-offline: install  ## the suite with the network cut off (needs root: unshare -n)
-	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q'
+	unshare -n sh -c 'ip link set lo up 2>/dev/null; $(OFFLINE) $(PY) -m pytest tests -q -m "not models"'
 
 test-latest:  ## the suite against the newest releases of the libraries (no pins, no upper bounds) in $(LATEST)
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
@@ -54,7 +57,7 @@ test-latest:  ## the suite against the newest releases of the libraries (no pins
 	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),) --upgrade \
 	  torch transformers tokenizers peft trl bitsandbytes datasets accelerate safetensors jupyterlab ipywidgets papermill nbval playwright
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|trl|bitsandbytes|datasets|accelerate) "
-	$(OFFLINE) LABKIT_UNPINNED=1 LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600 -q
+	$(OFFLINE) LABKIT_UNPINNED=1 LABKIT_CHROMIUM=$(CHROMIUM) $(LATEST)/bin/python -m pytest tests -q
 
 doctor: install
 	$(OFFLINE) $(VENV)/bin/labkit doctor

@@ -1,6 +1,7 @@
-"""Every lesson notebook: its structure, and a papermill run with parameters injected.
+"""Every lesson notebook: its structure, and one papermill run at its fast parameters (`make test`).
 
-nbval runs every notebook too (`pytest tests notebooks --nbval-lax`, the README's test command).
+The defaults are what `make bench` (time and memory) and `make test-defaults` (nbval, as a learner runs
+them) execute; `make test-models` runs each lesson with every Hub-style fixture model.
 """
 
 import json
@@ -22,6 +23,15 @@ def fast_parameters(path) -> dict:
     """Parameters papermill injects in CI (smaller runs, same code paths), kept in the notebook's own
     metadata under labkit.fast_parameters so each lesson owns its values."""
     return _nb(path).get("metadata", {}).get("labkit", {}).get("fast_parameters", {})
+
+
+def _assert_quiet(nb):
+    """Quiet notebooks: no error, no warning wall and no progress bar in what the learner sees."""
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors[0].get("evalue", "") if errors else ""
+    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
+                     if o.get("name") == "stderr")
+    assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
 
 
 def _src(cell):
@@ -90,12 +100,7 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     nb = _nb(out)
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected or not fast_parameters(path)
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    # quiet notebooks: no warning walls or progress bars in what the learner sees
-    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
-                     if o.get("name") == "stderr")
-    assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
+    _assert_quiet(nb)
 
 
 def hub_parameters(path) -> dict:
@@ -117,8 +122,4 @@ def test_notebook_runs_with_a_hub_style_model(path, hub_model, tmp_path):
     pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3", progress_bar=False,
                         cwd=str(path.parent), execution_timeout=600)
     nb = _nb(out)
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
-                     if o.get("name") == "stderr")
-    assert "Warning" not in stderr and "it/s]" not in stderr, stderr[:500]
+    _assert_quiet(nb)
