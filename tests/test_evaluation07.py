@@ -139,7 +139,7 @@ def test_mix_in_general_shares():
     general = [{"prompt": "<s>", "completion": f"g{i}"} for i in range(5)]
     mixed = forgetting.mix_in_general(task, general, 0.1, seed=0)
     assert len(mixed) == 100 and sum(m["prompt"] == "<s>" for m in mixed) == 10
-    assert forgetting.mix_in_general(task, [], 0.0) == task or len(forgetting.mix_in_general(task, [], 0.0)) == 90
+    assert sorted(forgetting.mix_in_general(task, [], 0.0), key=lambda p: int(p["prompt"][1:])) == task  # mix 0: the task, shuffled
     assert mixed == forgetting.mix_in_general(task, general, 0.1, seed=0)  # deterministic
     for bad in (1.0, -0.1, "10%", float("nan"), True):
         with pytest.raises(ValueError, match="mix"):
@@ -203,7 +203,7 @@ def test_forgetting_grid_result_holds_every_combination():
     assert len({r["lr"] for r in grid["runs"]}) == 2 and {r["r"] for r in grid["runs"]} == {4, 64}
     assert {r["mix"] for r in grid["runs"]} == {0.0, 0.1}
     for r in grid["runs"]:
-        assert r["ppl_ratio"] == pytest.approx(r["ppl_after"] / r["ppl_before"]) and 0 <= r["exact"] <= 1
+        assert r["ppl_ratio"] == pytest.approx(r["ppl_after"] / r["ppl_before"])
     assert grid["made_by"] == "scripts/forgetting_grid.py" and "load_average_at_end" in grid
 
 
