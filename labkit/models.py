@@ -20,10 +20,6 @@ class ModelLoadError(OSError):
     """A model path that is missing or broken, with what to do about it."""
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name) or Path(name).exists()
-
-
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
