@@ -12,11 +12,10 @@ tuning: trainable virtual-token embeddings in front of the input, Lester et al. 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import atomic
 from .lora import _adaptable_layers, _check_hyperparameters, _select, is_conv1d
 
 METHODS = ("lora", "dora", "ia3", "prompt")
@@ -108,35 +107,21 @@ def trainable_line(model) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
-def save(model, path: str | os.PathLike) -> Path:
+def save(model, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
     """Save MODEL's adapter to PATH atomically; returns PATH.
 
-    peft writes into a fresh temporary folder beside PATH, which then replaces PATH in one rename. If
-    anything fails half-way (a full disk, an interrupted kernel), PATH still holds the previous
-    adapter, or nothing if there was none, and the temporary folder is removed.
+    peft writes into a fresh temporary folder beside PATH, which then replaces PATH in one rename
+    (labkit.atomic.folder). If anything fails half-way (a full disk, an interrupted kernel), PATH still
+    holds the previous adapter, or nothing if there was none. EXTRA_FILES ({name: text}, e.g. a
+    scores.json or a README) are written into the same folder before the rename.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    old = None
-    try:
+    with atomic.folder(path) as tmp:
         model.save_pretrained(str(tmp))
         if not any(tmp.rglob("adapter_config.json")):
             raise RuntimeError(f"peft wrote no adapter_config.json into {tmp}; nothing was saved.")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        if old is not None and old.exists() and not path.exists():
-            os.replace(old, path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
 
 
 def load(model, path: str | os.PathLike, adapter_name: str = "default", trainable: bool = False):

@@ -18,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from labkit import adapters, data, encoder, env, models, tuning
+from labkit import adapters, atomic, data, encoder, env, models, tuning
 
 TASK = "classify"
 SWEEP = {"lrs": [3e-4, 1e-3, 3e-3, 1e-2], "ranks": [2, 8, 32], "steps": 20}
@@ -38,11 +38,7 @@ def context() -> dict:
 
 
 def write(name: str, payload: dict) -> Path:
-    path = tuning.RESULTS_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    path = atomic.write_json(tuning.RESULTS_DIR / f"{name}.json", payload)
     print("wrote", path)
     return path
 

@@ -5,16 +5,14 @@
 
 Completion-only loss on the course's instruction training split (every task family), then exact
 match and answer format on the evaluation split, written beside the adapter (scores.json) so the
-lesson can show what this longer run reached next to its own live run. The folder is written to a
-temporary directory first and moved into place with os.replace, so a crash never leaves half an
-adapter behind.
+lesson can show what this longer run reached next to its own live run. The folder is written by
+labkit.adapters.save (atomically: a crash never leaves half an adapter behind).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,13 +25,8 @@ sys.path.insert(0, str(ROOT))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def describe(folder: Path, report: dict) -> None:
-    """Make the saved folder portable and self-describing: no local path in adapter_config.json, a
-    short model card instead of peft's empty template, readable permissions."""
-    cfg_path = folder / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = "labkit/assets/base_model"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+def describe(report: dict) -> str:
+    """The adapter folder's README: a short model card instead of peft's empty template."""
     lines = ["# sft_lora: the LoRA adapter of lesson 04", "",
              "Trained by `python scripts/train_sft_adapter.py` on the bundled base model (labkit/assets/base_model)",
              "with trl's SFTTrainer, completion-only loss, on instructions_train.jsonl (every task family).", "",
@@ -46,10 +39,7 @@ def describe(folder: Path, report: dict) -> None:
     for task, t in report["by_task"].items():
         extra = f" (value {100 * t['value']:.1f}%)" if "value" in t else ""
         lines.append(f"| {task} | {t['n']} | {100 * t['exact']:.1f}%{extra} | {100 * t['format']:.1f}% |")
-    (folder / "README.md").write_text("\n".join(lines) + "\n")
-    folder.chmod(0o755)
-    for f in folder.iterdir():
-        f.chmod(0o644)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -65,7 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "labkit" / "assets" / "adapters" / "sft_lora"))
     args = ap.parse_args(argv)
 
-    from labkit import data, env, models, sft
+    from labkit import adapters, data, env, models, sft
 
     env.setup("cpu", seed=args.seed, threads=args.threads)
     import torch
@@ -94,20 +84,9 @@ def main(argv=None) -> dict:
               "eval_split": "instructions_eval.jsonl", "n_eval": len(rows),
               "exact": s["exact"], "format": s["format"], "by_task": s["by_task"]}
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=out.parent))
-    pm.save_pretrained(tmp)
-    (tmp / "scores.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    describe(tmp, report)
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    pm.peft_config["default"].base_model_name_or_path = "labkit/assets/base_model"  # no local path in the config
+    adapters.save(pm, args.out, extra_files={"scores.json": json.dumps(report, indent=1, sort_keys=True) + "\n",
+                                             "README.md": describe(report)})
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({k: v for k, v in report.items() if k != "by_task"}))
     for task, t in s["by_task"].items():

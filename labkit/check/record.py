@@ -12,11 +12,11 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import atomic
 from . import registry
 
 
@@ -43,23 +43,6 @@ def _read_progress(path: Path) -> tuple[dict, str]:
     return data, ""
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 _last_progress_problem = ""
 
 
@@ -74,7 +57,7 @@ def record(item_id: str, passed: bool) -> None:
         data["attempts"][item_id] = int(data["attempts"].get(item_id, 0) or 0) + 1
         if passed and item_id not in data["passed"]:
             data["passed"][item_id] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        _write_atomically(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         _last_progress_problem = ""
     except Exception as exc:
         _last_progress_problem = f"progress could not be saved ({type(exc).__name__}: {exc})"
