@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import random
 import time
+
+from . import guard
 
 
 def general_pairs(texts: list[str], tok) -> list[dict]:
@@ -31,10 +32,7 @@ def general_pairs(texts: list[str], tok) -> list[dict]:
 
 
 def check_fraction(mix) -> float:
-    if isinstance(mix, bool) or not isinstance(mix, numbers.Real) or not 0 <= mix < 1 or not math.isfinite(mix):
-        raise ValueError(f"mix is the share of general text in the SFT set, a number in [0, 1) such as 0.1; "
-                         f"got mix={mix!r}.")
-    return float(mix)
+    return guard.fraction("mix", mix, "0.1", about="the share of general text in the SFT set")
 
 
 def mix_in_general(task_pairs: list[dict], general: list[dict], mix: float, seed: int = 0) -> list[dict]:
@@ -67,8 +65,7 @@ class EvalEvery:
     """
 
     def __init__(self, every: int, metrics: dict):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive number of steps; got every={every!r}.")
+        every = guard.positive_int("every", every, about="steps between evaluations")
         if not metrics:
             raise ValueError("EvalEvery needs at least one metric {name: fn(model) -> float}.")
         self.every, self.metrics, self.history, self.seconds = every, dict(metrics), [], 0.0
@@ -174,8 +171,7 @@ def run_grid(base, tok, task: str = "classify", steps: int = 120, lrs=(2e-3, 2e-
 
     from . import data
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive number of SFT steps per run; got steps={steps!r}.")
+    steps = guard.positive_int("steps", steps, about="SFT steps per run")
     task_pairs = [data.to_prompt_completion(r, tok) for r in data.read_jsonl("instructions_train.jsonl")
                   if r["task"] == task]
     if not task_pairs:
@@ -204,9 +200,8 @@ def grid_for(model, base, tok, task: str, steps: int = 0, **kwargs) -> dict | No
     """Lesson 07's grid for MODEL: steps == 0 gives the shipped grid when MODEL is the bundled model
     (load_grid) and None for any other model, whose numbers it is not (grid_skipped says why); steps > 0
     runs the grid live on BASE and TOK (run_grid; KWARGS go to it)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"GRID_STEPS must be 0 (the precomputed grid of the bundled model) or a positive number "
-                         f"of steps per run; got {steps!r}.")
+    steps = guard.non_negative_int("GRID_STEPS", steps, about="0: the precomputed grid of the bundled model, "
+                                   "else steps per live run")
     if steps == 0:
         return load_grid() if is_bundled(model) else None
     return run_grid(base, tok, task=task, steps=steps, model=str(model), **kwargs)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from . import guard
+
 
 class PolicyWithValueHead(nn.Module):
     """A causal LM plus a value head: a linear layer hidden -> 1 on the last hidden state.
@@ -222,10 +224,8 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
         raise ValueError("train_ppo needs at least one prompt.")
     for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs"):
         v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {name}={v!r}.")
-    if cfg.kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0 (0 switches the penalty off); got kl_coef={cfg.kl_coef!r}.")
+        guard.positive_int(name, v)
+    guard.non_negative_float("kl_coef", cfg.kl_coef, about="0 switches the penalty off")
     if not any(p.requires_grad for p in lm.parameters()):
         raise ValueError("the policy has no trainable parameters (a merged or frozen model?): call "
                          "lm.requires_grad_(True) for full fine-tuning, or give it a LoRA adapter.")

@@ -15,18 +15,15 @@ the token lists diverge, EOS appended), so our numbers and trl's can be compared
 
 from __future__ import annotations
 
-import math
-import numbers
 
+from . import guard
 from .sft import IGNORE_INDEX, tokenize_example
 
 
 # ----------------------------------------------------------------------------- the three losses
 
 def _check_beta(beta) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a positive number such as 0.1; got beta={beta!r}.")
-    return float(beta)
+    return guard.positive_float("beta", beta, "0.1")
 
 
 def _check_same_shape(**tensors) -> None:
@@ -287,8 +284,7 @@ def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3
 
     lr, steps = check_lr(lr), check_steps(steps)
     disable_dropout(rm)  # as trl's RewardTrainer does by default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    batch_size = guard.positive_int("batch_size", batch_size)
     pairs = tokenize_pairs(tok, rows, max_length)
     torch.manual_seed(seed)
     params = [p for p in rm.parameters() if p.requires_grad]

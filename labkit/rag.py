@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 
+from . import guard
 from .corpus import CITIES, FIRST_NAMES, LAST_NAMES, money
 
 KINDS = ("manager", "fee")
@@ -44,8 +45,7 @@ def make_collection(n: int | None = None, seed: int = 0, cities: list[str] | Non
     """
     pool = list(cities) if cities is not None else list(CITIES)
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(pool):
-            raise ValueError(f"n must be a number of cities between 1 and {len(pool)}; got n={n!r}.")
+        n = guard.int_between("n", n, 1, len(pool), about="a number of cities")
         pool = pool[:n]
     rng = random.Random(seed)
     docs = []
@@ -142,8 +142,7 @@ def top_k(query_emb, doc_emb, k: int):
         raise ValueError(f"query_emb must be (Q, D) or (D,) and doc_emb (N, D) with the same D; got query_emb "
                          f"{tuple(query_emb.shape)} and doc_emb {tuple(doc_emb.shape)}.")
     n = doc_emb.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the {n} documents; got k={k!r}.")
+    k = guard.int_between("k", k, 1, n, about="documents to return")
     scores = F.normalize(query_emb, dim=-1) @ F.normalize(doc_emb, dim=-1).T
     return scores.topk(k, dim=-1).indices
 
@@ -201,8 +200,7 @@ class Retriever:
         """The K documents most similar to QUERY, best first, with their cosine similarity."""
         if not self.docs:
             raise ValueError("the index is empty: add() documents first.")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.docs):
-            raise ValueError(f"k must be between 1 and the {len(self.docs)} indexed documents; got k={k!r}.")
+        k = guard.int_between("k", k, 1, len(self.docs), about="indexed documents to return")
         q = self.embed([query])[0]
         best = top_k(q, self.vectors, k)
         scores = self.vectors[best] @ q  # unit vectors: the dot product is the cosine similarity

@@ -21,6 +21,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from . import guard
+
 IGNORE_INDEX = -100  # the label value torch's cross-entropy (and every HF model) skips
 
 
@@ -30,8 +32,7 @@ def completion_labels(input_ids, prompt_length: int):
     input_ids: a list of ints or a 1-D tensor (seq,); returns the same kind, same length.
     """
     n = len(input_ids)
-    if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or not 0 <= prompt_length <= n:
-        raise ValueError(f"prompt_length must be an integer between 0 and len(input_ids)={n}; got {prompt_length!r}.")
+    guard.int_between("prompt_length", prompt_length, 0, n, about="tokens masked, at most len(input_ids)")
     if hasattr(input_ids, "clone"):
         labels = input_ids.clone()
         labels[:prompt_length] = IGNORE_INDEX
@@ -129,8 +130,7 @@ def batches(features: list[dict], batch_size: int, pad_token_id: int, seed: int 
     """Endless shuffled, padded batches from tokenised FEATURES (each epoch a new order)."""
     if not features:
         raise ValueError("no training examples were given.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    guard.positive_int("batch_size", batch_size)
     rng, collate, order = random.Random(seed), PadCollator(pad_token_id), []
     while True:
         if len(order) < batch_size:
@@ -301,8 +301,7 @@ def mix_general(pairs: list[dict], share: float, seed: int = 0, general: list[st
     share=0 returns the pairs unchanged (same order). Mixing some general text in limits forgetting;
     lesson 07 measures it.
     """
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-        raise ValueError(f"share must be a number in [0, 1); got {share!r}.")
+    guard.fraction("share", share, "0.1", about="the share of general text")
     if share == 0:
         return list(pairs)
     if general is None:
@@ -605,8 +604,7 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
     """
     import copy
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be 0 (the shipped SFT adapter) or a positive integer; got {steps!r}.")
+    steps = guard.non_negative_int("steps", steps, about="0: the shipped SFT adapter, else steps of live SFT")
     if steps == 0:
         if model not in (None, "bundled"):
             raise ValueError(f"the shipped SFT adapter was trained on the bundled model, not {model!r}: "

@@ -7,20 +7,15 @@ checks its inputs so a bad knob gives a clear error instead of a traceback from 
 
 from __future__ import annotations
 
-import math
-import numbers
+from . import guard
 
 
 def check_lr(lr) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"learning rate must be a positive number such as 1e-4 or 3e-4; got lr={lr!r}.")
-    return float(lr)
+    return guard.positive_float("lr", lr, "1e-4 or 3e-4", about="the learning rate")
 
 
 def check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got steps={steps!r}.")
-    return int(steps)
+    return guard.positive_int("steps", steps)
 
 
 def disable_dropout(model):

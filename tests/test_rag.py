@@ -96,7 +96,7 @@ def test_top_k_matches_a_brute_force_ranking_and_ignores_lengths():
 
 
 @pytest.mark.parametrize("query, docs, k, match", [
-    (torch.zeros(3), torch.zeros(5, 3), 0, "k must be between 1 and the 5"),
+    (torch.zeros(3), torch.zeros(5, 3), 0, "k must be an integer between 1 and 5"),
     (torch.zeros(3), torch.zeros(5, 3), 6, "k must be"),
     (torch.zeros(3), torch.zeros(5, 3), 2.0, "k must be"),
     (torch.zeros(4), torch.zeros(5, 3), 1, "same D"),
