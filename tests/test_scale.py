@@ -42,8 +42,8 @@ def test_yaml_config_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"lora_r": 0}, "r must be a positive integer"),
-    ({"lr": -1e-3}, "learning rate must be a positive number"),
-    ({"lr": 0}, "learning rate must be a positive number"),
+    ({"lr": -1e-3}, "lr must be a positive number"),
+    ({"lr": 0}, "lr must be a positive number"),
     ({"model": "/no/such/model"}, "does not exist"),
     ({"lr_rate": 1e-3}, "unknown key 'lr_rate'"),
     ({"stpes": 10}, "Did you mean 'steps'"),
@@ -81,7 +81,7 @@ def test_global_batch_must_split_over_processes():
 
 def test_cli_reports_errors_with_exit_status_2(capsys, monkeypatch):
     assert scale.main(["--check", "--set", "lr=-1"]) == 2
-    assert "error: learning rate must be a positive number" in capsys.readouterr().err
+    assert "error: lr must be a positive number" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert scale.main(["--check"]) == 2  # the default global 8 = micro 8 cannot split over 2 processes
