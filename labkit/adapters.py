@@ -108,21 +108,18 @@ def trainable_line(model) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
-def save(model, path: str | os.PathLike) -> Path:
-    """Save MODEL's adapter to PATH atomically; returns PATH.
+def atomic_folder(path: str | os.PathLike, write) -> Path:
+    """Call WRITE(tmp) on a fresh temporary folder beside PATH, then put it at PATH in one rename; returns PATH.
 
-    peft writes into a fresh temporary folder beside PATH, which then replaces PATH in one rename. If
-    anything fails half-way (a full disk, an interrupted kernel), PATH still holds the previous
-    adapter, or nothing if there was none, and the temporary folder is removed.
+    If anything fails half-way (a full disk, an interrupted kernel), PATH still holds what it held
+    before, or nothing if there was nothing, and the temporary folder is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     old = None
     try:
-        model.save_pretrained(str(tmp))
-        if not any(tmp.rglob("adapter_config.json")):
-            raise RuntimeError(f"peft wrote no adapter_config.json into {tmp}; nothing was saved.")
+        write(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -137,6 +134,21 @@ def save(model, path: str | os.PathLike) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def save(model, path: str | os.PathLike) -> Path:
+    """Save MODEL's adapter to PATH atomically (atomic_folder); returns PATH.
+
+    peft writes into a fresh temporary folder beside PATH, which then replaces PATH in one rename. If
+    anything fails half-way (a full disk, an interrupted kernel), PATH still holds the previous
+    adapter, or nothing if there was none, and the temporary folder is removed.
+    """
+    def write(tmp: Path):
+        model.save_pretrained(str(tmp))
+        if not any(tmp.rglob("adapter_config.json")):
+            raise RuntimeError(f"peft wrote no adapter_config.json into {tmp}; nothing was saved.")
+
+    return atomic_folder(path, write)
 
 
 def load(model, path: str | os.PathLike, adapter_name: str = "default", trainable: bool = False):

@@ -162,9 +162,11 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     return fit(model, data, opt, params, steps, progress="SFT" if progress else None, callback=callback)
 
 
-def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
+           adapter_names: list[str] | None = None) -> list[str]:
     """Greedy answers to PROMPTS (already rendered by the chat template), each cut at the first stop token
-    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat)."""
+    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat).
+    adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
     import torch
 
     from .chat import adds_bos, stop_strings, stop_token_ids
@@ -181,9 +183,11 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
             chunk = prompts[i:i + batch_size]
             enc = tok(chunk, return_tensors="pt", padding=True,
                       add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
+            route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None)
+                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None,
+                                     **route)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = tok.decode(row, skip_special_tokens=False)
                 for s in cut:
