@@ -740,19 +740,33 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def llama_cpp_greedy(path, prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+def llama_cpp_greedy(path, prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: list[int],
+                     repack: bool = False) -> list[list[int]]:
     """Greedy continuations by llama.cpp (llama-cpp-python) of each prompt, given as token ids.
 
     Token ids in and out, so both runtimes see exactly the same tokens (llama.cpp's own tokenizer has
     no equivalent of every transformers normalizer). Stops after a token of STOP_IDS (kept) or
-    MAX_NEW_TOKENS tokens.
+    MAX_NEW_TOKENS tokens. repack=False switches off llama.cpp's CPU weight repacking (its
+    "extra buffer types"): with it, llama-cpp-python 0.3.36 crashed (segmentation fault) on this
+    course's Q8_0 files on an AVX512/AMX CPU, while F16 and F32 ran either way.
     """
-    from llama_cpp import Llama
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
 
-    llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=False, seed=0)
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = repack
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
+    finally:
+        lib.llama_model_default_params = default
     out = []
     for ids in prompt_ids:
-        llm.reset()
         got = []
         for t in llm.generate(list(ids), top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
             got.append(int(t))

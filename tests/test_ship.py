@@ -483,9 +483,10 @@ def test_gguf_export_errors(bundled, merged_bundled, tmp_path):
 
 
 @pytest.mark.skipif(not ship.llama_cpp_available(), reason="llama-cpp-python is not installed (it compiles llama.cpp)")
-def test_llama_cpp_greedy_answers_equal_transformers(merged_bundled, tmp_path):
+@pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
+def test_llama_cpp_greedy_answers_equal_transformers(merged_bundled, tmp_path, kind):
     merged, tok = merged_bundled
-    path = ship.write_gguf(merged, tok, tmp_path / "m.gguf", "F32")
+    path = ship.write_gguf(merged, tok, tmp_path / "m.gguf", kind)
     prompts = _prompts(tok, 4)
     ids = [chat.encode(tok, p) for p in prompts]
     stop = chat.stop_token_ids(tok, merged)
