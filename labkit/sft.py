@@ -207,8 +207,9 @@ def dti_value(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
-    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows).
+def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) -> dict:
+    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows),
+    answered greedily BATCH_SIZE prompts at a time (answer()).
 
     Returns {"exact": share answered exactly, "format": share in the task's answer format,
     "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
@@ -220,7 +221,7 @@ def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
     if not rows:
         raise ValueError("score needs at least one example.")
     prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
-    got = answer(model, tok, prompts, max_new_tokens)
+    got = answer(model, tok, prompts, max_new_tokens, batch_size=batch_size)
     by_task: dict[str, dict] = {}
     for r, g in zip(rows, got):
         t = by_task.setdefault(r["task"], {"exact": 0, "format": 0, "n": 0})
