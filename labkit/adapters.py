@@ -124,6 +124,7 @@ def save(model, path: str | os.PathLike, extra_files: dict[str, str] | None = No
     return Path(path)
 
 
+
 def load(model, path: str | os.PathLike, adapter_name: str = "default", trainable: bool = False):
     """A PeftModel: MODEL with the adapter saved at PATH (clear error when PATH holds none)."""
     from peft import PeftModel

@@ -162,9 +162,11 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     return fit(model, data, opt, params, steps, progress="SFT" if progress else None, callback=callback)
 
 
-def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
+           adapter_names: list[str] | None = None) -> list[str]:
     """Greedy answers to PROMPTS (already rendered by the chat template), each cut at the first stop token
-    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat)."""
+    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat).
+    adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
     import torch
 
     from .chat import adds_bos, stop_strings, stop_token_ids
@@ -181,9 +183,11 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
             chunk = prompts[i:i + batch_size]
             enc = tok(chunk, return_tensors="pt", padding=True,
                       add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
+            route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None)
+                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None,
+                                     **route)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = tok.decode(row, skip_special_tokens=False)
                 for s in cut:
@@ -203,8 +207,9 @@ def dti_value(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
-    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows).
+def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) -> dict:
+    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows),
+    answered greedily BATCH_SIZE prompts at a time (answer()).
 
     Returns {"exact": share answered exactly, "format": share in the task's answer format,
     "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
@@ -216,7 +221,7 @@ def score(model, tok, examples, max_new_tokens: int = 48) -> dict:
     if not rows:
         raise ValueError("score needs at least one example.")
     prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
-    got = answer(model, tok, prompts, max_new_tokens)
+    got = answer(model, tok, prompts, max_new_tokens, batch_size=batch_size)
     by_task: dict[str, dict] = {}
     for r, g in zip(rows, got):
         t = by_task.setdefault(r["task"], {"exact": 0, "format": 0, "n": 0})

@@ -110,6 +110,16 @@ def test_score_of_perfect_and_misformatted_answers(base, monkeypatch):
     assert s["by_task"]["risk"] == {"exact": 1.0, "format": 1.0, "n": 2}
 
 
+def test_score_passes_its_batch_size_to_answer(base, monkeypatch):
+    model, tok = base
+    rows = list(data.load("instructions", "eval", n=4))
+    seen = []
+    monkeypatch.setattr(sft, "answer", lambda *a, **k: seen.append(k.get("batch_size")) or [""] * len(rows))
+    sft.score(model, tok, rows)
+    sft.score(model, tok, rows, batch_size=4)
+    assert seen == [16, 4]
+
+
 def test_reference_model_merges_the_shipped_adapter_frozen_and_leaves_the_base_alone(base):
     model, tok = base
     before = {k: v.clone() for k, v in model.state_dict().items()}

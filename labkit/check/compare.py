@@ -36,6 +36,9 @@ def describe(x) -> str:
             return repr(x) if len(repr(x)) <= 120 else f"{type(x).__name__} of {len(x)} strings"
         inner = ", ".join(describe(v) for v in list(x)[:4]) + (", ..." if len(x) > 4 else "")
         return f"[{inner}]" if isinstance(x, list) else f"({inner})"
+    if isinstance(x, dict) and any(isinstance(v, (torch.Tensor, list, tuple, dict)) for v in x.values()):
+        inner = ", ".join(f"{k!r}: {describe(v)}" for k, v in list(x.items())[:4]) + (", ..." if len(x) > 4 else "")
+        return "{" + inner + "}"
     r = repr(x)
     return r if len(r) <= 40 else r[:37] + "..."
 
