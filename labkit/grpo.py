@@ -155,14 +155,33 @@ def completion_logps(lm, input_ids, attention_mask, prompt_len: int, temperature
     input_ids, attention_mask: (N, P+T), prompt left-padded to P tokens. Returns (N, T) float32.
     Sampling at a temperature samples from softmax(logits / temperature), so the ratio and the KL are
     taken under that same distribution (as trl does). Positions come from the attention mask, as in
-    generate, so a left-padded prompt is read as it was sampled.
+    generate, so a left-padded prompt is read as it was sampled. Only the T + 1 last positions' logits
+    are computed where the model supports it (``logits_to_keep``, as trl does): the prompt's would
+    cost (N, P, vocabulary) floats and are never used.
     """
+    import inspect
+
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got temperature={temperature!r}.")
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    T = input_ids.shape[1] - prompt_len
+    kwargs = {}
+    if "logits_to_keep" in inspect.signature(lm.forward).parameters:
+        kwargs["logits_to_keep"] = T + 1
     logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=False).logits
-    return ppo.response_logps(logits.float() / temperature, input_ids, prompt_len)
+                use_cache=False, **kwargs).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    kept = logits.shape[1]  # P + T, or T + 1
+    return ppo.response_logps(logits, input_ids[:, -kept:], prompt_len - (input_ids.shape[1] - kept))
+
+
+def _chunks(n: int, size: int | None) -> list[slice]:
+    if size is None:
+        return [slice(0, n)]
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"micro_batch must be a positive integer (answers per forward pass) or None; got {size!r}.")
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def sample_group(lm, tok, prompts: list[str], group_size: int, stop_ids: list[int], max_new_tokens: int = 16,
@@ -205,20 +224,83 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def pass_curve(correct: list[int], n: int, ks=None) -> dict:
+    """{k: mean pass@k over the prompts} from CORRECT (right samples out of N, one count per prompt),
+    for each k in KS (default 1..N)."""
+    if not correct:
+        raise ValueError("pass_curve needs at least one prompt's count.")
+    ks = range(1, n + 1) if ks is None else ks
+    return {k: sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
+
+
+def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 16, ks=(1, 4, 16),
+             max_new_tokens: int = 16, temperature: float = 1.0, seed: int = 0, max_rows: int = 128) -> dict:
+    """LM's held-out scores on PROMPTS: the greedy answer's accuracy, and pass@k from N samples each.
+
+    check(prompts, completions, gold) -> one float per completion, 1 when right (default: the exact
+    answer, labkit.rewards.exact_reward). Greedy answers come from labkit.sft.answer; samples from
+    ``sample_group`` (N per prompt, at TEMPERATURE, at most MAX_ROWS answers per generate call), both
+    stopped by labkit.chat's stop tokens. pass@k is the unbiased estimate (``pass_at_k``) averaged over
+    the prompts, for each k in KS (k <= N). Returns {"greedy", "pass": {k: pass@k}, "correct": right
+    samples per prompt, "length": mean sampled answer tokens, "stray": share of samples that hold a
+    special token other than the stop (labkit.rewards.stray_special: the answer did not end its turn),
+    "right_then_stray": share of samples that begin with the gold answer and then hold such a token,
+    "greedy_right": per prompt, "greedy_answers", "samples": the N samples of the first prompt}.
+    """
+    from .chat import stop_token_ids
+    from .rewards import exact_reward, stray_special
+    from .sft import answer
+
+    check = exact_reward if check is None else check
+    if not prompts or len(prompts) != len(gold):
+        raise ValueError(f"evaluate needs one gold answer per prompt; got {len(prompts)} prompts, {len(gold)} answers.")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"every k must be an integer from 1 to n={n}; got {bad}.")
+    was_training = lm.training
+    lm.eval()
+    try:
+        greedy = answer(lm, tok, prompts, max_new_tokens=max_new_tokens)
+        right = check(prompts, greedy, gold)
+        stops = stop_token_ids(tok, lm)
+        correct, lengths, stray, right_stray, first = [], [], [], [], None
+        per_call = max(1, max_rows // n)
+        for i in range(0, len(prompts), per_call):
+            chunk, chunk_gold = prompts[i:i + per_call], gold[i:i + per_call]
+            roll = sample_group(lm, tok, chunk, n, stops, max_new_tokens, temperature, seed + i)
+            scores = check(roll["prompts"], roll["texts"], [g for g in chunk_gold for _ in range(n)])
+            correct += [int(sum(scores[j * n:(j + 1) * n])) for j in range(len(chunk))]
+            lengths += roll["completion_mask"].sum(1).tolist()
+            golds = [g for g in chunk_gold for _ in range(n)]
+            stray += [stray_special(tok, t) for t in roll["texts"]]
+            right_stray += [stray_special(tok, t) and t.strip().startswith(g.strip()) for t, g in zip(roll["texts"], golds)]
+            first = roll["texts"][:n] if first is None else first
+    finally:
+        lm.train(was_training)
+    return {"greedy": sum(right) / len(right), "pass": pass_curve(correct, n, ks),
+            "correct": correct, "length": sum(lengths) / len(lengths), "stray": sum(stray) / len(stray),
+            "right_then_stray": sum(right_stray) / len(right_stray),
+            "greedy_right": [bool(x) for x in right], "greedy_answers": greedy, "samples": first}
+
+
 # ----------------------------------------------------------------------------- one step, and a run
 
 def grpo_step(lm, ref, opt, tok, prompts: list[str], reward_fn, stop_ids: list[int], group_size: int = 8,
               beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
               loss_type: str = "grpo", scale="group", max_new_tokens: int = 16, temperature: float = 1.0,
-              num_iterations: int = 1, seed: int = 0, params=None) -> dict:
+              num_iterations: int = 1, seed: int = 0, params=None, micro_batch: int | None = 16) -> dict:
     """One GRPO step on a batch of PROMPTS: sample, score, then NUM_ITERATIONS updates of LM by OPT.
 
     reward_fn(prompts, completions) -> N floats, prompts repeated as in ``sample_group``. REF: the frozen
-    pi_ref (only used when beta > 0). With num_iterations = 1, pi_old is pi_theta itself (ratio 1, but
-    its gradient is still the policy gradient); with more, later updates reuse the same samples and the
-    clipping starts to matter. Returns {"reward": mean reward, "reward_std", "zero_std_frac": share of
-    groups whose rewards were all equal, "length": mean answer tokens, "loss", "kl", "clip_frac" (of
-    the last update), "texts", "rewards"}.
+    pi_ref (needed when beta > 0; with beta = 0 and a REF the KL is still measured, not trained on; None:
+    neither). With num_iterations = 1, pi_old is pi_theta itself (ratio 1, but its gradient is still
+    the policy gradient); with more, later updates reuse the same samples and the clipping starts to
+    matter. MICRO_BATCH: answers per forward and backward pass (None: all N at once); each chunk's loss
+    is weighted by its share of the batch's normaliser (answers, or answer tokens for bnpo/dapo), so
+    the gradient is the whole batch's, while memory holds one chunk's activations.
+    Returns {"reward": mean reward, "reward_std", "zero_std_frac": share of groups whose rewards were
+    all equal, "length": mean answer tokens, "loss", "kl", "clip_frac" (of the last update), "prompts"
+    (each repeated group_size times), "texts", "rewards"}.
     """
     if isinstance(num_iterations, bool) or not isinstance(num_iterations, numbers.Integral) or num_iterations < 1:
         raise ValueError(f"num_iterations must be a positive integer; got num_iterations={num_iterations!r}.")
@@ -233,24 +315,40 @@ def grpo_step(lm, ref, opt, tok, prompts: list[str], reward_fn, stop_ids: list[i
     r = torch.tensor(rewards, dtype=torch.float32, device=device)
     adv = group_advantages(r, group_size, scale)
     ids, attn, mask, P = roll["input_ids"], roll["attention_mask"], roll["completion_mask"], roll["prompt_len"]
+    chunks = _chunks(len(adv), micro_batch)
     with torch.no_grad():
-        old = completion_logps(lm, ids, attn, P, temperature) if num_iterations > 1 else None
-        ref_logps = completion_logps(ref, ids, attn, P, temperature) if beta > 0 else None
+        def logps_of(model):
+            return torch.cat([completion_logps(model, ids[c], attn[c], P, temperature) for c in chunks])
+        old = logps_of(lm) if num_iterations > 1 else None
+        ref_logps = logps_of(ref) if ref is not None else None
     lm.train()
+    m = mask.float()
+    tokens = m.sum().clamp(min=1.0)
     for _ in range(num_iterations):
-        logps = completion_logps(lm, ids, attn, P, temperature)
-        loss, metrics = grpo_loss(logps, logps.detach() if old is None else old, ref_logps, adv, mask, beta,
-                                  epsilon_low, epsilon_high, loss_type, max_new_tokens)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, kl, clipped = 0.0, 0.0, 0.0
+        for c in chunks:
+            logps = completion_logps(lm, ids[c], attn[c], P, temperature)
+            part, metrics = grpo_loss(logps, logps.detach() if old is None else old[c],
+                                      None if ref_logps is None else ref_logps[c], adv[c], mask[c], beta,
+                                      epsilon_low, epsilon_high, loss_type, max_new_tokens)
+            chunk_tokens = m[c].sum().clamp(min=1.0)
+            share = chunk_tokens / tokens if loss_type in ("bnpo", "dapo") else (c.stop - c.start) / len(adv)
+            (part * share).backward()
+            loss += (part * share).item()
+            if beta == 0 and ref_logps is not None:  # not in the loss, but measured: how far pi_theta has gone
+                metrics["kl"] = ((kl_k3(logps.detach(), ref_logps[c]) * m[c]).sum() / chunk_tokens).item()
+            kl += metrics["kl"] * (chunk_tokens / tokens).item()
+            clipped += metrics["clip_frac"] * (chunk_tokens / tokens).item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+    metrics = {"kl": kl, "clip_frac": clipped}
     lm.train(was_training)
     groups = r.view(-1, group_size)
     return {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
             "zero_std_frac": (groups.std(1) < 1e-8).float().mean().item(),
-            "length": mask.sum(1).float().mean().item(), "loss": loss.item(), **metrics,
-            "texts": roll["texts"], "rewards": rewards}
+            "length": mask.sum(1).float().mean().item(), "loss": loss, **metrics,
+            "prompts": roll["prompts"], "texts": roll["texts"], "rewards": rewards}
 
 
 @dataclass
@@ -261,15 +359,20 @@ class GRPOLog:
     length: list = field(default_factory=list)         # mean answer length in tokens
     clip_frac: list = field(default_factory=list)
     samples: list = field(default_factory=list)        # the first answer of each step
+    tracked: dict = field(default_factory=dict)        # {name: mean per step} of train_grpo's TRACK functions
     seconds: float = 0.0
 
 
 def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], steps: int = 20,
-               batch_size: int = 4, lr: float = 1e-4, ref=None, seed: int = 0, callback=None, **step_kwargs):
+               batch_size: int = 4, lr: float = 1e-4, ref=None, seed: int = 0, callback=None, track=None,
+               **step_kwargs):
     """GRPO on LM (trained in place) for STEPS steps of BATCH_SIZE prompts each; returns a GRPOLog.
 
     Prompts are drawn in shuffled order; STEP_KWARGS go to ``grpo_step`` (group_size, beta, loss_type,
-    ...). REF: the frozen pi_ref (default: a copy of LM as it is now). CALLBACK(step, log) after each step.
+    ...). REF: the frozen pi_ref (default: a copy of LM as it is now when beta > 0; give one with
+    beta = 0 to have the KL measured anyway). TRACK: {name: fn(prompts, completions) -> floats}, scores
+    that are logged, not trained on (e.g. the exact answer while the reward is the format only): the
+    mean per step goes to log.tracked[name]. CALLBACK(step, log) after each step.
     """
     import copy
     import random
@@ -299,8 +402,152 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
         for name in ("reward", "zero_std_frac", "kl", "length", "clip_frac"):
             getattr(log, name).append(out[name])
         log.samples.append(out["texts"][0])
+        for name, fn in (track or {}).items():
+            scores = [float(x) for x in fn(out["prompts"], out["texts"])]
+            log.tracked.setdefault(name, []).append(sum(scores) / len(scores))
         if callback is not None:
             callback(step, log)
     log.seconds = time.perf_counter() - start
     lm.eval()
     return log
+
+
+# ----------------------------------------------------------------------------- for the lesson: weights, curves, a short run
+
+def token_weights(lengths: list[int], advantages, loss_type: str = "grpo", max_completion_length: int | None = None):
+    """How much each answer token's log-prob is pushed by one update: -d loss / d logp, (N, T).
+
+    LENGTHS: N answer lengths; ADVANTAGES: (N,). At ratio 1 (num_iterations = 1) the clip is inactive
+    and the gradient of the loss with respect to a token's log-prob is -A / (the loss type's divisor):
+    "grpo" divides by each answer's own length (a long answer's tokens each move less), "dapo"/"bnpo" by
+    all tokens of the batch, "dr_grpo" by N * max_completion_length (default: the longest answer).
+    """
+    lengths = [int(n) for n in lengths]
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths must be positive answer lengths; got {lengths}.")
+    T = max(lengths)
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    logps = torch.zeros(len(lengths), T, requires_grad=True)
+    adv = torch.as_tensor(advantages, dtype=torch.float32)
+    loss, _ = grpo_loss(logps, logps.detach(), None, adv, mask, loss_type=loss_type,
+                        max_completion_length=max_completion_length or T)
+    loss.backward()
+    return -logps.grad * mask
+
+
+def sharpening(before: dict, after: dict, n: int) -> dict:
+    """Did RL sharpen what the model already had, or reach questions it could not answer? From two
+    ``evaluate`` results (same prompts, N samples each).
+
+    Returns {"pass1": (before, after), "passn": (before, after), "never": questions with no right answer
+    among the N samples before, "reached": of those, questions with one after, "greedy_had": of the
+    reached, those the model's greedy answer already got right before, "slope": pass@N - pass@(N/2)
+    before (still rising: a larger N would have found more), "verdict": a sentence}.
+    """
+    if len(before["correct"]) != len(after["correct"]):
+        raise ValueError("before and after must score the same prompts.")
+    b, a = pass_curve(before["correct"], n), pass_curve(after["correct"], n)
+    never = [i for i, c in enumerate(before["correct"]) if c == 0]
+    reached = [i for i in never if after["correct"][i] > 0]
+    greedy_had = [i for i in reached if before["greedy_right"][i]]
+    slope = b[n] - b[max(1, n // 2)]
+    out = {"pass1": (b[1], a[1]), "passn": (b[n], a[n]), "never": len(never), "reached": len(reached),
+           "greedy_had": len(greedy_had), "slope": slope}
+    new = len(reached) - len(greedy_had)
+    if a[1] - b[1] < 0.05 and not reached:
+        verdict = "RL changed little here: pass@1 did not move by 5 points and no new question was reached."
+    elif new == 0:
+        verdict = (f"sharpening: every question answered now that no sample answered before was already answered by "
+                   f"the greedy answer of the SFT model, so RL made the first sample give what the model could "
+                   f"already produce (pass@1 {100 * (a[1] - b[1]):+.0f} points, pass@{n} {100 * (a[n] - b[n]):+.0f}).")
+    else:
+        verdict = (f"{new} question(s) were answered neither by any of the {n} samples nor greedily before, and are now: "
+                   f"a skill RL added, or answers rarer than 1 in {n} (pass@k of the SFT model still rose by "
+                   f"{100 * slope:.0f} points from k = {max(1, n // 2)} to {n}; more samples would tell).")
+    out["verdict"] = verdict
+    return out
+
+
+def kl_estimates(logps, ref_logps, n: int = 4000, seed: int = 0) -> dict:
+    """KL(p || q) of two next-token distributions, exactly and from N tokens sampled from p.
+
+    logps, ref_logps: (V,) log-probabilities of p (pi_theta) and q (pi_ref). Returns {"exact": the sum
+    over the vocabulary, "k1": mean of log p/q at the samples, "k3": mean of ``kl_k3``, "k1_std",
+    "k3_std": their standard deviations over the samples, "k1_negative": the share of samples whose k1
+    is below 0 (a KL is never negative; k3 never is)}. Both means estimate the KL without bias.
+    """
+    logps, ref_logps = logps.detach().float().flatten(), ref_logps.detach().float().flatten()
+    if logps.shape != ref_logps.shape:
+        raise ValueError(f"logps and ref_logps must have the same shape (V,); got {tuple(logps.shape)} and "
+                         f"{tuple(ref_logps.shape)}.")
+    gen = torch.Generator(device=logps.device).manual_seed(seed)
+    x = torch.multinomial(logps.exp(), n, replacement=True, generator=gen)
+    k1 = logps[x] - ref_logps[x]
+    k3 = kl_k3(logps[x], ref_logps[x])
+    return {"exact": (logps.exp() * (logps - ref_logps)).sum().item(), "k1": k1.mean().item(),
+            "k3": k3.mean().item(), "k1_std": k1.std().item(), "k3_std": k3.std().item(),
+            "k1_negative": (k1 < 0).float().mean().item()}
+
+
+def plot_grpo(logs: dict, axes=None, tracked: str | None = None):
+    """Reward, KL to pi_ref and answer length per step, one line per run: logs = {label: GRPOLog}.
+    TRACKED: also draw log.tracked[TRACKED] (dashed, on the reward panel) for the runs that have it."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for label, log in logs.items():
+        line, = axes[0].plot(log.reward, label=f"{label}: reward")
+        if tracked and tracked in log.tracked:
+            axes[0].plot(log.tracked[tracked], "--", color=line.get_color(), label=f"{label}: {tracked}")
+        axes[1].plot(log.kl, label=label)
+        axes[2].plot(log.length, label=label)
+    for ax, title in zip(axes, ("mean reward of the samples", "KL(pi_theta || pi_ref) per token (k3)",
+                                "answer length (tokens)")):
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+    axes[0].legend(fontsize=8)
+    return axes
+
+
+def short_run(sft_model, tok, prompts: list[str], reward_fn, group_size: int = 8, beta: float = 0.0, steps: int = 4,
+              batch_size: int = 4, lr: float = 1e-4, max_new_tokens: int = 16, seed: int = 0,
+              eval_prompts: list[str] | None = None, eval_gold: list[str] | None = None, check=None) -> dict:
+    """A short GRPO run from a copy of SFT_MODEL (which stays the frozen pi_ref): the widget's callback.
+
+    reward_fn(prompts, completions) -> floats. The KL to pi_ref is measured at every step whatever
+    BETA is. With EVAL_PROMPTS and EVAL_GOLD, the greedy held-out accuracy (labkit.sft.answer, scored
+    by check(prompts, completions, gold), default exact match) before and after. Returns {"group_size",
+    "beta", "steps", "log": GRPOLog, "policy": the trained copy, "greedy_before", "greedy_after"
+    (None without eval prompts)}.
+    """
+    import copy
+
+    from .chat import stop_token_ids
+    from .rewards import exact_reward
+    from .sft import answer
+
+    beta = _check_epsilon("beta", beta)
+    policy = copy.deepcopy(sft_model).requires_grad_(True)
+    log = train_grpo(policy, tok, prompts, reward_fn, stop_token_ids(tok, sft_model), steps=steps,
+                     batch_size=batch_size, lr=lr, ref=sft_model, seed=seed, group_size=group_size, beta=beta,
+                     max_new_tokens=max_new_tokens)
+    out = {"group_size": group_size, "beta": beta, "steps": steps, "log": log, "policy": policy,
+           "greedy_before": None, "greedy_after": None}
+    if eval_prompts:
+        check = exact_reward if check is None else check
+        for key, model in (("greedy_before", sft_model), ("greedy_after", policy)):
+            got = answer(model, tok, eval_prompts, max_new_tokens=max_new_tokens)
+            scores = check(eval_prompts, got, eval_gold)
+            out[key] = sum(scores) / len(scores)
+    return out
+
+
+def describe_run(r: dict) -> str:
+    """One line about a ``short_run`` result."""
+    log = r["log"]
+    text = (f"G={r['group_size']}, beta={r['beta']:g}, {len(log.reward)} steps in {log.seconds:.1f} s: reward "
+            f"{log.reward[0]:.2f} -> {log.reward[-1]:.2f}, KL {log.kl[-1]:.3f}, answer length {log.length[-1]:.1f} tokens")
+    if r["greedy_after"] is not None:
+        text += f"; held-out greedy accuracy {r['greedy_before']:.0%} -> {r['greedy_after']:.0%}"
+    return text

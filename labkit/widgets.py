@@ -81,3 +81,43 @@ def token_mask_viewer(tok, examples: list[dict], max_length: int = 256):
         out.value = mask_view(tok, examples[pick.value], template.value, max_length)
 
     return wire([pick, template], out, redraw)
+
+
+def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4, 8), betas=(0.0, 0.2, 1.0),
+                group_size: int = 8, beta: float = 0.0, steps: int = 4, batch_size: int = 4, lr: float = 1e-4,
+                max_new_tokens: int = 16, eval_prompts=None, eval_gold=None):
+    """Group size and KL coefficient sliders and a Train button: a short GRPO run and its curves.
+
+    The callback is labkit.grpo.short_run (a plain function of plain values); the plot is
+    labkit.grpo.plot_grpo and the line under it labkit.grpo.describe_run. Nothing runs until Train.
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from .grpo import describe_run, plot_grpo, short_run
+
+    if not prompts:
+        raise ValueError("grpo_widget needs at least one training prompt.")
+    g = w.SelectionSlider(options=sorted(group_sizes), value=min(group_sizes, key=lambda x: abs(x - group_size)),
+                          description="group size", continuous_update=False)
+    b = w.SelectionSlider(options=sorted(betas), value=min(betas, key=lambda x: abs(x - beta)),
+                          description="KL beta", continuous_update=False)
+    button = w.Button(description=f"train {steps} steps")
+    out = w.Output()
+
+    def train(*_):
+        with out:
+            out.clear_output(wait=True)
+            r = short_run(sft_model, tok, prompts, reward_fn, group_size=g.value, beta=b.value, steps=steps,
+                          batch_size=batch_size, lr=lr, max_new_tokens=max_new_tokens, eval_prompts=eval_prompts,
+                          eval_gold=eval_gold)
+            plot_grpo({f"G={g.value}, beta={b.value:g}": r["log"]})
+            plt.tight_layout()
+            plt.show()
+            print(describe_run(r))
+
+    button.on_click(train)
+    box = w.VBox([g, b, button, out])
+    display(box)
+    return box

@@ -245,129 +245,197 @@ def test_a_short_grpo_run_raises_a_programmed_reward(base, tok):
 
 # ----------------------------------------------------------------------------- equal to trl
 
-def _need(condition, what):
-    """A missing trl attribute means trl changed what this test reads: fail and say what, never skip."""
-    if not condition:
-        import trl
-
-        pytest.fail(f"trl {trl.__version__} no longer has {what}; tests/test_grpo.py reads GRPOTrainer's internals "
-                    f"(trl 1.16's grpo_trainer.py) to compare losses: update it and labkit.grpo together.")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("scale_rewards", ["group", "none", "batch"])
-def test_grpo_loss_equals_trl_grpo_trainer_after_updates(base, tok, tmp_path, scale_rewards):
-    """trl trains for 4 steps; at every step labkit recomputes trl's loss from the same samples.
+def test_grpo_loss_equals_trl_grpo_trainer_after_updates(base, tok, scale_rewards):
+    """trl trains for 4 steps; at every step labkit recomputes trl's loss from the same samples
+    (labkit.grpo_trl.compare: labkit's own log-probs, advantages and loss; only the token ids are trl's).
 
     With num_iterations=2 the samples of steps 0 and 2 are reused at steps 1 and 3, after an update:
     there pi_theta, pi_old and pi_ref all differ, ratios leave [1 - eps, 1 + eps] and the KL is not 0.
-    labkit computes its own log-probs (policy, pi_old at sampling time, pi_ref), its own advantages
-    from the rewards trl's reward function returned, and its own loss; only the token ids come from trl.
-    trl's loss is evaluated for each loss_type, ratio level and KL weighting on the same batch by
-    setting the trainer's attributes before calling its own _compute_loss.
     """
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    import inspect
 
-    from labkit import env
+    from trl import GRPOConfig
 
-    env.quiet()
+    from labkit import grpo_trl
+
     lm, _ = base
-    policy = copy.deepcopy(lm)
     # the bundled base model is not chat-tuned and seldom ends an answer; with every 10th id a stop
     # token, answers end at varied lengths, so the four normalisations give four different numbers
     stops = list(range(0, len(tok), 10))
-    policy.generation_config.eos_token_id = stops
     chat_prompts = _prompts(tok, ["What is the risk of a loan to Linda?", "Summarise the memo.", "Who paid?"])
-    G, T, TEMP = 4, 10, 0.9
-    returned = []
+    G = 4
 
     def reward(prompts, completions, **kwargs):
         # the first prompt's group always ties (its advantages must be 0); the others vary with length
-        r = [1.0 if p == chat_prompts[0] else len(c) / 10 for p, c in zip(prompts, completions)]
-        returned.append(r)
-        return r
-
-    checks = []
-
-    class Probe(GRPOTrainer):
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
-                        "ref_per_token_logps"):
-                _need(key in out, f"the batch key {key!r} from _generate_and_score_completions")
-            ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
-            attn = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-            P = out["prompt_ids"].shape[1]
-            with torch.no_grad():  # labkit's own pi_old and pi_ref log-probs, at sampling time
-                out["labkit_old"] = grpo.completion_logps(self.model, ids, attn, P, self.temperature)
-                out["labkit_ref"] = grpo.completion_logps(self.ref_model, ids, attn, P, self.temperature)
-            out["labkit_adv"] = grpo.group_advantages(torch.tensor(returned[-1]), self.num_generations, scale_rewards)
-            checks.append(("advantages", (out["labkit_adv"] - out["advantages"]).abs().max().item()))
-            return out  # trl shuffles the rows of this dict together, so labkit's rows stay aligned
-
-        def _compute_loss(self, model, inputs):
-            loss = super()._compute_loss(model, inputs)
-            saved = (self.loss_type, self.importance_sampling_level, self.args.use_bias_correction_kl)
-            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
-            attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-            with torch.no_grad():
-                logps = grpo.completion_logps(model, ids, attn, inputs["prompt_ids"].shape[1], self.temperature)
-            by_type = {}
-            try:
-                for loss_type in grpo.LOSS_TYPES:
-                    for level, times_ratio in (("token", True), ("sequence", True), ("token", False)):
-                        self.loss_type, self.importance_sampling_level = loss_type, level
-                        self.args.use_bias_correction_kl = times_ratio
-                        with torch.no_grad():
-                            theirs = super()._compute_loss(model, inputs).item()
-                        ours, metrics = grpo.grpo_loss(
-                            logps, inputs["labkit_old"], inputs["labkit_ref"], inputs["labkit_adv"],
-                            inputs["completion_mask"], self.beta, self.epsilon_low, self.epsilon_high, loss_type,
-                            self.max_completion_length, level, times_ratio)
-                        logged = self._metrics["train"]
-                        checks.append(("loss", self._step, loss_type, level, times_ratio, theirs, ours.item(),
-                                       metrics["kl"], logged["kl"][-1],
-                                       metrics["clip_frac"], logged["clip_ratio/region_mean"][-1]))
-                        by_type[(loss_type, level, times_ratio)] = theirs
-            finally:
-                self.loss_type, self.importance_sampling_level, self.args.use_bias_correction_kl = saved
-            checks.append(("types", self._step, by_type))
-            return loss
-
-    for name in ("_compute_loss", "_generate_and_score_completions", "_get_per_token_logps_and_entropies"):
-        _need(hasattr(GRPOTrainer, name), f"GRPOTrainer.{name}")
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=G * len(chat_prompts), num_generations=G,
-                      max_completion_length=T, temperature=TEMP, learning_rate=2e-4, beta=0.04, epsilon=0.2,
-                      epsilon_high=0.28, num_iterations=2, scale_rewards=scale_rewards, loss_type="grpo",
-                      max_steps=4, bf16=False, use_cpu=True, report_to="none", dataloader_pin_memory=False,
-                      disable_tqdm=True, save_strategy="no", logging_strategy="no", seed=0)
-    for name in ("use_bias_correction_kl", "importance_sampling_level", "epsilon_high", "scale_rewards"):
-        _need(hasattr(args, name), f"GRPOConfig.{name}")
-    import inspect
+        return [1.0 if p == chat_prompts[0] else len(c) / 10 for p, c in zip(prompts, completions)]
 
     defaults = {k: v.default for k, v in inspect.signature(grpo.grpo_loss).parameters.items()}
     assert defaults["kl_times_ratio"] == GRPOConfig.use_bias_correction_kl, "labkit's default KL weighting is trl's"
-    trainer = Probe(model=policy, reward_funcs=reward, processing_class=tok, args=args,
-                    train_dataset=Dataset.from_list([{"prompt": p} for p in chat_prompts]))
-    _need(getattr(trainer, "ref_model", None) is not None, "a separate ref_model when beta > 0 without peft")
-    assert set(trainer.eos_token_ids) == set(stops), "trl takes its stop ids from the model's generation_config"
-    trainer.train()
-
-    adv = [c for c in checks if c[0] == "advantages"]
-    losses = [c for c in checks if c[0] == "loss"]
-    _need(len(adv) == 2 and len(losses) == 4 * 12, "one generation every 2 steps (num_iterations=2) over 4 steps")
-    assert max(a[1] for a in adv) < 1e-5, f"advantages differ from trl's: {adv}"
-    assert all(len(r) == G * len(chat_prompts) for r in returned)
-    for _, step, loss_type, level, times_ratio, theirs, ours, kl, trl_kl, clip, trl_clip in losses:
-        where = f"step {step}, {loss_type}, {level}, kl_times_ratio={times_ratio}"
-        assert ours == pytest.approx(theirs, abs=1e-5), where
-        assert kl == pytest.approx(trl_kl, abs=1e-5) and clip == pytest.approx(trl_clip, abs=1e-6), where
+    out = grpo_trl.compare(lm, tok, chat_prompts, reward, stops, group_size=G, max_completion_length=10,
+                           temperature=0.9, steps=4, num_iterations=2, beta=0.04, epsilon=0.2, epsilon_high=0.28,
+                           scale_rewards=scale_rewards, lr=2e-4, seed=0)
+    assert set(out["eos_token_ids"]) == set(stops), "trl takes its stop ids from the model's generation_config"
+    assert lm.generation_config.eos_token_id != stops, "compare trains a copy: the model given is untouched"
+    losses = out["losses"]
+    assert len(out["advantages"]) == 2 and len(losses) == 4 * 12, "one generation every 2 steps over 4 steps"
+    assert max(out["advantages"]) < 1e-5, f"advantages differ from trl's: {out['advantages']}"
+    assert all(len(r) == G * len(chat_prompts) for r in out["rewards"])
+    for r in losses:
+        where = f"step {r['step']}, {r['loss_type']}, {r['level']}, kl_times_ratio={r['kl_times_ratio']}"
+        assert r["labkit"] == pytest.approx(r["trl"], abs=1e-5), where
+        assert r["kl"] == pytest.approx(r["trl_kl"], abs=1e-5), where
+        assert r["clip_frac"] == pytest.approx(r["trl_clip_frac"], abs=1e-6), where
     # the check is not at a trivial point: after an update, ratios are clipped and pi_theta != pi_ref
-    reused = [c for c in losses if c[1] in (1, 3)]
-    assert max(c[9] for c in reused) > 0.05, "some ratios must be clipped at the reused steps"
-    assert min(c[8] for c in losses if c[1] >= 1) > 1e-4, "the KL to pi_ref must not be 0 after updates"
-    for _, step, by_type in (c for c in checks if c[0] == "types"):
+    reused = [r for r in losses if r["step"] in (1, 3)]
+    assert max(r["trl_clip_frac"] for r in reused) > 0.05, "some ratios must be clipped at the reused steps"
+    assert min(r["trl_kl"] for r in losses if r["step"] >= 1) > 1e-4, "the KL to pi_ref must not be 0 after updates"
+    for step, by_type in out["by_type"].items():
         if step >= 1:
             values = [by_type[(t, "token", True)] for t in ("grpo", "bnpo", "dr_grpo")]
             assert len({round(v, 6) for v in values}) == 3, f"step {step}: the normalisations must differ: {values}"
+    text = grpo_trl.table(out)
+    assert "largest |difference| over 48 comparisons" in text and text.count("\n") == 6
+
+
+def test_completion_logps_reads_only_the_answer_positions_and_equals_the_full_forward(base, tok):
+    lm, _ = base
+    prompts = _prompts(tok, ["What is the risk?", "Give the total of this receipt please."])
+    roll = grpo.sample_group(lm, tok, prompts, 2, list(range(0, len(tok), 10)), max_new_tokens=8, seed=3)
+    ids, attn, P = roll["input_ids"], roll["attention_mask"], roll["prompt_len"]
+    got = grpo.completion_logps(lm, ids, attn, P, temperature=0.7)
+    with torch.no_grad():
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        full = lm(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits.float() / 0.7
+    want = torch.gather(full[:, P - 1:-1].log_softmax(-1), 2, ids[:, P:].unsqueeze(-1)).squeeze(-1)
+    assert got.shape == want.shape == roll["completion_mask"].shape
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+def test_micro_batches_give_the_whole_batch_gradient(base, tok, loss_type):
+    """Chunks of 3 answers, each weighted by its share of the normaliser: the same update and metrics as
+    one pass over all 8 (SGD, so the update is the gradient itself)."""
+    lm, _ = base
+    prompts = _prompts(tok, ["What is the risk?", "Who paid the receipt?"])
+    stops = list(range(0, len(tok), 10))
+
+    def reward(p, c):  # varied within each group, so every advantage is non-zero
+        return [len(x) % 3 + (i % 4) for i, x in enumerate(c)]
+
+    results, params = [], []
+    for micro in (None, 3):
+        policy = copy.deepcopy(lm).requires_grad_(True)
+        opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+        before = [p.detach().clone() for p in policy.parameters()]
+        out = grpo.grpo_step(policy, lm, opt, tok, prompts, reward, stops, group_size=4, beta=0.1,
+                             loss_type=loss_type, max_new_tokens=8, seed=5, micro_batch=micro)
+        results.append(out)
+        params.append(torch.cat([(p.detach() - b).flatten() for p, b in zip(policy.parameters(), before)]))
+    assert results[0]["texts"] == results[1]["texts"]
+    assert params[0].abs().max() > 0
+    assert torch.allclose(params[0], params[1], atol=1e-6, rtol=1e-4), (params[0] - params[1]).abs().max()
+    for key in ("loss", "kl", "clip_frac"):
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+    with pytest.raises(ValueError, match="micro_batch"):
+        grpo.grpo_step(copy.deepcopy(lm).requires_grad_(True), lm, opt, tok, prompts, reward, stops, group_size=4,
+                       max_new_tokens=4, micro_batch=0)
+
+
+# ----------------------------------------------------------------------------- for the lesson
+
+def test_pass_curve_averages_pass_at_k_over_prompts():
+    curve = grpo.pass_curve([0, 2, 4], 4)
+    assert list(curve) == [1, 2, 3, 4]
+    assert curve[1] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert curve[4] == pytest.approx(2 / 3), "pass@n: the share of prompts with at least one right sample"
+    assert grpo.pass_curve([1], 4, ks=(2,)) == {2: pytest.approx(0.5)}
+    with pytest.raises(ValueError, match="at least one"):
+        grpo.pass_curve([], 4)
+
+
+def test_token_weights_show_each_loss_types_divisor():
+    """A right answer of 2 tokens and a wrong one of 6, advantages +1 / -1."""
+    g = grpo.token_weights([2, 6], [1.0, -1.0], "grpo")
+    assert g.shape == (2, 6)
+    assert g[0, :2].tolist() == pytest.approx([1 / 4] * 2) and g[0, 2:].tolist() == [0.0] * 4, "1 / (N * own length)"
+    assert g[1].tolist() == pytest.approx([-1 / 12] * 6)
+    d = grpo.token_weights([2, 6], [1.0, -1.0], "dapo")
+    assert d[0, :2].tolist() == pytest.approx([1 / 8] * 2) and d[1].tolist() == pytest.approx([-1 / 8] * 6)
+    r = grpo.token_weights([2, 6], [1.0, -1.0], "dr_grpo", max_completion_length=10)
+    assert r[0, :2].tolist() == pytest.approx([1 / 20] * 2) and r[1].tolist() == pytest.approx([-1 / 20] * 6)
+    with pytest.raises(ValueError, match="positive answer lengths"):
+        grpo.token_weights([0, 3], [1.0, -1.0])
+
+
+def test_sharpening_counts_questions_reached_and_says_which_case():
+    before = {"correct": [0, 0, 2, 4], "greedy_right": [True, False, True, True]}
+    only_greedy = {"correct": [4, 0, 4, 4], "greedy_right": [True] * 4}
+    s = grpo.sharpening(before, only_greedy, 4)
+    assert s["never"] == 2 and s["reached"] == 1 and s["greedy_had"] == 1
+    assert s["pass1"][0] == pytest.approx((0.5 + 1) / 4) and s["passn"] == (pytest.approx(0.5), pytest.approx(0.75))
+    assert s["verdict"].startswith("sharpening")
+    new = grpo.sharpening(before, {"correct": [4, 1, 4, 4], "greedy_right": [True] * 4}, 4)
+    assert new["reached"] == 2 and new["greedy_had"] == 1 and new["verdict"].startswith("1 question(s)")
+    flat = grpo.sharpening(before, before, 4)
+    assert flat["reached"] == 0 and flat["verdict"].startswith("RL changed little")
+    with pytest.raises(ValueError, match="same prompts"):
+        grpo.sharpening(before, {"correct": [1], "greedy_right": [True]}, 4)
+
+
+def test_kl_estimates_are_unbiased_and_k3_is_never_negative():
+    p = torch.tensor([0.5, 0.3, 0.2]).log()
+    q = torch.tensor([0.4, 0.4, 0.2]).log()
+    est = grpo.kl_estimates(p, q, n=20000, seed=1)
+    exact = sum(a * math.log(a / b) for a, b in zip([0.5, 0.3, 0.2], [0.4, 0.4, 0.2]))
+    assert est["exact"] == pytest.approx(exact, abs=1e-6)
+    assert est["k1"] == pytest.approx(exact, abs=0.01) and est["k3"] == pytest.approx(exact, abs=0.01)
+    assert est["k1_negative"] == pytest.approx(0.3, abs=0.02), "k1 < 0 exactly where p < q: token 1, 30% of samples"
+    assert est["k3_std"] < est["k1_std"], "close distributions: k3 has the smaller variance"
+    assert grpo.kl_estimates(p, p)["exact"] == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        grpo.kl_estimates(p, q[:2])
+
+
+def test_evaluate_scores_greedy_and_samples_with_the_given_check(base, tok):
+    lm, _ = base
+    prompts = _prompts(tok, ["What is the risk?", "Who paid?", "Give the total."])
+    always = grpo.evaluate(lm, tok, prompts, ["x"] * 3, check=lambda p, c, g: [1.0] * len(c), n=4, ks=(1, 4),
+                           max_new_tokens=4, max_rows=8)
+    assert always["greedy"] == 1.0 and always["pass"] == {1: 1.0, 4: 1.0} and always["correct"] == [4, 4, 4]
+    assert len(always["samples"]) == 4 and len(always["greedy_answers"]) == 3 and 0 < always["length"] <= 4
+    # right only for the first prompt's samples: the counts are per prompt, in order, across generate calls
+    first = grpo.evaluate(lm, tok, prompts, ["a", "b", "c"], check=lambda p, c, g: [float(x == "a") for x in g],
+                          n=4, ks=(1,), max_new_tokens=4, max_rows=4)
+    assert first["correct"] == [4, 0, 0] and first["pass"][1] == pytest.approx(1 / 3)
+    assert first["greedy_right"] == [True, False, False]
+    assert not lm.training
+    with pytest.raises(ValueError, match="from 1 to n=4"):
+        grpo.evaluate(lm, tok, prompts, ["x"] * 3, n=4, ks=(8,))
+    with pytest.raises(ValueError, match="one gold answer per prompt"):
+        grpo.evaluate(lm, tok, prompts, ["x"], n=4)
+
+
+def test_train_grpo_logs_tracked_scores_and_short_run_leaves_the_sft_model_alone(base, tok):
+    lm, _ = base
+    stops = list(range(0, len(tok), 10))
+    prompts = _prompts(tok, ["What is the risk?", "Who paid?"])
+    before = [p.detach().clone() for p in lm.parameters()]
+    r = grpo.short_run(lm, tok, prompts, lambda p, c: [float(len(c[i]) % 2) for i in range(len(c))],
+                       group_size=2, beta=0.5, steps=2, batch_size=2, max_new_tokens=4,
+                       eval_prompts=prompts, eval_gold=["x", "y"], check=lambda p, c, g: [1.0] * len(c))
+    assert all(torch.equal(a, b) for a, b in zip(before, lm.parameters())), "pi_ref (the SFT model) is not trained"
+    assert r["greedy_before"] == r["greedy_after"] == 1.0 and len(r["log"].reward) == 2
+    assert r["policy"] is not lm
+    line = grpo.describe_run(r)
+    assert line.startswith("G=2, beta=0.5, 2 steps") and "held-out greedy accuracy 100% -> 100%" in line
+    policy = copy.deepcopy(lm).requires_grad_(True)
+    log = grpo.train_grpo(policy, tok, prompts, lambda p, c: [0.0] * len(c), stops, steps=2, batch_size=2,
+                          group_size=2, beta=0.0, max_new_tokens=4,
+                          track={"ones": lambda p, c: [1.0] * len(c), "half": lambda p, c: [0.0, 1.0] * (len(c) // 2)})
+    assert log.tracked == {"ones": [1.0, 1.0], "half": [0.5, 0.5]}
+    axes = grpo.plot_grpo({"run": log}, tracked="ones")
+    assert len(axes) == 3 and len(axes[0].lines) == 2, "the reward and the tracked score"
+    with pytest.raises(ValueError, match="beta"):
+        grpo.short_run(lm, tok, prompts, lambda p, c: [0.0] * len(c), beta=-1.0)

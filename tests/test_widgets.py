@@ -24,3 +24,30 @@ def test_explorer_builds_a_widget(base):
     model, tok = base
     box = widgets.temperature_explorer(model, tok, "Once upon a time", n=1, max_new_tokens=5)
     assert len(box.children) == 3
+
+
+def test_grpo_widget_trains_on_click_with_the_sliders_values(base, capsys, monkeypatch):
+    """No browser: set the sliders, press the button from Python, read what the callback printed."""
+    from labkit import grpo
+
+    model, tok = base
+    prompts = [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
+               for u in ("What is the risk?", "Who paid?")]
+    calls = []
+    real = grpo.short_run
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "short_run", spy)
+    box = widgets.grpo_widget(model, tok, prompts, lambda p, c: [float(len(x) % 2) for x in c], group_sizes=(2, 4),
+                              betas=(0.0, 0.3), group_size=4, beta=0.0, steps=1, batch_size=2, max_new_tokens=4)
+    g, b, button, out = box.children
+    assert (g.value, b.value) == (4, 0.0) and not calls, "nothing runs until Train"
+    g.value, b.value = 2, 0.3
+    button.click()
+    assert len(calls) == 1 and calls[0]["group_size"] == 2 and calls[0]["beta"] == 0.3 and calls[0]["steps"] == 1
+    assert "G=2, beta=0.3, 1 steps" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="at least one training prompt"):
+        widgets.grpo_widget(model, tok, [], lambda p, c: [])
