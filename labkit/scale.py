@@ -30,8 +30,8 @@ GLOBAL number of trained tokens of the step (one all_reduce) and multiplied by w
 divides by it): the gradient is then exactly the one-process, one-batch gradient. "mean" keeps the
 naive recipe, so the lesson can measure the difference.
 
-The memory side of scaling out (what DDP, ZeRO-1/2/3 and FSDP keep on each GPU) is per_gpu_memory
-and memory_table below, built on labkit.quant.estimate_memory's breakdown.
+The memory side of scaling out (what DDP, ZeRO-1/2/3 and FSDP keep on each GPU) is
+labkit.memory.per_gpu_memory.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -49,7 +48,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import quant
 from .models import ASSETS
 
 CONFIG_DIR = ASSETS / "configs"
@@ -758,90 +756,6 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     log["wall_seconds"] = wall
     log["stdout"] = proc.stdout
     return log
-
-
-# ----------------------------------------------------------------------------- memory per GPU: DDP, ZeRO, FSDP
-
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
-STRATEGY_NAMES = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3 / FSDP"}
-# What each strategy splits across the GPUs (ZeRO: Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054;
-# FSDP's FULL_SHARD is ZeRO-3, SHARD_GRAD_OP is ZeRO-2).
-SHARDED = {"ddp": (), "zero1": ("optimizer_states",), "zero2": ("optimizer_states", "gradients"),
-           "zero3": ("optimizer_states", "gradients", "weights", "adapters", "quant_constants")}
-
-
-def per_gpu_memory(n_params, method: str, strategy: str, n_gpus: int, *, prefetch_layers: int = 2,
-                   **assumptions) -> dict:
-    """Bytes on each of N_GPUS GPUs to fine-tune a model of N_PARAMS parameters with STRATEGY.
-
-    method: "full", "lora" or "qlora" (as labkit.quant.estimate_memory); strategy: one of STRATEGIES.
-    quant.estimate_memory gives the one-GPU breakdown (ASSUMPTIONS go to it: lora_params, hidden,
-    layers, batch (per GPU), seq_len, grad_checkpointing, ...); each strategy divides some of its
-    parts by N_GPUS (SHARDED): ZeRO-1 the optimizer states (AdamW's m and v and the fp32 master
-    weights), ZeRO-2 also the gradients, ZeRO-3 / FSDP also the weights. Activations are never
-    divided: each GPU runs its own micro-batch. Under ZeRO-3 each GPU gathers the full weights of
-    the layer it computes (and of PREFETCH_LAYERS - 1 next ones, fetched ahead) for a moment: that
-    is "gathered", PREFETCH_LAYERS x (weights / layers) (needs layers; 0 leaves it out, as the ZeRO
-    paper's table does). Not counted: communication buckets, the CUDA context, fragmentation.
-
-    Returns dict of ints (bytes): estimate_memory's keys (weights, gradients, optimizer_states,
-    adapters, quant_constants, activations), "gathered", and "total".
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
-    if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a positive integer; got {n_gpus!r}.")
-    if isinstance(prefetch_layers, bool) or not isinstance(prefetch_layers, int) or prefetch_layers < 0:
-        raise ValueError(f"prefetch_layers must be 0 or a positive integer; got {prefetch_layers!r}.")
-    one = quant.estimate_memory(n_params, method, **assumptions)
-    out = {k: v for k, v in one.items() if k != "total"}
-    for part in SHARDED[strategy]:
-        out[part] = math.ceil(one[part] / n_gpus)
-    out["gathered"] = 0
-    layers = assumptions.get("layers")
-    if strategy == "zero3" and n_gpus > 1 and prefetch_layers and layers:
-        per_layer = (one["weights"] + one["adapters"] + one["quant_constants"]) / layers
-        out["gathered"] = math.ceil(min(prefetch_layers, layers) * per_layer * (1 - 1 / n_gpus))
-    out["total"] = sum(out.values())
-    return out
-
-
-def memory_table(sizes: dict, methods=quant.METHODS, strategies=STRATEGIES, gpus=(1, 2, 4, 8),
-                 **assumptions) -> list[dict]:
-    """per_gpu_memory for every model of SIZES (as labkit.qlora.llama_sizes returns), method,
-    strategy and GPU count. Returns rows {"model", "method", "strategy", "gpus", "gb" (per GPU,
-    1 GB = 1e9 bytes), "breakdown" (bytes)}."""
-    rows = []
-    for name, s in sizes.items():
-        for method in methods:
-            kw = dict(assumptions, hidden=s["hidden"], layers=s["layers"])
-            if method != "full":
-                kw["lora_params"] = s["lora_params"]
-            for strategy in strategies:
-                for g in gpus:
-                    est = per_gpu_memory(s["n_params"], method, strategy, g, **kw)
-                    rows.append({"model": name, "method": method, "strategy": strategy, "gpus": g,
-                                 "gb": est["total"] / 1e9, "breakdown": est})
-    return rows
-
-
-def memory_markdown(rows: list[dict], model: str, gpu_gb: float = 80.0) -> str:
-    """A Markdown table of MEMORY_TABLE rows for one MODEL: a row per (method, strategy), a column
-    per GPU count, GB per GPU; cells over GPU_GB (with 1 GB kept for the CUDA context) are marked."""
-    mine = [r for r in rows if r["model"] == model]
-    if not mine:
-        raise ValueError(f"no rows for model {model!r}.")
-    gpus = sorted({r["gpus"] for r in mine})
-    head = f"| {model}: GB per GPU | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in gpus) + " |"
-    lines = [head, "|---|" + "---:|" * len(gpus)]
-    keys = list(dict.fromkeys((r["method"], r["strategy"]) for r in mine))
-    for method, strategy in keys:
-        cells = []
-        for g in gpus:
-            gb = next(r["gb"] for r in mine if (r["method"], r["strategy"], r["gpus"]) == (method, strategy, g))
-            cells.append(f"{gb:,.1f}" + ("" if gb + 1 <= gpu_gb else " ✗"))
-        lines.append(f"| {method}, {STRATEGY_NAMES[strategy]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

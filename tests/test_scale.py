@@ -1,5 +1,5 @@
 """labkit.scale: the training script of lesson 10 on one process and several (torchrun / accelerate
-launch, gloo on CPUs), its config checks, the loss normalisation, and the per-GPU memory estimator."""
+launch, gloo on CPUs), its config checks and the loss normalisation (per-GPU memory: tests/test_memory.py)."""
 
 import json
 import os
@@ -440,43 +440,6 @@ def test_slurm_example_is_valid_bash_and_uses_real_config_keys():
     assert "srun torchrun" in text and "scripts/train_sft.py" in text and "#SBATCH --nodes=2" in text
     keys = re.findall(r"--set (\w+)=", text)
     assert keys and set(keys) <= set(scale.FIELDS)
-
-
-# ----------------------------------------------------------------------------- per-GPU memory: DDP, ZeRO, FSDP
-
-def test_per_gpu_memory_reproduces_the_zero_paper():
-    """ZeRO (Rajbhandari et al. 2020), Figure 1: a 7.5B model, 64 GPUs, mixed-precision Adam (K = 12):
-    DDP 120 GB, ZeRO-1 31.4 GB, ZeRO-2 16.6 GB, ZeRO-3 1.9 GB per GPU (weights, gradients, optimizer)."""
-    got = {s: scale.per_gpu_memory(7.5e9, "full", s, 64, prefetch_layers=0)["total"] / 1e9 for s in scale.STRATEGIES}
-    assert got == pytest.approx({"ddp": 120, "zero1": 31.4, "zero2": 16.6, "zero3": 1.9}, abs=0.06)
-
-
-def test_per_gpu_memory_shards_what_each_strategy_says():
-    from labkit import quant
-
-    kw = dict(lora_params=20e6, hidden=4096, layers=32, batch=1, seq_len=512)
-    one = quant.estimate_memory(7e9, "lora", **kw)
-    for s in scale.STRATEGIES:  # one GPU: nothing to shard, the estimate of lesson 03
-        assert scale.per_gpu_memory(7e9, "lora", s, 1, **kw)["total"] == one["total"]
-    eight = {s: scale.per_gpu_memory(7e9, "full", s, 8, hidden=4096, layers=32) for s in scale.STRATEGIES}
-    assert eight["ddp"]["total"] > eight["zero1"]["total"] > eight["zero2"]["total"] > eight["zero3"]["total"]
-    assert eight["zero3"]["activations"] == eight["ddp"]["activations"] > 0  # each GPU runs its own micro-batch
-    assert eight["zero3"]["gathered"] > 0 == eight["zero2"]["gathered"]
-    lora = {s: scale.per_gpu_memory(7e9, "lora", s, 8, **kw)["total"] for s in scale.STRATEGIES}
-    assert lora["ddp"] - lora["zero2"] < 0.02 * lora["ddp"]  # LoRA's optimizer states and gradients are small
-    assert lora["zero3"] < lora["ddp"] / 3  # the frozen weights dominate, and only ZeRO-3 / FSDP splits them
-    with pytest.raises(ValueError, match="strategy must be one of"):
-        scale.per_gpu_memory(7e9, "full", "zero4", 8)
-    with pytest.raises(ValueError, match="n_gpus"):
-        scale.per_gpu_memory(7e9, "full", "ddp", 0)
-
-
-def test_memory_table_and_markdown():
-    sizes = {"7B": {"n_params": 6.74e9, "lora_params": 40e6, "hidden": 4096, "layers": 32}}
-    rows = scale.memory_table(sizes, gpus=(1, 2, 4, 8))
-    assert len(rows) == 3 * 4 * 4
-    md = scale.memory_markdown(rows, "7B")
-    assert md.count("\n") == 1 + 12 and "ZeRO-3 / FSDP" in md and "✗" in md  # full fine-tune on 1 GPU: > 80 GB
 
 
 @pytest.mark.parametrize("four_bit", [False, True])
