@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import guard
 from . import atomic
 from .lora import _adaptable_layers, _check_hyperparameters, _select, is_conv1d
 
@@ -86,8 +87,7 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
         ff = [t for t in names if t in ("down_proj", "fc2", "dense_4h_to_h", "c_fc")]
         return IA3Config(target_modules=names, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM,
                          fan_in_fan_out=conv)
-    if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
-        raise ValueError(f"num_virtual_tokens must be a positive integer such as 8; got {num_virtual_tokens!r}.")
+    guard.positive_int("num_virtual_tokens", num_virtual_tokens, "8")
     return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=TaskType.CAUSAL_LM)
 
 

@@ -8,8 +8,8 @@
                          of status, time and recorded metrics (labkit render --help)
     labkit links         check (--write: regenerate) the Colab/Binder badges and install cells from the
                          repository address in pyproject.toml
-    labkit train         the SFT + LoRA training script of lesson 10 (labkit.scale): labkit train --config
-                         FILE [--set KEY=VALUE ...]; under torchrun: torchrun --no-python ... labkit train ...
+    labkit train         the SFT + LoRA training script of lesson 10 (labkit.launcher): labkit train --config
+                         FILE.yaml [--steps 20 --lr 1e-3 ...]; under torchrun: torchrun --no-python ... labkit train ...
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def doctor(out=print) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # the training script's own options (labkit.scale.main)
-        from .scale import main as train_main
+    if argv[:1] == ["train"]:  # the training script's own options (labkit.launcher.main)
+        from .launcher import main as train_main
 
         return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="labkit", description="The labkit course helper.")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import guard
 from . import ppo
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -74,9 +75,7 @@ def kl_k3(logps, ref_logps):
 
 
 def _check_epsilon(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0 such as 0.2; got {name}={value!r}.")
-    return float(value)
+    return guard.non_negative_float(name, value, "0.2")
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, beta: float = 0.0,
@@ -179,8 +178,7 @@ def completion_logps(lm, input_ids, attention_mask, prompt_len: int, temperature
 def _chunks(n: int, size: int | None) -> list[slice]:
     if size is None:
         return [slice(0, n)]
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"micro_batch must be a positive integer (answers per forward pass) or None; got {size!r}.")
+    size = guard.positive_int("micro_batch", size, about="answers per forward pass, or None for all at once")
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -194,8 +192,7 @@ def sample_group(lm, tok, prompts: list[str], group_size: int, stop_ids: list[in
     tokens up to and including the stop token, "prompt_len": P, "prompts": N prompts (each repeated
     group_size times, consecutive), "texts": N answers cut at the stop}, N = len(prompts) * group_size.
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer; got group_size={group_size!r}.")
+    guard.positive_int("group_size", group_size)
     if not prompts:
         raise ValueError("sample_group needs at least one prompt.")
     repeated = [p for p in prompts for _ in range(group_size)]
@@ -213,8 +210,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     the huge binomials. Needs 0 <= c <= n and 1 <= k <= n.
     """
     for name, v in (("n", n), ("c", c), ("k", k)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"{name} must be an integer >= 0; got {name}={v!r}.")
+        guard.non_negative_int(name, v)
     if c > n:
         raise ValueError(f"c (correct samples) cannot exceed n (samples); got n={n}, c={c}.")
     if not 1 <= k <= n:
@@ -302,8 +298,7 @@ def grpo_step(lm, ref, opt, tok, prompts: list[str], reward_fn, stop_ids: list[i
     all equal, "length": mean answer tokens, "loss", "kl", "clip_frac" (of the last update), "prompts"
     (each repeated group_size times), "texts", "rewards"}.
     """
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, numbers.Integral) or num_iterations < 1:
-        raise ValueError(f"num_iterations must be a positive integer; got num_iterations={num_iterations!r}.")
+    guard.positive_int("num_iterations", num_iterations)
     params = params if params is not None else [p for p in lm.parameters() if p.requires_grad]
     was_training = lm.training
     lm.eval()
@@ -382,8 +377,7 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     lr, steps = check_lr(lr), check_steps(steps)
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got batch_size={batch_size!r}.")
+    guard.positive_int("batch_size", batch_size)
     params = [p for p in lm.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the policy has no trainable parameters: call lm.requires_grad_(True), or add a LoRA adapter.")

@@ -23,21 +23,19 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from . import guard
+
 
 # ---------------------------------------------------------------------------------------------
 # Validation: every error names the bad value and what would be valid
 
 
 def _check_r(r) -> int:
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
-        raise ValueError(f"r must be a positive integer such as 4, 8 or 16; got r={r!r}.")
-    return int(r)
+    return guard.positive_int("r", r, "4, 8 or 16")
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a number > 0 (commonly alpha = r or 2*r); got alpha={alpha!r}.")
-    return float(alpha)
+    return guard.positive_float("alpha", alpha, "r or 2*r")
 
 
 def _check_delta_w(delta_w) -> torch.Tensor:
@@ -132,9 +130,7 @@ def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int
     r = _check_r(r)
     alpha = _check_alpha(alpha)
     shapes = _check_shapes(layer_shapes)
-    if isinstance(n_model_params, bool) or not isinstance(n_model_params, numbers.Integral) or n_model_params < 0:
-        raise ValueError(f"n_model_params must be a non-negative integer (the base model's parameter count); "
-                         f"got {n_model_params!r}.")
+    guard.non_negative_int("n_model_params", n_model_params, about="the base model's parameter count")
     if s is None:
         s = singular_values(delta_w)
     else:

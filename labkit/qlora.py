@@ -1,7 +1,8 @@
 """QLoRA in practice: a model loaded in 4-bit NF4 through transformers + bitsandbytes, LoRA on top.
 
-labkit.quant holds the arithmetic (NF4 from scratch, double quantisation, estimate_memory); this
-module holds what a lesson does with real models:
+labkit.quant holds NF4 from scratch and double quantisation, labkit.memory the memory arithmetic
+(and `footprint`, the bytes a loaded 4-bit model stores); this module holds what a lesson does with
+real models:
 
 - `load_4bit` loads a model with a BitsAndBytesConfig (NF4, double quantisation, a compute dtype)
   and switches off bitsandbytes' CPU repacking, which breaks training (`disable_cpu_repacking`);
@@ -9,9 +10,9 @@ module holds what a lesson does with real models:
   model's own layers (labkit.adapters.targets);
 - `linear_weights` and `block_layer` give the weights a lesson quantises, as bitsandbytes sees them
   ((out, in): GPT-2's Conv1D transposed, as transformers' bitsandbytes integration does);
-- `footprint` counts the bytes a model really stores (4-bit data, quantisation constants, the rest);
-- `compare_outputs` measures how far the 4-bit model's logits are from the original's;
-- `llama_sizes` and `fit_table` apply quant.estimate_memory to real Llama shapes and GPU sizes.
+- `compare_outputs` measures how far the 4-bit model's logits are from the original's,
+  `lora_gradients` whether the adapters get gradients, `check_against_bitsandbytes` our NF4 next to
+  bitsandbytes' on a real weight; `load_gpu_results` reads scripts/gpu_qlora.py's measurements.
 """
 
 from __future__ import annotations
@@ -20,28 +21,8 @@ import json
 from pathlib import Path
 
 from . import quant
-from .adapters import DEFAULT_TARGETS
 
-# Llama's seven linear layers per block, for the memory arithmetic on LLAMA_SHAPES (llama_sizes). A
-# loaded model's own names come from labkit.adapters.targets(model) (GPT-2: c_attn, c_proj, c_fc).
-ALL_LINEAR = DEFAULT_TARGETS
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-# Published Llama shapes (config.json of each checkpoint); 34B is Code Llama 34B (Llama 2 had none
-# released), 34B and 70B use grouped-query attention with 8 key/value heads.
-LLAMA_SHAPES = {
-    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000),
-    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                num_key_value_heads=40, vocab_size=32000),
-    "34B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=32000),
-    "65B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=64, vocab_size=32000),
-    "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=32000),
-}
-GPU_SIZES_GB = (16, 24, 48, 80)
 
 
 # -----------------------------------------------------------------------------
@@ -260,43 +241,6 @@ def prepare_qlora(model, r: int = 8, alpha: float = 16, target_modules=None, dro
 # Measuring
 
 
-def footprint(model) -> dict:
-    """The bytes MODEL really stores, by kind.
-
-    Returns a dict of ints: weights_4bit (the packed codes, 2 per byte), quant_constants (absmax,
-    double-quantised absmax, their absmax2 and offsets), codebooks (the 16-entry NF4 and 256-entry
-    8-bit tables every layer keeps), other_params (embeddings, norms, LM head, adapters: numel x
-    element size), buffers, total; and quantized_params, the number of weights held in 4 bits.
-    transformers' model.get_memory_footprint() counts parameters and buffers only: the quantisation
-    constants live in each weight's quant_state, which it leaves out.
-    """
-    import bitsandbytes as bnb
-
-    out = dict.fromkeys(("weights_4bit", "quant_constants", "codebooks", "other_params", "buffers"), 0)
-    quantized = 0
-    seen = set()
-    for p in model.parameters():
-        if id(p) in seen:  # tied weights count once
-            continue
-        seen.add(id(p))
-        if isinstance(p, bnb.nn.Params4bit) and p.quant_state is not None:
-            s = p.quant_state
-            out["weights_4bit"] += p.numel() * p.element_size()
-            quantized += s.shape.numel()
-            out["quant_constants"] += s.absmax.numel() * s.absmax.element_size()
-            out["codebooks"] += s.code.numel() * s.code.element_size()
-            if s.nested:
-                out["quant_constants"] += s.state2.absmax.numel() * s.state2.absmax.element_size()
-                out["quant_constants"] += s.offset.numel() * s.offset.element_size()
-                out["codebooks"] += s.state2.code.numel() * s.state2.code.element_size()
-        else:
-            out["other_params"] += p.numel() * p.element_size()
-    out["buffers"] = sum(b.numel() * b.element_size() for b in model.buffers())
-    out["total"] = sum(out.values())
-    out["quantized_params"] = quantized
-    return out
-
-
 def compare_outputs(model, reference, input_ids) -> dict:
     """How close MODEL's next-token distributions are to REFERENCE's on INPUT_IDS (batch, seq).
 
@@ -356,64 +300,6 @@ def check_against_bitsandbytes(w, blocksize: int = 64, quant_type: str = "nf4") 
             "absmax_equal": torch.equal(absmax, state.absmax),
             "dequant_max_abs_diff": (bnbF.dequantize_4bit(packed, state, quant_type=quant_type) - ours).abs().max().item(),
             "rows_whole_blocks": w.shape[-1] % blocksize == 0}
-
-
-def optimizer_state_bytes(optimizer) -> int:
-    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
-    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
-               for v in state.values() if hasattr(v, "element_size"))
-
-
-# -----------------------------------------------------------------------------
-# What fits where
-
-
-def llama_sizes(names=tuple(LLAMA_SHAPES), r: int = 64, target_modules=ALL_LINEAR) -> dict:
-    """Parameter counts of real Llama shapes, built on the meta device (no memory, no download).
-
-    Returns {name: {"n_params", "lora_params" (rank R on TARGET_MODULES), "hidden", "layers"}}.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .lora import count_lora_params
-
-    bad = [n for n in names if n not in LLAMA_SHAPES]
-    if bad:
-        raise ValueError(f"unknown model size {bad[0]!r}; choose from {tuple(LLAMA_SHAPES)}.")
-    out = {}
-    for name in names:
-        shape = LLAMA_SHAPES[name]
-        with torch.device("meta"):
-            model = LlamaForCausalLM(LlamaConfig(**shape))
-        out[name] = {"n_params": sum(p.numel() for p in model.parameters()),
-                     "lora_params": count_lora_params(model, r, list(target_modules)),
-                     "hidden": shape["hidden_size"], "layers": shape["num_hidden_layers"]}
-    return out
-
-
-def fit_table(sizes: dict, gpus_gb=GPU_SIZES_GB, methods=quant.METHODS, reserve_gb: float = 1.0,
-              **assumptions) -> list[dict]:
-    """Which (model, method) fits on which GPU, by quant.estimate_memory.
-
-    sizes: as llama_sizes returns. gpus_gb: GPU memory in GB (1 GB = 1e9 bytes; a "48 GB" card
-    really has about 48 GiB = 51.5e9 bytes, so this errs on the safe side). reserve_gb: left for the
-    CUDA context and allocator (estimate_memory leaves it out). ASSUMPTIONS go to estimate_memory
-    (batch, seq_len, grad_checkpointing, optimizer, ...).
-    Returns rows {"model", "method", "total_gb" (estimate, without the reserve), "fits": {gpu: bool}}.
-    """
-    bad = [m for m in methods if m not in quant.METHODS]
-    if bad:
-        raise ValueError(f"method must be one of {quant.METHODS}, got {bad[0]!r}.")
-    rows = []
-    for name, s in sizes.items():
-        for method in methods:
-            est = quant.estimate_memory(s["n_params"], method, lora_params=s["lora_params"], hidden=s["hidden"],
-                                        layers=s["layers"], **assumptions)
-            total_gb = est["total"] / 1e9
-            rows.append({"model": name, "method": method, "total_gb": total_gb,
-                         "fits": {g: total_gb + reserve_gb <= g for g in gpus_gb}})
-    return rows
 
 
 def load_gpu_results(path) -> dict | None:

@@ -1,4 +1,4 @@
-"""QLoRA's 4-bit NormalFloat (NF4) from scratch, and the memory arithmetic of fine-tuning.
+"""QLoRA's 4-bit NormalFloat (NF4) from scratch: the codebook, blockwise quantisation, double quantisation.
 
 The pieces, in the order of the QLoRA paper (Dettmers et al. 2023, https://arxiv.org/abs/2305.14314):
 
@@ -8,16 +8,14 @@ The pieces, in the order of the QLoRA paper (Dettmers et al. 2023, https://arxiv
    value is replaced by the index of the nearest NF4 value (`quantize_nf4`, `dequantize_nf4`).
 3. Double quantisation: the per-block absmax constants (fp32, 0.5 bit per weight) are themselves
    quantised to 8 bits in blocks of 256 (`double_quantize`, `double_dequantize`): 0.127 bit per weight.
-4. What that buys: `bits_per_parameter` and `estimate_memory` for full, LoRA and QLoRA fine-tuning.
+
+What that buys in memory (bits per parameter, full vs LoRA vs QLoRA fine-tuning) is labkit.memory.
 
 Everything here is plain torch and reproduces bitsandbytes 0.50's reference kernels bit for bit
 (tests/test_quant.py checks it), including its rounding details, which the comments point out.
 """
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import torch
 
@@ -319,121 +317,3 @@ def double_dequantize(q_absmax: torch.Tensor, absmax2: torch.Tensor, offset: flo
     values = DYNAMIC_CODE.to(q_absmax.device)[q_absmax.reshape(-1).long()]
     # offset is a float32 value, so adding it as a Python float rounds exactly as float32 would.
     return _unscale_blocks(values, absmax2.reshape(-1).float(), blocksize) + offset
-
-
-# -----------------------------------------------------------------------------
-# Memory arithmetic
-
-
-def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, blocksize2: int = 256) -> float:
-    """Storage of an NF4 weight per parameter, in bits: 4 for the code plus its share of the constants.
-
-    Without double quantisation: one fp32 absmax per block, 4 + 32/64 = 4.5 bits.
-    With it: one 8-bit absmax per block and one fp32 absmax2 per BLOCKSIZE2 blocks,
-    4 + 8/64 + 32/(64*256) = 4.127 bits. (The one offset per tensor and the shared codebooks are
-    a few bytes per tensor and are left out.)
-    """
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
-    if not double_quant:
-        return 4 + 32 / blocksize
-    _check_blocksize(blocksize2, DYNAMIC_BLOCKSIZES)
-    return 4 + 8 / blocksize + 32 / (blocksize * blocksize2)
-
-
-METHODS = ("full", "lora", "qlora")
-# Optimizer state bytes per trained parameter: AdamW keeps m and v in fp32; bitsandbytes'
-# 8-bit AdamW keeps them in 8 bits; plain SGD (no momentum) keeps nothing.
-OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "sgd": 0}
-# Activation values per token and hidden unit saved by one transformer layer for backward:
-# Korthikanti et al. 2022 (https://arxiv.org/abs/2205.05198) count 34 bytes in 16 bits, i.e. 17
-# values, leaving out the attention-score term (flash / SDPA attention does not store the scores).
-ACTIVATION_VALUES_PER_LAYER = 17
-
-
-def activation_bytes(batch: int, seq_len: int, hidden: int, layers: int,
-                     grad_checkpointing: bool = True, value_bytes: int = 2) -> int:
-    """Bytes of activations kept for the backward pass (an estimate; see ACTIVATION_VALUES_PER_LAYER).
-
-    Without checkpointing every layer keeps its 17 values per token and unit. With it, only each
-    layer's input is kept (1 value) and one layer at a time is recomputed in full during backward.
-    The logits (batch * seq_len * vocab) and the embedding are left out. LoRA and QLoRA need these
-    activations too: gradients must flow through the frozen layers to reach earlier adapters.
-    """
-    tokens_x_hidden = batch * seq_len * hidden
-    if grad_checkpointing:
-        values = tokens_x_hidden * (layers + ACTIVATION_VALUES_PER_LAYER)
-    else:
-        values = tokens_x_hidden * layers * ACTIVATION_VALUES_PER_LAYER
-    return int(values * value_bytes)
-
-
-def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512, hidden=None,
-                    layers=None, lora_params=None, grad_checkpointing: bool = True,
-                    weight_bytes: int = 2, optimizer: str = "adamw", master_weights: bool = True,
-                    blocksize: int = 64, double_quant: bool = True) -> dict:
-    """GPU memory to fine-tune a model of N_PARAMS parameters, in bytes, broken down.
-
-    method:
-      "full": every parameter trained: 16-bit weights + 16-bit gradients + fp32 AdamW m and v
-        (8 bytes) + an fp32 master copy of the weights (4 bytes, when MASTER_WEIGHTS and the weights
-        are narrower than fp32, as mixed-precision training keeps) = 16 bytes per parameter.
-        The QLoRA paper's "more than 780 GB" for a 65B model is 12 bytes per parameter, i.e. the same
-        without the master copy (master_weights=False).
-      "lora": the frozen weights in 16 bits + LORA_PARAMS adapter parameters, with their 16-bit
-        gradients and AdamW states (no master copy for adapters).
-      "qlora": the frozen weights in NF4 (4 bits) + their quantisation constants (double-quantised
-        by default: 0.127 bit per parameter, see bits_per_parameter) + bf16 adapters, their bf16
-        gradients and fp32 AdamW states.
-    lora_params: number of adapter parameters (required for "lora" and "qlora"; ignored for
-      "full"). E.g. r * (d_in + d_out) per adapted matrix, or labkit.lora.count_lora_params.
-    weight_bytes: bytes per value of the trained and 16-bit frozen weights, gradients, adapters and
-      activations (2 for bf16/fp16, 4 for fp32).
-    optimizer: one of OPTIMIZER_BYTES.
-    hidden, layers: give both to add activations (activation_bytes, with batch, seq_len and
-      grad_checkpointing); without them activations are 0.
-    Not counted: the CUDA context and allocator overhead (often 0.5-2 GB), temporary buffers, the
-    logits, and paged optimizers' offloading (QLoRA's third trick only absorbs spikes).
-
-    Returns: dict of ints (bytes) with keys weights, gradients, optimizer_states, adapters,
-    quant_constants, activations, total.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if optimizer not in OPTIMIZER_BYTES:
-        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZER_BYTES)}, got {optimizer!r}.")
-    if not isinstance(n_params, numbers.Real) or isinstance(n_params, bool) or not n_params > 0:
-        raise ValueError(f"n_params must be a positive number of parameters, got {n_params!r}.")
-    if not weight_bytes > 0:
-        raise ValueError(f"weight_bytes must be positive, got {weight_bytes!r}.")
-    if method != "full" and (lora_params is None or not lora_params > 0):
-        raise ValueError(f"method {method!r} needs lora_params > 0: the number of adapter "
-                         f"parameters, e.g. r * (d_in + d_out) summed over the adapted matrices.")
-    if (hidden is None) != (layers is None):
-        raise ValueError("give both hidden and layers (to count activations) or neither.")
-    if batch <= 0 or seq_len <= 0:
-        raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}.")
-
-    per_param_opt = OPTIMIZER_BYTES[optimizer]
-    out = dict.fromkeys(("weights", "gradients", "optimizer_states", "adapters",
-                         "quant_constants", "activations"), 0.0)
-    if method == "full":
-        out["weights"] = n_params * weight_bytes
-        out["gradients"] = n_params * weight_bytes
-        master = 4 if master_weights and weight_bytes < 4 else 0
-        out["optimizer_states"] = n_params * (per_param_opt + master)
-    else:
-        if method == "lora":
-            out["weights"] = n_params * weight_bytes
-        else:
-            out["weights"] = n_params * 4 / 8
-            extra_bits = bits_per_parameter(blocksize, double_quant) - 4
-            out["quant_constants"] = n_params * extra_bits / 8
-        out["adapters"] = lora_params * weight_bytes
-        out["gradients"] = lora_params * weight_bytes
-        out["optimizer_states"] = lora_params * per_param_opt
-    if hidden is not None:
-        out["activations"] = activation_bytes(batch, seq_len, hidden, layers, grad_checkpointing,
-                                              value_bytes=weight_bytes)
-    out = {k: int(math.ceil(v)) for k, v in out.items()}
-    out["total"] = sum(out.values())
-    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 
+from . import guard
 from . import corpus, data
 from .corpus import money
 
@@ -52,8 +53,7 @@ def make_task(task: str, n: int, seed: int, exclude: set[str] | None = None) -> 
     """N distinct questions of TASK ("total" or "risk"), none whose question (instruction + input) is in
     EXCLUDE (keys as labkit.data._key makes them). Deterministic in SEED."""
     _check_task(task)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer; got n={n!r}.")
+    guard.positive_int("n", n)
     rng = random.Random(f"{task}/{seed}")
     seen, out = set(exclude or ()), []
     for _ in range(100 * n + 1000):

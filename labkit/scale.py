@@ -1,10 +1,9 @@
-"""Scaling out: one SFT + LoRA training script for one CPU, one GPU, or many processes (DDP, FSDP).
+"""Scaling out: the SFT + LoRA training that runs the same on one CPU, one GPU, or many processes (DDP, FSDP).
 
-    python scripts/train_sft.py --config labkit/assets/configs/sft_lora.toml          # one process
-    torchrun --standalone --nproc_per_node 2 scripts/train_sft.py --config ...        # two processes (DDP)
-    accelerate launch --config_file labkit/assets/configs/accelerate_ddp.yaml --num_processes 8 \\
-        scripts/train_sft.py --config ...                                             # eight GPUs
-    labkit train --config FILE --set steps=20 --set lr=1e-3                            # the same, as a command
+The configuration is a dataclass (TrainConfig), read from a YAML file (load_config, the course's is
+labkit/assets/configs/sft_lora.yaml) and checked (check_config). `train` runs it on this process,
+one of a launched group or alone; `train_step` is one optimizer step of it. Starting the processes
+(the command line, torchrun, accelerate launch) is labkit.launcher.
 
 The recipe is the course's SFT with LoRA: instruction rows become prompt/completion pairs
 (labkit.data), labels are -100 on the prompt (labkit.sft), the adapter is peft's LoRA
@@ -30,8 +29,8 @@ GLOBAL number of trained tokens of the step (one all_reduce) and multiplied by w
 divides by it): the gradient is then exactly the one-process, one-batch gradient. "mean" keeps the
 naive recipe, so the lesson can measure the difference.
 
-The memory side of scaling out (what DDP, ZeRO-1/2/3 and FSDP keep on each GPU) is per_gpu_memory
-and memory_table below, built on labkit.quant.estimate_memory's breakdown.
+The memory side of scaling out (what DDP, ZeRO-1/2/3 and FSDP keep on each GPU) is
+labkit.memory.per_gpu_memory.
 """
 
 from __future__ import annotations
@@ -41,19 +40,18 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
-import subprocess
-import sys
-import tempfile
 import time
+import typing
 from pathlib import Path
 
-from . import quant
+import yaml
+
+from . import atomic
 from .models import ASSETS
 
 CONFIG_DIR = ASSETS / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "sft_lora.toml"
+DEFAULT_CONFIG = CONFIG_DIR / "sft_lora.yaml"
 NORMALISATIONS = ("tokens", "mean")
 PRECISIONS = ("fp32", "bf16")
 IGNORE_INDEX = -100
@@ -65,132 +63,93 @@ class ConfigError(ValueError):
 
 # ----------------------------------------------------------------------------- the configuration
 
+def _knob(default, help: str):
+    """A TrainConfig field; HELP is what `labkit train --help` prints for it (transformers' HfArgumentParser)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=list, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Every knob of the training script; a config file sets any subset (unknown keys are errors)."""
+    """Every knob of the training script. A YAML file sets any subset (load_config); on the command line
+    every field is a flag that overrides the file (--steps 20 --tasks dti risk: labkit.launcher.parse_args)."""
 
-    model: str = "bundled"                     # "bundled", a local folder, or a Hub id
-    data: str = "instructions_train.jsonl"     # a file of labkit/assets/data, or a path to a JSONL file
-    tasks: list = dataclasses.field(default_factory=list)   # keep these task families ([] = all)
-    n_examples: int = 0                        # the first N rows after filtering (0 = all)
-    max_length: int = 256                      # tokens per example (prompt + completion)
-    completion_only: bool = True               # labels -100 on the prompt
-    steps: int = 100                           # optimizer steps
-    lr: float = 2e-3
-    global_batch: int = 8                      # examples per optimizer step, over all processes
-    micro_batch: int = 8                       # examples per forward pass on one process
-    seed: int = 0
-    loss_normalisation: str = "tokens"         # "tokens": global token mean; "mean": mean of micro-batch means
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    target_modules: list = dataclasses.field(default_factory=list)  # [] = the model's own (lora_targets)
-    precision: str = "fp32"                    # "bf16": bf16 weights and autocast
-    load_in_4bit: bool = False                 # QLoRA: NF4 base weights (bitsandbytes), via labkit.qlora
-    device: str = "auto"                       # "auto", "cpu", "cuda"
-    threads: int = 0                           # torch threads per process (0: leave torch's default)
-    output_dir: str = "out/sft_lora"           # the adapter folder (rank 0 writes it, atomically)
-    log_file: str = "out/sft_lora_log.json"    # losses, tokens and each rank's adapter fingerprint
-    log_every: int = 10                        # print a loss line every N steps (0: only the summary)
+    model: str = _knob("bundled", '"bundled", a local folder, or a Hub id')
+    data: str = _knob("instructions_train.jsonl", "a file of labkit/assets/data, or a path to a JSONL file")
+    tasks: list[str] = _knob([], "keep these task families (none: all)")
+    n_examples: int = _knob(0, "the first N rows after filtering (0: all)")
+    max_length: int = _knob(256, "tokens per example (prompt + completion)")
+    completion_only: bool = _knob(True, "labels -100 on the prompt")
+    steps: int = _knob(100, "optimizer steps")
+    lr: float = _knob(2e-3, "AdamW learning rate")
+    global_batch: int = _knob(8, "examples per optimizer step, over all processes")
+    micro_batch: int = _knob(8, "examples per forward pass on one process")
+    seed: int = _knob(0, "seed of the LoRA init and the batch order")
+    loss_normalisation: str = _knob("tokens", '"tokens": global token mean; "mean": mean of micro-batch means')
+    lora_r: int = _knob(16, "LoRA rank")
+    lora_alpha: float = _knob(32.0, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = _knob(0.0, "LoRA dropout")
+    target_modules: list[str] = _knob([], "layers to adapt (none: every linear layer, by the model's own names)")
+    precision: str = _knob("fp32", '"bf16": bf16 weights and autocast')
+    load_in_4bit: bool = _knob(False, "QLoRA: NF4 base weights (bitsandbytes), via labkit.qlora")
+    device: str = _knob("auto", '"auto", "cpu", "cuda"')
+    threads: int = _knob(0, "torch threads per process (0: leave torch's default)")
+    output_dir: str = _knob("out/sft_lora", "the adapter folder (rank 0 writes it, atomically)")
+    log_file: str = _knob("out/sft_lora_log.json", "losses, tokens and each rank's adapter fingerprint")
+    log_every: int = _knob(10, "print a loss line every N steps (0: only the summary)")
 
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _expected_type(name: str) -> tuple:
-    default = getattr(TrainConfig(), name)
-    if isinstance(default, bool):
-        return (bool,)
-    if isinstance(default, float):
-        return (int, float)
-    return (type(default),)
-
-
-def _check_types(values: dict, where: str) -> None:
-    unknown = [k for k in values if k not in FIELDS]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, FIELDS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: unknown key {k!r}.{hint} Valid keys: {', '.join(FIELDS)}.")
-    for k, v in values.items():
-        want = _expected_type(k)
-        ok = isinstance(v, want) and not (isinstance(v, bool) and bool not in want)
-        if not ok:
-            names = " or ".join(t.__name__ for t in want)
-            raise ConfigError(f"{where}: {k} must be {names}, got {v!r} ({type(v).__name__}).")
+    def __post_init__(self):
+        """Refuse a value of the wrong type, naming the field: a YAML file or a dict bypasses argparse's
+        type conversion. An int or a number written as text is a fine float; a bool is not an int."""
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            v, want = getattr(self, name), typing.get_origin(hint) or hint  # list[str] -> list
+            if want is float and not isinstance(v, bool) and isinstance(v, (int, str)):
+                try:  # PyYAML reads 1e-3 (no dot) as a string, 2 as an int: both are fine floats
+                    v = float(v)
+                    setattr(self, name, v)
+                except ValueError:
+                    pass
+            if not isinstance(v, want) or (isinstance(v, bool) and want is not bool) or \
+                    (want is list and not all(isinstance(x, str) for x in v)):
+                shown = "a list of strings" if want is list else want.__name__
+                raise ConfigError(f"{name} must be {shown}, got {v!r} ({type(v).__name__}).")
 
 
-def parse_overrides(items) -> dict:
-    """["steps=3", "tasks=['dti']", "model=/path"] -> {"steps": 3, ...}: each value read as a TOML
-    value (numbers, booleans, strings, lists), else taken as a plain string."""
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}.")
-        key, value = (s.strip() for s in item.split("=", 1))
-        out[key] = _toml_value(value)
-    return out
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def _toml_value(text: str):
-    try:
-        return _toml_loads(f"v = {text}")["v"]
-    except Exception:
-        return text
+def check_keys(keys, where) -> None:
+    """Raise ConfigError for the first of KEYS that is not a TrainConfig field, with the closest one."""
+    for key in keys:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(FIELDS)}.")
 
 
-def _toml_loads(text: str) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ConfigError("reading a TOML config needs Python 3.11+ (tomllib) or `pip install tomli`; "
-                              "or write the config as YAML (.yaml).") from None
-    return tomllib.loads(text)
+def load_config(path=DEFAULT_CONFIG, overrides: dict | None = None, check: bool = True) -> TrainConfig:
+    """The TrainConfig of the YAML file PATH (None: the defaults) with the dict OVERRIDES on top.
 
-
-def read_config_file(path) -> dict:
-    """The key/value pairs of a TOML (.toml) or YAML (.yaml/.yml) config file, as a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist. The course's default is {DEFAULT_CONFIG}; "
-                          "copy it and edit the copy.")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = _toml_loads(text)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'TOML'} "
-                          f"file: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected key = value pairs at the top level.")
-    return values
-
-
-def load_config(path=DEFAULT_CONFIG, overrides=None, check: bool = True) -> TrainConfig:
-    """The checked TrainConfig of config file PATH, with OVERRIDES (a dict, or ["key=value"] strings).
-
-    Raises ConfigError (a ValueError) for a missing file, a parse error, an unknown key (with the
-    closest valid one), a wrong type, or a bad value (check_config; CHECK=False leaves that step,
-    which imports peft, to the caller).
+    Raises ConfigError (a ValueError) for a missing or unparsable file, an unknown key (with the closest
+    valid one), a wrong type (TrainConfig's own check) or a bad value (check_config; CHECK=False leaves
+    that step, which imports peft, to the caller).
     """
-    values = read_config_file(path) if path is not None else {}
-    _check_types(values, str(path))
-    extra = parse_overrides(overrides) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
-    _check_types(extra, "--set")
-    cfg = TrainConfig(**{**values, **extra})
-    cfg.lr = float(cfg.lr)
-    cfg.lora_alpha = float(cfg.lora_alpha)
-    cfg.lora_dropout = float(cfg.lora_dropout)
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist. The course's default is {DEFAULT_CONFIG}; "
+                              "copy it and edit the copy.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not a valid YAML file: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected `key: value` lines at the top level.")
+    check_keys(values, path)
+    check_keys(overrides or {}, "overrides")
+    cfg = TrainConfig(**{**values, **(overrides or {})})
     if check:
         check_config(cfg)
     return cfg
@@ -210,9 +169,8 @@ def check_config(cfg: TrainConfig) -> None:
     except (ValueError, TypeError, OSError) as exc:
         raise ConfigError(str(exc)) from None
     for name in ("global_batch", "micro_batch", "max_length"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name} must be a positive integer; got {name}={v!r}.")
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be a positive integer; got {name}={getattr(cfg, name)!r}.")
     if cfg.max_length < 8:
         raise ConfigError(f"max_length={cfg.max_length} leaves no room for a prompt and an answer; use 64 or more.")
     for name in ("n_examples", "threads", "log_every"):
@@ -409,14 +367,6 @@ def disable_model_dropout(model) -> int:
     return n
 
 
-def run_device(nproc: int) -> str:
-    """"cuda" when there is a GPU for each of NPROC processes, else "cpu" (two processes cannot share
-    the one GPU of a laptop or of Colab)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "cpu"
-
-
 # ----------------------------------------------------------------------------- the training run
 
 def _fingerprint(model) -> str:
@@ -427,14 +377,6 @@ def _fingerprint(model) -> str:
             h.update(name.encode())
             h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def check_fsdp_device(device: str) -> None:
@@ -495,6 +437,42 @@ def _load_model(cfg: TrainConfig, device: str, accelerator):
     return model, tok
 
 
+def train_step(model, opt, accelerator, parts: list[dict], normalisation: str = "tokens") -> dict:
+    """One optimizer step of every rank together; PARTS are this rank's micro-batches (micro_batches).
+
+    "tokens": each micro-batch's loss is its SUM of token losses divided by the trained tokens of the
+    whole step on ALL ranks (one all_reduce), times world_size because DDP averages the ranks' gradients:
+    the gradient is the one of one process on the whole global batch. "mean": each micro-batch's own
+    token mean, averaged over micro-batches and ranks (the naive recipe). accelerate's no_sync skips the
+    all_reduce of the gradients on every micro-batch but the last.
+    Returns {"loss": the step's loss over all its trained tokens (the same on every rank), "tokens": its
+    trained tokens on all ranks, "rank_tokens" and "rank_loss_sum": this rank's share of both}.
+    """
+    import torch
+
+    world = accelerator.num_processes
+    counts = [supervised_tokens(b["labels"]) for b in parts]
+    total = accelerator.reduce(torch.tensor(float(sum(counts)), device=accelerator.device), "sum")
+    opt.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for i, (b, n) in enumerate(zip(parts, counts)):
+        last = i == len(parts) - 1
+        with accelerator.no_sync(model) if world > 1 and not last else contextlib.nullcontext():
+            if normalisation == "tokens":
+                loss = model(**b, num_items_in_batch=total).loss  # summed token losses / all tokens of the step
+                loss_sum += loss.item() * total.item()
+                accelerator.backward(loss * world)
+            else:
+                loss = model(**b).loss  # this micro-batch's own token mean
+                loss_sum += loss.item() * n
+                accelerator.backward(loss / len(parts))
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    step_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
+    return {"loss": step_sum / total.item(), "tokens": int(total.item()), "rank_tokens": sum(counts),
+            "rank_loss_sum": loss_sum}
+
+
 def train(cfg: TrainConfig, out=print) -> dict:
     """Run CFG on this process (one of a launched group, or alone); return the run's log (a dict).
 
@@ -551,29 +529,11 @@ def train(cfg: TrainConfig, out=print) -> dict:
         for step in range(cfg.steps):
             parts = [{k: v.to(accelerator.device) for k, v in b.items()}
                      for b in micro_batches(next(stream), world, rank, accum)]
-            counts = [supervised_tokens(b["labels"]) for b in parts]
-            total = accelerator.reduce(torch.tensor(float(sum(counts)), device=accelerator.device), "sum")
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for i, (b, n) in enumerate(zip(parts, counts)):
-                sync = i == len(parts) - 1
-                with (accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()):
-                    if cfg.loss_normalisation == "tokens":
-                        # sum over this micro-batch's tokens / all tokens of the step, x world (DDP averages)
-                        loss = model(**b, num_items_in_batch=total).loss
-                        loss_sum += loss.item() * total.item()
-                        accelerator.backward(loss * world)
-                    else:
-                        loss = model(**b).loss  # this micro-batch's own token mean
-                        loss_sum += loss.item() * n
-                        accelerator.backward(loss / len(parts))
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step_sum = accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum").item()
-            losses.append(step_sum / total.item())
-            tokens.append(int(total.item()))
-            my_tokens.append(sum(counts))
-            my_sums.append(loss_sum)
+            s = train_step(model, opt, accelerator, parts, cfg.loss_normalisation)
+            losses.append(s["loss"])
+            tokens.append(s["tokens"])
+            my_tokens.append(s["rank_tokens"])
+            my_sums.append(s["rank_loss_sum"])
             if cfg.log_every and rank == 0 and ((step + 1) % cfg.log_every == 0 or step == 0):
                 out(f"step {step + 1:>4}/{cfg.steps}  loss {losses[-1]:.4f}  ({tokens[-1]} trained tokens)")
         seconds = time.perf_counter() - t0
@@ -594,7 +554,7 @@ def train(cfg: TrainConfig, out=print) -> dict:
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             adapters.save(unwrapped, cfg.output_dir, **({"state_dict": state} if fsdp else {}))
-            _atomic_write_json(Path(cfg.log_file), log)
+            atomic.write_json(cfg.log_file, log)
             out(f"done: {cfg.steps} steps on {world} process(es) x {cfg.micro_batch} examples x {accum} accumulation "
                 f"= global batch {cfg.global_batch}; loss {losses[0]:.4f} -> {losses[-1]:.4f}; {seconds:.1f} s; "
                 f"adapter -> {cfg.output_dir}; log -> {cfg.log_file}")
@@ -616,233 +576,3 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def skip_bitsandbytes() -> bool:
-    """Keep peft from importing bitsandbytes in a process that will not quantise.
-
-    peft imports bitsandbytes whenever it is installed, and that import costs about 120 MB of memory
-    per process on a CPU (measured: RSS 220 -> 340 MB); with 8 ranks on a node that is 1 GB for
-    nothing. A None entry in sys.modules is Python's way to say "not available": importlib's
-    find_spec returns None for it and `import bitsandbytes` raises ImportError, so peft and
-    transformers skip their 4-bit code. Only for the script's own processes, before peft is
-    imported; returns whether it was applied.
-    """
-    if "bitsandbytes" in sys.modules or "peft" in sys.modules:
-        return False
-    sys.modules["bitsandbytes"] = None
-    return True
-
-
-def main(argv=None) -> int:
-    """The training script's command line (scripts/train_sft.py, `labkit train`, python -m labkit.scale)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="train_sft", description="SFT + LoRA on one process or many "
-                                 "(python, torchrun, accelerate launch).")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"TOML or YAML file (default: {DEFAULT_CONFIG})")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set steps=20 --set 'tasks=[\"dti\"]'")
-    ap.add_argument("--check", action="store_true", help="check the config and the batch plan, then stop")
-    args = ap.parse_args(argv)
-    from . import env
-
-    env.quiet()  # before peft imports bitsandbytes, whose import logs a line
-    try:
-        cfg = load_config(args.config, args.set, check=False)
-        if not cfg.load_in_4bit:
-            skip_bitsandbytes()
-        check_config(cfg)
-        from .env import pick_device
-
-        try:
-            check_fsdp_device(pick_device(cfg.device))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        accum = accumulation_steps(cfg.global_batch, world, cfg.micro_batch)
-        if args.check:
-            if _is_rank0():
-                print(f"config ok: {world} process(es) x micro_batch {cfg.micro_batch} x {accum} accumulation "
-                      f"step(s) = global batch {cfg.global_batch}")
-            return 0
-        train(cfg)
-    except ConfigError as exc:
-        if _is_rank0():
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        else:
-            time.sleep(1.0)  # let rank 0 print the error before the launcher stops the group
-        return 2
-    return 0
-
-
-# ----------------------------------------------------------------------------- launching it from a notebook or a test
-
-def launch_command(nproc: int = 1, config=DEFAULT_CONFIG, overrides: dict | None = None,
-                   launcher: str = "torchrun") -> list[str]:
-    """The command that runs the training script on NPROC processes of this machine.
-
-    launcher "torchrun": `python -m torch.distributed.run --standalone --nproc_per_node N -m labkit.scale`
-    (nproc 1 with torchrun still makes a group of one; launcher "python" runs the script plainly, one
-    process, no process group). "accelerate": `accelerate launch` with the course's DDP config.
-    OVERRIDES become --set KEY=VALUE (values written as TOML).
-    """
-    sets = []
-    for k, v in (overrides or {}).items():
-        sets += ["--set", f"{k}={_toml_literal(v)}"]
-    script = ["-m", "labkit.scale", "--config", str(config), *sets]
-    if launcher == "python":
-        if nproc != 1:
-            raise ValueError("launcher='python' runs one process; use 'torchrun' or 'accelerate' for more.")
-        return [sys.executable, *script]
-    if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                "--nproc_per_node", str(nproc), *script]
-    if launcher == "accelerate":
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(CONFIG_DIR / "accelerate_ddp.yaml"), "--num_processes", str(nproc), "--main_process_port",
-                str(_free_port()), *script]
-    raise ValueError(f"launcher must be 'python', 'torchrun' or 'accelerate'; got {launcher!r}.")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _toml_literal(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_literal(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = None, config=DEFAULT_CONFIG,
-        threads_per_process: int = 1, timeout: float = 600, workdir=None) -> dict:
-    """Run the training script in fresh processes and return its log (the dict train returns).
-
-    launcher: None picks "python" for one process and "torchrun" for more. The device is CUDA when
-    there is a GPU for every process, else the CPU (OVERRIDES may set it). Output files go to
-    WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
-    The log gets "command" (what ran) and "wall_seconds" (start-up included). A failed run raises
-    RuntimeError with the end of its output.
-    """
-    launcher = launcher or ("python" if nproc == 1 else "torchrun")
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="labkit_scale_"))
-    overrides = {"output_dir": str(workdir / "adapter"), "log_file": str(workdir / "log.json"), "log_every": 0,
-                 "device": run_device(nproc), **(overrides or {})}
-    cmd = launch_command(nproc, config, overrides, launcher)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process), "TOKENIZERS_PARALLELISM": "false",
-                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    root = str(Path(__file__).resolve().parents[1])
-    environment["PYTHONPATH"] = root + os.pathsep + environment.get("PYTHONPATH", "") if environment.get(
-        "PYTHONPATH") else root
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"the training run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    log = json.loads(Path(overrides["log_file"]).read_text())
-    log["command"] = cmd
-    log["wall_seconds"] = wall
-    log["stdout"] = proc.stdout
-    return log
-
-
-# ----------------------------------------------------------------------------- memory per GPU: DDP, ZeRO, FSDP
-
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
-STRATEGY_NAMES = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3 / FSDP"}
-# What each strategy splits across the GPUs (ZeRO: Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054;
-# FSDP's FULL_SHARD is ZeRO-3, SHARD_GRAD_OP is ZeRO-2).
-SHARDED = {"ddp": (), "zero1": ("optimizer_states",), "zero2": ("optimizer_states", "gradients"),
-           "zero3": ("optimizer_states", "gradients", "weights", "adapters", "quant_constants")}
-
-
-def per_gpu_memory(n_params, method: str, strategy: str, n_gpus: int, *, prefetch_layers: int = 2,
-                   **assumptions) -> dict:
-    """Bytes on each of N_GPUS GPUs to fine-tune a model of N_PARAMS parameters with STRATEGY.
-
-    method: "full", "lora" or "qlora" (as labkit.quant.estimate_memory); strategy: one of STRATEGIES.
-    quant.estimate_memory gives the one-GPU breakdown (ASSUMPTIONS go to it: lora_params, hidden,
-    layers, batch (per GPU), seq_len, grad_checkpointing, ...); each strategy divides some of its
-    parts by N_GPUS (SHARDED): ZeRO-1 the optimizer states (AdamW's m and v and the fp32 master
-    weights), ZeRO-2 also the gradients, ZeRO-3 / FSDP also the weights. Activations are never
-    divided: each GPU runs its own micro-batch. Under ZeRO-3 each GPU gathers the full weights of
-    the layer it computes (and of PREFETCH_LAYERS - 1 next ones, fetched ahead) for a moment: that
-    is "gathered", PREFETCH_LAYERS x (weights / layers) (needs layers; 0 leaves it out, as the ZeRO
-    paper's table does). Not counted: communication buckets, the CUDA context, fragmentation.
-
-    Returns dict of ints (bytes): estimate_memory's keys (weights, gradients, optimizer_states,
-    adapters, quant_constants, activations), "gathered", and "total".
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
-    if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a positive integer; got {n_gpus!r}.")
-    if isinstance(prefetch_layers, bool) or not isinstance(prefetch_layers, int) or prefetch_layers < 0:
-        raise ValueError(f"prefetch_layers must be 0 or a positive integer; got {prefetch_layers!r}.")
-    one = quant.estimate_memory(n_params, method, **assumptions)
-    out = {k: v for k, v in one.items() if k != "total"}
-    for part in SHARDED[strategy]:
-        out[part] = math.ceil(one[part] / n_gpus)
-    out["gathered"] = 0
-    layers = assumptions.get("layers")
-    if strategy == "zero3" and n_gpus > 1 and prefetch_layers and layers:
-        per_layer = (one["weights"] + one["adapters"] + one["quant_constants"]) / layers
-        out["gathered"] = math.ceil(min(prefetch_layers, layers) * per_layer * (1 - 1 / n_gpus))
-    out["total"] = sum(out.values())
-    return out
-
-
-def memory_table(sizes: dict, methods=quant.METHODS, strategies=STRATEGIES, gpus=(1, 2, 4, 8),
-                 **assumptions) -> list[dict]:
-    """per_gpu_memory for every model of SIZES (as labkit.qlora.llama_sizes returns), method,
-    strategy and GPU count. Returns rows {"model", "method", "strategy", "gpus", "gb" (per GPU,
-    1 GB = 1e9 bytes), "breakdown" (bytes)}."""
-    rows = []
-    for name, s in sizes.items():
-        for method in methods:
-            kw = dict(assumptions, hidden=s["hidden"], layers=s["layers"])
-            if method != "full":
-                kw["lora_params"] = s["lora_params"]
-            for strategy in strategies:
-                for g in gpus:
-                    est = per_gpu_memory(s["n_params"], method, strategy, g, **kw)
-                    rows.append({"model": name, "method": method, "strategy": strategy, "gpus": g,
-                                 "gb": est["total"] / 1e9, "breakdown": est})
-    return rows
-
-
-def memory_markdown(rows: list[dict], model: str, gpu_gb: float = 80.0) -> str:
-    """A Markdown table of MEMORY_TABLE rows for one MODEL: a row per (method, strategy), a column
-    per GPU count, GB per GPU; cells over GPU_GB (with 1 GB kept for the CUDA context) are marked."""
-    mine = [r for r in rows if r["model"] == model]
-    if not mine:
-        raise ValueError(f"no rows for model {model!r}.")
-    gpus = sorted({r["gpus"] for r in mine})
-    head = f"| {model}: GB per GPU | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in gpus) + " |"
-    lines = [head, "|---|" + "---:|" * len(gpus)]
-    keys = list(dict.fromkeys((r["method"], r["strategy"]) for r in mine))
-    for method, strategy in keys:
-        cells = []
-        for g in gpus:
-            gb = next(r["gb"] for r in mine if (r["method"], r["strategy"], r["gpus"]) == (method, strategy, g))
-            cells.append(f"{gb:,.1f}" + ("" if gb + 1 <= gpu_gb else " ✗"))
-        lines.append(f"| {method}, {STRATEGY_NAMES[strategy]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import guard
+
 # peft 0.21's add_weighted_adapter combination types; the ones with "svd" re-factor the result to a rank
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
@@ -70,8 +72,7 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
     from . import adapters, data, sft
     from .models import ASSETS
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be 0 (the shipped adapter) or a positive integer; got {steps!r}.")
+    guard.non_negative_int("steps", steps, about="0: the shipped adapter, else steps of live training")
     shipped = {"sft": sft.adapter_dir(), "qlora": ASSETS / "adapters" / "qlora_sft"}.get(what)
     if shipped is None:
         shipped = ASSETS / "adapters" / f"task_{what}"
@@ -475,8 +476,7 @@ def mixed_logits_difference(peft_model, batch: dict, adapter_names: list[str]) -
 
 def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
     """Wall times of FN() over REPEATS runs after WARMUP: {"median", "min", "max", "runs"} in seconds."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer; got {repeats!r}.")
+    guard.positive_int("repeats", repeats)
     runs = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()

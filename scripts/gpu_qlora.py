@@ -122,7 +122,7 @@ def run_one(folder: Path, weights: str, optim: str, args, device: str) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from labkit import adapters, qlora
+    from labkit import adapters, memory, qlora
 
     compute = "bfloat16" if device == "cuda" else "float32"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -136,7 +136,7 @@ def run_one(folder: Path, weights: str, optim: str, args, device: str) -> dict:
     _sync(device)
     load_s = time.perf_counter() - t0
     out = {"weights": weights, "optimizer": optim, "load_s": load_s, "load_peak_gb": _gb(device),
-           "loaded_gb": _gb(device, peak=False), "model_bytes": qlora.footprint(model)["total"]}
+           "loaded_gb": _gb(device, peak=False), "model_bytes": memory.footprint(model)["total"]}
     # LoRA on every linear layer the model has (adapters.targets), in both runs
     if weights == "nf4":
         model = qlora.prepare_qlora(model, r=args.r, alpha=2 * args.r, gradient_checkpointing=args.grad_ckpt)

@@ -17,7 +17,7 @@ import torch
 
 from labkit import check as C
 from labkit.check import grade
-from labkit import evaluate, exercise_notebooks as nbs, lora, quant, sft
+from labkit import evaluate, exercise_notebooks as nbs, lora, memory, quant, sft
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -98,7 +98,7 @@ NEAR_MISSES = {
     "nf4_quantize": lambda w, bs: quant.quantize_nf4(w.T.contiguous(), bs),
     "nf4_dequantize": lambda c, a, shape, bs: quant.dequantize_nf4(c, a, shape, bs) * 1.01,
     "nf4_bits_per_parameter": lambda bs, dq, bs2: 4 + 32 / bs,  # ignores double quantisation
-    "memory_estimate": lambda n, m, lp: {**quant.estimate_memory(n, m, lora_params=lp, master_weights=False)},
+    "memory_estimate": lambda n, m, lp: {**memory.estimate_memory(n, m, lora_params=lp, master_weights=False)},
     # no shift
     "perplexity_from_logits": lambda logits, labels: math.exp(torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100).item()),

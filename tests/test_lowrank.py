@@ -77,8 +77,8 @@ def test_bad_r_is_a_readable_error(r):
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    ({"alpha": 0}, r"alpha must be a number > 0.*alpha=0"),
-    ({"alpha": -2.0}, r"alpha must be a number > 0"),
+    ({"alpha": 0}, r"alpha must be a positive number.*alpha=0"),
+    ({"alpha": -2.0}, r"alpha must be a positive number"),
     ({"layer_shapes": []}, r"layer_shapes must be a non-empty list"),
     ({"layer_shapes": [(4096,)]}, r"\(d_out, d_in\) pair"),
     ({"delta_w": torch.ones(3, 4, 5)}, r"2-D.*\(3, 4, 5\)"),

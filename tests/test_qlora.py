@@ -1,5 +1,5 @@
 """labkit.qlora: the bundled model in 4-bit NF4 through transformers + bitsandbytes on CPU, a QLoRA
-run whose loss falls, the bytes it stores, and the what-fits-where arithmetic on real Llama shapes."""
+run whose loss falls (the bytes it stores and what fits where: tests/test_memory.py)."""
 
 import logging
 
@@ -48,21 +48,6 @@ def test_4bit_weights_are_our_nf4_codes(model_4bit, base):
     q, absmax2, offset = quant.double_quantize(absmax)
     assert torch.equal(absmax2, state.state2.absmax) and offset == pytest.approx(state.offset.item(), abs=0)
     assert (q != state.absmax).float().mean() < 0.01
-
-
-def test_footprint_counts_what_is_stored(model_4bit, base):
-    m4, _ = model_4bit
-    fp = qlora.footprint(m4)
-    assert fp["quantized_params"] == 3_211_264  # 4 layers x (4 x 256 x 256 + 3 x 256 x 704)
-    assert fp["weights_4bit"] == fp["quantized_params"] // 2
-    bits = 8 * (fp["weights_4bit"] + fp["quant_constants"]) / fp["quantized_params"]
-    assert bits == pytest.approx(quant.bits_per_parameter(64, double_quant=True), abs=1e-3)
-    assert fp["total"] == sum(v for k, v in fp.items() if k not in ("total", "quantized_params"))
-    # transformers' own figure leaves out the quantisation constants and codebooks
-    assert m4.get_memory_footprint() == fp["total"] - fp["quant_constants"] - fp["codebooks"]
-    full = qlora.footprint(base[0])
-    assert full["weights_4bit"] == 0 and full["total"] == base[0].get_memory_footprint()
-    assert fp["total"] < full["total"] / 3.5
 
 
 def test_4bit_model_stays_close_to_the_original(model_4bit, base):
@@ -129,43 +114,6 @@ def test_bad_arguments_are_clear_errors(base):
         qlora.bnb_config(double_quant="yes")
     with pytest.raises(ValueError, match="no 4-bit layers"):
         qlora.prepare_qlora(base[0])
-    with pytest.raises(ValueError, match=r"unknown model size '8B'.*'7B'"):
-        qlora.llama_sizes(["8B"])
-    with pytest.raises(ValueError, match=r"method must be one of \('full', 'lora', 'qlora'\), got 'dora'"):
-        qlora.fit_table({}, methods=("dora",))
-
-
-# ----------------------------------------------------------------------------- what fits where
-
-@pytest.fixture(scope="module")
-def sizes():
-    return qlora.llama_sizes(r=64)
-
-
-def test_llama_sizes_are_the_published_counts(sizes):
-    assert sizes["7B"]["n_params"] == 6_738_415_616  # Llama-2-7B
-    assert sizes["13B"]["n_params"] == 13_015_864_320
-    assert sizes["65B"]["n_params"] == 65_285_660_672
-    assert sizes["70B"]["n_params"] == 68_976_648_192
-    assert sizes["65B"]["lora_params"] == 799_539_200  # as tests/test_quant.py computes by hand
-    assert qlora.llama_sizes(["7B"], r=8, target_modules=("q_proj", "v_proj"))["7B"]["lora_params"] == 4_194_304
-
-
-def test_fit_table_reproduces_the_qlora_paper(sizes):
-    rows = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes)}
-    assert len(rows) == 15
-    assert rows["65B", "full"]["total_gb"] > 780 and not any(rows["65B", "full"]["fits"].values())
-    assert rows["65B", "qlora"]["total_gb"] < 48 and rows["65B", "qlora"]["fits"] == {16: False, 24: False, 48: True, 80: True}
-    assert rows["7B", "qlora"]["fits"][16] and not rows["7B", "full"]["fits"][80]
-    for model in sizes:
-        totals = [rows[model, m]["total_gb"] for m in ("qlora", "lora", "full")]
-        assert totals == sorted(totals)
-    # the reserve counts: with 3 GB held back, 70B QLoRA (46.3 GB) no longer fits in 48 GB
-    assert rows["70B", "qlora"]["fits"][48]
-    tight = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes, reserve_gb=3.0)}
-    assert not tight["70B", "qlora"]["fits"][48]
-    longer = {(r["model"], r["method"]): r for r in qlora.fit_table(sizes, seq_len=4096)}
-    assert not longer["70B", "qlora"]["fits"][48]
 
 
 def test_load_gpu_results(tmp_path):
@@ -191,19 +139,6 @@ def test_check_against_bitsandbytes_on_real_weights(base):
     assert r["codes_equal"] and r["absmax_equal"] and not r["rows_whole_blocks"]
     with pytest.raises(ValueError, match=r"quant_type must be one of \('nf4', 'fp4'\).*'int4'"):
         qlora.check_against_bitsandbytes(layer.mlp.down_proj.weight, 64, "int4")
-
-
-def test_optimizer_state_bytes():
-    import bitsandbytes as bnb
-
-    p = torch.nn.Parameter(torch.randn(64, 256))
-    p.grad = torch.randn_like(p)
-    adamw, adamw8 = torch.optim.AdamW([p], lr=1e-3), bnb.optim.AdamW8bit([p], lr=1e-3)
-    assert qlora.optimizer_state_bytes(adamw) == 0
-    adamw.step()
-    adamw8.step()
-    assert qlora.optimizer_state_bytes(adamw) == 8 * p.numel() + 4  # m and v in fp32, plus the step count
-    assert 2 * p.numel() <= qlora.optimizer_state_bytes(adamw8) < 3 * p.numel()  # 8-bit m, v + constants
 
 
 # ----------------------------------------------------------------------------- any model's own layers (Hub-style fixtures)

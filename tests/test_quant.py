@@ -1,5 +1,5 @@
 """labkit.quant checked against bitsandbytes 0.50.2 on CPU: the NF4 codebook, blockwise NF4, double
-quantisation, and the memory arithmetic behind the QLoRA paper's 65B-on-48GB headline.
+quantisation (the memory arithmetic is tests/test_memory.py).
 
 bitsandbytes functions used as the reference: functional.get_4bit_type, create_normal_map,
 create_dynamic_map, quantize_4bit, dequantize_4bit, dequantize_blockwise, and the reference
@@ -270,93 +270,6 @@ def test_double_quantize_bad_inputs():
         quant.double_dequantize(q, absmax2[:1], offset)
     with pytest.raises(ValueError, match="floating-point"):
         quant.double_quantize(torch.arange(10))
-
-
-# ----------------------------------------------------------------------------- memory
-
-def test_bits_per_parameter():
-    assert quant.bits_per_parameter() == 4.5
-    assert quant.bits_per_parameter(double_quant=True) == 4 + 8 / 64 + 32 / (64 * 256)
-    assert round(quant.bits_per_parameter(double_quant=True), 3) == 4.127
-    assert quant.bits_per_parameter(128) == 4.25
-    with pytest.raises(ValueError, match="blocksize"):
-        quant.bits_per_parameter(blocksize=60)
-
-
-@pytest.mark.parametrize("double_quant", [False, True])
-def test_bits_per_parameter_equals_what_bitsandbytes_stores(double_quant):
-    w = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(5))
-    packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4",
-                                       compress_statistics=double_quant)
-    stored = packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size()
-    if double_quant:
-        stored += state.state2.absmax.numel() * 4 + state.offset.numel() * 4
-    bits = 8 * stored / w.numel()
-    assert bits == pytest.approx(quant.bits_per_parameter(64, double_quant), abs=1e-5)
-
-
-LLAMA_65B = dict(n_params=65.2e9, hidden=8192, intermediate=22016, layers=80)
-
-
-def lora_params_all_linear(hidden, intermediate, layers, r):
-    """Adapters r * (d_in + d_out) on q, k, v, o (hidden x hidden) and gate, up, down of a Llama."""
-    return layers * r * (4 * 2 * hidden + 3 * (hidden + intermediate))
-
-
-def test_qlora_headline_65b():
-    """QLoRA paper: 16-bit fine-tuning of a 65B model needs more than 780 GB; QLoRA fits in 48 GB.
-    Adapters as in the paper's 65B runs: r = 64 on all linear layers of LLaMA-65B, 0.80 B
-    parameters (1.2% of the model; more than the 0.2-0.8% often quoted for smaller ranks)."""
-    m = LLAMA_65B
-    lora = lora_params_all_linear(m["hidden"], m["intermediate"], m["layers"], r=64)
-    assert lora == 799_539_200
-    act = dict(batch=1, seq_len=512, hidden=m["hidden"], layers=m["layers"])
-    full = quant.estimate_memory(m["n_params"], "full", **act)
-    assert full["total"] > 780e9
-    assert full["weights"] + full["gradients"] + full["optimizer_states"] == 16 * m["n_params"]
-    # the paper's 780 GB is 12 bytes per parameter: no fp32 master copy
-    paper = quant.estimate_memory(65e9, "full", master_weights=False)
-    assert paper["total"] == 780e9
-    qlora = quant.estimate_memory(m["n_params"], "qlora", lora_params=lora, **act)
-    assert qlora["total"] < 48e9  # and so under 48 GiB too
-    assert 33e9 < qlora["weights"] + qlora["quant_constants"] < 34e9  # 65.2e9 x 4.127 / 8
-    lora16 = quant.estimate_memory(m["n_params"], "lora", lora_params=lora, **act)
-    assert qlora["total"] < lora16["total"] < full["total"]
-    assert lora16["weights"] == 2 * m["n_params"] and lora16["adapters"] == 2 * lora
-
-
-def test_estimate_memory_breakdown():
-    keys = {"weights", "gradients", "optimizer_states", "adapters", "quant_constants", "activations", "total"}
-    n, lora = 7_000_000_000, 40_000_000
-    for method in quant.METHODS:
-        out = quant.estimate_memory(n, method, lora_params=lora)
-        assert set(out) == keys and out["activations"] == 0
-        assert out["total"] == sum(v for k, v in out.items() if k != "total")
-    q = quant.estimate_memory(n, "qlora", lora_params=lora)
-    assert q["weights"] == n // 2 and q["adapters"] == 2 * lora and q["optimizer_states"] == 8 * lora
-    assert q["quant_constants"] == pytest.approx(n * 0.127 / 8, rel=1e-3)
-    no_dq = quant.estimate_memory(n, "qlora", lora_params=lora, double_quant=False)
-    assert no_dq["quant_constants"] == n * 0.5 / 8
-    f32 = quant.estimate_memory(n, "full", weight_bytes=4)
-    assert f32["total"] == 16 * n  # fp32 needs no master copy
-    with_ckpt = quant.estimate_memory(n, "full", hidden=4096, layers=32, seq_len=512)
-    no_ckpt = quant.estimate_memory(n, "full", hidden=4096, layers=32, seq_len=512, grad_checkpointing=False)
-    assert 0 < with_ckpt["activations"] < no_ckpt["activations"]
-    assert quant.estimate_memory(n, "full", optimizer="adamw_8bit")["optimizer_states"] == 6 * n
-
-
-def test_estimate_memory_errors_name_the_choices():
-    with pytest.raises(ValueError, match="'full', 'lora', 'qlora'"):
-        quant.estimate_memory(1e9, "dora")
-    for bad in (0, -5, float("nan")):
-        with pytest.raises(ValueError, match="n_params"):
-            quant.estimate_memory(bad, "full")
-    with pytest.raises(ValueError, match="lora_params"):
-        quant.estimate_memory(1e9, "qlora")
-    with pytest.raises(ValueError, match="'adamw', 'adamw_8bit', 'sgd'"):
-        quant.estimate_memory(1e9, "full", optimizer="lion")
-    with pytest.raises(ValueError, match="hidden and layers"):
-        quant.estimate_memory(1e9, "full", hidden=4096)
 
 
 # ----------------------------------------------------------------------------- FP4 and int4

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from labkit import quant
+from labkit import memory, quant
 from labkit.check import Case, exercise, mapping, number, question, randn, sequence, tensor
 
 LESSON = "03"
@@ -101,7 +101,7 @@ exercise(id="nf4_dequantize", lesson=LESSON, title="NF4: back to float",
 
 exercise(id="nf4_bits_per_parameter", lesson=LESSON, title="Bits per parameter of an NF4 weight",
          signature="bits_per_parameter(blocksize, double_quant, blocksize2)",
-         reference=quant.bits_per_parameter,
+         reference=memory.bits_per_parameter,
          public=lambda: [Case({"blocksize": 64, "double_quant": False, "blocksize2": 256}, "one fp32 absmax per block"),
                          Case({"blocksize": 64, "double_quant": True, "blocksize2": 256}, "double quantisation",
                               hint="with double quantisation: an 8-bit absmax per block, plus one fp32 constant "
@@ -119,7 +119,7 @@ _KEYS = ("weights", "gradients", "optimizer_states", "adapters", "quant_constant
 
 
 def _memory_reference(n_params, method, lora_params):
-    return quant.estimate_memory(n_params, method, lora_params=lora_params)
+    return memory.estimate_memory(n_params, method, lora_params=lora_params)
 
 
 exercise(id="memory_estimate", lesson=LESSON, title="What fits: memory for full, LoRA and QLoRA fine-tuning",

@@ -69,7 +69,7 @@ EXPLANATIONS = {
         'Each block of 64 weights has a float32 absmax; double quantisation stores those constants in 8 bits (blocks of 256), saving about 0.37 bits per weight.'),
     'q09_qlora_what_trains': ('lesson 03 (a real QLoRA run with bitsandbytes)',
         'Gradients flow through the dequantised base weights into the adapters; only the adapters are updated.'),
-    'q09_full_ft_bytes': ('lesson 03 (memory arithmetic, labkit.quant.estimate_memory) and lesson 02 (LoRA vs full fine-tuning: memory)',
+    'q09_full_ft_bytes': ('lesson 03 (memory arithmetic, labkit.memory.estimate_memory) and lesson 02 (LoRA vs full fine-tuning: memory)',
         "fp32 weight, fp32 gradient, and Adam's first and second moments, 4 bytes each."),
     'q09_label_mask': ('lesson 04 (labels = -100 on prompt tokens; the token-mask viewer)',
         "PyTorch's cross-entropy skips -100; the model learns to answer, not to reproduce the question."),

@@ -1,0 +1,345 @@
+"""The memory arithmetic of fine-tuning: what a model needs on one GPU, on many, and what it really stores.
+
+1. A 4-bit weight: `bits_per_parameter` (NF4 codes plus their share of the quantisation constants;
+   the format itself is labkit.quant).
+2. One GPU: `estimate_memory` breaks full, LoRA and QLoRA fine-tuning down into weights, gradients,
+   optimizer states, adapters, quantisation constants and activations (`activation_bytes`).
+3. Many GPUs: `per_gpu_memory` divides that breakdown by what DDP, ZeRO-1/2/3 and FSDP shard
+   (`memory_table`, `memory_markdown` for lesson 10's table).
+4. Real shapes: `llama_sizes` counts the parameters of published Llama shapes on the meta device;
+   `fit_table` says which (model, method) fits on which GPU (`GPU_SIZES_GB`).
+5. Measured, not estimated: `footprint` (the bytes a loaded model stores, 4-bit constants included)
+   and `optimizer_state_bytes`.
+
+Sizes are bytes (ints); GB means 1e9 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from . import guard
+from .adapters import DEFAULT_TARGETS
+from .quant import DYNAMIC_BLOCKSIZES, NF4_BLOCKSIZES, _check_blocksize
+
+
+# -----------------------------------------------------------------------------
+# A 4-bit weight
+
+
+def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, blocksize2: int = 256) -> float:
+    """Storage of an NF4 weight per parameter, in bits: 4 for the code plus its share of the constants.
+
+    Without double quantisation: one fp32 absmax per block, 4 + 32/64 = 4.5 bits.
+    With it: one 8-bit absmax per block and one fp32 absmax2 per BLOCKSIZE2 blocks,
+    4 + 8/64 + 32/(64*256) = 4.127 bits. (The one offset per tensor and the shared codebooks are
+    a few bytes per tensor and are left out.)
+    """
+    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    if not double_quant:
+        return 4 + 32 / blocksize
+    _check_blocksize(blocksize2, DYNAMIC_BLOCKSIZES)
+    return 4 + 8 / blocksize + 32 / (blocksize * blocksize2)
+
+
+# -----------------------------------------------------------------------------
+# One GPU
+
+METHODS = ("full", "lora", "qlora")
+# Optimizer state bytes per trained parameter: AdamW keeps m and v in fp32; bitsandbytes'
+# 8-bit AdamW keeps them in 8 bits; plain SGD (no momentum) keeps nothing.
+OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "sgd": 0}
+# Activation values per token and hidden unit saved by one transformer layer for backward:
+# Korthikanti et al. 2022 (https://arxiv.org/abs/2205.05198) count 34 bytes in 16 bits, i.e. 17
+# values, leaving out the attention-score term (flash / SDPA attention does not store the scores).
+ACTIVATION_VALUES_PER_LAYER = 17
+
+
+def activation_bytes(batch: int, seq_len: int, hidden: int, layers: int,
+                     grad_checkpointing: bool = True, value_bytes: int = 2) -> int:
+    """Bytes of activations kept for the backward pass (an estimate; see ACTIVATION_VALUES_PER_LAYER).
+
+    Without checkpointing every layer keeps its 17 values per token and unit. With it, only each
+    layer's input is kept (1 value) and one layer at a time is recomputed in full during backward.
+    The logits (batch * seq_len * vocab) and the embedding are left out. LoRA and QLoRA need these
+    activations too: gradients must flow through the frozen layers to reach earlier adapters.
+    """
+    tokens_x_hidden = batch * seq_len * hidden
+    if grad_checkpointing:
+        values = tokens_x_hidden * (layers + ACTIVATION_VALUES_PER_LAYER)
+    else:
+        values = tokens_x_hidden * layers * ACTIVATION_VALUES_PER_LAYER
+    return int(values * value_bytes)
+
+
+def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512, hidden=None,
+                    layers=None, lora_params=None, grad_checkpointing: bool = True,
+                    weight_bytes: int = 2, optimizer: str = "adamw", master_weights: bool = True,
+                    blocksize: int = 64, double_quant: bool = True) -> dict:
+    """GPU memory to fine-tune a model of N_PARAMS parameters, in bytes, broken down.
+
+    method:
+      "full": every parameter trained: 16-bit weights + 16-bit gradients + fp32 AdamW m and v
+        (8 bytes) + an fp32 master copy of the weights (4 bytes, when MASTER_WEIGHTS and the weights
+        are narrower than fp32, as mixed-precision training keeps) = 16 bytes per parameter.
+        The QLoRA paper's "more than 780 GB" for a 65B model is 12 bytes per parameter, i.e. the same
+        without the master copy (master_weights=False).
+      "lora": the frozen weights in 16 bits + LORA_PARAMS adapter parameters, with their 16-bit
+        gradients and AdamW states (no master copy for adapters).
+      "qlora": the frozen weights in NF4 (4 bits) + their quantisation constants (double-quantised
+        by default: 0.127 bit per parameter, see bits_per_parameter) + bf16 adapters, their bf16
+        gradients and fp32 AdamW states.
+    lora_params: number of adapter parameters (required for "lora" and "qlora"; ignored for
+      "full"). E.g. r * (d_in + d_out) per adapted matrix, or labkit.lora.count_lora_params.
+    weight_bytes: bytes per value of the trained and 16-bit frozen weights, gradients, adapters and
+      activations (2 for bf16/fp16, 4 for fp32).
+    optimizer: one of OPTIMIZER_BYTES.
+    hidden, layers: give both to add activations (activation_bytes, with batch, seq_len and
+      grad_checkpointing); without them activations are 0.
+    Not counted: the CUDA context and allocator overhead (often 0.5-2 GB), temporary buffers, the
+    logits, and paged optimizers' offloading (QLoRA's third trick only absorbs spikes).
+
+    Returns: dict of ints (bytes) with keys weights, gradients, optimizer_states, adapters,
+    quant_constants, activations, total.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if optimizer not in OPTIMIZER_BYTES:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZER_BYTES)}, got {optimizer!r}.")
+    if not isinstance(n_params, numbers.Real) or isinstance(n_params, bool) or not n_params > 0:
+        raise ValueError(f"n_params must be a positive number of parameters, got {n_params!r}.")
+    if not weight_bytes > 0:
+        raise ValueError(f"weight_bytes must be positive, got {weight_bytes!r}.")
+    if method != "full" and (lora_params is None or not lora_params > 0):
+        raise ValueError(f"method {method!r} needs lora_params > 0: the number of adapter "
+                         f"parameters, e.g. r * (d_in + d_out) summed over the adapted matrices.")
+    if (hidden is None) != (layers is None):
+        raise ValueError("give both hidden and layers (to count activations) or neither.")
+    if batch <= 0 or seq_len <= 0:
+        raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}.")
+
+    per_param_opt = OPTIMIZER_BYTES[optimizer]
+    out = dict.fromkeys(("weights", "gradients", "optimizer_states", "adapters",
+                         "quant_constants", "activations"), 0.0)
+    if method == "full":
+        out["weights"] = n_params * weight_bytes
+        out["gradients"] = n_params * weight_bytes
+        master = 4 if master_weights and weight_bytes < 4 else 0
+        out["optimizer_states"] = n_params * (per_param_opt + master)
+    else:
+        if method == "lora":
+            out["weights"] = n_params * weight_bytes
+        else:
+            out["weights"] = n_params * 4 / 8
+            extra_bits = bits_per_parameter(blocksize, double_quant) - 4
+            out["quant_constants"] = n_params * extra_bits / 8
+        out["adapters"] = lora_params * weight_bytes
+        out["gradients"] = lora_params * weight_bytes
+        out["optimizer_states"] = lora_params * per_param_opt
+    if hidden is not None:
+        out["activations"] = activation_bytes(batch, seq_len, hidden, layers, grad_checkpointing,
+                                              value_bytes=weight_bytes)
+    out = {k: int(math.ceil(v)) for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Many GPUs: DDP, ZeRO, FSDP
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+STRATEGY_NAMES = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3 / FSDP"}
+# What each strategy splits across the GPUs (ZeRO: Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054;
+# FSDP's FULL_SHARD is ZeRO-3, SHARD_GRAD_OP is ZeRO-2).
+SHARDED = {"ddp": (), "zero1": ("optimizer_states",), "zero2": ("optimizer_states", "gradients"),
+           "zero3": ("optimizer_states", "gradients", "weights", "adapters", "quant_constants")}
+
+
+def per_gpu_memory(n_params, method: str, strategy: str, n_gpus: int, *, prefetch_layers: int = 2,
+                   **assumptions) -> dict:
+    """Bytes on each of N_GPUS GPUs to fine-tune a model of N_PARAMS parameters with STRATEGY.
+
+    method: "full", "lora" or "qlora" (as estimate_memory); strategy: one of STRATEGIES.
+    estimate_memory gives the one-GPU breakdown (ASSUMPTIONS go to it: lora_params, hidden,
+    layers, batch (per GPU), seq_len, grad_checkpointing, ...); each strategy divides some of its
+    parts by N_GPUS (SHARDED): ZeRO-1 the optimizer states (AdamW's m and v and the fp32 master
+    weights), ZeRO-2 also the gradients, ZeRO-3 / FSDP also the weights. Activations are never
+    divided: each GPU runs its own micro-batch. Under ZeRO-3 each GPU gathers the full weights of
+    the layer it computes (and of PREFETCH_LAYERS - 1 next ones, fetched ahead) for a moment: that
+    is "gathered", PREFETCH_LAYERS x (weights / layers) (needs layers; 0 leaves it out, as the ZeRO
+    paper's table does). Not counted: communication buckets, the CUDA context, fragmentation.
+
+    Returns dict of ints (bytes): estimate_memory's keys (weights, gradients, optimizer_states,
+    adapters, quant_constants, activations), "gathered", and "total".
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}.")
+    guard.positive_int("n_gpus", n_gpus)
+    guard.non_negative_int("prefetch_layers", prefetch_layers)
+    one = estimate_memory(n_params, method, **assumptions)
+    out = {k: v for k, v in one.items() if k != "total"}
+    for part in SHARDED[strategy]:
+        out[part] = math.ceil(one[part] / n_gpus)
+    out["gathered"] = 0
+    layers = assumptions.get("layers")
+    if strategy == "zero3" and n_gpus > 1 and prefetch_layers and layers:
+        per_layer = (one["weights"] + one["adapters"] + one["quant_constants"]) / layers
+        out["gathered"] = math.ceil(min(prefetch_layers, layers) * per_layer * (1 - 1 / n_gpus))
+    out["total"] = sum(out.values())
+    return out
+
+
+def memory_table(sizes: dict, methods=METHODS, strategies=STRATEGIES, gpus=(1, 2, 4, 8),
+                 **assumptions) -> list[dict]:
+    """per_gpu_memory for every model of SIZES (as llama_sizes returns), method, strategy and GPU
+    count. Returns rows {"model", "method", "strategy", "gpus", "gb" (per GPU,
+    1 GB = 1e9 bytes), "breakdown" (bytes)}."""
+    rows = []
+    for name, s in sizes.items():
+        for method in methods:
+            kw = dict(assumptions, hidden=s["hidden"], layers=s["layers"])
+            if method != "full":
+                kw["lora_params"] = s["lora_params"]
+            for strategy in strategies:
+                for g in gpus:
+                    est = per_gpu_memory(s["n_params"], method, strategy, g, **kw)
+                    rows.append({"model": name, "method": method, "strategy": strategy, "gpus": g,
+                                 "gb": est["total"] / 1e9, "breakdown": est})
+    return rows
+
+
+def memory_markdown(rows: list[dict], model: str, gpu_gb: float = 80.0) -> str:
+    """A Markdown table of MEMORY_TABLE rows for one MODEL: a row per (method, strategy), a column
+    per GPU count, GB per GPU; cells over GPU_GB (with 1 GB kept for the CUDA context) are marked."""
+    mine = [r for r in rows if r["model"] == model]
+    if not mine:
+        raise ValueError(f"no rows for model {model!r}.")
+    gpus = sorted({r["gpus"] for r in mine})
+    head = f"| {model}: GB per GPU | " + " | ".join(f"{g} GPU{'s' if g > 1 else ''}" for g in gpus) + " |"
+    lines = [head, "|---|" + "---:|" * len(gpus)]
+    keys = list(dict.fromkeys((r["method"], r["strategy"]) for r in mine))
+    for method, strategy in keys:
+        cells = []
+        for g in gpus:
+            gb = next(r["gb"] for r in mine if (r["method"], r["strategy"], r["gpus"]) == (method, strategy, g))
+            cells.append(f"{gb:,.1f}" + ("" if gb + 1 <= gpu_gb else " ✗"))
+        lines.append(f"| {method}, {STRATEGY_NAMES[strategy]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Real shapes: what fits where
+
+# Published Llama shapes (config.json of each checkpoint); 34B is Code Llama 34B (Llama 2 had none
+# released), 34B and 70B use grouped-query attention with 8 key/value heads.
+LLAMA_SHAPES = {
+    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000),
+    "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000),
+    "34B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=48, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=32000),
+    "65B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=64, vocab_size=32000),
+    "70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=32000),
+}
+# GPU memory sizes of common cards, in GB (fit_table)
+GPU_SIZES_GB = (16, 24, 48, 80)
+
+
+def llama_sizes(names=tuple(LLAMA_SHAPES), r: int = 64, target_modules=DEFAULT_TARGETS) -> dict:
+    """Parameter counts of real Llama shapes, built on the meta device (no memory, no download).
+
+    target_modules: Llama's seven linear layers per block by default (labkit.adapters.DEFAULT_TARGETS).
+    Returns {name: {"n_params", "lora_params" (rank R on TARGET_MODULES), "hidden", "layers"}}.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .lora import count_lora_params
+
+    bad = [n for n in names if n not in LLAMA_SHAPES]
+    if bad:
+        raise ValueError(f"unknown model size {bad[0]!r}; choose from {tuple(LLAMA_SHAPES)}.")
+    out = {}
+    for name in names:
+        shape = LLAMA_SHAPES[name]
+        with torch.device("meta"):
+            model = LlamaForCausalLM(LlamaConfig(**shape))
+        out[name] = {"n_params": sum(p.numel() for p in model.parameters()),
+                     "lora_params": count_lora_params(model, r, list(target_modules)),
+                     "hidden": shape["hidden_size"], "layers": shape["num_hidden_layers"]}
+    return out
+
+
+def fit_table(sizes: dict, gpus_gb=GPU_SIZES_GB, methods=METHODS, reserve_gb: float = 1.0,
+              **assumptions) -> list[dict]:
+    """Which (model, method) fits on which GPU, by estimate_memory.
+
+    sizes: as llama_sizes returns. gpus_gb: GPU memory in GB (1 GB = 1e9 bytes; a "48 GB" card
+    really has about 48 GiB = 51.5e9 bytes, so this errs on the safe side). reserve_gb: left for the
+    CUDA context and allocator (estimate_memory leaves it out). ASSUMPTIONS go to estimate_memory
+    (batch, seq_len, grad_checkpointing, optimizer, ...).
+    Returns rows {"model", "method", "total_gb" (estimate, without the reserve), "fits": {gpu: bool}}.
+    """
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"method must be one of {METHODS}, got {bad[0]!r}.")
+    rows = []
+    for name, s in sizes.items():
+        for method in methods:
+            est = estimate_memory(s["n_params"], method, lora_params=s["lora_params"], hidden=s["hidden"],
+                                  layers=s["layers"], **assumptions)
+            total_gb = est["total"] / 1e9
+            rows.append({"model": name, "method": method, "total_gb": total_gb,
+                         "fits": {g: total_gb + reserve_gb <= g for g in gpus_gb}})
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Measured
+
+
+def footprint(model) -> dict:
+    """The bytes MODEL really stores, by kind.
+
+    Returns a dict of ints: weights_4bit (the packed codes, 2 per byte), quant_constants (absmax,
+    double-quantised absmax, their absmax2 and offsets), codebooks (the 16-entry NF4 and 256-entry
+    8-bit tables every layer keeps), other_params (embeddings, norms, LM head, adapters: numel x
+    element size), buffers, total; and quantized_params, the number of weights held in 4 bits.
+    transformers' model.get_memory_footprint() counts parameters and buffers only: the quantisation
+    constants live in each weight's quant_state, which it leaves out.
+    """
+    import bitsandbytes as bnb
+
+    out = dict.fromkeys(("weights_4bit", "quant_constants", "codebooks", "other_params", "buffers"), 0)
+    quantized = 0
+    seen = set()
+    for p in model.parameters():
+        if id(p) in seen:  # tied weights count once
+            continue
+        seen.add(id(p))
+        if isinstance(p, bnb.nn.Params4bit) and p.quant_state is not None:
+            s = p.quant_state
+            out["weights_4bit"] += p.numel() * p.element_size()
+            quantized += s.shape.numel()
+            out["quant_constants"] += s.absmax.numel() * s.absmax.element_size()
+            out["codebooks"] += s.code.numel() * s.code.element_size()
+            if s.nested:
+                out["quant_constants"] += s.state2.absmax.numel() * s.state2.absmax.element_size()
+                out["quant_constants"] += s.offset.numel() * s.offset.element_size()
+                out["codebooks"] += s.state2.code.numel() * s.state2.code.element_size()
+        else:
+            out["other_params"] += p.numel() * p.element_size()
+    out["buffers"] = sum(b.numel() * b.element_size() for b in model.buffers())
+    out["total"] = sum(out.values())
+    out["quantized_params"] = quantized
+    return out
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if hasattr(v, "element_size"))
