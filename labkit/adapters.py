@@ -93,13 +93,19 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
 
 
 def add(model, method: str = "lora", seed: int = 0, **kwargs):
-    """MODEL wrapped by peft with a fresh METHOD adapter (only the adapter is trainable)."""
+    """MODEL wrapped by peft with a fresh METHOD adapter (only the adapter is trainable).
+
+    The result is in MODEL's mode (eval for a model from labkit.models.load_base): peft's wrapper
+    starts in training mode, and a training loop that restores the mode it found would then leave
+    dropout on (GPT-2 has dropout 0.1), so the same input would give different logits.
+    """
     import torch
     from peft import get_peft_model
 
     cfg = config(method, model, **kwargs)
+    was_training = model.training
     torch.manual_seed(seed)
-    return get_peft_model(model, cfg)
+    return get_peft_model(model, cfg).train(was_training)
 
 
 def trainable_line(model) -> str:

@@ -94,3 +94,83 @@ def test_an_interrupted_first_save_leaves_nothing(base, tmp_path, monkeypatch):
 def test_loading_from_a_folder_without_an_adapter_says_so(base, tmp_path):
     with pytest.raises(FileNotFoundError, match="No adapter at .*adapter_config.json is missing"):
         adapters.load(copy.deepcopy(base[0]), tmp_path / "nothing_here")
+
+
+# GPT-2's Conv1D (weight stored (in, out)): every method must give what it gives on the equivalent nn.Linear
+
+
+def test_an_adapter_keeps_the_models_mode_so_dropout_stays_off(hub_models, tmp_path):
+    """GPT-2 has dropout 0.1: peft's wrapper starts in training mode, and a training loop that restores the
+    mode it found left dropout on, so a saved and reloaded adapter did not give the trained logits."""
+    from labkit import chat, data, models, sft
+
+    lm, tok = models.load_base(hub_models["gpt2"], device="cpu")
+    assert lm.config.resid_pdrop > 0 and not lm.training
+    model = adapters.add(copy.deepcopy(lm), "lora", r=4, alpha=8)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert model.peft_config["default"].fan_in_fan_out
+    pairs = [data.to_prompt_completion(r, tok) for r in data.load("instructions", "train", task="classify")][:16]
+    sft.train(model, tok, pairs, steps=2, lr=1e-2, batch_size=4, progress=False)
+    assert not model.training
+    x = torch.tensor([chat.encode(tok, pairs[0]["prompt"])])
+    with torch.no_grad():
+        want = model(x).logits
+        assert torch.equal(model(x).logits, want)
+        again = adapters.load(copy.deepcopy(lm), adapters.save(model, tmp_path / "gpt2_lora"))
+        assert torch.equal(again(x).logits, want)
+        assert (lm(x).logits - want).abs().max() > 1e-4
+
+
+def _conv_and_linear(n_in=6, n_out=10):
+    """A Conv1D and the nn.Linear that computes the same function (its weight is the Conv1D's transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(n_out, n_in)
+    torch.nn.init.normal_(conv.weight)
+    torch.nn.init.normal_(conv.bias)
+    lin = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.T)
+        lin.bias.copy_(conv.bias)
+    return conv, lin
+
+
+class _One(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.proj = layer
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "ia3-feedforward"])
+def test_peft_on_conv1d_equals_peft_on_the_transposed_linear(method):
+    """peft supports LoRA, DoRA and IA3 on Conv1D with fan_in_fan_out=True (labkit.adapters sets it): with
+    the same adapter values, a Conv1D gives what the equivalent nn.Linear gives, merged or not."""
+    from peft import IA3Config, LoraConfig, get_peft_model
+
+    conv, lin = _conv_and_linear()
+    x = torch.randn(4, 6)
+    if method.startswith("ia3"):
+        ff = ["proj"] if method == "ia3-feedforward" else []
+        make = lambda fan: IA3Config(target_modules=["proj"], feedforward_modules=ff, fan_in_fan_out=fan)  # noqa: E731
+    else:
+        make = lambda fan: LoraConfig(r=2, lora_alpha=4, target_modules=["proj"], fan_in_fan_out=fan,  # noqa: E731
+                                      use_dora=method == "dora")
+    pc, pl = get_peft_model(_One(conv), make(True)), get_peft_model(_One(lin), make(False))
+    ours = dict(pl.named_parameters())
+    with torch.no_grad():
+        for name, p in pc.named_parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5, generator=torch.Generator().manual_seed(len(name)))
+                assert ours[name].shape == p.shape, name  # same adapter shapes in both layouts
+                ours[name].copy_(p)
+        y = pl(x)
+        assert (pc(x) - y).abs().max() <= 1e-5
+        assert (pc(x) - conv(x)).abs().max() > 1e-3, "the adapter must change the output"
+        pc.merge_adapter()
+        assert (pc(x) - y).abs().max() <= 1e-4
+        pc.unmerge_adapter()
+        assert (pc.get_base_model().proj.get_base_layer().weight - conv.weight).abs().max() <= 1e-5
