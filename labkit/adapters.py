@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .lora import _adaptable_layers, _check_hyperparameters, _select, is_conv1d
+from .lora import _adaptable_layers, _check_hyperparameters, _select, needs_fan_in_fan_out
 
 METHODS = ("lora", "dora", "ia3", "prompt")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -78,7 +78,7 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
     if method in ("lora", "dora", "ia3"):
         names = check_targets(model, target_modules) if model is not None else list(target_modules)
         # GPT-2's Conv1D stores W as (in, out): peft must transpose the update (it warns, then does it)
-        conv = model is not None and any(is_conv1d(m) for _, m in _select(model, names))
+        conv = model is not None and needs_fan_in_fan_out(model, names)
     if method in ("lora", "dora"):
         _check_hyperparameters(r, alpha, dropout)
         return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,

@@ -193,6 +193,12 @@ def block_layer(model: nn.Module, target: str, block: int = 0) -> tuple[str, nn.
     return blocks[block]
 
 
+def needs_fan_in_fan_out(model: nn.Module, target_modules: Iterable[str]) -> bool:
+    """Are the layers TARGET_MODULES name GPT-2's Conv1D (weight stored (in, out))? Then peft's LoraConfig
+    must say fan_in_fan_out=True, so that it merges (B A)^T, as LoRALinear does for a Conv1D."""
+    return any(is_conv1d(m.base if isinstance(m, LoRALinear) else m) for _, m in _select(model, target_modules))
+
+
 def layer_shapes(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[int, int]]:
     """(out_features, in_features) of every layer target_modules names, as the notation's W (d_out, d_in):
     a Conv1D (stored (in, out)) is reported the same way as the nn.Linear it stands for."""

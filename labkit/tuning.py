@@ -267,7 +267,7 @@ def methods_table(base, tok, pairs, model="bundled", steps: int = 3, seed: int =
     the adapted layers are Conv1D (peft's fan_in_fan_out=True)}.
     """
     from . import adapters
-    from .lora import _select, is_conv1d
+    from .lora import needs_fan_in_fan_out
     from .models import is_bundled
 
     shipped = load_results("peft_methods") if is_bundled(model) else None
@@ -284,7 +284,7 @@ def methods_table(base, tok, pairs, model="bundled", steps: int = 3, seed: int =
         scores = old if old else now
         rows.append({"method": method, "lr": lr, "trainable": now["trainable"], "trainable_pct": now["trainable_pct"],
                      "exact": scores["exact"], "format": scores["format"], "seconds_per_step": now["seconds_per_step"]})
-    conv = any(is_conv1d(m) for _, m in _select(base, adapters.targets(base)))
+    conv = needs_fan_in_fan_out(base, adapters.targets(base))
     if shipped:
         return {"rows": rows, "steps": shipped["steps"], "n_eval": shipped["n_eval"], "task": shipped["task"],
                 "shipped": True, "fan_in_fan_out": conv}

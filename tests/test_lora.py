@@ -390,7 +390,7 @@ def test_whole_gpt2_equals_peft_fan_in_fan_out(tiny_gpt2, capsys):
 
 
 def test_block_layer_and_layer_shapes_speak_the_notation(tiny_llama, tiny_gpt2):
-    from labkit.lora import block_layer, layer_shapes
+    from labkit.lora import block_layer, layer_shapes, needs_fan_in_fan_out
 
     llama, _ = tiny_llama
     gpt2, _ = tiny_gpt2
@@ -404,3 +404,5 @@ def test_block_layer_and_layer_shapes_speak_the_notation(tiny_llama, tiny_gpt2):
     assert layer_shapes(gpt2, ["c_attn"]) == [(96, 32), (96, 32)]
     assert layer_shapes(llama, ["q_proj"]) == [(64, 64), (64, 64)]
     assert layer_shapes(llama, ["gate_proj"])[0] == (128, 64)
+    assert needs_fan_in_fan_out(gpt2, ["c_attn"]) and not needs_fan_in_fan_out(llama, ["q_proj", "v_proj"])
+    assert needs_fan_in_fan_out(inject_lora(copy.deepcopy(gpt2), ["c_fc"], r=2, alpha=4), ["c_fc"])
