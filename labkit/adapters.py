@@ -108,6 +108,33 @@ def add(model, method: str = "lora", seed: int = 0, **kwargs):
     return get_peft_model(model, cfg).train(was_training)
 
 
+def generate(model, input_ids, attention_mask=None, **kwargs):
+    """MODEL.generate(input_ids, attention_mask, **kwargs), right for a prompt-tuning adapter as well.
+
+    input_ids, attention_mask: (batch, prompt_len), left-padded. Returns (batch, prompt_len + new) like
+    ``model.generate``. peft 0.21's generate looks for the KV cache under ``past_key_values`` while
+    transformers 5 passes it as ``cache``, so for prompt tuning it prepends the virtual tokens again at
+    every decoding step (the model reads n_virtual + 1 positions per new token, so every continuation
+    is conditioned wrongly; on GPT-2, whose positions are learned up to n_positions, an IndexError).
+    Here the virtual tokens go in once, as input embeddings in front of the prompt's, and the base model
+    generates from them, exactly as peft's forward reads them in training.
+    """
+    import torch
+    from peft import PeftType
+
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is None or cfg.peft_type != PeftType.PROMPT_TUNING:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    base = model.get_base_model()
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    embeds = base.get_input_embeddings()(input_ids)
+    virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(embeds.dtype)      # (batch, n_virtual, d)
+    mask = torch.cat([attention_mask.new_ones(virtual.shape[:2]), attention_mask], dim=1)
+    new = base.generate(inputs_embeds=torch.cat([virtual, embeds], dim=1), attention_mask=mask, **kwargs)
+    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+
+
 def trainable_line(model) -> str:
     """peft's own line, "trainable params: N || all params: M || trainable%: P", as a string."""
     trainable, total = model.get_nb_trainable_parameters()

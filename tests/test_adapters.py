@@ -174,3 +174,60 @@ def test_peft_on_conv1d_equals_peft_on_the_transposed_linear(method):
         assert (pc(x) - y).abs().max() <= 1e-4
         pc.unmerge_adapter()
         assert (pc.get_base_model().proj.get_base_layer().weight - conv.weight).abs().max() <= 1e-5
+
+
+def _greedy_by_forward(model, ids, mask, n):
+    """N greedy tokens by a full forward of MODEL at every step (no cache, no generate): the reference."""
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits          # (batch, n_virtual + len, vocab)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama-chatml"])
+def test_generate_with_prompt_tuning_equals_greedy_forward_steps(hub_models, kind):
+    """The virtual tokens go in once: generation equals step-by-step forwards of the peft model, whose
+    forward prepends them, also on GPT-2 past 512 positions' worth of steps (peft 0.21's generate under
+    transformers 5 re-prepends them at every step: 9 positions per step, and an IndexError on GPT-2)."""
+    from labkit import models
+
+    lm, tok = models.load_base(hub_models[kind], device="cpu")
+    model = adapters.add(lm, "prompt", seed=0)
+    with torch.no_grad():   # a trained-looking prompt: peft's random init is tiny next to the embeddings
+        model.prompt_encoder["default"].embedding.weight.mul_(50)
+    ids = torch.tensor([tok("The loan application was approved on Monday")["input_ids"]])
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None, top_k=None, top_p=None,
+              temperature=None)
+    fed = []   # how many positions the transformer body reads per call: all once, then one per step
+    body = model.get_base_model().base_model
+
+    def count(mod, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        x = x if x is not None else kwargs.get("input_ids", args[0] if args else None)
+        fed.append(x.shape[1])
+
+    hook = body.register_forward_pre_hook(count, with_kwargs=True)
+    got = adapters.generate(model, ids, mask, max_new_tokens=6, min_new_tokens=6, **kw)
+    hook.remove()
+    n_virtual = model.active_peft_config.num_virtual_tokens
+    assert fed == [n_virtual + ids.shape[1]] + [1] * 5
+    assert got.shape == (1, ids.shape[1] + 6) and torch.equal(got[:, :ids.shape[1]], ids)
+    assert torch.equal(got, _greedy_by_forward(model, ids, mask, 6))
+    if kind == "gpt2":   # 60 steps x 9 re-prepended tokens run past GPT-2's 512 positions: must not crash
+        assert adapters.generate(model, ids, mask, max_new_tokens=60, min_new_tokens=60, **kw).shape[1] == ids.shape[1] + 60
+
+
+def test_generate_without_prompt_tuning_is_the_models_generate(hub_models):
+    from labkit import models
+
+    lm, tok = models.load_base(hub_models["gpt2"], device="cpu")
+    model = adapters.add(lm, "lora", seed=0)
+    ids = torch.tensor([tok("The loan application")["input_ids"]])
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id, top_k=None, top_p=None,
+              temperature=None)
+    assert torch.equal(adapters.generate(model, ids, torch.ones_like(ids), **kw),
+                       model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw))
+
