@@ -62,6 +62,22 @@ def check_targets(model, target_modules: Iterable[str]) -> list[str]:
     return targets
 
 
+# the MLP's output layer, whose input IA3 scales (the paper's rescaled FFN activation), by family:
+# Llama's down_proj, OPT's fc2, GPT-NeoX's dense_4h_to_h, GPT-2's mlp.c_proj (its attn.c_proj is not one)
+IA3_FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "mlp.c_proj")
+
+
+def ia3_feedforward(names: Iterable[str]):
+    """peft's IA3 feedforward_modules for target NAMES: the MLP output layers among them, as a regex on
+    the full module name (a list would match GPT-2's attn.c_proj too: peft matches list items as name
+    endings), or [] when NAMES has none."""
+    import re
+
+    names = set(names)
+    ff = [f for f in IA3_FEEDFORWARD if f.split(".")[-1] in names]
+    return rf"(?:.*\.)?(?:{'|'.join(re.escape(f) for f in ff)})" if ff else []
+
+
 def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
            target_modules: Iterable[str] | None = None, num_virtual_tokens: int = 8):
     """A peft config for METHOD with its knobs checked (against MODEL's layers when given).
@@ -84,9 +100,8 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
         return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                           use_dora=method == "dora", task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     if method == "ia3":
-        ff = [t for t in names if t in ("down_proj", "fc2", "dense_4h_to_h", "c_fc")]
-        return IA3Config(target_modules=names, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM,
-                         fan_in_fan_out=conv)
+        return IA3Config(target_modules=names, feedforward_modules=ia3_feedforward(names),
+                         task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens must be a positive integer such as 8; got {num_virtual_tokens!r}.")
     return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=TaskType.CAUSAL_LM)

@@ -231,3 +231,22 @@ def test_generate_without_prompt_tuning_is_the_models_generate(hub_models):
     assert torch.equal(adapters.generate(model, ids, torch.ones_like(ids), **kw),
                        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw))
 
+
+@pytest.mark.parametrize("kind, feedforward", [("gpt2", "mlp.c_proj"), ("llama-chatml", "mlp.down_proj")])
+def test_ia3_scales_the_input_of_the_mlp_output_layer_only(hub_models, kind, feedforward):
+    """IA3 rescales the FFN's inner activation: the input of the MLP's output layer (GPT-2's mlp.c_proj,
+    not c_fc, and not attn.c_proj, whose name ends the same way); every other target scales its output."""
+    from labkit import models
+
+    lm, _ = models.load_base(hub_models[kind], device="cpu")
+    model = adapters.add(lm, "ia3")
+    layers = {name: mod for name, mod in model.named_modules() if hasattr(mod, "is_feedforward")}
+    assert layers
+    for name, mod in layers.items():
+        assert mod.is_feedforward == name.endswith(feedforward), name
+    n = sum(1 for name in layers if name.endswith(feedforward))
+    assert n == lm.config.num_hidden_layers
+
+
+def test_ia3_feedforward_is_empty_without_an_mlp_output_layer():
+    assert adapters.ia3_feedforward(["c_attn"]) == [] and adapters.ia3_feedforward(["q_proj", "v_proj"]) == []
