@@ -15,9 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import guard
-from . import atomic
-from .lora import _adaptable_layers, _check_hyperparameters, _select, is_conv1d
+from . import atomic, guard
+from .lora import _adaptable_layers, _check_hyperparameters, _select, needs_fan_in_fan_out
 
 METHODS = ("lora", "dora", "ia3", "prompt")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,6 +61,22 @@ def check_targets(model, target_modules: Iterable[str]) -> list[str]:
     return targets
 
 
+# the MLP's output layer, whose input IA3 scales (the paper's rescaled FFN activation), by family:
+# Llama's down_proj, OPT's fc2, GPT-NeoX's dense_4h_to_h, GPT-2's mlp.c_proj (its attn.c_proj is not one)
+IA3_FEEDFORWARD = ("down_proj", "fc2", "dense_4h_to_h", "mlp.c_proj")
+
+
+def ia3_feedforward(names: Iterable[str]):
+    """peft's IA3 feedforward_modules for target NAMES: the MLP output layers among them, as a regex on
+    the full module name (a list would match GPT-2's attn.c_proj too: peft matches list items as name
+    endings), or [] when NAMES has none."""
+    import re
+
+    names = set(names)
+    ff = [f for f in IA3_FEEDFORWARD if f.split(".")[-1] in names]
+    return rf"(?:.*\.)?(?:{'|'.join(re.escape(f) for f in ff)})" if ff else []
+
+
 def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
            target_modules: Iterable[str] | None = None, num_virtual_tokens: int = 8):
     """A peft config for METHOD with its knobs checked (against MODEL's layers when given).
@@ -78,27 +93,59 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
     if method in ("lora", "dora", "ia3"):
         names = check_targets(model, target_modules) if model is not None else list(target_modules)
         # GPT-2's Conv1D stores W as (in, out): peft must transpose the update (it warns, then does it)
-        conv = model is not None and any(is_conv1d(m) for _, m in _select(model, names))
+        conv = model is not None and needs_fan_in_fan_out(model, names)
     if method in ("lora", "dora"):
         _check_hyperparameters(r, alpha, dropout)
         return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                           use_dora=method == "dora", task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     if method == "ia3":
-        ff = [t for t in names if t in ("down_proj", "fc2", "dense_4h_to_h", "c_fc")]
-        return IA3Config(target_modules=names, feedforward_modules=ff, task_type=TaskType.CAUSAL_LM,
-                         fan_in_fan_out=conv)
+        return IA3Config(target_modules=names, feedforward_modules=ia3_feedforward(names),
+                         task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     guard.positive_int("num_virtual_tokens", num_virtual_tokens, "8")
     return PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, task_type=TaskType.CAUSAL_LM)
 
 
 def add(model, method: str = "lora", seed: int = 0, **kwargs):
-    """MODEL wrapped by peft with a fresh METHOD adapter (only the adapter is trainable)."""
+    """MODEL wrapped by peft with a fresh METHOD adapter (only the adapter is trainable).
+
+    The result is in MODEL's mode (eval for a model from labkit.models.load_base): peft's wrapper
+    starts in training mode, and a training loop that restores the mode it found would then leave
+    dropout on (GPT-2 has dropout 0.1), so the same input would give different logits.
+    """
     import torch
     from peft import get_peft_model
 
     cfg = config(method, model, **kwargs)
+    was_training = model.training
     torch.manual_seed(seed)
-    return get_peft_model(model, cfg)
+    return get_peft_model(model, cfg).train(was_training)
+
+
+def generate(model, input_ids, attention_mask=None, **kwargs):
+    """MODEL.generate(input_ids, attention_mask, **kwargs), right for a prompt-tuning adapter as well.
+
+    input_ids, attention_mask: (batch, prompt_len), left-padded. Returns (batch, prompt_len + new) like
+    ``model.generate``. peft 0.21's generate looks for the KV cache under ``past_key_values`` while
+    transformers 5 passes it as ``cache``, so for prompt tuning it prepends the virtual tokens again at
+    every decoding step (the model reads n_virtual + 1 positions per new token, so every continuation
+    is conditioned wrongly; on GPT-2, whose positions are learned up to n_positions, an IndexError).
+    Here the virtual tokens go in once, as input embeddings in front of the prompt's, and the base model
+    generates from them, exactly as peft's forward reads them in training.
+    """
+    import torch
+    from peft import PeftType
+
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is None or cfg.peft_type != PeftType.PROMPT_TUNING:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    base = model.get_base_model()
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    embeds = base.get_input_embeddings()(input_ids)
+    virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(embeds.dtype)      # (batch, n_virtual, d)
+    mask = torch.cat([attention_mask.new_ones(virtual.shape[:2]), attention_mask], dim=1)
+    new = base.generate(inputs_embeds=torch.cat([virtual, embeds], dim=1), attention_mask=mask, **kwargs)
+    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
 
 
 def trainable_line(model) -> str:

@@ -124,6 +124,31 @@ def answer_prefix(tok) -> str:
     return _probe(tok)[0]
 
 
+def facts(tok, model=None) -> dict:
+    """What the tokenizer and its chat template say about documents and turns, for a lesson to print.
+
+    {"bos": the BOS token text or None, "tokenizer_adds_bos": does tok("x") put it in front,
+     "document_start": the tokens a plain document starts with (``document_start``, as text),
+     "chat_template": does the tokenizer have one, "template_writes_bos": does a rendered prompt start
+     with BOS, "generation_prompt": the text a one-turn prompt ends with after the user's message,
+     "answer_prefix", "turn_end" (None without a template), "eos", "pad",
+     "stop_tokens": the texts of ``stop_token_ids(tok, model)``}.
+    """
+    bos = getattr(tok, "bos_token", None)
+    out = {"bos": bos, "tokenizer_adds_bos": tokenizer_adds_bos(tok),
+           "document_start": tok.convert_ids_to_tokens(document_start(tok)),
+           "chat_template": getattr(tok, "chat_template", None) is not None, "template_writes_bos": False,
+           "generation_prompt": None, "answer_prefix": None, "turn_end": None}
+    if out["chat_template"]:
+        prompt = render_prompt(tok, "USER_7Q")
+        out.update(template_writes_bos=bool(bos) and prompt.startswith(bos),
+                   generation_prompt=prompt[prompt.rindex("USER_7Q") + len("USER_7Q"):],
+                   answer_prefix=answer_prefix(tok), turn_end=turn_end(tok))
+    out.update(eos=tok.eos_token, pad=tok.pad_token,
+               stop_tokens=tok.convert_ids_to_tokens(stop_token_ids(tok, model)))
+    return out
+
+
 def _as_list(ids) -> list:
     if ids is None:
         return []

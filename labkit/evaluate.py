@@ -70,7 +70,9 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
                 x = torch.tensor([p_ids], device=dev)
                 out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=len(a_ids) + 2,
                                      do_sample=False, pad_token_id=tok.pad_token_id)
-                text = tok.decode(out[0, len(p_ids):])
+                # the new text is what decoding the whole adds to the decoded prompt: decoding the new ids
+                # alone loses the leading space with tokenizers that strip it (Llama 2's, Mistral's)
+                text = tok.decode(out[0])[len(tok.decode(p_ids)):]
                 rest = text[len(ex["answer"]) + 1:]
                 runs_on = rest[:1].isdigit() or (rest[:1] == "," and rest[1:2].isdigit())
                 ok = text.startswith(" " + ex["answer"]) and not runs_on

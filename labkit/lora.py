@@ -177,6 +177,34 @@ def _select(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, 
     return [(name, m) for name, m in layers if any(_matches(name, t) for t in targets)]
 
 
+def block_layer(model: nn.Module, target: str, block: int = 0) -> tuple[str, nn.Module]:
+    """(name, layer) of the layer named TARGET inside decoder block BLOCK, e.g. ("model.layers.0.self_attn.q_proj",
+    q_proj) for a Llama or ("transformer.h.0.attn.c_attn", c_attn) for GPT-2. The block is the first
+    integer in the layer's dotted name. Raises ValueError naming the blocks that exist."""
+    chosen = _select(model, [target])
+    blocks = {}
+    for name, m in chosen:
+        index = next((int(part) for part in name.split(".") if part.isdigit()), None)
+        blocks.setdefault(index, (name, m))
+    if block not in blocks:
+        have = sorted(b for b in blocks if b is not None)
+        raise ValueError(f"no {target!r} layer in block {block!r} of {type(model).__name__}; "
+                         f"blocks with one: {have[0]}..{have[-1]}." if have else f"{target!r} is in no numbered block.")
+    return blocks[block]
+
+
+def needs_fan_in_fan_out(model: nn.Module, target_modules: Iterable[str]) -> bool:
+    """Are the layers TARGET_MODULES name GPT-2's Conv1D (weight stored (in, out))? Then peft's LoraConfig
+    must say fan_in_fan_out=True, so that it merges (B A)^T, as LoRALinear does for a Conv1D."""
+    return any(is_conv1d(m.base if isinstance(m, LoRALinear) else m) for _, m in _select(model, target_modules))
+
+
+def layer_shapes(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[int, int]]:
+    """(out_features, in_features) of every layer target_modules names, as the notation's W (d_out, d_in):
+    a Conv1D (stored (in, out)) is reported the same way as the nn.Linear it stands for."""
+    return [tuple(reversed(_in_out(m))) for _, m in _select(model, target_modules)]
+
+
 def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, alpha: float,
                 dropout: float = 0.0, rslora: bool = False) -> nn.Module:
     """Replace each targeted nn.Linear by a LoRALinear and freeze everything else; returns MODEL.

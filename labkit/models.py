@@ -41,6 +41,15 @@ def resolve(model: str | os.PathLike | None) -> str:
     )
 
 
+def is_bundled(model: str | os.PathLike | None) -> bool:
+    """Is MODEL the course's bundled model ('bundled', None, or a path to its folder)? Lessons use this to
+    decide whether a shipped artifact of the bundled model (its card, an adapter, a sweep) applies."""
+    if model is None or str(model) == BUNDLED:
+        return True
+    path = Path(str(model)).expanduser()
+    return path.exists() and path.resolve() == BASE_MODEL_DIR.resolve()
+
+
 def _check_folder(path: Path) -> None:
     if not path.is_dir():
         raise ModelLoadError(f"Model path {str(path)!r} is not a folder; point MODEL at the folder that "

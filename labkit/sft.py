@@ -169,6 +169,7 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
     adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
     import torch
 
+    from .adapters import generate
     from .chat import adds_bos, stop_strings, stop_token_ids
 
     stop = stop_token_ids(tok, model)
@@ -185,9 +186,9 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
                       add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
             route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None,
-                                     **route)
+                gen = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                               do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id, top_k=None,
+                               top_p=None, temperature=None, **route)   # model.generate, prompt tuning included
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = tok.decode(row, skip_special_tokens=False)
                 for s in cut:

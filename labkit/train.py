@@ -127,14 +127,29 @@ def fit(model, data, opt, params, steps: int, progress: str | None = None, callb
     return losses
 
 
-def weight_updates(base, tuned, suffixes: tuple[str, ...] = ("q_proj", "v_proj")) -> dict:
-    """{name: W_tuned - W_base} for every Linear weight whose module name ends with a suffix."""
+def weight_updates(base, tuned, suffixes: tuple[str, ...] | None = None) -> dict:
+    """{name: W_tuned - W_base} for every Linear / Conv1D weight whose module name ends with a suffix.
+
+    suffixes: None means the model's query and value projections (``adapters.targets(base, "attention")``:
+    Llama's q_proj and v_proj, GPT-2's fused c_attn). Each update has the notation's shape (d_out, d_in):
+    GPT-2's Conv1D stores its weight transposed, (in, out), so its update is transposed back.
+    """
+    from .lora import is_conv1d
+
+    if suffixes is None:
+        from .adapters import targets
+
+        suffixes = tuple(targets(base, "attention"))
+    suffixes = (suffixes,) if isinstance(suffixes, str) else tuple(suffixes)
     base_params = dict(base.named_parameters())
+    tuned_modules = dict(tuned.named_modules())
     out = {}
     for name, p in tuned.named_parameters():
         module = name.rsplit(".", 1)[0]
         if name.endswith(".weight") and module.rsplit(".", 1)[-1] in suffixes:
-            out[module] = (p.detach() - base_params[name].detach()).float()
+            delta = (p.detach() - base_params[name].detach()).float()
+            out[module] = delta.T if is_conv1d(tuned_modules[module]) else delta
     if not out:
-        raise ValueError(f"no weights match {suffixes}; e.g. ('q_proj', 'v_proj') for a Llama model.")
+        raise ValueError(f"no weights match {suffixes}; e.g. ('q_proj', 'v_proj') for a Llama model, "
+                         "or adapters.targets(model) for the names this model uses.")
     return out

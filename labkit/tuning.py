@@ -75,6 +75,38 @@ def load_results(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def landscape(base, tok, pairs, general, model="bundled", lr: float = 3e-3, r: int = 8, steps: int = 20,
+              seed: int = 0, task: str | None = None, lrs=None, ranks=None, base_ppl: float | None = None) -> dict:
+    """The learning-rate x rank grid lesson 02 draws, and a sentence saying where it comes from.
+
+    MODEL the bundled model: the shipped sweep (``load_results("lr_rank_sweep")``, scripts/lesson02_results.py
+    ran it on the bundled model). Any other MODEL: that sweep says nothing about it, so a small grid trains
+    live on BASE: LRS (default LR/10 and LR) x RANKS (default R/4 and R), STEPS steps each (``sweep``).
+    Returns {"rows", "lrs", "ranks", "steps", "shipped": bool, "about": the sentence}.
+    """
+    from .models import is_bundled
+
+    if is_bundled(model):
+        sweep = load_results("lr_rank_sweep")
+        ctx = sweep["context"]
+        about = (f"the sweep: {len(sweep['rows'])} runs of {sweep['steps']} steps on {sweep['task']!r}, {ctx['date']}, "
+                 f"{ctx['cpus']} CPUs, load average {ctx['load_average_at_start']:.1f} at the start")
+        return {"rows": sweep["rows"], "lrs": sweep["lrs"], "ranks": sweep["ranks"], "steps": sweep["steps"],
+                "shipped": True, "about": about}
+    lrs = sorted({float(f"{lr / 10:.3g}"), lr}) if lrs is None else sorted(lrs)
+    ranks = sorted({max(1, r // 4), r}) if ranks is None else sorted(ranks)
+    t0 = time.perf_counter()
+    rows = []
+    for rank in ranks:
+        for x in lrs:
+            rows.append(short_run(base, tok, pairs, general, x, rank, steps, seed=seed, base_ppl=base_ppl))
+            base_ppl = rows[-1]["base_ppl"]
+    about = (f"the shipped sweep was run on the bundled model (scripts/lesson02_results.py --only sweep), so for "
+             f"{str(model)!r} a {len(lrs)} x {len(ranks)} grid trained live here: {len(rows)} runs of {steps} steps"
+             + (f" on {task!r}" if task else "") + f", {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows, "lrs": lrs, "ranks": ranks, "steps": steps, "shipped": False, "about": about}
+
+
 def grid(rows: list[dict], key: str):
     """(lrs, ranks, matrix[rank_index][lr_index]) of KEY from sweep rows, sorted."""
     lrs = sorted({row["lr"] for row in rows})
@@ -220,3 +252,42 @@ def method_run(base, tok, pairs, method: str, steps: int = 60, lr: float | None 
             s = sft.score(model, tok, eval_examples)
         row["exact"], row["format"] = s["exact"], s["format"]
     return row
+
+
+def methods_table(base, tok, pairs, model="bundled", steps: int = 3, seed: int = 0, r: int = 8,
+                  eval_examples=None) -> dict:
+    """Every PEFT method on BASE: trainable parameters and time per step measured now (``method_run``),
+    next to held-out exact match and answer format.
+
+    MODEL the bundled model: the scores are the shipped table's (``load_results("peft_methods")``: each
+    method trained for its 40 steps by scripts/lesson02_results.py), at the table's learning rates. Any
+    other MODEL: the shipped scores are the bundled model's, so each method trains STEPS steps here and is
+    scored on EVAL_EXAMPLES. Returns {"rows": [{"method", "lr", "trainable", "trainable_pct", "exact",
+    "format", "seconds_per_step"}], "steps", "n_eval", "task", "shipped": bool, "fan_in_fan_out": whether
+    the adapted layers are Conv1D (peft's fan_in_fan_out=True)}.
+    """
+    from . import adapters
+    from .lora import needs_fan_in_fan_out
+    from .models import is_bundled
+
+    shipped = load_results("peft_methods") if is_bundled(model) else None
+    eval_examples = None if eval_examples is None else list(eval_examples)
+    if shipped is None and not eval_examples:
+        raise ValueError(f"{str(model)!r} is not the bundled model, whose scores ship with the course: "
+                         "pass eval_examples to score each method here.")
+    plan = [(row["method"], row["lr"], row) for row in shipped["rows"]] if shipped else \
+        [(m, METHOD_LR[m], None) for m in adapters.METHODS]
+    rows = []
+    for method, lr, old in plan:
+        now = method_run(base, tok, pairs, method, steps=steps, lr=lr, seed=seed, r=r,
+                         eval_examples=None if old else eval_examples)
+        scores = old if old else now
+        rows.append({"method": method, "lr": lr, "trainable": now["trainable"], "trainable_pct": now["trainable_pct"],
+                     "exact": scores["exact"], "format": scores["format"], "seconds_per_step": now["seconds_per_step"]})
+    conv = needs_fan_in_fan_out(base, adapters.targets(base))
+    if shipped:
+        return {"rows": rows, "steps": shipped["steps"], "n_eval": shipped["n_eval"], "task": shipped["task"],
+                "shipped": True, "fan_in_fan_out": conv}
+    task = "/".join(sorted({e["task"] for e in eval_examples}))
+    return {"rows": rows, "steps": steps, "n_eval": len(eval_examples), "task": task, "shipped": False,
+            "fan_in_fan_out": conv}

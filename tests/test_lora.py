@@ -275,3 +275,134 @@ def test_rslora_scaling_equals_peft():
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max().item() <= 1e-6
+
+
+# 5. GPT-2's Conv1D: W stored (in, out); peft's fan_in_fan_out=True ------------------------------
+
+
+class TinyConv(nn.Module):
+    def __init__(self, n_in=16, n_out=12):
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.proj = Conv1D(n_out, n_in)  # weight (n_in, n_out): y = x W + b
+        nn.init.normal_(self.proj.weight, std=0.2)
+        nn.init.normal_(self.proj.bias, std=0.2)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _peft_conv(n_in=16, n_out=12, r=4, alpha=8):
+    """(our LoRALinear, peft's LoRA layer with fan_in_fan_out=True) over the same Conv1D, peft's B nonzero."""
+    torch.manual_seed(0)
+    model = TinyConv(n_in, n_out)
+    ours = LoRALinear(copy.deepcopy(model.proj), r=r, alpha=alpha)
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["proj"], fan_in_fan_out=True)
+    layer = peft.get_peft_model(model, cfg).get_base_model().proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(std=0.5)
+    copy_from_peft(ours, layer)
+    return ours, layer
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=100)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(1))
+    return model, ids
+
+
+def test_conv1d_keeps_peft_shapes():
+    ours, theirs = _peft_conv(n_in=16, n_out=12)
+    assert ours.base.weight.shape == (16, 12) and ours.fan_in_fan_out
+    assert (ours.in_features, ours.out_features) == (16, 12)
+    assert ours.A.shape == theirs.lora_A["default"].weight.shape == (4, 16)
+    assert ours.B.shape == theirs.lora_B["default"].weight.shape == (12, 4)
+    assert ours.delta_weight().shape == (12, 16)  # B A in the notation's (d_out, d_in)
+
+
+def test_conv1d_layer_equals_peft_fan_in_fan_out():
+    ours, theirs = _peft_conv()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        out, ref = ours(x), theirs(x)
+        assert (out - ours.base(x)).abs().max() > 1e-2  # the adapter really contributes
+    assert out.shape == (3, 5, 12)
+    assert (out - ref).abs().max().item() <= 1e-6
+
+
+def test_conv1d_merge_adds_the_transposed_update_as_peft_does():
+    # square, so that adding B A untransposed would fit the weight's shape and only the values tell
+    ours, theirs = _peft_conv(n_in=12, n_out=12)
+    assert (ours.delta_weight() - ours.delta_weight().T).abs().max() > 1e-3
+    w0 = ours.base.weight.detach().clone()
+    x = torch.randn(6, 12)
+    with torch.no_grad():
+        before = ours(x)
+        ours.merge()
+        assert (ours.base.weight - w0 - ours.delta_weight().T).abs().max() <= 1e-6
+        theirs.merge()  # peft with fan_in_fan_out=True: its stored weight is ours
+        assert (ours.base.weight - theirs.get_base_layer().weight).abs().max() <= 1e-6
+        merged = ours(x)
+        ours.unmerge()
+        theirs.unmerge()
+    assert (merged - before).abs().max().item() <= 1e-5
+    assert (ours.base.weight - w0).abs().max().item() <= 1e-6
+
+
+def test_whole_gpt2_equals_peft_fan_in_fan_out(tiny_gpt2, capsys):
+    from labkit import adapters
+
+    model, ids = tiny_gpt2
+    targets = adapters.targets(model)
+    assert targets == ["c_attn", "c_proj", "c_fc"]
+    ours = inject_lora(copy.deepcopy(model), targets, r=4, alpha=8)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=True)
+    pm = peft.get_peft_model(copy.deepcopy(model), cfg)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+    assert load_from_peft(ours, pm) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each of 2 blocks
+    with torch.no_grad():
+        base, out, ref = model(ids).logits, ours(ids).logits, pm(input_ids=ids).logits
+    assert (out - base).abs().max() > 1e-4
+    assert (out - ref).abs().max().item() <= 1e-5
+    # counts: r * (in + out) per Conv1D, the same as peft's trainable parameters and summary line
+    trainable, _ = pm.get_nb_trainable_parameters()
+    assert count_lora_params(model, 4, targets) == trainable == 4 * 2 * (
+        (32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    pm.print_trainable_parameters()
+    assert trainable_summary(ours) == capsys.readouterr().out.strip()
+    # merged into the Conv1D weights, the logits stay; unmerged, the weights come back
+    with torch.no_grad():
+        assert merge_lora(ours) == 8
+        merged = ours(ids).logits
+        assert unmerge_lora(ours) == 8
+    assert (merged - ref).abs().max().item() <= 1e-5
+    w = dict(ours.named_parameters())
+    for name, p0 in model.named_parameters():
+        mine = w.get(name) if name in w else w[name.replace(".weight", ".base.weight").replace(".bias", ".base.bias")]
+        assert (mine - p0).abs().max() <= 1e-6, name
+
+
+def test_block_layer_and_layer_shapes_speak_the_notation(tiny_llama, tiny_gpt2):
+    from labkit.lora import block_layer, layer_shapes, needs_fan_in_fan_out
+
+    llama, _ = tiny_llama
+    gpt2, _ = tiny_gpt2
+    assert block_layer(llama, "q_proj", 1)[0] == "model.layers.1.self_attn.q_proj"
+    name, layer = block_layer(gpt2, "c_attn", 1)
+    assert name == "transformer.h.1.attn.c_attn" and layer.weight.shape == (32, 96)
+    assert block_layer(gpt2, "c_proj", 0)[0] == "transformer.h.0.attn.c_proj"  # the first of the block's two
+    with pytest.raises(ValueError, match="no 'q_proj' layer in block 5.*0..1"):
+        block_layer(llama, "q_proj", 5)
+    # (d_out, d_in) for both layouts: GPT-2's fused c_attn maps 32 -> 3 x 32
+    assert layer_shapes(gpt2, ["c_attn"]) == [(96, 32), (96, 32)]
+    assert layer_shapes(llama, ["q_proj"]) == [(64, 64), (64, 64)]
+    assert layer_shapes(llama, ["gate_proj"])[0] == (128, 64)
+    assert needs_fan_in_fan_out(gpt2, ["c_attn"]) and not needs_fan_in_fan_out(llama, ["q_proj", "v_proj"])
+    assert needs_fan_in_fan_out(inject_lora(copy.deepcopy(gpt2), ["c_fc"], r=2, alpha=4), ["c_fc"])

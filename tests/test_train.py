@@ -65,3 +65,21 @@ def test_median_forward_seconds_is_positive_and_checks_repeats(base):
     assert evaluate.median_forward_seconds(model, x, repeats=3, warmup=1) > 0
     with pytest.raises(ValueError, match="repeats"):
         evaluate.median_forward_seconds(model, x, repeats=0)
+
+
+def test_weight_updates_default_to_the_models_attention_and_use_d_out_by_d_in(hub_models):
+    """GPT-2's fused c_attn is a Conv1D, its weight stored (in, out) = (64, 192): the update comes back as the
+    notation's (d_out, d_in) = (192, 64), and without naming layers the query/value projections are taken."""
+    from labkit import models
+
+    model, tok = models.load_base(hub_models["gpt2"], device="cpu")
+    tuned = copy.deepcopy(model)
+    train.finetune(tuned, tok, _texts(), steps=2, lr=1e-3, batch_size=4)
+    dws = train.weight_updates(model, tuned)
+    assert sorted(dws) == [f"transformer.h.{i}.attn.c_attn" for i in range(model.config.n_layer)]
+    name = "transformer.h.0.attn.c_attn"
+    stored = dict(tuned.named_parameters())[name + ".weight"] - dict(model.named_parameters())[name + ".weight"]
+    assert stored.shape == (64, 192) and dws[name].shape == (192, 64)
+    assert torch.equal(dws[name], stored.T.float()) and dws[name].abs().max() > 0
+    llama, _ = models.load_base(hub_models["llama-chatml"], device="cpu")
+    assert {n.rsplit(".", 1)[-1] for n in train.weight_updates(llama, llama)} == {"q_proj", "v_proj"}

@@ -86,3 +86,45 @@ def test_the_shipped_sweep_covers_its_grid():
 def test_a_missing_result_says_which_script_makes_it():
     with pytest.raises(FileNotFoundError, match="script"):
         tuning.load_results("no_such_result")
+
+
+# what lesson 02 draws and tabulates: the bundled model's shipped results, or live runs for another model
+
+
+def test_the_landscape_is_the_shipped_sweep_only_for_the_bundled_model(inputs, hub_models):
+    from labkit import models
+
+    model, tok, pairs, general = inputs
+    shipped = tuning.landscape(model, tok, pairs, general, model="bundled")
+    assert shipped["shipped"] and shipped["rows"] == tuning.load_results("lr_rank_sweep")["rows"]
+    assert shipped["about"].startswith(f"the sweep: {len(shipped['rows'])} runs of 20 steps on 'classify'")
+    other, otok = models.load_base(hub_models["gpt2"], device="cpu")
+    opairs = [data.to_prompt_completion(e, otok) for e in data.load("instructions", "train", task="risk", n=16)]
+    live = tuning.landscape(other, otok, opairs, general, model=hub_models["gpt2"], lr=3e-3, r=8, steps=2, task="risk")
+    assert not live["shipped"] and live["lrs"] == [3e-4, 3e-3] and live["ranks"] == [2, 8]
+    assert {(row["lr"], row["r"], row["steps"]) for row in live["rows"]} == {(a, b, 2) for a in (3e-4, 3e-3) for b in (2, 8)}
+    assert len({row["base_ppl"] for row in live["rows"]}) == 1
+    assert "bundled model" in live["about"] and "2 x 2 grid trained live" in live["about"] and "'risk'" in live["about"]
+    lrs, ranks, m = tuning.grid(live["rows"], "final_loss")
+    assert not any(math.isnan(v) for row in m for v in row)
+
+
+def test_the_methods_table_uses_shipped_scores_only_for_the_bundled_model(inputs, hub_models):
+    from labkit import adapters, models
+
+    model, tok, pairs, _ = inputs
+    shipped = tuning.load_results("peft_methods")
+    table = tuning.methods_table(model, tok, pairs, model="bundled", steps=1)
+    assert table["shipped"] and not table["fan_in_fan_out"] and table["steps"] == shipped["steps"]
+    assert [(r["method"], r["exact"], r["format"]) for r in table["rows"]] == \
+        [(r["method"], r["exact"], r["format"]) for r in shipped["rows"]]
+    other, otok = models.load_base(hub_models["gpt2"], device="cpu")
+    with pytest.raises(ValueError, match="not the bundled model.*eval_examples"):
+        tuning.methods_table(other, otok, pairs, model=hub_models["gpt2"], steps=1)
+    opairs = [data.to_prompt_completion(e, otok) for e in data.load("instructions", "train", task="risk", n=16)]
+    evals = data.load("instructions", "eval", task="risk", n=2)
+    live = tuning.methods_table(other, otok, opairs, model=hub_models["gpt2"], steps=1, r=4, eval_examples=evals)
+    assert not live["shipped"] and live["fan_in_fan_out"] and live["n_eval"] == 2 and live["task"] == "risk"
+    assert [r["method"] for r in live["rows"]] == list(adapters.METHODS)
+    assert all(0 <= r["exact"] <= 1 and 0 < r["trainable"] and r["seconds_per_step"] > 0 for r in live["rows"])
+    assert [r["lr"] for r in live["rows"]] == [tuning.METHOD_LR[m] for m in adapters.METHODS]
