@@ -132,11 +132,13 @@ def generate(model, input_ids, attention_mask=None, **kwargs):
     Here the virtual tokens go in once, as input embeddings in front of the prompt's, and the base model
     generates from them, exactly as peft's forward reads them in training.
     """
+    cfg = getattr(model, "active_peft_config", None)
+    if cfg is None:  # a plain transformers model: peft is not needed (nor imported: lesson 12 reloads without it)
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     import torch
     from peft import PeftType
 
-    cfg = getattr(model, "active_peft_config", None)
-    if cfg is None or cfg.peft_type != PeftType.PROMPT_TUNING:
+    if cfg.peft_type != PeftType.PROMPT_TUNING:
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     base = model.get_base_model()
     if attention_mask is None:
