@@ -211,7 +211,7 @@ def test_token_normalisation_holds_for_each_hub_style_model(hub_model):
     model, tok = models.load_base(folder, device="cpu")
     if kind == "gpt2":
         assert tok.pad_token_id == tok.eos_token_id
-    pm = adapters.add(model, "lora", seed=0, r=4, alpha=8)
+    pm = adapters.add(model, "lora", seed=0, r=4, alpha=8).train()  # training mode, as a training loop has it
     with torch.no_grad():  # B = 0 at init; make the adapter matter so its gradients are informative
         for n, p in pm.named_parameters():
             if "lora_B" in n:
@@ -230,7 +230,7 @@ def test_token_normalisation_holds_for_each_hub_style_model(hub_model):
     assert len(set(check["tokens"])) > 1 and sum(check["tokens"]) == scale.supervised_tokens(batch["labels"])
     assert check["tokens_normalised"] == pytest.approx(check["whole"], abs=1e-5)
     assert check["grad_diff_tokens"] < 1e-5 < 1e-3 < check["grad_diff_naive"], check
-    assert pm.training  # the check leaves the mode as it found it
+    assert pm.training  # the check ran in eval mode and leaves the mode as it found it
 
 
 def test_the_scripts_runs_turn_the_base_models_dropout_off(hub_models):
