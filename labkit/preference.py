@@ -461,12 +461,13 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
 
 
 def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta: float, steps: int = 10,
-             lr: float = 1e-3, batch_size: int = 8, seed: int = 0) -> dict:
+             lr: float = 1e-3, batch_size: int = 8, seed: int = 0, ref_logps=None) -> dict:
     """A short DPO run from SFT_MODEL (copied; the original is the frozen reference) for one BETA.
 
     Returns {"beta", "log": train_dpo's log, "accuracy": held-out share with margin > 0,
     "logratio_chosen": mean held-out log pi_theta/pi_ref of the chosen answers,
     "logratio_rejected": the same for the rejected answers}: how far the policy moved, and where.
+    REF_LOGPS: ``pair_logps(sft_model, tok, eval_rows)``, if already computed (the reference never changes).
     """
     import copy
 
@@ -476,7 +477,7 @@ def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta
         p.requires_grad_(True)
     log = train_dpo(policy, sft_model, tok, train_rows, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
                     seed=seed)
-    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows)
+    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows) if ref_logps is None else ref_logps
     pol_c, pol_r = pair_logps(policy, tok, eval_rows)
     acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r),
                               policy_logps=(pol_c, pol_r))

@@ -170,7 +170,7 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
     (``labkit.preference.train_dpo(loss=...)``; SFT_MODEL is the frozen reference), and measure each
     on the same held-out data. Returns one row per model, SFT first:
 
-    {"loss": "SFT" or the loss, "beta", "seconds" (training), "final_loss",
+    {"loss": "SFT" or the loss, "beta", "seconds" (training), "first_loss" and "final_loss" (training),
      "accuracy": share of EVAL_ROWS whose DPO implicit-reward margin (log-ratio to SFT, chosen minus
      rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0),
      "avg_accuracy": share whose per-token average log pi(chosen) beats log pi(rejected)'s (reference-free),
@@ -202,7 +202,7 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
         return {"loss": name, "accuracy": acc, "avg_accuracy": avg, "chosen_logp": logps[0].mean().item(),
                 "answer_tokens": sum(n_tokens) / len(n_tokens), **extra}
 
-    out = [measure("SFT", ref_logps, ref_answers, beta=None, seconds=0.0, final_loss=None)]
+    out = [measure("SFT", ref_logps, ref_answers, beta=None, seconds=0.0, first_loss=None, final_loss=None)]
     for name in losses:
         policy = copy.deepcopy(sft_model).requires_grad_(True)
         t0 = time.perf_counter()
@@ -211,7 +211,7 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
         seconds = time.perf_counter() - t0
         out.append(measure(name, pair_logps(policy, tok, eval_rows),
                            answer(policy, tok, prompts, max_new_tokens=max_new_tokens),
-                           beta=betas[name], seconds=seconds, final_loss=log["loss"][-1]))
+                           beta=betas[name], seconds=seconds, first_loss=log["loss"][0], final_loss=log["loss"][-1]))
         del policy
     return out
 
@@ -228,4 +228,31 @@ def describe_family(rows: list[dict]) -> str:
         lines.append(f"{r['loss']:<7}{beta:>6}{final:>12}{r['accuracy']:>10.0%}{r['avg_accuracy']:>14.0%}"
                      f"{r['chosen_logp']:>16.2f}{r['chosen_logp'] - base:>+9.2f}{r['answer_tokens']:>15.1f}"
                      f"{r['seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
+def compare_with_dpo(rows: list[dict]) -> str:
+    """What ``family_run``'s ROWS show, one line per loss against DPO's row (which must be there):
+    held-out accuracy (beats / ties / does not beat DPO), the move of log pi(chosen) from SFT, the greedy
+    answers' length, and the training loss from its first to its last batch (different batches: the two
+    are not the same pairs)."""
+    by = {r["loss"]: r for r in rows}
+    if "dpo" not in by or "SFT" not in by:
+        raise ValueError("compare_with_dpo needs family_run rows with the SFT and the dpo rows.")
+    sft, dpo = by["SFT"], by["dpo"]
+    lines = [f"SFT orders {sft['avg_accuracy']:.0%} of these pairs by per-token average log-prob already "
+             f"(the reference-free reward of SimPO and ORPO); greedy answers {sft['answer_tokens']:.1f} tokens"]
+    for r in rows:
+        if r is sft:
+            continue
+        if r is dpo:
+            verdict = "the baseline"
+        else:
+            d = r["accuracy"] - dpo["accuracy"]
+            verdict = "beats DPO" if d > 0 else "ties with DPO" if d == 0 else "does not beat DPO"
+        lines.append(f"{r['loss']}: held-out accuracy {r['accuracy']:.0%} ({verdict}); log pi(chosen) "
+                     f"{r['chosen_logp'] - sft['chosen_logp']:+.2f} nats from SFT; answers "
+                     f"{r['answer_tokens']:.1f} tokens; batch loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}")
+    if all(r["answer_tokens"] == sft["answer_tokens"] for r in rows):
+        lines.append("no loss changed the greedy answers' mean length in this run")
     return "\n".join(lines)

@@ -262,3 +262,21 @@ def test_orpo_loss_equals_trl_orpo_trainer_after_training(base, tok, rows, tmp_p
         answer_only, _, _ = L.orpo_loss(s["chosen"][0], s["rejected"][0], s["chosen"][1], s["rejected"][1], beta=0.1)
     assert ours.item() == pytest.approx(trl_loss, abs=1e-5)
     assert abs(answer_only.item() - trl_loss) > 1e-3, "the two NLLs differ: the test can tell them apart"
+
+
+def test_compare_with_dpo_says_plainly_which_loss_does_not_beat_dpo():
+    def row(loss, acc, logp=-1.0):
+        return {"loss": loss, "accuracy": acc, "avg_accuracy": 1.0, "chosen_logp": logp, "answer_tokens": 5.0,
+                "first_loss": 0.7, "final_loss": 0.2, "beta": 0.1, "seconds": 1.0}
+
+    text = L.compare_with_dpo([row("SFT", 0), row("dpo", 0.8), row("ipo", 0.9, -0.5), row("simpo", 0.8),
+                               row("orpo", 0.6)])
+    lines = text.splitlines()
+    assert "100%" in lines[0] and lines[1].startswith("dpo:") and "baseline" in lines[1]
+    assert "(beats DPO)" in lines[2] and "+0.50 nats" in lines[2]
+    assert "(ties with DPO)" in lines[3] and "(does not beat DPO)" in lines[4]
+    assert lines[-1] == "no loss changed the greedy answers' mean length in this run"
+    longer = L.compare_with_dpo([row("SFT", 0), row("dpo", 0.8), {**row("ipo", 0.9), "answer_tokens": 7.0}])
+    assert "no loss changed" not in longer and "7.0 tokens" in longer
+    with pytest.raises(ValueError, match="dpo"):
+        L.compare_with_dpo([row("SFT", 0), row("ipo", 0.9)])
