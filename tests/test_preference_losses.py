@@ -280,3 +280,52 @@ def test_compare_with_dpo_says_plainly_which_loss_does_not_beat_dpo():
     assert "no loss changed" not in longer and "7.0 tokens" in longer
     with pytest.raises(ValueError, match="dpo"):
         L.compare_with_dpo([row("SFT", 0), row("ipo", 0.9)])
+
+
+# ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson06.py)
+
+def _ipo(pc, pr, rc, rr, nc, nr, beta, normalise=True, target=None):
+    sc, sr = (pc - rc), (pr - rr)
+    if normalise:
+        sc, sr = sc / nc, sr / nr
+    t = 1 / (2 * beta) if target is None else target(beta)
+    return ((sc - sr - t) ** 2).mean(), sc, sr
+
+
+IPO_WRONG = [
+    ("not length-normalised", lambda *a: _ipo(*a, normalise=False)),
+    ("target 1/beta", lambda *a: _ipo(*a, target=lambda b: 1 / b)),
+    ("DPO's loss on the per-token log-ratios", lambda pc, pr, rc, rr, nc, nr, beta: (
+        -F.logsigmoid(beta * ((pc - rc) / nc - (pr - rr) / nr)).mean(), (pc - rc) / nc, (pr - rr) / nr)),
+    ("chosen and rejected swapped", lambda pc, pr, rc, rr, nc, nr, beta: _ipo(pr, pc, rr, rc, nr, nc, beta)),
+]
+
+
+@pytest.mark.usefixtures("checker_env")
+@pytest.mark.parametrize("name, wrong", IPO_WRONG, ids=[n for n, _ in IPO_WRONG])
+def test_the_ipo_exercise_fails_plausible_wrong_answers(name, wrong):
+    from labkit import check as C
+
+    for seed in (3, 4):
+        result = C.check("ipo_loss", wrong, seed=seed)
+        assert not result.passed, f"{name} passed"
+        assert "problem:" in result.message and "hint:" in result.message
+
+
+@pytest.mark.usefixtures("checker_env")
+def test_the_ipo_exercise_passes_labkits_and_another_right_way():
+    from labkit import check as C
+
+    assert C.get("ipo_loss").reference is L.ipo_loss and C.get("ipo_loss").lesson == "06"
+    for seed in range(4):
+        assert C.check("ipo_loss", lambda *a: _ipo(*a), seed=seed).passed
+    assert C.quiz("q06_ipo_vs_dpo", "b").passed and not C.quiz("q06_ipo_vs_dpo", "a").passed
+
+
+def test_beta_run_given_the_reference_log_probs_gives_the_same_result(base, tok, rows):
+    model, _ = base
+    sft_model = copy.deepcopy(model).requires_grad_(False)
+    ref = P.pair_logps(sft_model, tok, rows[4:8])
+    a = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-3, batch_size=4)
+    b = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-3, batch_size=4, ref_logps=ref)
+    assert a["logratio_rejected"] != 0 and a == b
