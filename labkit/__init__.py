@@ -6,7 +6,8 @@
 - adapters and their maths: lora (LoRA from scratch, GPT-2's Conv1D included), lowrank (the SVD of an update),
   adapters (peft: configs, targets, atomic save, generate), quant (NF4 from scratch), qlora (4-bit loading and
   training), memory (what training needs in bytes, on one GPU and sharded), ship (merge, mix, combine, GGUF)
-- training: train (a plain loop), sft (prompt masking, SFT), preference (reward model, DPO), ppo (PPO with a KL
+- training: train (a plain loop), sft (prompt masking, SFT), preference (reward model, DPO),
+  preference_losses (IPO, SimPO, ORPO next to DPO), ppo (PPO with a KL
   penalty), grpo and grpo_trl (GRPO from scratch, checked against trl), rewards (verifiable rewards), encoder
   (MiniLM baselines), scale and launcher (one script on 1 or many processes), forgetting, tuning
 - measuring: evaluate (metrics), judge, rag (retrieval and the reader), interview

@@ -413,18 +413,26 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
             "margins": margins}
 
 
-def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int = 20, lr: float = 1e-3,
-              batch_size: int = 8, seed: int = 0) -> dict:
-    """DPO with ``dpo_loss``: the trainable parameters of POLICY (its dropout switched off), REF frozen.
-    Returns per-step logs.
+def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, steps: int = 20, lr: float = 1e-3,
+              batch_size: int = 8, seed: int = 0, loss: str = "dpo", gamma: float = 1.0) -> dict:
+    """DPO with ``dpo_loss`` (or LOSS, another of ``labkit.preference_losses.LOSSES``: "ipo", "simpo",
+    "orpo"): the trainable parameters of POLICY (its dropout switched off), REF frozen (None for the
+    reference-free "simpo" and "orpo", which never read it). BETA None: the loss's default
+    (``preference_losses.DEFAULT_BETA``: 0.1 for DPO); GAMMA is SimPO's margin. Returns per-step logs.
 
-    {"loss": [...], "margin": [mean chosen - rejected implicit reward], "accuracy": [batch share > 0]}.
+    {"loss": [...], "margin": [mean chosen - rejected reward of the loss], "accuracy": [batch share > 0]}.
     """
     import torch
 
+    from .preference_losses import DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, pair_loss
     from .train import check_lr, check_steps, disable_dropout, fit
 
-    beta, lr, steps = _check_beta(beta), check_lr(lr), check_steps(steps)
+    loss = guard.one_of("loss", loss, LOSSES)
+    beta = _check_beta(DEFAULT_BETA[loss] if beta is None else beta)
+    lr, steps = check_lr(lr), check_steps(steps)
+    needs_ref = loss not in REFERENCE_FREE
+    if needs_ref and ref is None:
+        raise ValueError(f"loss={loss!r} needs the frozen reference model: give ref (or loss='simpo' / 'orpo').")
     disable_dropout(policy)  # else policy != ref before any update (trl's DPOTrainer does the same)
     params = [p for p in policy.parameters() if p.requires_grad]
     if not params:
@@ -432,16 +440,19 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int 
     pairs = tokenize_pairs(tok, rows)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ref.eval()
+    if needs_ref:
+        ref.eval()
     log = {"loss": [], "margin": [], "accuracy": []}
 
     def loss_fn(model, b):
-        with torch.no_grad():
-            ref_c, ref_r = batch_logps(ref, b)
-        loss, rc, rr = dpo_loss(*batch_logps(model, b), ref_c, ref_r, beta=beta)
+        ref_logps = None
+        if needs_ref:
+            with torch.no_grad():
+                ref_logps = batch_logps(ref, b)
+        value, rc, rr = pair_loss(loss, batch_logps(model, b), batch_lengths(b), ref_logps, beta=beta, gamma=gamma)
         log["margin"].append((rc - rr).mean().item())
         log["accuracy"].append((rc > rr).float().mean().item())
-        return loss
+        return value
 
     log["loss"] = fit(policy, pair_batches(pairs, batch_size, tok.pad_token_id, seed), opt, params, steps,
                       loss_fn=loss_fn)
@@ -450,12 +461,13 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float = 0.1, steps: int 
 
 
 def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta: float, steps: int = 10,
-             lr: float = 1e-3, batch_size: int = 8, seed: int = 0) -> dict:
+             lr: float = 1e-3, batch_size: int = 8, seed: int = 0, ref_logps=None) -> dict:
     """A short DPO run from SFT_MODEL (copied; the original is the frozen reference) for one BETA.
 
     Returns {"beta", "log": train_dpo's log, "accuracy": held-out share with margin > 0,
     "logratio_chosen": mean held-out log pi_theta/pi_ref of the chosen answers,
     "logratio_rejected": the same for the rejected answers}: how far the policy moved, and where.
+    REF_LOGPS: ``pair_logps(sft_model, tok, eval_rows)``, if already computed (the reference never changes).
     """
     import copy
 
@@ -465,7 +477,7 @@ def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta
         p.requires_grad_(True)
     log = train_dpo(policy, sft_model, tok, train_rows, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
                     seed=seed)
-    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows)
+    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows) if ref_logps is None else ref_logps
     pol_c, pol_r = pair_logps(policy, tok, eval_rows)
     acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r),
                               policy_logps=(pol_c, pol_r))

@@ -1,4 +1,5 @@
-"""Lesson 06 (DPO): a sequence's log-probability from logits and labels, and the DPO loss."""
+"""Lesson 06 (DPO): a sequence's log-probability from logits and labels, the DPO loss, the IPO loss;
+one interview question on the preference-loss family."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import random
 
 import torch
 
-from labkit import preference
-from labkit.check import Case, exercise, randn, sequence, tensor
+from labkit import preference, preference_losses
+from labkit.check import Case, exercise, question, randn, sequence, tensor
 
 LESSON = "06"
 
@@ -89,3 +90,52 @@ exercise(id="dpo_loss", lesson=LESSON, title="The DPO loss and its implicit rewa
          hint="chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps), the same for rejected; "
               "loss = mean of -log sigma(chosen_rewards - rejected_rewards); return (loss, chosen_rewards, "
               "rejected_rewards)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+#          chosen_lengths, rejected_lengths, beta)
+
+
+def _ipo_inputs(rng_or_seed, n, beta, same_policy=False, unit_lengths=False):
+    """_logps' four (n,) log-probabilities, answer lengths (n,) long (1 with UNIT_LENGTHS) and BETA."""
+    rng = _rng(rng_or_seed)
+    d = _logps(rng, n, beta, same_policy=same_policy)
+    beta = d.pop("beta")
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    for side in ("chosen", "rejected"):
+        d[f"{side}_lengths"] = torch.ones(n, dtype=torch.long) if unit_lengths else torch.randint(1, 30, (n,), generator=g)
+    d["beta"] = beta
+    return d
+
+
+exercise(id="ipo_loss", lesson=LESSON, title="The IPO loss: a target margin instead of -log sigma",
+         signature="ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, "
+                   "chosen_lengths, rejected_lengths, beta)",
+         reference=preference_losses.ipo_loss,
+         public=lambda: [Case(_ipo_inputs(1, 2, 0.5, same_policy=True), "the policy still equals the reference",
+                              hint="every log-ratio is 0 here, so h = 0 and each pair's loss is (0 - 1/(2 beta))^2"),
+                         Case(_ipo_inputs(2, 4, 0.1, unit_lengths=True), "answers of one token each",
+                              hint="h = chosen log-ratio - rejected log-ratio; the loss is the mean of "
+                                   "(h - 1/(2 beta))^2, a square, not -log sigma"),
+                         Case(_ipo_inputs(3, 3, 0.5), "answers of different lengths",
+                              hint="divide each answer's log-ratio by its own length (tokens) before the "
+                                   "difference, as trl's DPOTrainer(loss_type='ipo') does")],
+         hidden=lambda rng: [Case(_ipo_inputs(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0])))
+                             for _ in range(5)],
+         compare=sequence(loss=_TENSOR, chosen_logratios=_TENSOR, rejected_logratios=_TENSOR),
+         hint="s_w = (policy_chosen_logps - ref_chosen_logps) / chosen_lengths, s_l likewise; "
+              "loss = mean of (s_w - s_l - 1/(2 beta))^2; return (loss, s_w, s_l)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interview quiz
+
+question(id="q06_ipo_vs_dpo", lesson=LESSON, kind="choice", answer_hash="a668d080aed0e534c4297a32",
+         text="Interview: the preference pairs are deterministic (the chosen answer is always the right one). "
+              "Why might you train with IPO rather than DPO?",
+         choices=("IPO needs no reference model in memory",
+                  "DPO's -log sigma keeps pushing the margin towards infinity on such pairs (its gradient only "
+                  "vanishes in that limit); IPO's squared loss stops at a target margin 1/(2 tau)",
+                  "IPO averages over tokens, so each step is cheaper than DPO's"),
+         hint="where is each loss's minimum, as a function of the margin?")
