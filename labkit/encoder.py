@@ -153,26 +153,15 @@ def train(model, tok, texts: list[str], labels: list[int], steps: int = 60, lr: 
 
     seconds_per_step is the median wall time of a step (forward, backward, optimizer).
     """
-    import random
+    from .train import check_steps, epoch_order, optimizer
 
-    from .train import check_lr, check_steps
-
-    lr, steps = check_lr(lr), check_steps(steps)
+    steps = check_steps(steps)
     if len(texts) != len(labels) or not texts:
         raise ValueError(f"need as many labels as texts (and at least one); got {len(texts)} and {len(labels)}.")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: nothing would be learned.")
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    params, opt = optimizer(model, lr, seed)
     model.train()
-    order: list[int] = []
     losses, times = [], []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(texts)), k=len(texts))
-        idx, order = order[:batch_size], order[batch_size:]
+    for _, idx in zip(range(steps), epoch_order(len(texts), batch_size, seed)):
         t0 = time.perf_counter()
         enc = encode(tok, [texts[i] for i in idx])
         loss = nn.functional.cross_entropy(model(enc["input_ids"], enc["attention_mask"]),

@@ -1,11 +1,13 @@
-"""Measuring a language model: perplexity on held-out text and the copy probe.
-
-Later lessons add exact match, ROUGE-L and win rates here; every metric runs on held-out data.
+"""Measuring a language model: perplexity on held-out text and the copy probe; greedy answers and their
+held-out scores (answer, score, score_table); exact match, ROUGE-L, format validity and win rates.
+Every metric runs on held-out data.
 """
 
 from __future__ import annotations
 
 import math
+
+from .sft import IGNORE_INDEX
 
 
 def _device(model):
@@ -128,9 +130,9 @@ def perplexity_from_logits(logits, labels) -> float:
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
     pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     target = labels[:, 1:].reshape(-1).long()
-    if not (target != -100).any():
+    if not (target != IGNORE_INDEX).any():
         raise ValueError("every label is -100: there is no token to score.")
-    nll = F.cross_entropy(pred, target, ignore_index=-100, reduction="mean")
+    nll = F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX, reduction="mean")
     return math.exp(nll.item()) if torch.isfinite(nll) else float("inf")
 
 
@@ -142,17 +144,137 @@ def normalize_answer(text: str) -> str:
     return " ".join(str(text).casefold().split())
 
 
-def exact_match(predictions: list[str], references: list[str], normalize: bool = True) -> float:
-    """The share of PREDICTIONS equal to their REFERENCES (after normalize_answer if NORMALIZE).
-
-    predictions, references: equally long lists of strings. Returns a float in [0, 1].
-    """
+def exact_matches(predictions: list[str], references: list[str], normalize: bool = True) -> list[bool]:
+    """For each prediction, is it equal to its reference (after normalize_answer if NORMALIZE, else
+    as written)? predictions, references: equally long lists of strings. The course's one exact match:
+    exact_match, the SFT and PPO scores and the RL reward (labkit.rewards.exact_reward) all use it."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
     if not predictions:
         raise ValueError("exact_match needs at least one prediction.")
     norm = normalize_answer if normalize else (lambda s: s)
-    return sum(norm(p) == norm(r) for p, r in zip(predictions, references)) / len(predictions)
+    return [norm(p) == norm(r) for p, r in zip(predictions, references)]
+
+
+def exact_match(predictions: list[str], references: list[str], normalize: bool = True) -> float:
+    """The share of PREDICTIONS equal to their REFERENCES (after normalize_answer if NORMALIZE).
+
+    predictions, references: equally long lists of strings. Returns a float in [0, 1].
+    """
+    hits = exact_matches(predictions, references, normalize)
+    return sum(hits) / len(hits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy answers and their held-out scores (lessons 02, 04, 07 and on)
+
+
+def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
+           adapter_names: list[str] | None = None) -> list[str]:
+    """Greedy answers to PROMPTS (already rendered by the chat template), each cut at the first stop token
+    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat).
+    adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
+    import torch
+
+    from .adapters import generate
+    from .chat import adds_bos, stop_strings, stop_token_ids
+
+    stop = stop_token_ids(tok, model)
+    cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
+    device = next(model.parameters()).device
+    was_training, side = model.training, tok.padding_side
+    model.eval()
+    tok.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True,
+                      add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
+            route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
+            with torch.no_grad():
+                gen = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                               do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id, top_k=None,
+                               top_p=None, temperature=None, **route)   # model.generate, prompt tuning included
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                text = tok.decode(row, skip_special_tokens=False)
+                for s in cut:
+                    text = text.split(s)[0]
+                out.append(text.strip())
+    finally:
+        tok.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def dti_value(text: str) -> int | None:
+    """The percentage a DTI answer ends on ("... = 30%." -> 30), or None when there is none."""
+    import re
+
+    m = re.search(r"=\s*(\d+)\s*%\.?\s*$", text.strip())
+    return int(m.group(1)) if m else None
+
+
+def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) -> dict:
+    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows),
+    answered greedily BATCH_SIZE prompts at a time (answer()).
+
+    Returns {"exact": share answered exactly, "format": share in the task's answer format,
+    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
+    gets "value": the share whose final percentage is right whatever the wording (dti_value).
+    """
+    from .data import answer_format_ok, to_prompt_completion
+
+    rows = list(examples)
+    if not rows:
+        raise ValueError("score needs at least one example.")
+    prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
+    got = answer(model, tok, prompts, max_new_tokens, batch_size=batch_size)
+    hits = exact_matches(got, [r["output"].strip() for r in rows], normalize=False)  # answers come stripped
+    by_task: dict[str, dict] = {}
+    for r, g, hit in zip(rows, got, hits):
+        t = by_task.setdefault(r["task"], {"exact": 0, "format": 0, "n": 0})
+        t["n"] += 1
+        t["exact"] += hit
+        t["format"] += answer_format_ok(r["task"], g)
+        if r["task"] == "dti":
+            t["value"] = t.get("value", 0) + (dti_value(g) is not None and dti_value(g) == dti_value(r["output"]))
+    for t in by_task.values():
+        t["exact"], t["format"] = t["exact"] / t["n"], t["format"] / t["n"]
+        if "value" in t:
+            t["value"] /= t["n"]
+    n = len(rows)
+    return {"exact": sum(t["exact"] * t["n"] for t in by_task.values()) / n,
+            "format": sum(t["format"] * t["n"] for t in by_task.values()) / n,
+            "by_task": by_task, "answers": got}
+
+
+def score_table(results: dict) -> str:
+    """A Markdown table of score() results side by side: one row per task, exact and format per model.
+
+    results: {"model name": score(...) output}. DTI also shows its value (the final percentage).
+    """
+    if not results:
+        raise ValueError("score_table needs at least one result.")
+    names = list(results)
+    tasks = list(next(iter(results.values()))["by_task"])
+    head = "| task | n | " + " | ".join(f"{n}: exact | {n}: format" for n in names) + " |"
+    rule = "|---|---|" + "---|---|" * len(names)
+    lines = [head, rule]
+
+    def pct(x):
+        return f"{100 * x:.0f}%"
+
+    for t in tasks:
+        cells = [f"{pct(r['by_task'][t]['exact'])} | {pct(r['by_task'][t]['format'])}" for r in results.values()]
+        lines.append(f"| {t} | {results[names[0]]['by_task'][t]['n']} | " + " | ".join(cells) + " |")
+        if "value" in results[names[0]]["by_task"][t]:
+            vals = [f"{pct(r['by_task'][t]['value'])} | " for r in results.values()]
+            lines.append(f"| {t}: value only | | " + " | ".join(vals) + " |")
+    cells = [f"{pct(r['exact'])} | {pct(r['format'])}" for r in results.values()]
+    lines.append("| **all** | " + str(sum(v["n"] for v in results[names[0]]["by_task"].values())) + " | "
+                 + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,16 +372,28 @@ def win_rate(score_fn, prompts: list[str], answers_a: list[str], answers_b: list
                          f"{len(answers_a)} answers A and {len(answers_b)} answers B.")
     if not prompts:
         raise ValueError("win_rate needs at least one prompt.")
+    return win_rate_from_scores([score_fn(p, a) for p, a in zip(prompts, answers_a)],
+                                [score_fn(p, b) for p, b in zip(prompts, answers_b)], tie_margin, prompts)
+
+
+def win_rate_from_scores(scores_a, scores_b, tie_margin: float = 0.0, prompts: list[str] | None = None) -> dict:
+    """win_rate from scores already computed (one per prompt for each system, e.g. a reward model's
+    batched scores): the course's one win rate. PROMPTS, if given, only name a NaN score's prompt."""
+    scores_a, scores_b = [float(s) for s in scores_a], [float(s) for s in scores_b]
+    if len(scores_a) != len(scores_b) or not scores_a:
+        raise ValueError(f"win_rate needs one score of each system per prompt, at least one; got "
+                         f"{len(scores_a)} and {len(scores_b)}.")
     if not tie_margin >= 0:
         raise ValueError(f"tie_margin must be >= 0; got {tie_margin!r}.")
     wins = ties = 0
-    for p, a, b in zip(prompts, answers_a, answers_b):
-        d = float(score_fn(p, a)) - float(score_fn(p, b))
+    for i, (a, b) in enumerate(zip(scores_a, scores_b)):
+        d = a - b
         if math.isnan(d):
-            raise ValueError(f"the judge returned NaN for prompt {p[:60]!r}.")
+            where = f"prompt {prompts[i][:60]!r}" if prompts else f"prompt {i}"
+            raise ValueError(f"the judge returned NaN for {where}.")
         wins += d > tie_margin
         ties += abs(d) <= tie_margin
-    n = len(prompts)
+    n = len(scores_a)
     return {"wins": wins, "ties": ties, "losses": n - wins - ties, "n": n, "win_rate": (wins + ties / 2) / n}
 
 

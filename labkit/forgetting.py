@@ -103,7 +103,7 @@ def run_sft(base, tok, task_pairs: list[dict], general_train: list[str], general
     alpha defaults to 2r, so the update's scale alpha/r is the same at every rank and only the rank
     (the update's capacity) changes. Returns {"lr", "r", "alpha", "mix", "steps", "ppl_before",
     "ppl_after", "ppl_ratio", "exact", "format", "seconds", "losses"}; exact/format are
-    labkit.sft.score on EVAL_EXAMPLES (None when none are given). BASE is not modified.
+    labkit.evaluate.score on EVAL_EXAMPLES (None when none are given). BASE is not modified.
     """
     from . import adapters, evaluate, sft
 
@@ -116,7 +116,7 @@ def run_sft(base, tok, task_pairs: list[dict], general_train: list[str], general
                        max_length=max_length, progress=False)
     seconds = time.perf_counter() - t0
     ppl_after = evaluate.perplexity(model, tok, general_eval)
-    scores = sft.score(model, tok, eval_examples, max_new_tokens=12) if eval_examples else None
+    scores = evaluate.score(model, tok, eval_examples, max_new_tokens=12) if eval_examples else None
     return {"lr": lr, "r": r, "alpha": alpha, "mix": mix, "steps": steps, "ppl_before": ppl_before,
             "ppl_after": ppl_after, "ppl_ratio": ppl_after / ppl_before,
             "exact": scores["exact"] if scores else None, "format": scores["format"] if scores else None,

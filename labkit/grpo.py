@@ -234,7 +234,7 @@ def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 
     """LM's held-out scores on PROMPTS: the greedy answer's accuracy, and pass@k from N samples each.
 
     check(prompts, completions, gold) -> one float per completion, 1 when right (default: the exact
-    answer, labkit.rewards.exact_reward). Greedy answers come from labkit.sft.answer; samples from
+    answer, labkit.rewards.exact_reward). Greedy answers come from labkit.evaluate.answer; samples from
     ``sample_group`` (N per prompt, at TEMPERATURE, at most MAX_ROWS answers per generate call), both
     stopped by labkit.chat's stop tokens. pass@k is the unbiased estimate (``pass_at_k``) averaged over
     the prompts, for each k in KS (k <= N). Returns {"greedy", "pass": {k: pass@k}, "correct": right
@@ -245,7 +245,7 @@ def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 
     """
     from .chat import stop_token_ids
     from .rewards import exact_reward, stray_special
-    from .sft import answer
+    from .evaluate import answer
 
     check = exact_reward if check is None else check
     if not prompts or len(prompts) != len(gold):
@@ -370,9 +370,8 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     mean per step goes to log.tracked[name]. CALLBACK(step, log) after each step.
     """
     import copy
-    import random
 
-    from .train import check_lr, check_steps
+    from .train import check_lr, check_steps, epoch_order
 
     lr, steps = check_lr(lr), check_steps(steps)
     if not prompts:
@@ -384,13 +383,9 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     if ref is None and step_kwargs.get("beta", 0.04) > 0:
         ref = copy.deepcopy(lm).requires_grad_(False).eval()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    log, order = GRPOLog(), []
+    log, batches = GRPOLog(), epoch_order(len(prompts), batch_size, seed)
     start = time.perf_counter()
-    for step in range(steps):
-        while len(order) < batch_size:
-            order += rng.sample(range(len(prompts)), k=len(prompts))
-        idx, order = order[:batch_size], order[batch_size:]
+    for step, idx in zip(range(steps), batches):
         out = grpo_step(lm, ref, opt, tok, [prompts[i] for i in idx], reward_fn, stop_ids,
                         seed=seed * 100_003 + step, params=params, **step_kwargs)
         for name in ("reward", "zero_std_frac", "kl", "length", "clip_frac"):
@@ -510,7 +505,7 @@ def short_run(sft_model, tok, prompts: list[str], reward_fn, group_size: int = 8
     """A short GRPO run from a copy of SFT_MODEL (which stays the frozen pi_ref): the widget's callback.
 
     reward_fn(prompts, completions) -> floats. The KL to pi_ref is measured at every step whatever
-    BETA is. With EVAL_PROMPTS and EVAL_GOLD, the greedy held-out accuracy (labkit.sft.answer, scored
+    BETA is. With EVAL_PROMPTS and EVAL_GOLD, the greedy held-out accuracy (labkit.evaluate.answer, scored
     by check(prompts, completions, gold), default exact match) before and after. Returns {"group_size",
     "beta", "steps", "log": GRPOLog, "policy": the trained copy, "greedy_before", "greedy_after"
     (None without eval prompts)}.
@@ -519,7 +514,7 @@ def short_run(sft_model, tok, prompts: list[str], reward_fn, group_size: int = 8
 
     from .chat import stop_token_ids
     from .rewards import exact_reward
-    from .sft import answer
+    from .evaluate import answer
 
     beta = _check_epsilon("beta", beta)
     policy = copy.deepcopy(sft_model).requires_grad_(True)

@@ -7,12 +7,12 @@ Its relative Frobenius error follows from the singular values s_1 >= s_2 >= ... 
     ||dW - dW_r||_F / ||dW||_F = sqrt(sum_{i > r} s_i^2) / sqrt(sum_i s_i^2)
 
 so one SVD gives the whole error-versus-rank curve. rank_report() puts that error next to what rank r
-costs (r * (d_in + d_out) trainable numbers per adapted layer, peft's trainable%), and rank_widget()
-wires sliders for r and alpha to it.
+costs (r * (d_in + d_out) trainable numbers per adapted layer, peft's trainable%); the sliders that
+call it are labkit.widgets.rank_widget (this module imports no widget code).
 
     dW = W_finetuned - W_base
     print(error_curve(dW, [1, 4, 16, 64]))
-    rank_widget(dW, n_model_params=6_738_415_616, layer_shapes=[(4096, 4096)] * 64);
+    print(format_report(rank_report(dW, 16, 32, 6_738_415_616, [(4096, 4096)] * 64), 6_738_415_616))
 """
 
 from __future__ import annotations
@@ -102,15 +102,16 @@ def rank_r_error(delta_w: torch.Tensor, r: int) -> float:
     return _error_from_singular_values(singular_values(delta_w), r)
 
 
-def error_curve(delta_w: torch.Tensor, ranks: Iterable[int]) -> list[float]:
-    """rank_r_error(DELTA_W, r) for each r in RANKS, from a single SVD."""
+def error_curve(delta_w: torch.Tensor, ranks: Iterable[int], *, s: torch.Tensor | None = None) -> list[float]:
+    """rank_r_error(DELTA_W, r) for each r in RANKS, from a single SVD (S: singular_values(delta_w), if
+    already computed)."""
     ranks = [_check_r(r) for r in ranks]
-    s = singular_values(delta_w)
+    s = singular_values(delta_w) if s is None else s
     return [_error_from_singular_values(s, r) for r in ranks]
 
 
 # ---------------------------------------------------------------------------------------------
-# The rank widget: rank_report is its whole logic
+# What rank r costs and loses: the whole logic of labkit.widgets.rank_widget
 
 
 def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int,
@@ -156,65 +157,3 @@ def format_report(rep: dict, n_model_params: int) -> str:
     return (f"r = {rep['r']}, alpha = {rep['alpha']:g}, scaling = alpha/r = {rep['scaling']:g}\n"
             f"{summary_line(rep['trainable'], n_model_params + rep['trainable'])}\n"
             f"relative error of the best rank-{rep['r']} approximation: {rep['rel_error']:.4f}\n")
-
-
-def _error_plot_png(ranks: list[int], errors: list[float], r: int) -> bytes:
-    # matplotlib.figure.Figure, not pyplot: the figure lives in no global registry, so redrawing on
-    # every slider move accumulates nothing and needs no plt.close().
-    import io
-
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3), dpi=80)
-    ax = fig.add_subplot()
-    ax.plot(ranks, errors, "-", color="tab:blue")
-    rr = min(r, len(errors))
-    ax.plot([ranks[rr - 1]], [errors[rr - 1]], "o", color="tab:red")
-    ax.axvline(r, color="tab:red", lw=0.8, ls="--")
-    ax.set(xlabel="rank r", ylabel="relative Frobenius error", ylim=(0, 1.02), title=f"best rank-r error (r = {r})")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def rank_widget(delta_w: torch.Tensor, n_model_params: int, layer_shapes: Sequence[tuple[int, int]],
-                max_rank: int = 64):
-    """Sliders for r (1..MAX_RANK) and alpha; shows rank_report as text and the error-vs-rank curve.
-
-    Displays the widget and returns the VBox (call it with a trailing `;` in a notebook cell).
-    """
-    import base64
-
-    import ipywidgets as w
-
-    max_rank = _check_r(max_rank)
-    s = singular_values(delta_w)           # one SVD for the whole session
-    ranks = list(range(1, max_rank + 1))
-    errors = [_error_from_singular_values(s, r) for r in ranks]
-
-    r0 = min(8, max_rank)
-    r_slider = w.IntSlider(value=r0, min=1, max=max_rank, step=1, description="r", continuous_update=False)
-    alpha_slider = w.FloatSlider(value=float(2 * r0), min=1.0, max=float(4 * max_rank), step=1.0,
-                                 description="alpha", continuous_update=False)
-    out = w.Output()
-
-    def redraw(*_):
-        # Replace out.outputs directly (not `with out: print(...)`): works the same in a kernel and in
-        # a test, where no front end captures prints.
-        try:
-            rep = rank_report(delta_w, r_slider.value, alpha_slider.value, n_model_params, layer_shapes, s=s)
-        except ValueError as exc:
-            out.outputs = ({"output_type": "stream", "name": "stdout", "text": f"{exc}\n"},)
-            return
-        png = base64.b64encode(_error_plot_png(ranks, errors, rep["r"])).decode("ascii")
-        out.outputs = (
-            {"output_type": "stream", "name": "stdout", "text": format_report(rep, n_model_params)},
-            {"output_type": "display_data", "metadata": {},
-             "data": {"image/png": png, "text/plain": f"<error curve, r = {rep['r']}>"}},
-        )
-
-    from .widgets import wire
-
-    return wire([r_slider, alpha_slider], out, redraw)

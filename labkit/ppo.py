@@ -217,7 +217,7 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
     positions in PROMPTS of the answers TEXTS (so it can look up gold answers). REF: the frozen
     reference (default: a copy of LM as it is now, i.e. the SFT model). Returns (policy, PPOLog).
     """
-    import random
+    from .train import epoch_order
 
     cfg = config or PPOConfig()
     if not prompts:
@@ -243,14 +243,9 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
     # Adam's first updates move every weight by about lr whatever the gradient's size; on a noisy
     # policy gradient that alone can wreck a small model, so the learning rate warms up.
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps * cfg.ppo_epochs)))
-    rng = random.Random(cfg.seed)
     log = PPOLog()
     start = time.perf_counter()
-    order: list[int] = []
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += rng.sample(range(len(prompts)), k=len(prompts))
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+    for step, idx in zip(range(cfg.steps), epoch_order(len(prompts), cfg.batch_size, cfg.seed)):
         policy.eval()
         roll = rollout(policy, tok, [prompts[i] for i in idx], cfg.max_new_tokens, cfg.temperature,
                        seed=cfg.seed * 100_003 + step)
@@ -327,14 +322,14 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     "rm_score": mean reward-model score (None without RM), "answers": the answers}.
     """
     from .data import to_prompt_completion
+    from .evaluate import answer, exact_match
     from .preference import score_answers
-    from .sft import answer
 
     if not rows:
         raise ValueError("evaluate_policy needs at least one example.")
     prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
     got = answer(model, tok, prompts, max_new_tokens=max_new_tokens)
-    out = {"exact": sum(g == r["output"].strip() for g, r in zip(got, rows)) / len(rows),
+    out = {"exact": exact_match(got, [r["output"].strip() for r in rows], normalize=False),  # answers come stripped
            "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
     if rm is not None:
         out["rm_score"] = score_answers(rm, tok, prompts, got).mean().item()

@@ -185,14 +185,9 @@ def pair_batches(pairs: list[dict], batch_size: int, pad_token_id: int, seed: in
     """Endless ``collate_pairs`` batches of BATCH_SIZE tokenised pairs: the pairs in a random order
     (seeded), reshuffled each time fewer than a batch are left. The reward model's and DPO's trainers
     draw from it."""
-    import random
+    from .train import epoch_order
 
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            order += rng.sample(range(len(pairs)), k=len(pairs))
-        idx, order = order[:batch_size], order[batch_size:]
+    for idx in epoch_order(len(pairs), batch_size, seed):
         yield collate_pairs([pairs[i] for i in idx], pad_token_id)
 
 
@@ -278,17 +273,13 @@ def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3
 
     CALLBACK(step, loss), if given, runs after each step.
     """
-    import torch
+    from .train import check_steps, disable_dropout, fit, optimizer
 
-    from .train import check_lr, check_steps, disable_dropout, fit
-
-    lr, steps = check_lr(lr), check_steps(steps)
+    steps = check_steps(steps)
     disable_dropout(rm)  # as trl's RewardTrainer does by default
     batch_size = guard.positive_int("batch_size", batch_size)
     pairs = tokenize_pairs(tok, rows, max_length)
-    torch.manual_seed(seed)
-    params = [p for p in rm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    params, opt = optimizer(rm, lr, seed, what="the reward model")
     losses = fit(rm, pair_batches(pairs, batch_size, tok.pad_token_id, seed), opt, params, steps,
                  callback=callback, loss_fn=lambda model, batch: reward_loss(*pair_rewards(model, batch)))
     rm.eval()
@@ -325,7 +316,7 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
 
 def score_answers(rm, tok, prompts: list[str], answers: list[str], batch_size: int = 32):
     """Reward of each (templated prompt, answer) as a (N,) float tensor: ANSWERS are plain answers, as
-    generated and cut (labkit.sft.answer), completed as the template writes them (labkit.chat.completion)."""
+    generated and cut (labkit.evaluate.answer), completed as the template writes them (labkit.chat.completion)."""
     from .chat import completion
 
     return score_texts(rm, tok, prompts, [completion(tok, a) for a in answers], batch_size)
@@ -353,14 +344,57 @@ def pairwise_accuracy(rm, tok, rows: list[dict]) -> dict:
 def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[str]) -> float:
     """Share of prompts where the reward model prefers answer A to answer B (a tie counts one half).
 
-    prompts: templated prompts; answers: the answers as generated and cut (labkit.sft.answer); each is
+    prompts: templated prompts; answers: the answers as generated and cut (labkit.evaluate.answer); each is
     completed as the template writes it (labkit.chat.completion) before it is scored.
     """
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
                          f"{len(answers_a)}, {len(answers_b)}.")
+    from .evaluate import win_rate_from_scores
+
     ra, rb = score_answers(rm, tok, prompts, answers_a), score_answers(rm, tok, prompts, answers_b)
-    return ((ra > rb).float() + 0.5 * (ra == rb).float()).mean().item()
+    return win_rate_from_scores(ra.tolist(), rb.tolist(), prompts=prompts)["win_rate"]
+
+
+# ----------------------------------------------------------------------------- the SFT model preference training starts from
+
+def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
+                    model: str | None = "bundled", rows: list[dict] | None = None):
+    """The SFT model that preference training starts from (and keeps, frozen, as pi_ref); deterministic in SEED.
+
+    steps == 0: the shipped adapter of lesson 04 (``load_shipped_adapter``, trained for 800 steps by
+    scripts/train_sft_adapter.py) merged into BASE; it fits the bundled model only. steps > 0: a
+    live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
+    (default: instructions_train.jsonl), merged. BASE itself is left untouched (a copy is trained).
+    Returns (model, description): the merged model in eval mode with every parameter frozen.
+    """
+    import copy
+
+    steps = guard.non_negative_int("steps", steps, about="0: the shipped SFT adapter, else steps of live SFT")
+    if steps == 0:
+        if model not in (None, "bundled"):
+            raise ValueError(f"the shipped SFT adapter was trained on the bundled model, not {model!r}: "
+                             "set SFT_STEPS to a positive number (e.g. 60) to fine-tune this model live.")
+        from .sft import load_shipped_adapter
+
+        pm, report = load_shipped_adapter(copy.deepcopy(base))
+        what = (f"the shipped SFT adapter of lesson 04 ({report.get('steps', 800)} steps), merged")
+    else:
+        from .adapters import add
+        from .data import read_jsonl, to_prompt_completion
+        from .sft import train
+
+        rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
+        # r=8 on all seven projections; add() seeds LoRA's random A, so the same SEED gives the same
+        # model whatever ran before
+        pm = add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
+        train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
+              batch_size=batch_size, seed=seed, progress=False)
+        what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
+    merged = pm.merge_and_unload().eval()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged, what
 
 
 # ----------------------------------------------------------------------------- DPO from scratch
@@ -425,7 +459,7 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
     import torch
 
     from .preference_losses import DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, pair_loss
-    from .train import check_lr, check_steps, disable_dropout, fit
+    from .train import check_lr, check_steps, disable_dropout, fit, optimizer
 
     loss = guard.one_of("loss", loss, LOSSES)
     beta = _check_beta(DEFAULT_BETA[loss] if beta is None else beta)
@@ -434,12 +468,8 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
     if needs_ref and ref is None:
         raise ValueError(f"loss={loss!r} needs the frozen reference model: give ref (or loss='simpo' / 'orpo').")
     disable_dropout(policy)  # else policy != ref before any update (trl's DPOTrainer does the same)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters: nothing would be learned.")
+    params, opt = optimizer(policy, lr, seed, what="the policy")
     pairs = tokenize_pairs(tok, rows)
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if needs_ref:
         ref.eval()
     log = {"loss": [], "margin": [], "accuracy": []}

@@ -178,14 +178,14 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
      "answer_tokens": mean length in tokens of the greedy answers to PROMPTS (cut at MAX_NEW_TOKENS)}.
 
     BETAS: {loss: beta}, default DEFAULT_BETA; GAMMA: SimPO's margin. REF_LOGPS: pair_logps(sft_model,
-    tok, eval_rows), and REF_ANSWERS: sft.answer(sft_model, tok, prompts, max_new_tokens), if already
+    tok, eval_rows), and REF_ANSWERS: evaluate.answer(sft_model, tok, prompts, max_new_tokens), if already
     computed.
     """
     import copy
     import time
 
     from .preference import collate_pairs, pair_logps, preference_accuracy, tokenize_pairs, train_dpo
-    from .sft import answer
+    from .evaluate import answer
 
     losses = [guard.one_of("loss", name, LOSSES) for name in losses]
     if not losses or not eval_rows or not prompts:

@@ -104,8 +104,13 @@ def exact_reward(prompts, completions, gold, **kwargs) -> list[float]:
     cut at the stop token (an answer that wrote another special token instead of stopping keeps it,
     and is wrong); gold: N gold answers. Returns N floats.
     """
+    from .evaluate import exact_matches
+
     _check_lengths(completions, gold)
-    return [float(c.strip() == g.strip()) for c, g in zip(completions, gold)]
+    if not completions:
+        return []
+    return [float(hit) for hit in exact_matches([c.strip() for c in completions], [g.strip() for g in gold],
+                                                normalize=False)]
 
 
 def answer_format(gold: str) -> str:

@@ -49,12 +49,12 @@ import yaml
 
 from . import atomic
 from .models import ASSETS
+from .sft import IGNORE_INDEX
 
 CONFIG_DIR = ASSETS / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "sft_lora.yaml"
 NORMALISATIONS = ("tokens", "mean")
 PRECISIONS = ("fp32", "bf16")
-IGNORE_INDEX = -100
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,9 @@ Lesson 04 also uses: the token-mask viewer (mask_example, mask_html, mask_view) 
 marker recipe whose mismatch masks every label (marker_labels); checks of bad input (check_pairs,
 check_generation_markers); general-text mixing (mix_general); packing (packed_vs_alone, padding_share);
 trl's SFTTrainer with the course's settings (sft_config, sft_trainer, loss_recorder); and the LoRA
-adapter that scripts/train_sft_adapter.py trains (load_shipped_adapter), scored with score/score_table.
+adapter that scripts/train_sft_adapter.py trains (load_shipped_adapter). Scoring the answers (answer,
+score, score_table) is labkit.evaluate's; the frozen SFT model preference training starts from is
+labkit.preference.reference_model.
 """
 
 from __future__ import annotations
@@ -130,12 +132,10 @@ def batches(features: list[dict], batch_size: int, pad_token_id: int, seed: int 
     """Endless shuffled, padded batches from tokenised FEATURES (each epoch a new order)."""
     if not features:
         raise ValueError("no training examples were given.")
-    guard.positive_int("batch_size", batch_size)
-    rng, collate, order = random.Random(seed), PadCollator(pad_token_id), []
-    while True:
-        if len(order) < batch_size:
-            order += rng.sample(range(len(features)), k=len(features))
-        chosen, order = order[:batch_size], order[batch_size:]
+    from .train import epoch_order
+
+    collate = PadCollator(pad_token_id)
+    for chosen in epoch_order(len(features), batch_size, seed):
         yield collate([features[i] for i in chosen])
 
 
@@ -147,98 +147,13 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     pairs: [{"prompt", "completion"}]; returns the training loss per step. CALLBACK(step, loss), if
     given, is called after each step (for live plots and evaluation during training).
     """
-    import torch
+    from .train import check_steps, fit, optimizer
 
-    from .train import check_lr, check_steps, fit
-
-    lr, steps = check_lr(lr), check_steps(steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: nothing would be learned.")
-    torch.manual_seed(seed)
+    steps = check_steps(steps)
+    params, opt = optimizer(model, lr, seed)
     features = tokenize_all(tok, pairs, max_length, completion_only)
     data = batches(features, batch_size, tok.pad_token_id, seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     return fit(model, data, opt, params, steps, progress="SFT" if progress else None, callback=callback)
-
-
-def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
-           adapter_names: list[str] | None = None) -> list[str]:
-    """Greedy answers to PROMPTS (already rendered by the chat template), each cut at the first stop token
-    (the template's turn end or an EOS id of the tokenizer or MODEL's generation config; labkit.chat).
-    adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
-    import torch
-
-    from .adapters import generate
-    from .chat import adds_bos, stop_strings, stop_token_ids
-
-    stop = stop_token_ids(tok, model)
-    cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
-    device = next(model.parameters()).device
-    was_training, side = model.training, tok.padding_side
-    model.eval()
-    tok.padding_side = "left"
-    out: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True,
-                      add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
-            route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
-            with torch.no_grad():
-                gen = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                               do_sample=False, eos_token_id=stop, pad_token_id=tok.pad_token_id, top_k=None,
-                               top_p=None, temperature=None, **route)   # model.generate, prompt tuning included
-            for row in gen[:, enc["input_ids"].shape[1]:]:
-                text = tok.decode(row, skip_special_tokens=False)
-                for s in cut:
-                    text = text.split(s)[0]
-                out.append(text.strip())
-    finally:
-        tok.padding_side = side
-        model.train(was_training)
-    return out
-
-
-def dti_value(text: str) -> int | None:
-    """The percentage a DTI answer ends on ("... = 30%." -> 30), or None when there is none."""
-    import re
-
-    m = re.search(r"=\s*(\d+)\s*%\.?\s*$", text.strip())
-    return int(m.group(1)) if m else None
-
-
-def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) -> dict:
-    """Held-out scores of instruction EXAMPLES ({"task", "instruction", "input", "output"} rows),
-    answered greedily BATCH_SIZE prompts at a time (answer()).
-
-    Returns {"exact": share answered exactly, "format": share in the task's answer format,
-    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
-    gets "value": the share whose final percentage is right whatever the wording (dti_value).
-    """
-    from .data import answer_format_ok, to_prompt_completion
-
-    rows = list(examples)
-    if not rows:
-        raise ValueError("score needs at least one example.")
-    prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
-    got = answer(model, tok, prompts, max_new_tokens, batch_size=batch_size)
-    by_task: dict[str, dict] = {}
-    for r, g in zip(rows, got):
-        t = by_task.setdefault(r["task"], {"exact": 0, "format": 0, "n": 0})
-        t["n"] += 1
-        t["exact"] += g == r["output"].strip()
-        t["format"] += answer_format_ok(r["task"], g)
-        if r["task"] == "dti":
-            t["value"] = t.get("value", 0) + (dti_value(g) is not None and dti_value(g) == dti_value(r["output"]))
-    for t in by_task.values():
-        t["exact"], t["format"] = t["exact"] / t["n"], t["format"] / t["n"]
-        if "value" in t:
-            t["value"] /= t["n"]
-    n = len(rows)
-    return {"exact": sum(t["exact"] * t["n"] for t in by_task.values()) / n,
-            "format": sum(t["format"] * t["n"] for t in by_task.values()) / n,
-            "by_task": by_task, "answers": got}
 
 
 # ----------------------------------------------------------------------------- bad input, checked up front
@@ -570,7 +485,7 @@ def padding_share(lengths: list[int], batch_size: int) -> float:
     return 1 - sum(lengths) / total
 
 
-# ----------------------------------------------------------------------------- the shipped adapter and the score table
+# ----------------------------------------------------------------------------- the shipped adapter
 
 def adapter_dir():
     """Where scripts/train_sft_adapter.py puts the LoRA adapter lesson 04 loads."""
@@ -596,67 +511,3 @@ def load_shipped_adapter(model):
     pm = PeftModel.from_pretrained(model, str(path))
     pm.eval()
     return pm, report
-
-
-def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
-                    model: str | None = "bundled", rows: list[dict] | None = None):
-    """The SFT model that preference training starts from (and keeps, frozen, as pi_ref); deterministic in SEED.
-
-    steps == 0: the shipped adapter of lesson 04 (``load_shipped_adapter``, trained for 800 steps by
-    scripts/train_sft_adapter.py) merged into BASE; it fits the bundled model only. steps > 0: a
-    live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
-    (default: instructions_train.jsonl), merged. BASE itself is left untouched (a copy is trained).
-    Returns (model, description): the merged model in eval mode with every parameter frozen.
-    """
-    import copy
-
-    steps = guard.non_negative_int("steps", steps, about="0: the shipped SFT adapter, else steps of live SFT")
-    if steps == 0:
-        if model not in (None, "bundled"):
-            raise ValueError(f"the shipped SFT adapter was trained on the bundled model, not {model!r}: "
-                             "set SFT_STEPS to a positive number (e.g. 60) to fine-tune this model live.")
-        pm, report = load_shipped_adapter(copy.deepcopy(base))
-        what = (f"the shipped SFT adapter of lesson 04 ({report.get('steps', 800)} steps), merged")
-    else:
-        from .adapters import add
-        from .data import read_jsonl, to_prompt_completion
-
-        rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
-        # r=8 on all seven projections; add() seeds LoRA's random A, so the same SEED gives the same
-        # model whatever ran before
-        pm = add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
-        train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
-              batch_size=batch_size, seed=seed, progress=False)
-        what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
-    merged = pm.merge_and_unload().eval()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged, what
-
-
-def score_table(results: dict) -> str:
-    """A Markdown table of score() results side by side: one row per task, exact and format per model.
-
-    results: {"model name": score(...) output}. DTI also shows its value (the final percentage).
-    """
-    if not results:
-        raise ValueError("score_table needs at least one result.")
-    names = list(results)
-    tasks = list(next(iter(results.values()))["by_task"])
-    head = "| task | n | " + " | ".join(f"{n}: exact | {n}: format" for n in names) + " |"
-    rule = "|---|---|" + "---|---|" * len(names)
-    lines = [head, rule]
-
-    def pct(x):
-        return f"{100 * x:.0f}%"
-
-    for t in tasks:
-        cells = [f"{pct(r['by_task'][t]['exact'])} | {pct(r['by_task'][t]['format'])}" for r in results.values()]
-        lines.append(f"| {t} | {results[names[0]]['by_task'][t]['n']} | " + " | ".join(cells) + " |")
-        if "value" in results[names[0]]["by_task"][t]:
-            vals = [f"{pct(r['by_task'][t]['value'])} | " for r in results.values()]
-            lines.append(f"| {t}: value only | | " + " | ".join(vals) + " |")
-    cells = [f"{pct(r['exact'])} | {pct(r['format'])}" for r in results.values()]
-    lines.append("| **all** | " + str(sum(v["n"] for v in results[names[0]]["by_task"].values())) + " | "
-                 + " | ".join(cells) + " |")
-    return "\n".join(lines)

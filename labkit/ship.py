@@ -8,7 +8,7 @@
     ship.write_gguf(merged, tok, "model.gguf", "Q8_0")      # llama.cpp's format, with the gguf package
 
 Every comparison here is between two models on the same input: `max_logit_difference` for the logits
-(batch, seq, vocab), labkit.sft.answer for greedy answers. Merging is exact up to float rounding (about
+(batch, seq, vocab), labkit.evaluate.answer for greedy answers. Merging is exact up to float rounding (about
 1e-4 on logits of size ~20 in float32); a 16-bit save rounds each weight to 8 (bfloat16) or 11 (float16)
 significant bits, which moves logits by 1e-2 to 1; re-quantising a merged weight to 4 bits loses most
 of a LoRA update, because the update is smaller than one NF4 step.
@@ -193,7 +193,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval()
 tok = AutoTokenizer.from_pretrained(folder)
 seconds = time.perf_counter() - t0
-from labkit.sft import answer  # plain generate(); labkit imports peft only where adapters are loaded
+from labkit.evaluate import answer  # plain generate(); labkit imports peft only where adapters are loaded
 batch = load_file(work + "/batch.safetensors")
 with torch.no_grad():
     logits = model(**batch).logits.float()
@@ -212,7 +212,7 @@ def reload_without_peft(folder, batch: dict, prompts: list[str] = (), max_new_to
     """Load FOLDER with AutoModelForCausalLM in a fresh Python process where importing peft fails.
 
     batch: {"input_ids", "attention_mask"} (batch, seq) tensors to run; prompts: chat-formatted
-    prompts to answer greedily (labkit.sft.answer). Returns {"logits": (batch, seq, vocab) float32,
+    prompts to answer greedily (labkit.evaluate.answer). Returns {"logits": (batch, seq, vocab) float32,
     "answers": [str], "load_seconds", "dtype", "class", "peft_modules": the peft modules the process
     had imported (always [] when it worked)}. The child's error is raised as a RuntimeError.
     """
@@ -239,7 +239,7 @@ def reload_without_peft(folder, batch: dict, prompts: list[str] = (), max_new_to
 
 def encode_batch(tok, prompts: list[str], device="cpu") -> dict:
     """PROMPTS (chat-formatted) as one left-padded batch {"input_ids", "attention_mask"} (batch, seq),
-    BOS as labkit.chat.encode adds it: what sft.answer feeds generate()."""
+    BOS as labkit.chat.encode adds it: what evaluate.answer feeds generate()."""
     from .chat import adds_bos
 
     side, tok.padding_side = tok.padding_side, "left"
@@ -419,7 +419,7 @@ def mixed_answers(peft_model, tok, prompts: list[str], adapter_names: list[str],
     peft's mixed-batch inference: generate(..., adapter_names=[...]) routes each row through its own
     adapter ("__base__": no adapter). The adapters must be unmerged. len(adapter_names) == len(prompts).
     """
-    from .sft import answer
+    from .evaluate import answer
 
     known = set(peft_model.peft_config) | {"__base__"}
     if len(adapter_names) != len(prompts):
@@ -434,7 +434,7 @@ def answers_one_adapter_at_a_time(peft_model, tok, prompts: list[str], adapter_n
                                   max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
     """The same answers as mixed_answers, computed the slow way: each adapter alone (set_adapter) on
     its own rows, then put back in the original order. The active adapter is restored."""
-    from .sft import answer
+    from .evaluate import answer
 
     active, out = peft_model.active_adapter, [None] * len(prompts)
     try:

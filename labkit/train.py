@@ -8,6 +8,7 @@ checks its inputs so a bad knob gives a clear error instead of a traceback from 
 from __future__ import annotations
 
 from . import guard
+from .sft import IGNORE_INDEX
 
 
 def check_lr(lr) -> float:
@@ -16,6 +17,42 @@ def check_lr(lr) -> float:
 
 def check_steps(steps) -> int:
     return guard.positive_int("steps", steps)
+
+
+def epoch_order(n: int, batch_size: int, seed: int = 0):
+    """Endless lists of BATCH_SIZE indices into N items: the items in a random order (random.Random(SEED)),
+    reshuffled whenever fewer than a batch are left, so every item is seen once per epoch and a batch may
+    span two epochs. Every trainer's batches come from it (SFT, LM text, preference pairs, prompts of PPO
+    and GRPO, the encoder's texts).
+
+        list(itertools.islice(epoch_order(5, 2), 3))  ->  [[a, b], [c, d], [e, f]] (f from the 2nd epoch)
+    """
+    import random
+
+    n = guard.positive_int("n", n, about="the number of training items")
+    batch_size = guard.positive_int("batch_size", batch_size)
+    rng, order = random.Random(seed), []
+    while True:
+        while len(order) < batch_size:
+            order += rng.sample(range(n), k=n)
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield chosen
+
+
+def optimizer(model, lr, seed: int = 0, weight_decay: float = 0.0, what: str = "the model", hint: str = ""):
+    """The setup every trainer shares: MODEL's trainable parameters (refused when there are none),
+    torch seeded with SEED, and AdamW over them at LR. Returns (params, opt).
+
+    WHAT names the model in the error, HINT says what to do about it.
+    """
+    import torch
+
+    lr = check_lr(lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{what} has no trainable parameters: nothing would be learned.{' ' + hint if hint else ''}")
+    torch.manual_seed(seed)
+    return params, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def disable_dropout(model):
@@ -41,29 +78,23 @@ def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: in
     did in pretraining; shapes are
     (batch_size, longest text in the batch, at most max_tokens).
     """
-    import random
-
     import torch
 
     from .chat import document_start
 
     if not texts:
         raise ValueError("no training texts were given.")
-    rng = random.Random(seed)
     start = document_start(tok)
     encoded = [(start + tok(t, add_special_tokens=False)["input_ids"])[:max_tokens] for t in texts]
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            order += rng.sample(range(len(encoded)), k=len(encoded))
-        rows, order = [encoded[i] for i in order[:batch_size]], order[batch_size:]
+    for chosen in epoch_order(len(encoded), batch_size, seed):
+        rows = [encoded[i] for i in chosen]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -74,16 +105,9 @@ def finetune(model, tok, texts: list[str], steps: int = 50, lr: float = 3e-4, ba
     Works the same for a full fine-tune (all parameters trainable) and for a model whose adapters are
     the only trainable parameters (peft or labkit.lora).
     """
-    import torch
-
-    lr, steps = check_lr(lr), check_steps(steps)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters: nothing would be learned.")
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = check_steps(steps)
+    batch_size = guard.positive_int("batch_size", batch_size)
+    params, opt = optimizer(model, lr, seed, weight_decay)
     return fit(model, lm_batches(tok, texts, batch_size, max_tokens, seed), opt, params, steps)
 
 
@@ -95,7 +119,7 @@ def fit(model, data, opt, params, steps: int, progress: str | None = None, callb
 
     PROGRESS names a progress bar (None: no bar); CALLBACK(step, loss), if given, runs after each step.
     LOSS_FN(model, batch), if given, replaces the model's own loss (the reward model's Bradley-Terry
-    loss, DPO's loss). finetune, labkit.sft.train and labkit.preference's trainers call this.
+    loss, DPO's loss). finetune, labkit.sft.train and labkit.preference's trainers call this, after optimizer().
     """
     import torch
 

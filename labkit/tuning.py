@@ -29,7 +29,7 @@ def short_run(base, tok, pairs: list[dict], general: list[str], lr: float, r: in
     Returns {"lr", "r", "steps", "losses", "final_loss" (mean of the last 5), "general_ppl",
     "base_ppl", "ppl_ratio", "exact" (on EVAL_EXAMPLES, if given), "seconds"}. BASE is not changed.
     """
-    from . import adapters, sft
+    from . import adapters, evaluate, sft
     from .evaluate import perplexity
     from .train import check_lr
 
@@ -45,7 +45,7 @@ def short_run(base, tok, pairs: list[dict], general: list[str], lr: float, r: in
            "final_loss": sum(losses[-5:]) / len(losses[-5:]), "general_ppl": ppl, "base_ppl": base_ppl,
            "ppl_ratio": ppl / base_ppl, "seconds": seconds}
     if eval_examples is not None:
-        row["exact"] = sft.score(model, tok, eval_examples)["exact"]
+        row["exact"] = evaluate.score(model, tok, eval_examples)["exact"]
     return row
 
 
@@ -226,7 +226,7 @@ def method_run(base, tok, pairs, method: str, steps: int = 60, lr: float | None 
     """Train one peft METHOD (lora, dora, ia3, prompt) on PAIRS; trainable params, score, time per step."""
     import statistics
 
-    from . import adapters, sft
+    from . import adapters, evaluate, sft
 
     lr = METHOD_LR[method] if lr is None and method in METHOD_LR else lr
     model = adapters.add(copy.deepcopy(base), method, r=r, alpha=2 * r, seed=seed)
@@ -249,7 +249,7 @@ def method_run(base, tok, pairs, method: str, steps: int = 60, lr: float | None 
     if eval_examples is not None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Position ids are not supported")
-            s = sft.score(model, tok, eval_examples)
+            s = evaluate.score(model, tok, eval_examples)
         row["exact"], row["format"] = s["exact"], s["format"]
     return row
 

@@ -121,3 +121,65 @@ def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4
     box = w.VBox([g, b, button, out])
     display(box)
     return box
+
+
+def _error_plot_png(ranks: list[int], errors: list[float], r: int) -> bytes:
+    # matplotlib.figure.Figure, not pyplot: the figure lives in no global registry, so redrawing on
+    # every slider move accumulates nothing and needs no plt.close().
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3), dpi=80)
+    ax = fig.add_subplot()
+    ax.plot(ranks, errors, "-", color="tab:blue")
+    rr = min(r, len(errors))
+    ax.plot([ranks[rr - 1]], [errors[rr - 1]], "o", color="tab:red")
+    ax.axvline(r, color="tab:red", lw=0.8, ls="--")
+    ax.set(xlabel="rank r", ylabel="relative Frobenius error", ylim=(0, 1.02), title=f"best rank-r error (r = {r})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def rank_widget(delta_w, n_model_params: int, layer_shapes, max_rank: int = 64):
+    """Sliders for r (1..MAX_RANK) and alpha; shows labkit.lowrank.rank_report as text and the
+    error-vs-rank curve (lesson 01). DELTA_W: a 2-D weight update; the other arguments as rank_report's.
+
+    Displays the widget and returns the VBox (call it with a trailing `;` in a notebook cell).
+    """
+    import base64
+
+    import ipywidgets as w
+
+    from . import guard, lowrank
+
+    max_rank = guard.positive_int("max_rank", max_rank, "64", about="the largest rank on the slider")
+    s = lowrank.singular_values(delta_w)   # one SVD for the whole session
+    ranks = list(range(1, max_rank + 1))
+    errors = lowrank.error_curve(delta_w, ranks, s=s)
+
+    r0 = min(8, max_rank)
+    r_slider = w.IntSlider(value=r0, min=1, max=max_rank, step=1, description="r", continuous_update=False)
+    alpha_slider = w.FloatSlider(value=float(2 * r0), min=1.0, max=float(4 * max_rank), step=1.0,
+                                 description="alpha", continuous_update=False)
+    out = w.Output()
+
+    def redraw(*_):
+        # Replace out.outputs directly (not `with out: print(...)`): works the same in a kernel and in
+        # a test, where no front end captures prints.
+        try:
+            rep = lowrank.rank_report(delta_w, r_slider.value, alpha_slider.value, n_model_params, layer_shapes, s=s)
+        except ValueError as exc:
+            out.outputs = ({"output_type": "stream", "name": "stdout", "text": f"{exc}\n"},)
+            return
+        png = base64.b64encode(_error_plot_png(ranks, errors, rep["r"])).decode("ascii")
+        out.outputs = (
+            {"output_type": "stream", "name": "stdout", "text": lowrank.format_report(rep, n_model_params)},
+            {"output_type": "display_data", "metadata": {},
+             "data": {"image/png": png, "text/plain": f"<error curve, r = {rep['r']}>"}},
+        )
+
+    return wire([r_slider, alpha_slider], out, redraw)

@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "labkit" / "assets" / "adapters" / "sft_lora"))
     args = ap.parse_args(argv)
 
-    from labkit import adapters, data, env, models, sft
+    from labkit import adapters, data, env, evaluate, models, sft
 
     env.setup("cpu", seed=args.seed, threads=args.threads)
     import torch
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     pm = trainer.model
     pm.eval()
     rows = data.read_jsonl("instructions_eval.jsonl")[:args.n_eval]
-    s = sft.score(pm, tok, rows)
+    s = evaluate.score(pm, tok, rows)
     losses = trainer.loss_recorder.losses
     report = {"steps": args.steps, "lr": args.lr, "schedule": "cosine, 10% warm-up (at most 20 steps)", "batch": args.batch, "r": args.r, "alpha": args.alpha,
               "target_modules": TARGETS, "seed": args.seed, "train_examples": len(pairs),

@@ -32,7 +32,7 @@ def folder_name(which: str) -> str:
 
 
 def train_one(which: str, args) -> dict:
-    from labkit import adapters, data, env, models, qlora, ship, sft
+    from labkit import adapters, data, env, evaluate, models, qlora, ship
 
     env.setup("cpu", seed=args.seed, threads=args.threads)
     if which == "qlora":
@@ -48,7 +48,7 @@ def train_one(which: str, args) -> dict:
                                     batch_size=args.batch, seed=args.seed)
     seconds = time.time() - t0
     held = [r for r in data.read_jsonl("instructions_eval.jsonl") if which == "qlora" or r["task"] == which]
-    s = sft.score(pm, tok, held)
+    s = evaluate.score(pm, tok, held)
     report = {"adapter": folder_name(which), "task": "all" if which == "qlora" else which,
               "base": "bundled model in 4-bit NF4 (labkit.qlora.load_4bit)" if which == "qlora" else "bundled model",
               "steps": steps, "lr": lr, "batch": args.batch, "r": args.r, "alpha": args.alpha, "seed": args.seed,

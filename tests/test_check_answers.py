@@ -16,6 +16,18 @@ def test_quiz_shows_the_question_without_an_answer():
     assert "#0b57d0" in r._repr_html_()  # shown as a question, not as a wrong answer
 
 
+def test_no_answer_says_what_to_write_without_printing_the_question_again():
+    """quiz(id) shows the question; quiz(id, None) under it must not print it a second time (lesson 09
+    printed every question twice)."""
+    shown = C.quiz("q01_merge_cost").message
+    empty = C.quiz("q01_merge_cost", None).message
+    assert "no answer yet" in empty and "a letter such as 'b'" in empty
+    question = shown.split(": ", 1)[1].splitlines()[0]
+    assert question not in empty and "a) " not in empty
+    number = C.quiz("q09_rslora_scale", None).message
+    assert "set answer to a number" in number
+
+
 def test_quiz_survives_odd_answers(failed):
     for answer in (None, ..., object(), [1, 2], float("nan"), "", "zzz"):
         assert C.quiz("q01_all_linear_r8", answer).passed is False

@@ -91,23 +91,19 @@ def test_bad_inputs_are_readable_errors(kwargs, pattern):
         lowrank.rank_report(**args)
 
 
-def _stdout_text(out):
-    return "".join(o["text"] for o in out.outputs if o["output_type"] == "stream")
+def test_lowrank_imports_no_widget_code():
+    """The idea (lesson 01's SVD) never imports the teaching floor: its sliders live in labkit.widgets."""
+    import subprocess
+    import sys
+
+    code = ("import sys, labkit.lowrank; bad = [m for m in ('labkit.widgets', 'ipywidgets', 'matplotlib') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_rank_widget_builds_and_follows_the_r_slider():
+def test_error_curve_reuses_given_singular_values():
     dw, _ = _known_spectrum()
-    box = lowrank.rank_widget(dw, LLAMA_PARAMS, LLAMA_QV, max_rank=32)
-    assert len(box.children) == 3
-    r_slider, alpha_slider, out = box.children
-    assert (r_slider.min, r_slider.max, r_slider.value) == (1, 32, 8)
-    assert "trainable params: 4,194,304 " in _stdout_text(out)
-    assert any("image/png" in o.get("data", {}) for o in out.outputs)
-
-    r_slider.value = 16
-    text = _stdout_text(out)
-    assert "trainable params: 8,388,608 " in text and "4,194,304" not in text
-    assert f"{lowrank.rank_r_error(dw, 16):.4f}" in text
-    alpha_slider.value = 64.0
-    assert "scaling = alpha/r = 4" in _stdout_text(out)
-    assert len(out.outputs) == 2   # replaced on each move, not appended
+    s = lowrank.singular_values(dw)
+    assert lowrank.error_curve(dw, [1, 4, 16], s=s) == lowrank.error_curve(dw, [1, 4, 16])
+    assert lowrank.error_curve(dw, [4], s=s * 0 + s[0]) != lowrank.error_curve(dw, [4])  # S is what it reads

@@ -136,7 +136,7 @@ def test_family_run_trains_each_loss_the_same_way(base, tok, rows):
     assert [r["loss"] for r in out] == ["SFT", "dpo", "simpo"]
     assert out[0]["accuracy"] == 0, "SFT against itself: every margin is 0"
     assert out[1]["final_loss"] == pytest.approx(math.log(2), abs=1e-5), "one DPO step: the loss of step 0"
-    from labkit.sft import answer
+    from labkit.evaluate import answer
 
     sft_answers = answer(sft_model, tok, prompts, max_new_tokens=4)
     want = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in sft_answers) / 2

@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from labkit import chat, data, preference, rag, sft
+from labkit import chat, data, evaluate, preference, rag, sft
 from labkit.sft import IGNORE_INDEX
 
 EXAMPLES = data.read_jsonl("instructions_eval.jsonl")[:10]
@@ -109,7 +109,7 @@ def test_stop_tokens_come_from_the_template_and_the_generation_config(model):
 
 
 def test_generation_stops_at_the_turn_end_after_sft(model):
-    """Teach the model one answer (full fine-tune, a few seconds) and check that sft.answer stops at the
+    """Teach the model one answer (full fine-tune, a few seconds) and check that evaluate.answer stops at the
     template's turn end and returns the bare answer."""
     from labkit.train import fit
 
@@ -123,7 +123,7 @@ def test_generation_stops_at_the_turn_end_after_sft(model):
     params = [p for p in m.parameters() if p.requires_grad]
     lr = 1e-3 if kind == "bundled" else 1e-2  # a pretrained model needs less than random weights
     fit(m, iter(lambda: batch, None), torch.optim.AdamW(params, lr=lr), params, 30)
-    got = sft.answer(m, tok, [pair["prompt"]], max_new_tokens=20)
+    got = evaluate.answer(m, tok, [pair["prompt"]], max_new_tokens=20)
     assert got == [ex["output"]]
     enc = torch.tensor([chat.encode(tok, pair["prompt"])])
     out = m.generate(enc, attention_mask=torch.ones_like(enc), max_new_tokens=20, do_sample=False,

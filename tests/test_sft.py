@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from labkit import data, sft
+from labkit import data, evaluate, preference, sft
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_train_rejects_bad_knobs(base):
 def test_score_counts_exact_and_format_per_task(base):
     model, tok = base
     rows = list(data.load("instructions", "eval", n=10))
-    s = sft.score(model, tok, rows, max_new_tokens=8)
+    s = evaluate.score(model, tok, rows, max_new_tokens=8)
     assert set(s["by_task"]) == set(data.TASKS) and len(s["answers"]) == 10
     assert s["exact"] == 0.0, "the base model was never taught the chat format"
 
@@ -103,8 +103,8 @@ def test_score_of_perfect_and_misformatted_answers(base, monkeypatch):
     rows = list(data.load("instructions", "eval", n=10))
     answers = [r["output"] for r in rows]
     answers[0] = "nonsense"  # row 0 is an extraction: not JSON, so neither exact nor well-formed
-    monkeypatch.setattr(sft, "answer", lambda *a, **k: answers)
-    s = sft.score(model, tok, rows)
+    monkeypatch.setattr(evaluate, "answer", lambda *a, **k: answers)
+    s = evaluate.score(model, tok, rows)
     assert s["exact"] == pytest.approx(0.9) and s["format"] == pytest.approx(0.9)
     assert s["by_task"]["extract"] == {"exact": 0.5, "format": 0.5, "n": 2}
     assert s["by_task"]["risk"] == {"exact": 1.0, "format": 1.0, "n": 2}
@@ -114,16 +114,16 @@ def test_score_passes_its_batch_size_to_answer(base, monkeypatch):
     model, tok = base
     rows = list(data.load("instructions", "eval", n=4))
     seen = []
-    monkeypatch.setattr(sft, "answer", lambda *a, **k: seen.append(k.get("batch_size")) or [""] * len(rows))
-    sft.score(model, tok, rows)
-    sft.score(model, tok, rows, batch_size=4)
+    monkeypatch.setattr(evaluate, "answer", lambda *a, **k: seen.append(k.get("batch_size")) or [""] * len(rows))
+    evaluate.score(model, tok, rows)
+    evaluate.score(model, tok, rows, batch_size=4)
     assert seen == [16, 4]
 
 
 def test_reference_model_merges_the_shipped_adapter_frozen_and_leaves_the_base_alone(base):
     model, tok = base
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    merged, how = sft.reference_model(model, tok, steps=0)
+    merged, how = preference.reference_model(model, tok, steps=0)
     assert "shipped" in how and not any(p.requires_grad for p in merged.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the base must not change"
     peft_model, _ = sft.load_shipped_adapter(copy.deepcopy(model))
@@ -136,11 +136,11 @@ def test_reference_model_merges_the_shipped_adapter_frozen_and_leaves_the_base_a
 def test_reference_model_trains_live_and_refuses_bad_steps(base):
     model, tok = base
     rows = data.read_jsonl("instructions_train.jsonl")[:8]
-    merged, how = sft.reference_model(model, tok, steps=2, rows=rows)
+    merged, how = preference.reference_model(model, tok, steps=2, rows=rows)
     assert "2 steps" in how and not any(p.requires_grad for p in merged.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), model.state_dict().values()))
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="steps"):
-            sft.reference_model(model, tok, steps=bad)
+            preference.reference_model(model, tok, steps=bad)
     with pytest.raises(ValueError, match="SFT_STEPS"):
-        sft.reference_model(model, tok, steps=0, model="someone/llama-7b")
+        preference.reference_model(model, tok, steps=0, model="someone/llama-7b")

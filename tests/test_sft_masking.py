@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from labkit import data, sft, widgets
+from labkit import data, evaluate, sft, widgets
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +189,12 @@ def test_segments_and_padding_share():
 
 def test_dti_value_and_its_score(base, monkeypatch):
     model, tok = base
-    assert sft.dti_value(data.DTI_EXAMPLE["output"]) == 30
-    assert sft.dti_value("The ratio is 30") is None
+    assert evaluate.dti_value(data.DTI_EXAMPLE["output"]) == 30
+    assert evaluate.dti_value("The ratio is 30") is None
     rows = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] == "dti"][:2]
     right_value = rows[0]["output"].replace("The debt-to-income ratio is", "DTI:")  # wrong wording, right value
-    monkeypatch.setattr(sft, "answer", lambda *a, **k: [right_value, rows[1]["output"]])
-    s = sft.score(model, tok, rows)["by_task"]["dti"]
+    monkeypatch.setattr(evaluate, "answer", lambda *a, **k: [right_value, rows[1]["output"]])
+    s = evaluate.score(model, tok, rows)["by_task"]["dti"]
     assert s == {"exact": 0.5, "format": 0.5, "value": 1.0, "n": 2}
 
 
@@ -203,17 +203,17 @@ def test_dti_value_and_its_score(base, monkeypatch):
 def test_score_table_lists_every_task_and_dti_value(base, monkeypatch):
     model, tok = base
     rows = data.read_jsonl("instructions_eval.jsonl")[:10]
-    monkeypatch.setattr(sft, "answer", lambda *a, **k: [r["output"] for r in rows])
-    perfect = sft.score(model, tok, rows)
-    monkeypatch.setattr(sft, "answer", lambda *a, **k: ["?"] * len(rows))
-    table = sft.score_table({"before": sft.score(model, tok, rows), "after": perfect})
+    monkeypatch.setattr(evaluate, "answer", lambda *a, **k: [r["output"] for r in rows])
+    perfect = evaluate.score(model, tok, rows)
+    monkeypatch.setattr(evaluate, "answer", lambda *a, **k: ["?"] * len(rows))
+    table = evaluate.score_table({"before": evaluate.score(model, tok, rows), "after": perfect})
     lines = table.splitlines()
     assert lines[0].startswith("| task | n | before: exact") and "after: format" in lines[0]
     assert "| extract | 2 | 0% | 0% | 100% | 100% |" in lines
     assert "| dti: value only | | 0% |  | 100% |  |" in lines
     assert lines[-1].startswith("| **all** | 10 |")
     with pytest.raises(ValueError):
-        sft.score_table({})
+        evaluate.score_table({})
 
 
 def test_the_shipped_adapter_loads_and_answers_in_format(base):
@@ -225,7 +225,7 @@ def test_the_shipped_adapter_loads_and_answers_in_format(base):
     size = sum(p.stat().st_size for p in sft.adapter_dir().iterdir())
     assert size < 3_000_000, "an adapter of this model should be about a megabyte"
     rows = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] in ("classify", "risk")][:6]
-    s = sft.score(pm, tok, rows, max_new_tokens=8)
+    s = evaluate.score(pm, tok, rows, max_new_tokens=8)
     assert s["format"] >= 0.8, s["answers"]
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from labkit import adapters, chat, data, qlora, ship, sft
+from labkit import adapters, chat, data, evaluate, qlora, ship
 
 
 def _random_lora(model, names=("default",), r=4, alpha=8, seed=0, std=0.05):
@@ -61,7 +61,7 @@ def test_merged_model_equals_the_adapter_model_and_leaves_it_unchanged(bundled):
     assert not ship.has_adapter_layers(merged) and ship.has_adapter_layers(pm)
     assert ship.max_logit_difference(pm, model, batch) > 0.1  # the adapter does something
     assert ship.max_logit_difference(pm, merged, batch) < 1e-3  # float32 rounding on logits of size ~20
-    assert sft.answer(merged, tok, prompts, 8) == sft.answer(pm, tok, prompts, 8)
+    assert evaluate.answer(merged, tok, prompts, 8) == evaluate.answer(pm, tok, prompts, 8)
     assert type(merged).__name__ == "LlamaForCausalLM"
 
 
@@ -109,7 +109,7 @@ def test_reload_without_peft_gives_the_same_logits_and_answers(bundled, tmp_path
     with torch.no_grad():
         expected = merged(**batch).logits
     assert (out["logits"] - expected).abs().max().item() < 1e-5
-    assert out["answers"] == sft.answer(pm, tok, prompts, 8)
+    assert out["answers"] == evaluate.answer(pm, tok, prompts, 8)
 
 
 def test_the_reload_process_really_blocks_peft(bundled, tmp_path):

@@ -83,3 +83,40 @@ def test_weight_updates_default_to_the_models_attention_and_use_d_out_by_d_in(hu
     assert torch.equal(dws[name], stored.T.float()) and dws[name].abs().max() > 0
     llama, _ = models.load_base(hub_models["llama-chatml"], device="cpu")
     assert {n.rsplit(".", 1)[-1] for n in train.weight_updates(llama, llama)} == {"q_proj", "v_proj"}
+
+
+def test_epoch_order_sees_every_item_once_per_epoch_and_is_seeded():
+    import itertools
+
+    batches = list(itertools.islice(train.epoch_order(10, 4, seed=3), 5))  # 20 indices = 2 epochs
+    flat = [i for b in batches for i in b]
+    assert all(len(b) == 4 for b in batches)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != list(range(10))  # shuffled
+    assert batches == list(itertools.islice(train.epoch_order(10, 4, seed=3), 5))
+    assert batches != list(itertools.islice(train.epoch_order(10, 4, seed=4), 5))
+    big = next(train.epoch_order(3, 8, seed=0))  # a batch larger than the data is still full
+    assert len(big) == 8 and set(big) == {0, 1, 2}
+
+
+def test_epoch_order_and_optimizer_refuse_bad_input():
+    with pytest.raises(ValueError, match="batch_size must be"):
+        next(train.epoch_order(10, 0))
+    with pytest.raises(ValueError, match="n must be"):
+        next(train.epoch_order(0, 4))
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="the reward model has no trainable parameters"):
+        train.optimizer(frozen, 1e-3, what="the reward model")
+    with pytest.raises(ValueError, match="lr must be"):
+        train.optimizer(torch.nn.Linear(2, 2), -1.0)
+
+
+def test_optimizer_seeds_torch_and_holds_only_trainable_parameters():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    net[0].requires_grad_(False)
+    params, opt = train.optimizer(net, 1e-3, seed=7)
+    first = torch.rand(3)
+    assert [p.shape for p in params] == [torch.Size([1, 3]), torch.Size([1])]
+    assert opt.param_groups[0]["params"] == params and opt.param_groups[0]["lr"] == 1e-3
+    train.optimizer(net, 1e-3, seed=7)
+    assert torch.equal(torch.rand(3), first)

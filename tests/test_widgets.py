@@ -1,6 +1,7 @@
 import pytest
 
-from labkit import widgets
+from labkit import lowrank, widgets
+from test_lowrank import LLAMA_PARAMS, LLAMA_QV, _known_spectrum  # tests/ is on sys.path (conftest)
 
 
 def test_greedy_samples_agree_and_hot_samples_differ(base):
@@ -51,3 +52,33 @@ def test_grpo_widget_trains_on_click_with_the_sliders_values(base, capsys, monke
     assert "G=2, beta=0.3, 1 steps" in capsys.readouterr().out
     with pytest.raises(ValueError, match="at least one training prompt"):
         widgets.grpo_widget(model, tok, [], lambda p, c: [])
+
+
+
+
+def _stdout_text(out):
+    return "".join(o["text"] for o in out.outputs if o["output_type"] == "stream")
+
+
+def test_rank_widget_builds_and_follows_the_r_slider():
+    dw, _ = _known_spectrum()
+    box = widgets.rank_widget(dw, LLAMA_PARAMS, LLAMA_QV, max_rank=32)
+    assert len(box.children) == 3
+    r_slider, alpha_slider, out = box.children
+    assert (r_slider.min, r_slider.max, r_slider.value) == (1, 32, 8)
+    assert "trainable params: 4,194,304 " in _stdout_text(out)
+    assert any("image/png" in o.get("data", {}) for o in out.outputs)
+
+    r_slider.value = 16
+    text = _stdout_text(out)
+    assert "trainable params: 8,388,608 " in text and "4,194,304" not in text
+    assert f"{lowrank.rank_r_error(dw, 16):.4f}" in text
+    alpha_slider.value = 64.0
+    assert "scaling = alpha/r = 4" in _stdout_text(out)
+    assert len(out.outputs) == 2   # replaced on each move, not appended
+
+
+def test_rank_widget_refuses_a_bad_max_rank():
+    dw, _ = _known_spectrum()
+    with pytest.raises(ValueError, match="max_rank must be"):
+        widgets.rank_widget(dw, LLAMA_PARAMS, LLAMA_QV, max_rank=0)

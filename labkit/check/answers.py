@@ -112,15 +112,16 @@ def quiz(question_id: str, answer: Any = _MISSING) -> Result:
         text = q.text + "".join(f"\n    {'abcdefghij'[i]}) {c}" for i, c in enumerate(q.choices))
         if answer is _MISSING:
             return Result(False, f"? {q.id}: {text}", q.id)
+        kind = {"choice": "a letter such as 'b'", "number": "a number", "text": "a word or two"}[q.kind]
         if answer is None or answer is Ellipsis:
-            return fail(q.id, "no answer yet", hint=text)
+            # the question is already on screen (quiz(id) above): say what to write, not the question again
+            return fail(q.id, "no answer yet", hint=f"set answer to {kind}; quiz({q.id!r}) shows the question")
         correct = _quiz_correct(q, answer)
         if correct is None:
             result = fail(q.id, f"the answer should be a number, got {describe(answer)}")
         elif correct:
             result = Result(True, f"✔ {q.id}: correct", q.id)
         else:
-            kind = {"choice": "a letter such as 'b'", "number": "a number", "text": "a word or two"}[q.kind]
             result = fail(q.id, "not right, try again", hint=q.hint or f"answer with {kind}")
         record.record(q.id, result.passed)
         return result
