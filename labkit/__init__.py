@@ -11,7 +11,8 @@
   preference_losses (IPO, SimPO, ORPO next to DPO), ppo (PPO with a KL
   penalty), grpo and grpo_trl (GRPO from scratch, checked against trl), rewards (verifiable rewards), encoder
   (MiniLM baselines), scale and launcher (one script on 1 or many processes), forgetting, tuning
-- measuring: evaluate (greedy answers and their scores, exact match, win rate, the other metrics), judge, rag (retrieval and the reader), interview
+- measuring: evaluate (greedy answers and their scores, exact match, win rate, the other metrics), stats
+  (intervals and McNemar's paired test: how sure a score is), judge, rag (retrieval and the reader), interview
 - the teaching floor: widgets, show (labkit's own source in a notebook), check and checks (auto-checked
   exercises and quizzes), exercise_notebooks, render, launch (Colab and Binder links), cli (`labkit doctor`)
 - small shared helpers: atomic (atomic file and folder writes), guard (argument checks with clear errors)

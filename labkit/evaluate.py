@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from . import guard
+
 from .sft import IGNORE_INDEX
 
 
@@ -89,26 +91,30 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
     return res
 
 
-def median_forward_seconds(model, input_ids, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one no-grad forward pass over INPUT_IDS (batch, seq), after WARMUP runs.
+def forward_times(models: dict, input_ids, repeats: int = 20, warmup: int = 3) -> dict:
+    """Wall times of no-grad forward passes over INPUT_IDS (batch, seq) for each of MODELS ({name: model}).
 
-    The median, not the mean: a stray slow run (the OS, another process) should not move the figure.
+    The models take turns (round i times every model once, after WARMUP rounds), so a slow spell of the
+    machine (the OS, another process) falls on all of them alike and the per-round ratios stay fair; compare
+    two models by those ratios (stats.mean_interval of times[a][i] / times[b][i]), not by one median each.
+    Returns {name: [seconds of round 1, ..., seconds of round REPEATS]}.
     """
-    import statistics
     import time
 
     import torch
 
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}.")
-    times = []
+    guard.positive_int("repeats", repeats, "20", about="the timed rounds")
+    if not models:
+        raise ValueError("forward_times needs at least one model, as {name: model}.")
+    times = {name: [] for name in models}
     with torch.no_grad():
         for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            model(input_ids)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(input_ids)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+    return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +226,8 @@ def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) 
     answered greedily BATCH_SIZE prompts at a time (answer()).
 
     Returns {"exact": share answered exactly, "format": share in the task's answer format,
-    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers}. The DTI task also
+    "by_task": {task: {"exact", "format", "n"}}, "answers": the generated answers, "right": per example,
+    answered exactly (for a paired test of two models on the same examples, labkit.stats.mcnemar)}. The DTI task also
     gets "value": the share whose final percentage is right whatever the wording (dti_value).
     """
     from .data import answer_format_ok, to_prompt_completion
@@ -246,7 +253,7 @@ def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) 
     n = len(rows)
     return {"exact": sum(t["exact"] * t["n"] for t in by_task.values()) / n,
             "format": sum(t["format"] * t["n"] for t in by_task.values()) / n,
-            "by_task": by_task, "answers": got}
+            "by_task": by_task, "answers": got, "right": list(hits)}
 
 
 def score_table(results: dict) -> str:

@@ -172,7 +172,8 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
 
     {"loss": "SFT" or the loss, "beta", "seconds" (training), "first_loss" and "final_loss" (training),
      "accuracy": share of EVAL_ROWS whose DPO implicit-reward margin (log-ratio to SFT, chosen minus
-     rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0),
+     rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0), "right": that
+     verdict per pair (for a paired test between two losses, labkit.stats.mcnemar),
      "avg_accuracy": share whose per-token average log pi(chosen) beats log pi(rejected)'s (reference-free),
      "chosen_logp": mean summed log pi(chosen answer) over EVAL_ROWS, nats,
      "answer_tokens": mean length in tokens of the greedy answers to PROMPTS (cut at MAX_NEW_TOKENS)}.
@@ -196,10 +197,11 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
     ref_answers = answer(sft_model, tok, prompts, max_new_tokens=max_new_tokens) if ref_answers is None else ref_answers
 
     def measure(name, logps, answers, **extra):
-        acc = preference_accuracy(None, None, tok, eval_rows, ref_logps=ref_logps, policy_logps=logps)["accuracy"]
+        pref = preference_accuracy(None, None, tok, eval_rows, ref_logps=ref_logps, policy_logps=logps)
         avg = ((logps[0] / lengths[0]) > (logps[1] / lengths[1])).float().mean().item()
         n_tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        return {"loss": name, "accuracy": acc, "avg_accuracy": avg, "chosen_logp": logps[0].mean().item(),
+        return {"loss": name, "accuracy": pref["accuracy"], "right": [m > 0 for m in pref["margins"]],
+                "avg_accuracy": avg, "chosen_logp": logps[0].mean().item(),
                 "answer_tokens": sum(n_tokens) / len(n_tokens), **extra}
 
     out = [measure("SFT", ref_logps, ref_answers, beta=None, seconds=0.0, first_loss=None, final_loss=None)]
@@ -233,7 +235,8 @@ def describe_family(rows: list[dict]) -> str:
 
 def compare_with_dpo(rows: list[dict]) -> str:
     """What ``family_run``'s ROWS show, one line per loss against DPO's row (which must be there):
-    held-out accuracy (beats / ties / does not beat DPO), the move of log pi(chosen) from SFT, the greedy
+    held-out accuracy (beats / ties / does not beat DPO, with McNemar's exact p-value on the same pairs when
+    the rows carry per-pair verdicts), the move of log pi(chosen) from SFT, the greedy
     answers' length, and the training loss from its first to its last batch (different batches: the two
     are not the same pairs)."""
     by = {r["loss"]: r for r in rows}
@@ -250,6 +253,12 @@ def compare_with_dpo(rows: list[dict]) -> str:
         else:
             d = r["accuracy"] - dpo["accuracy"]
             verdict = "beats DPO" if d > 0 else "ties with DPO" if d == 0 else "does not beat DPO"
+            if "right" in r and "right" in dpo and d != 0:  # the same pairs: McNemar's exact test
+                from .stats import mcnemar
+
+                p = mcnemar(r["right"], dpo["right"])["p_value"]
+                verdict += (f"; McNemar p = {p:.2g} on the same {len(r['right'])} pairs: "
+                            + ("unlikely to be chance" if p < 0.05 else "not distinguishable from chance"))
         lines.append(f"{r['loss']}: held-out accuracy {r['accuracy']:.0%} ({verdict}); log pi(chosen) "
                      f"{r['chosen_logp'] - sft['chosen_logp']:+.2f} nats from SFT; answers "
                      f"{r['answer_tokens']:.1f} tokens; batch loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}")

@@ -282,6 +282,22 @@ def test_compare_with_dpo_says_plainly_which_loss_does_not_beat_dpo():
         L.compare_with_dpo([row("SFT", 0), row("ipo", 0.9)])
 
 
+def test_compare_with_dpo_gives_mcnemars_p_value_on_the_same_pairs():
+    def row(loss, right):
+        return {"loss": loss, "accuracy": sum(right) / len(right), "right": right, "avg_accuracy": 1.0,
+                "chosen_logp": -1.0, "answer_tokens": 5.0, "first_loss": 0.7, "final_loss": 0.2, "beta": 0.1,
+                "seconds": 1.0}
+
+    dpo = [True] * 30 + [False] * 10
+    close = [True] * 31 + [False] * 9             # one more pair right: chance
+    far = [True] * 40                             # ten more pairs right, none lost: p = 2 / 2**10
+    lines = L.compare_with_dpo([row("SFT", [False] * 40), row("dpo", dpo), row("ipo", close),
+                                row("simpo", far), row("orpo", dpo)]).splitlines()
+    assert "beats DPO; McNemar p = 1 on the same 40 pairs: not distinguishable from chance" in lines[2]
+    assert f"McNemar p = {2 / 2 ** 10:.2g} on the same 40 pairs: unlikely to be chance" in lines[3]
+    assert "(ties with DPO)" in lines[4] and "McNemar" not in lines[4]
+
+
 # ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson06.py)
 
 def _ipo(pc, pr, rc, rr, nc, nr, beta, normalise=True, target=None):

@@ -108,6 +108,7 @@ def test_score_of_perfect_and_misformatted_answers(base, monkeypatch):
     assert s["exact"] == pytest.approx(0.9) and s["format"] == pytest.approx(0.9)
     assert s["by_task"]["extract"] == {"exact": 0.5, "format": 0.5, "n": 2}
     assert s["by_task"]["risk"] == {"exact": 1.0, "format": 1.0, "n": 2}
+    assert s["right"] == [False] + [True] * 9  # per example, in order: what labkit.stats.mcnemar pairs up
 
 
 def test_score_passes_its_batch_size_to_answer(base, monkeypatch):
