@@ -147,6 +147,23 @@ def launch_command(nproc: int = 1, config=DEFAULT_CONFIG, overrides: dict | None
     raise ValueError(f"launcher must be one of {LAUNCHERS}; got {launcher!r}.")
 
 
+def shown_command(log: dict) -> str:
+    """The command of a run() log as a reader can copy it: "python" for this interpreter, paths inside the
+    course relative to its root (labkit/assets/configs/...), and the run's temporary folder as $WORK; no path
+    of the machine it ran on."""
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    work = log.get("workdir")
+
+    def one(arg: str) -> str:
+        if arg == sys.executable:
+            return "python"
+        if work and arg.startswith(work):
+            return "$WORK" + arg[len(work):]
+        return arg[len(root):] if arg.startswith(root) else arg
+
+    return " ".join(one(str(a)) for a in log["command"])
+
+
 def free_port() -> int:
     """A TCP port that is free on this machine now (for accelerate launch's rendezvous)."""
     import socket
@@ -171,7 +188,8 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     launcher: None picks "python" for one process and "torchrun" for more. The device is CUDA when
     there is a GPU for every process, else the CPU (OVERRIDES may set it). Output files go to
     WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
-    The log gets "command" (what ran) and "wall_seconds" (start-up included). A failed run raises
+    The log gets "command" (what ran; shown_command prints it without this machine's paths), "workdir"
+    and "wall_seconds" (start-up included). A failed run raises
     RuntimeError with the end of its output.
     """
     launcher = launcher or ("python" if nproc == 1 else "torchrun")
@@ -192,6 +210,7 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
         raise RuntimeError(f"the training run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     log = json.loads(Path(overrides["log_file"]).read_text())
     log["command"] = cmd
+    log["workdir"] = str(workdir)
     log["wall_seconds"] = wall
     log["stdout"] = proc.stdout
     return log

@@ -139,8 +139,9 @@ def load_config(path=DEFAULT_CONFIG, overrides: dict | None = None, check: bool 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist. The course's default is {DEFAULT_CONFIG}; "
-                              "copy it and edit the copy.")
+            raise ConfigError(f"config file {str(path)!r} does not exist. The course's default is "
+                              "labkit/assets/configs/sft_lora.yaml in the labkit package (its path: "
+                              "labkit.scale.DEFAULT_CONFIG); copy it and edit the copy.")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

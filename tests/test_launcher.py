@@ -130,3 +130,15 @@ def test_slurm_example_is_valid_bash_and_uses_real_config_keys():
     script = text[text.index("scripts/train_sft.py"):text.index("\n\n", text.index("scripts/train_sft.py"))]
     keys = re.findall(r"--(\w+) ", script)
     assert "config" in keys and "precision" in keys and set(keys) - {"config"} <= set(scale.FIELDS)
+
+
+def test_shown_command_hides_this_machines_paths(tmp_path):
+    work = str(tmp_path / "labkit_scale_x")
+    cmd = launcher.launch_command(2, scale.DEFAULT_CONFIG, {"output_dir": f"{work}/adapter", "steps": 3})
+    text = launcher.shown_command({"command": cmd, "workdir": work})
+    assert text.startswith("python -m torch.distributed.run ")
+    assert "--config labkit/assets/configs/sft_lora.yaml" in text and "--output_dir $WORK/adapter" in text
+    assert str(ROOT) not in text and str(tmp_path) not in text and sys.executable not in text
+    with pytest.raises(scale.ConfigError, match="labkit/assets/configs/sft_lora.yaml in the labkit package"):
+        scale.load_config(tmp_path / "missing.yaml")
+    assert str(ROOT) not in str(pytest.raises(scale.ConfigError, scale.load_config, tmp_path / "m.yaml").value)

@@ -57,14 +57,31 @@ def test_batches_mask_padding(base):
     assert torch.equal(batch["labels"] == -100, batch["attention_mask"] == 0)
 
 
-def test_median_forward_seconds_is_positive_and_checks_repeats(base):
+def test_forward_times_interleave_the_models_and_check_repeats(base, monkeypatch):
+    import time
+
     from labkit import evaluate
 
     model, tok = base
     x = torch.tensor([tok("Once upon a time")["input_ids"]])
-    assert evaluate.median_forward_seconds(model, x, repeats=3, warmup=1) > 0
+    calls = []
+
+    def named(name):
+        def forward(ids):
+            calls.append(name)
+            return model(ids)
+        return forward
+
+    times = evaluate.forward_times({"a": named("a"), "b": named("b")}, x, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # round robin: a slow spell of the machine hits both alike
+    assert [len(t) for t in times.values()] == [3, 3] and all(t > 0 for t in times["a"] + times["b"])
+    ticks = iter(range(100))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    assert evaluate.forward_times({"a": model}, x, repeats=2, warmup=0) == {"a": [1.0, 1.0]}
     with pytest.raises(ValueError, match="repeats"):
-        evaluate.median_forward_seconds(model, x, repeats=0)
+        evaluate.forward_times({"a": model}, x, repeats=0)
+    with pytest.raises(ValueError, match="at least one model"):
+        evaluate.forward_times({}, x)
 
 
 def test_weight_updates_default_to_the_models_attention_and_use_d_out_by_d_in(hub_models):
