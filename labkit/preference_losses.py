@@ -219,7 +219,8 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
 
 
 def describe_family(rows: list[dict]) -> str:
-    """``family_run``'s rows as a plain-text table."""
+    """``family_run``'s rows as a plain-text table. The SFT row's accuracy is "ties": it is the reference, so
+    every implicit-reward margin is exactly 0, neither right nor wrong."""
     head = (f"{'loss':<7}{'beta':>6}{'final loss':>12}{'accuracy':>10}{'avg-logp acc':>14}"
             f"{'log pi(chosen)':>16}{'change':>9}{'answer tokens':>15}{'train s':>9}")
     base = rows[0]["chosen_logp"]
@@ -227,7 +228,8 @@ def describe_family(rows: list[dict]) -> str:
     for r in rows:
         beta = "" if r["beta"] is None else f"{r['beta']:g}"
         final = "" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        lines.append(f"{r['loss']:<7}{beta:>6}{final:>12}{r['accuracy']:>10.0%}{r['avg_accuracy']:>14.0%}"
+        accuracy = "ties" if r["loss"] == "SFT" else f"{r['accuracy']:.0%}"
+        lines.append(f"{r['loss']:<7}{beta:>6}{final:>12}{accuracy:>10}{r['avg_accuracy']:>14.0%}"
                      f"{r['chosen_logp']:>16.2f}{r['chosen_logp'] - base:>+9.2f}{r['answer_tokens']:>15.1f}"
                      f"{r['seconds']:>9.1f}")
     return "\n".join(lines)

@@ -132,7 +132,9 @@ def landscape_figure(rows: list[dict], mark: tuple[float, int] | None = None):
         ax.set(xlabel="learning rate", ylabel="rank r", title=title)
         for y, row in enumerate(m):
             for x, v in enumerate(row):
-                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+                red, green, blue, _ = im.cmap(im.norm(v))  # dark text on pale cells, white on dark ones
+                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="k" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "w")
         if mark is not None:
             lr, r = mark
             xi = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j]) - math.log(lr)))
@@ -167,8 +169,10 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def lr_widget(base, tok, pairs, general, rows: list[dict], steps: int = 30, ranks=(2, 8, 32)):
-    """A log-scale learning-rate slider, a rank choice and a Train button.
+def lr_widget(base, tok, pairs, general, rows: list[dict], steps: int = 30, ranks=(2, 8, 32), lr: float = 3e-3,
+              r: int = 8):
+    """A log-scale learning-rate slider, a rank choice and a Train button, starting at LR and R (give the
+    lesson's own, so the widget opens on the run the lesson made).
 
     The landscape from ROWS (the shipped sweep) is drawn at once and follows the controls; Train runs
     short_run for the chosen point (about STEPS x 0.25 s on a 2-core CPU) and plots that run.
@@ -179,9 +183,12 @@ def lr_widget(base, tok, pairs, general, rows: list[dict], steps: int = 30, rank
     import ipywidgets as w
     from IPython.display import display
 
-    lr = w.FloatLogSlider(value=2e-3, base=10, min=-5, max=-1, step=0.25, description="learning rate",
+    from .train import check_lr
+
+    start_lr = check_lr(lr)
+    lr = w.FloatLogSlider(value=start_lr, base=10, min=-5, max=-1, step=0.25, description="learning rate",
                           readout_format=".0e", continuous_update=False, style={"description_width": "initial"})
-    rank = w.Dropdown(options=list(ranks), value=8 if 8 in ranks else ranks[0], description="rank r")
+    rank = w.Dropdown(options=list(ranks), value=r if r in ranks else ranks[0], description="rank r")
     button = w.Button(description="Train", button_style="primary", icon="play")
     landscape, run_out = w.Output(), w.Output()
 

@@ -205,10 +205,11 @@ def test_train_dpo_raises_the_margin_and_preference_accuracy_starts_at_zero(base
     policy, ref = copy.deepcopy(model), copy.deepcopy(model)
     before = P.preference_accuracy(policy, ref, tok, rows[:8])
     assert before["accuracy"] == 0 and before["margin"] == 0, "policy == ref: every implicit reward is 0"
+    assert before["ties"] == 1, "0% at the start is ties, not wrong answers"
     log = P.train_dpo(policy, ref, tok, rows[:8], beta=0.1, steps=4, lr=1e-3, batch_size=8)
     assert log["loss"][0] == pytest.approx(math.log(2), abs=1e-5)
     after = P.preference_accuracy(policy, ref, tok, rows[:8])
-    assert after["margin"] > 0 and after["accuracy"] > 0.5
+    assert after["margin"] > 0 and after["accuracy"] > 0.5 and after["ties"] == 0
     given = P.preference_accuracy(None, None, tok, rows[:8], ref_logps=P.pair_logps(ref, tok, rows[:8]),
                                   policy_logps=P.pair_logps(policy, tok, rows[:8]))
     assert given["margins"] == pytest.approx(after["margins"], abs=1e-6), "precomputed log-probs give the same margins"

@@ -144,6 +144,7 @@ def test_family_run_trains_each_loss_the_same_way(base, tok, rows):
     assert all(not p.requires_grad for p in sft_model.parameters()), "the SFT model is left as it was"
     table = L.describe_family(out)
     assert table.splitlines()[0].startswith("loss") and len(table.splitlines()) == 4
+    assert table.splitlines()[1].split()[1] == "ties" and table.splitlines()[2].split()[4].endswith("%")
     with pytest.raises(ValueError, match="loss must be one of"):
         L.family_run(sft_model, tok, rows[:8], rows[8:12], prompts, losses=("kto",))
 

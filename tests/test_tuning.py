@@ -49,14 +49,17 @@ def test_grid_orders_ranks_and_learning_rates():
 def test_figures_draw_without_a_display():
     fig = tuning.landscape_figure(_rows(), mark=(1e-3, 8))
     assert len(fig.axes) == 4  # two heatmaps and their colour bars
+    colours = {t.get_color() for ax in fig.axes[::2] for t in ax.texts}
+    assert colours == {"k", "w"}, "cell numbers are dark on pale cells and white on dark ones"
     assert len(tuning.run_figure(_rows()[0]).axes) == 2
 
 
 def test_the_widget_draws_the_landscape_and_trains_on_demand(inputs):
     model, tok, pairs, general = inputs
-    box = tuning.lr_widget(model, tok, pairs, general, _rows(), steps=2, ranks=(2, 8))
+    box = tuning.lr_widget(model, tok, pairs, general, _rows(), steps=2, ranks=(2, 8), lr=1e-3, r=2)
     controls, landscape, run_out = box.children
     slider, rank, button = controls.children
+    assert (slider.value, rank.value) == (1e-3, 2), "the widget opens on the lesson's own LR and R"
     assert landscape.outputs and "image/png" in landscape.outputs[0]["data"]
     first = landscape.outputs[0]["data"]["image/png"]
     slider.value = 1e-2
