@@ -113,38 +113,13 @@ def accuracy(model, tok, texts: list[str], labels: list[int], batch_size: int = 
 
 
 def training_memory(model, tok, texts: list[str], labels: list[int]) -> dict:
-    """Bytes held during one training step on a batch of TEXTS, counted tensor by tensor.
+    """Bytes held during one training step on a batch of TEXTS, counted tensor by tensor
+    (labkit.memory.training_step_bytes): {"weights", "gradients", "optimizer", "activations", "total"}."""
+    from .memory import training_step_bytes
 
-    Returns {"weights", "gradients", "optimizer", "activations", "total"}: all parameters; one
-    gradient per trainable parameter; AdamW's two states per trainable parameter; and the tensors
-    autograd saves for the backward pass during the forward (measured with saved_tensors_hooks).
-    This is the memory the method needs, independent of the allocator and the Python process.
-    """
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    saved = {}
-
-    def pack(t):
-        if isinstance(t, torch.Tensor):
-            saved[(t.untyped_storage().data_ptr())] = t.untyped_storage().nbytes()
-        return t
-
-    was = model.training
-    model.train()
     enc = encode(tok, texts)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(enc["input_ids"], enc["attention_mask"])
-        loss = nn.functional.cross_entropy(logits, torch.tensor(labels))
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    activations = sum(n for ptr, n in saved.items() if ptr not in param_ptrs)
-    del loss, logits
-    model.train(was)
-    out = {"weights": sum(p.numel() * p.element_size() for p in params),
-           "gradients": sum(p.numel() * p.element_size() for p in trainable),
-           "optimizer": sum(2 * p.numel() * 4 for p in trainable),
-           "activations": activations}
-    out["total"] = sum(out.values())
-    return out
+    return training_step_bytes(model, lambda: nn.functional.cross_entropy(
+        model(enc["input_ids"], enc["attention_mask"]), torch.tensor(labels)))
 
 
 def train(model, tok, texts: list[str], labels: list[int], steps: int = 60, lr: float = 1e-3,

@@ -339,6 +339,48 @@ def footprint(model) -> dict:
     return out
 
 
+def training_step_bytes(model, loss_fn) -> dict:
+    """Bytes one training step of MODEL holds, counted tensor by tensor: {"weights", "gradients",
+    "optimizer", "activations", "total"}.
+
+    weights: every byte MODEL stores (footprint, without buffers: 4-bit codes and their constants where
+    there are any); gradients: one per trainable parameter, in its dtype; optimizer: AdamW's two float32
+    states per trainable parameter; activations: what autograd saves for the backward pass while
+    LOSS_FN() (a no-argument function that runs MODEL's forward and returns the loss) runs, measured with
+    torch.autograd.graph.saved_tensors_hooks, weights not counted twice. The memory the method needs,
+    whatever the allocator or the process around it holds.
+    """
+    import torch
+
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("training_step_bytes: MODEL has no trainable parameter (add an adapter first).")
+    saved = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    was = model.training
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = loss_fn()
+        del loss
+    finally:
+        model.train(was)
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    stored = footprint(model)
+    out = {"weights": stored["total"] - stored["buffers"],
+           "gradients": sum(p.numel() * p.element_size() for p in trainable),
+           "optimizer": sum(2 * p.numel() * 4 for p in trainable),
+           "activations": sum(n for ptr, n in saved.items() if ptr not in param_ptrs)}
+    out["total"] = sum(out.values())
+    return out
+
+
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
     return sum(v.numel() * v.element_size() for state in optimizer.state.values()

@@ -67,6 +67,45 @@ def recorded(nb: dict) -> dict:
     return out
 
 
+# A figure as prose states one: 93%, x1.07, 0.145 (integers alone are counts and step numbers, left out).
+FIGURE = re.compile(r"(?<![\w.])(?:x\d+(?:\.\d+)?|\d+(?:\.\d+)?%|\d+\.\d+)(?![\w]|\.\d)")  # not versions: 0.50.2
+
+
+def prose_figures(markdown: str) -> list[str]:
+    """The figures MARKDOWN states in its prose: percentages, "x" ratios and decimals, outside maths ($...$)
+    and code (`...` and fenced blocks), which show formulas and names rather than results."""
+    text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", " ", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", " ", text)
+    return FIGURE.findall(text)
+
+
+def unbacked_figures(nb: dict) -> list[str]:
+    """Figures stated in NB's markdown cells that no output of the executed notebook NB contains and that its
+    metadata does not list under labkit.prose_constants (figures that are not this run's: a paper's, a
+    library version, a default written in the parameters). Empty when every stated figure is backed.
+
+    Run on a lesson executed at other parameters than its defaults (`make test` runs the fast ones), a figure
+    copied into the prose from an earlier run shows up here: prose must read the outputs, not repeat them.
+    """
+    allowed = set(nb.get("metadata", {}).get("labkit", {}).get("prose_constants", []))
+    printed = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            printed.append("".join(out.get("text", "")))
+            for kind in ("text/plain", "text/markdown", "text/html"):
+                printed.append("".join(out.get("data", {}).get(kind, "")))
+    printed = "\n".join(printed)
+    unbacked = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        for figure in prose_figures("".join(cell["source"])):
+            if figure not in allowed and not re.search(rf"(?<![\w.]){re.escape(figure)}(?![\w])", printed):
+                unbacked.append(figure)
+    return unbacked
+
+
 def render(notebooks: list[Path], params: dict, out: Path, fast: bool = False, html: bool = False,
            kernel_name: str = "python3", log=print) -> list[dict]:
     """Execute each notebook into OUT; returns one row per notebook and writes summary.md/.json."""

@@ -212,3 +212,22 @@ def test_optimizer_state_bytes():
     adamw8.step()
     assert memory.optimizer_state_bytes(adamw) == 8 * p.numel() + 4  # m and v in fp32, plus the step count
     assert 2 * p.numel() <= memory.optimizer_state_bytes(adamw8) < 3 * p.numel()  # 8-bit m, v + constants
+
+
+def test_training_step_bytes_counts_each_kind_of_tensor():
+    import torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    m[0].requires_grad_(False)  # frozen: its input need not be saved for the backward pass
+    got = {n: memory.training_step_bytes(m, lambda n=n: m(torch.randn(n, 8)).pow(2).sum()) for n in (2, 5)}
+    for n, g in got.items():
+        assert g["weights"] == (8 * 16 + 16 + 16 * 4 + 4) * 4 and g["gradients"] == (16 * 4 + 4) * 4
+        assert g["optimizer"] == 2 * g["gradients"], "AdamW: two float32 states per trainable parameter"
+        # saved for backward: the ReLU output (n x 16, also the second layer's input) and the output (n x 4)
+        assert g["activations"] == n * (16 + 4) * 4
+        assert g["total"] == sum(v for k, v in g.items() if k != "total")
+    assert m.training, "the model's train/eval mode is restored"
+    m.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        memory.training_step_bytes(m, lambda: m(torch.randn(2, 8)).sum())

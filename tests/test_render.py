@@ -94,3 +94,23 @@ def test_render_rejects_a_missing_notebook_and_a_bad_param(tmp_path, capsys):
     assert main(["render", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "o")]) == 2
     assert main(["render", "-p", "oops", "--out", str(tmp_path / "o")]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_prose_figures_skip_maths_code_and_plain_counts():
+    text = ("Accuracy 93% after 20 steps, x1.07 slower, loss 0.145. $p = 0.5$ and `lr=3e-3`, bitsandbytes "
+            "0.50.2.\n```\nx = 0.25\n```")
+    assert render.prose_figures(text) == ["93%", "x1.07", "0.145"]
+
+
+def test_unbacked_figures_are_the_stated_ones_no_output_prints():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("The judge agreed with 87% of pairs; the paper reports 31.4 GB; "
+                                              "merged is x1.00 of the base."),
+                nbformat.v4.new_code_cell("print(...)")]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="merged x1.00 of the base; 91%\n")]
+    nb = json.loads(nbformat.writes(nb))
+    assert render.unbacked_figures(nb) == ["87%", "31.4"]
+    nb["metadata"]["labkit"] = {"prose_constants": ["31.4"]}
+    assert render.unbacked_figures(nb) == ["87%"]
+    nb["cells"][1]["outputs"][0]["text"] = "agreement 187%, merged x1.005\n"
+    assert render.unbacked_figures(nb) == ["87%", "x1.00"], "a figure must appear whole, not inside another"
