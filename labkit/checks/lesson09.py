@@ -103,11 +103,11 @@ EXPLANATIONS = {
 
 question(id='q09_which_rank', lesson=LESSON, kind="choice", answer_hash='20f556e0598cd0f71e294e56',
          text='Interview: which LoRA rank would you start with for instruction tuning, and how would you choose?',
-         choices=('A small rank (8-16, alpha about 2r), raised only if a held-out metric shows the adapter underfits', 'Rank 1: a LoRA update is always rank one', 'The largest rank that fits in memory: more rank is always better'))
+         choices=('A small rank (8-16, alpha about 2r), raised only if a held-out metric shows the adapter underfits', 'The full rank of the weight matrix, so the adapter can express any update', 'The largest rank that fits in memory: more rank is always better'))
 
 question(id='q09_prevent_forgetting', lesson=LESSON, kind="choice", answer_hash='4030692e02621c977836caa6',
          text='Interview: how do you limit catastrophic forgetting during SFT?',
-         choices=('A higher learning rate, so training ends before the model can forget', 'A lower learning rate, a small adapter, ~10% general data mixed in, and general-text perplexity measured before and after', 'More epochs on the task data only'))
+         choices=('Full fine-tuning instead of LoRA, so every weight can keep its old role while it learns the new one', 'A lower learning rate, a small adapter, ~10% general data mixed in, and general-text perplexity measured before and after', 'More epochs on the task data only'))
 
 question(id='q09_finetune_vs_prompting', lesson=LESSON, kind="choice", answer_hash='1147fe66138c5aa6af76e7db',
          text='Interview: when is fine-tuning the better choice than prompting or RAG?',
@@ -121,7 +121,7 @@ question(id='q09_lora_7b_r16', lesson=LESSON, kind="number", rtol=0.001, answer_
 
 question(id='q09_lora_b_zero', lesson=LESSON, kind="choice", answer_hash='e42cc00d0c9e24d36fb17bb7',
          text='Why does LoRA initialise B to zeros (and A at random)?',
-         choices=('So that B·A = 0: the adapted model is exactly the base model at step 0', 'To save memory until the first step', 'Because A and B would otherwise be equal'))
+         choices=('So that B·A = 0: the adapted model is exactly the base model at step 0', 'To save memory until the first step', 'To keep the update small all through training: B stays near zero'))
 
 question(id='q09_rslora_scale', lesson=LESSON, kind="number", rtol=0.01, answer_hash='e032902457a347cb2727797a',
          text='rsLoRA scales the update by alpha/sqrt(r) instead of alpha/r. With alpha = 16 and r = 64, what is the scale?' + " (1.0% tolerance)")
@@ -150,26 +150,26 @@ question(id='q09_label_mask', lesson=LESSON, kind="choice", answer_hash='4a2fb12
 
 question(id='q09_chat_template', lesson=LESSON, kind="choice", answer_hash='cd24171884e3e29716b73a3e',
          text='Why must the chat template at inference be the one used in SFT?',
-         choices=('Tokenisation would be slower', 'The licence requires it', 'Otherwise the model sees a format it never trained on, and its answers degrade'))
+         choices=('It need not be: the model reads the content, not the turn markers', 'Only the system prompt has to match; the turn markers can change', 'Otherwise the model sees a format it never trained on, and its answers degrade'))
 
 question(id='q09_packing', lesson=LESSON, kind="choice", answer_hash='e954de9ff87015a4f214e28c',
          text='What is packing in SFT?',
-         choices=('Concatenating several short examples into one sequence of the maximum length, so no compute is spent on padding', 'Compressing the weights to 4 bits', 'Merging LoRA adapters'))
+         choices=('Concatenating several short examples into one sequence of the maximum length, so no compute is spent on padding', 'Padding every example to the longest one in the batch', 'Putting the prompt and the answer in separate sequences'))
 
 question(id='q09_bradley_terry', lesson=LESSON, kind="number", rtol=0.01, answer_hash='07d5ca3adb476d9eb634b8f5',
          text='A reward model scores the chosen answer 2.0 and the rejected one 0.0. Under Bradley-Terry, what is P(chosen preferred)?' + " (1.0% tolerance)")
 
 question(id='q09_kl_penalty', lesson=LESSON, kind="choice", answer_hash='b24264507d3964a5c766bf8f',
          text='Why does RLHF penalise the KL divergence between the policy and the reference (SFT) model?',
-         choices=('To make sampling faster', 'To keep the policy close to the SFT model, so it stays fluent and cannot drift into exploiting the reward model', 'To make the reward model smaller'))
+         choices=('To keep the reward model close to the SFT model while the policy trains', 'To keep the policy close to the SFT model, so it stays fluent and cannot drift into exploiting the reward model', 'To make the answers more diverse, like an entropy bonus'))
 
 question(id='q09_dpo_removes', lesson=LESSON, kind="choice", answer_hash='2e4915182c325cd6da021c9d',
          text='What does DPO do without, compared with PPO-based RLHF?',
-         choices=('The preference pairs', 'The reference model', 'A separately trained reward model and the sampling loop of RL'))
+         choices=('The KL-regularised objective: DPO maximises the reward alone', 'The reference model', 'A separately trained reward model and the sampling loop of RL'))
 
 question(id='q09_dpo_beta', lesson=LESSON, kind="choice", answer_hash='b4654bfd363d435126606c92',
          text='In DPO, a larger beta...',
-         choices=('keeps the policy closer to the reference model', 'lets the policy move further from the reference model', 'only changes the learning rate'))
+         choices=('keeps the policy closer to the reference model', 'lets the policy move further from the reference model', 'weights the chosen answers more than the rejected ones'))
 
 question(id='q09_perplexity', lesson=LESSON, kind="number", rtol=0.01, answer_hash='f499474cd6e3bc92a5864b9b',
          text='The mean negative log-likelihood on held-out text is 1.5 nats per token. What is the perplexity?' + " (1.0% tolerance)")
@@ -183,7 +183,7 @@ question(id='q09_rouge_l_value', lesson=LESSON, kind="number", rtol=0.01, answer
 
 question(id='q09_judge_position', lesson=LESSON, kind="choice", answer_hash='fed5d9ff886452e844948a1f',
          text='A pairwise LLM judge prefers whichever answer it sees first. What is the standard fix?',
-         choices=('Use a longer prompt', 'Sample the judge at temperature 0', 'Ask in both orders and average (and report how often the orders disagree)'))
+         choices=("Always show the candidate model's answer first", 'Sample the judge at temperature 0', 'Ask in both orders and average (and report how often the orders disagree)'))
 
 question(id='q09_forgetting_data', lesson=LESSON, kind="choice", answer_hash='56abb5518c830db58d70441c',
          text='On which data do you measure catastrophic forgetting?',
@@ -191,7 +191,7 @@ question(id='q09_forgetting_data', lesson=LESSON, kind="choice", answer_hash='56
 
 question(id='q09_rag_freshness', lesson=LESSON, kind="choice", answer_hash='2ff61f0c03cf60663e185225',
          text='A fact in the document collection changes today. Which system gives the new answer without retraining?',
-         choices=('The fine-tuned model', 'RAG: retrieval reads the updated document', 'Neither'))
+         choices=('The fine-tuned model', 'RAG: retrieval reads the updated document', 'Both: the fine-tuned model generalises to the new value'))
 
 question(id='q09_rag_cost', lesson=LESSON, kind="choice", answer_hash='59cbff0a303c239cf54f1e29',
          text='Compared with a fine-tuned model, what does RAG cost per query?',
