@@ -19,41 +19,13 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 
 from . import guard
 
 
-def general_pairs(texts: list[str], tok) -> list[dict]:
-    """General TEXTS as SFT pairs: the prompt is the document start (the tokenizer's BOS, if it has one),
-    every text token is trained on, as in pretraining."""
-    return [{"prompt": tok.bos_token or "", "completion": t} for t in texts]
-
-
 def check_fraction(mix) -> float:
     return guard.fraction("mix", mix, "0.1", about="the share of general text in the SFT set")
-
-
-def mix_in_general(task_pairs: list[dict], general: list[dict], mix: float, seed: int = 0) -> list[dict]:
-    """TASK_PAIRS plus enough GENERAL pairs that they make up the share MIX of the result, shuffled.
-
-    With n task pairs the result holds round(n * mix / (1 - mix)) general pairs (drawn without
-    replacement while GENERAL lasts, then cycling), so mix=0.1 on 90 task pairs adds 10.
-    """
-    mix = check_fraction(mix)
-    if not task_pairs:
-        raise ValueError("mix_in_general needs at least one task pair.")
-    n_general = round(len(task_pairs) * mix / (1 - mix))
-    if n_general and not general:
-        raise ValueError(f"mix={mix} asks for {n_general} general pairs but none were given.")
-    rng = random.Random(seed)
-    pool = list(general)
-    rng.shuffle(pool)
-    extra = [pool[i % len(pool)] for i in range(n_general)]
-    out = list(task_pairs) + extra
-    rng.shuffle(out)
-    return out
 
 
 class EvalEvery:
@@ -108,7 +80,7 @@ def run_sft(base, tok, task_pairs: list[dict], general_train: list[str], general
     from . import adapters, evaluate, sft
 
     alpha = 2 * r if alpha is None else alpha
-    pairs = mix_in_general(task_pairs, general_pairs(general_train, tok), mix, seed)
+    pairs = sft.mix_general(task_pairs, sft.general_rows(tok, general_train), check_fraction(mix), seed)
     ppl_before = evaluate.perplexity(base, tok, general_eval)
     model = adapters.add(copy.deepcopy(base), "lora", seed=seed, r=r, alpha=alpha)
     t0 = time.perf_counter()

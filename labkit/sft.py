@@ -11,7 +11,7 @@ not already end with it.
 
 Lesson 04 also uses: the token-mask viewer (mask_example, mask_html, mask_view) and the response-
 marker recipe whose mismatch masks every label (marker_labels); checks of bad input (check_pairs,
-check_generation_markers); general-text mixing (mix_general); packing (packed_vs_alone, padding_share);
+check_generation_markers); general-text mixing (general_rows, mix_general); packing (packed_vs_alone, padding_share);
 trl's SFTTrainer with the course's settings (sft_config, sft_trainer, loss_recorder); and the LoRA
 adapter that scripts/train_sft_adapter.py trains (load_shipped_adapter). Scoring the answers (answer,
 score, score_table) is labkit.evaluate's; the frozen SFT model preference training starts from is
@@ -214,27 +214,34 @@ def check_generation_markers(tok, messages: list[list[dict]] | None = None, chat
 
 # ----------------------------------------------------------------------------- general text mixing
 
-def mix_general(pairs: list[dict], share: float, seed: int = 0, general: list[str] | None = None) -> list[dict]:
-    """PAIRS plus general text so that SHARE of the result is general text, shuffled with SEED.
-
-    General text is a plain language-modelling row {"prompt": "", "completion": text}: every token is
-    trained on (an empty prompt masks nothing). GENERAL defaults to the course's general_train texts.
-    share=0 returns the pairs unchanged (same order). Mixing some general text in limits forgetting;
-    lesson 07 measures it.
-    """
-    guard.fraction("share", share, "0.1", about="the share of general text")
-    if share == 0:
-        return list(pairs)
-    if general is None:
+def general_rows(tok, texts: list[str] | None = None) -> list[dict]:
+    """General TEXTS as SFT rows: the prompt is the document start (the tokenizer's BOS, if it has one)
+    and every text token is trained on, as in pretraining. TEXTS defaults to the course's general_train."""
+    if texts is None:
         from .data import read_jsonl
 
-        general = [r["text"] for r in read_jsonl("general_train.jsonl")]
-    n = round(share * len(pairs) / (1 - share))
+        texts = [r["text"] for r in read_jsonl("general_train.jsonl")]
+    return [{"prompt": tok.bos_token or "", "completion": t} for t in texts]
+
+
+def mix_general(pairs: list[dict], general: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """PAIRS plus enough GENERAL rows (general_rows) that they make up SHARE of the result, shuffled with SEED.
+
+    With n pairs the result holds round(n * share / (1 - share)) general rows, drawn without replacement,
+    so share=0.1 on 90 pairs adds 10 (share=0 adds none but still shuffles). Mixing some general text in
+    limits forgetting; lesson 07 measures it.
+    """
+    guard.fraction("share", share, "0.1", about="the share of general text in the SFT set")
+    if not pairs:
+        raise ValueError("mix_general needs at least one task pair.")
+    n = round(len(pairs) * share / (1 - share))
     if n > len(general):
-        raise ValueError(f"share={share} of {len(pairs)} pairs needs {n} general texts but only {len(general)} "
-                         "are available; lower the share or pass more texts.")
+        raise ValueError(f"share={share} of {len(pairs)} pairs needs {n} general rows but only {len(general)} "
+                         "were given; lower the share or pass more texts.")
     rng = random.Random(seed)
-    rows = list(pairs) + [{"prompt": "", "completion": t} for t in rng.sample(list(general), n)]
+    pool = list(general)
+    rng.shuffle(pool)
+    rows = list(pairs) + pool[:n]
     rng.shuffle(rows)
     return rows
 
