@@ -434,7 +434,7 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
     """DPO's held-out metric: share of pairs whose implicit reward margin is above zero.
 
     Returns {"accuracy", "ties": share of margins exactly 0, "margin": mean of chosen_reward - rejected_reward,
-    "margins": per pair}. At the start (policy == ref) every margin is exactly 0: the accuracy is 0 and
+    "margins": per pair, "right": per pair, margin > 0 (for a paired test, labkit.stats.mcnemar)}. At the start (policy == ref) every margin is exactly 0: the accuracy is 0 and
     every pair is a tie, which says nothing about the policy yet (report the ties beside the accuracy). REF_LOGPS, if
     given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes);
     POLICY_LOGPS likewise for the policy, when the caller already has them.
@@ -444,8 +444,9 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
     pol_c, pol_r = policy_logps if policy_logps is not None else pair_logps(policy, tok, rows)
     _, rc, rr = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta)
     margins = (rc - rr).tolist()
-    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "ties": sum(m == 0 for m in margins) / len(margins),
-            "margin": sum(margins) / len(margins), "margins": margins}
+    right = [m > 0 for m in margins]
+    return {"accuracy": sum(right) / len(margins), "ties": sum(m == 0 for m in margins) / len(margins),
+            "margin": sum(margins) / len(margins), "margins": margins, "right": right}
 
 
 def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, steps: int = 20, lr: float = 1e-3,

@@ -172,8 +172,9 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
 
     {"loss": "SFT" or the loss, "beta", "seconds" (training), "first_loss" and "final_loss" (training),
      "accuracy": share of EVAL_ROWS whose DPO implicit-reward margin (log-ratio to SFT, chosen minus
-     rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0), "right": that
-     verdict per pair (for a paired test between two losses, labkit.stats.mcnemar),
+     rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0), "ties": the share
+     of margins exactly 0 (1 for SFT), "right": that verdict per pair (for a paired test between two losses,
+     labkit.stats.mcnemar),
      "avg_accuracy": share whose per-token average log pi(chosen) beats log pi(rejected)'s (reference-free),
      "chosen_logp": mean summed log pi(chosen answer) over EVAL_ROWS, nats,
      "answer_tokens": mean length in tokens of the greedy answers to PROMPTS (cut at MAX_NEW_TOKENS)}.
@@ -200,7 +201,7 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
         pref = preference_accuracy(None, None, tok, eval_rows, ref_logps=ref_logps, policy_logps=logps)
         avg = ((logps[0] / lengths[0]) > (logps[1] / lengths[1])).float().mean().item()
         n_tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        return {"loss": name, "accuracy": pref["accuracy"], "right": [m > 0 for m in pref["margins"]],
+        return {"loss": name, "accuracy": pref["accuracy"], "ties": pref["ties"], "right": pref["right"],
                 "avg_accuracy": avg, "chosen_logp": logps[0].mean().item(),
                 "answer_tokens": sum(n_tokens) / len(n_tokens), **extra}
 
@@ -219,8 +220,8 @@ def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], pr
 
 
 def describe_family(rows: list[dict]) -> str:
-    """``family_run``'s rows as a plain-text table. The SFT row's accuracy is "ties": it is the reference, so
-    every implicit-reward margin is exactly 0, neither right nor wrong."""
+    """``family_run``'s rows as a plain-text table. A row whose every implicit-reward margin is exactly 0 (the SFT
+    row: it is the reference) shows "ties" as its accuracy: neither right nor wrong."""
     head = (f"{'loss':<7}{'beta':>6}{'final loss':>12}{'accuracy':>10}{'avg-logp acc':>14}"
             f"{'log pi(chosen)':>16}{'change':>9}{'answer tokens':>15}{'train s':>9}")
     base = rows[0]["chosen_logp"]
@@ -228,7 +229,7 @@ def describe_family(rows: list[dict]) -> str:
     for r in rows:
         beta = "" if r["beta"] is None else f"{r['beta']:g}"
         final = "" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        accuracy = "ties" if r["loss"] == "SFT" else f"{r['accuracy']:.0%}"
+        accuracy = "ties" if r.get("ties") == 1 else f"{r['accuracy']:.0%}"
         lines.append(f"{r['loss']:<7}{beta:>6}{final:>12}{accuracy:>10}{r['avg_accuracy']:>14.0%}"
                      f"{r['chosen_logp']:>16.2f}{r['chosen_logp'] - base:>+9.2f}{r['answer_tokens']:>15.1f}"
                      f"{r['seconds']:>9.1f}")

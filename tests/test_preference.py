@@ -210,6 +210,7 @@ def test_train_dpo_raises_the_margin_and_preference_accuracy_starts_at_zero(base
     assert log["loss"][0] == pytest.approx(math.log(2), abs=1e-5)
     after = P.preference_accuracy(policy, ref, tok, rows[:8])
     assert after["margin"] > 0 and after["accuracy"] > 0.5 and after["ties"] == 0
+    assert after["right"] == [m > 0 for m in after["margins"]] and before["right"] == [False] * 8
     given = P.preference_accuracy(None, None, tok, rows[:8], ref_logps=P.pair_logps(ref, tok, rows[:8]),
                                   policy_logps=P.pair_logps(policy, tok, rows[:8]))
     assert given["margins"] == pytest.approx(after["margins"], abs=1e-6), "precomputed log-probs give the same margins"

@@ -134,7 +134,8 @@ def test_family_run_trains_each_loss_the_same_way(base, tok, rows):
     out = L.family_run(sft_model, tok, rows[:8], rows[8:12], prompts, losses=("dpo", "simpo"), steps=1,
                        lr=1e-3, batch_size=4, max_new_tokens=4)
     assert [r["loss"] for r in out] == ["SFT", "dpo", "simpo"]
-    assert out[0]["accuracy"] == 0, "SFT against itself: every margin is 0"
+    assert out[0]["accuracy"] == 0 and out[0]["ties"] == 1, "SFT against itself: every margin is 0"
+    assert len(out[1]["right"]) == 4 and sum(out[1]["right"]) / 4 == out[1]["accuracy"]
     assert out[1]["final_loss"] == pytest.approx(math.log(2), abs=1e-5), "one DPO step: the loss of step 0"
     from labkit.evaluate import answer
 
@@ -147,6 +148,17 @@ def test_family_run_trains_each_loss_the_same_way(base, tok, rows):
     assert table.splitlines()[1].split()[1] == "ties" and table.splitlines()[2].split()[4].endswith("%")
     with pytest.raises(ValueError, match="loss must be one of"):
         L.family_run(sft_model, tok, rows[:8], rows[8:12], prompts, losses=("kto",))
+
+
+def test_describe_family_shows_ties_by_the_rows_margins_not_its_name():
+    def row(loss, accuracy, ties):
+        return {"loss": loss, "beta": 0.1, "final_loss": 0.5, "accuracy": accuracy, "ties": ties, "avg_accuracy": 1.0,
+                "chosen_logp": -1.0, "answer_tokens": 5.0, "seconds": 1.0}
+
+    lines = L.describe_family([row("SFT", 0.0, 1.0), row("dpo", 0.0, 1.0), row("ipo", 0.75, 0.0)]).splitlines()
+    assert lines[2].split()[3] == "ties", "a trained loss whose margins all stayed 0 is ties too"
+    assert lines[3].split()[3] == "75%"
+    assert L.describe_family([row("SFT", 0.5, 0.25)]).splitlines()[1].split()[3] == "50%"
 
 
 # ----------------------------------------------------------------------------- equal to trl
