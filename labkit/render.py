@@ -68,7 +68,8 @@ def recorded(nb: dict) -> dict:
 
 
 # A figure as prose states one: 93%, x1.07, 0.145 (integers alone are counts and step numbers, left out).
-FIGURE = re.compile(r"(?<![\w.])(?:x\d+(?:\.\d+)?|\d+(?:\.\d+)?%|\d+\.\d+)(?![\w]|\.\d)")  # not versions: 0.50.2
+_START, _END = r"(?<![\w.])", r"(?![\w]|\.\d)"  # a whole figure: not part of a word, a longer number or a version (0.50.2)
+FIGURE = re.compile(_START + r"(?:x\d+(?:\.\d+)?|\d+(?:\.\d+)?%|\d+\.\d+)" + _END)
 
 
 def prose_figures(markdown: str) -> list[str]:
@@ -101,7 +102,7 @@ def unbacked_figures(nb: dict) -> list[str]:
         if cell["cell_type"] != "markdown":
             continue
         for figure in prose_figures("".join(cell["source"])):
-            if figure not in allowed and not re.search(rf"(?<![\w.]){re.escape(figure)}(?![\w])", printed):
+            if figure not in allowed and not re.search(_START + re.escape(figure) + _END, printed):
                 unbacked.append(figure)
     return unbacked
 

@@ -100,6 +100,15 @@ def describe_mean(values, digits: int = 2, confidence: float = 0.95, seed: int =
             f"{len(values)} values)")
 
 
+def interval_verdict(values, reference: float, above: str = "above", below: str = "below",
+                     within: str = "cannot be told apart", confidence: float = 0.95, seed: int = 0) -> str:
+    """Where the mean of VALUES stands against REFERENCE, read from its bootstrap interval (mean_interval):
+    ABOVE when the whole interval is above REFERENCE, BELOW when it is below, WITHIN when it holds REFERENCE
+    (the data cannot tell the two apart). E.g. per-round time ratios against 1: slower, faster or no clear difference."""
+    low, high = mean_interval(values, confidence=confidence, seed=seed)
+    return within if low <= reference <= high else above if low > reference else below
+
+
 def _check_confidence(confidence) -> float:
     c = guard.fraction("confidence", confidence, "0.95", about="the coverage of the interval")
     if not 0 < c < 1:

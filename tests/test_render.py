@@ -114,3 +114,7 @@ def test_unbacked_figures_are_the_stated_ones_no_output_prints():
     assert render.unbacked_figures(nb) == ["87%"]
     nb["cells"][1]["outputs"][0]["text"] = "agreement 187%, merged x1.005\n"
     assert render.unbacked_figures(nb) == ["87%", "x1.00"], "a figure must appear whole, not inside another"
+    nb["cells"][1]["outputs"][0]["text"] = "87% with bitsandbytes 31.4.2, merged x1.00\n"
+    assert render.unbacked_figures(nb) == [], "31.4 is listed as a constant"
+    nb["metadata"]["labkit"] = {}
+    assert render.unbacked_figures(nb) == ["31.4"], "a version 31.4.2 does not back the figure 31.4"

@@ -62,6 +62,17 @@ def test_describe_mean_prints_the_mean_inside_its_interval():
     assert low < 1.042 < high
 
 
+def test_interval_verdict_reads_the_whole_interval_against_the_reference():
+    slower = [1.20, 1.25, 1.22, 1.19, 1.24, 1.21]
+    same = [0.97, 1.04, 0.99, 1.02, 0.98, 1.01]
+    assert stats.interval_verdict(slower, 1.0) == "above"
+    assert stats.interval_verdict([2 - v for v in slower], 1.0, below="faster") == "faster"
+    assert stats.interval_verdict(same, 1.0, within="no clear difference") == "no clear difference"
+    low, high = stats.mean_interval(same)
+    assert low <= 1.0 <= high  # the verdict is the interval's, not the mean's (1.0017 here)
+    assert stats.interval_verdict(same, 1.0) != stats.interval_verdict(same, low - 0.01)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: stats.share_interval(5, 0), "n must be"),
     (lambda: stats.share_interval(11, 10), "k must be"),
@@ -71,6 +82,7 @@ def test_describe_mean_prints_the_mean_inside_its_interval():
     (lambda: stats.mcnemar([], []), "same questions"),
     (lambda: stats.mean_interval([1.0]), "at least two"),
     (lambda: stats.mean_interval([1.0, float("nan")]), "NaN"),
+    (lambda: stats.interval_verdict([1.0], 1.0), "at least two"),
 ])
 def test_bad_input_is_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
