@@ -121,8 +121,10 @@ def test_generation_stops_at_the_turn_end_after_sft(model):
     batch = sft.PadCollator(tok.pad_token_id)([sft.tokenize_example(tok, pair["prompt"], pair["completion"])])
     torch.manual_seed(0)
     params = [p for p in m.parameters() if p.requires_grad]
-    lr = 1e-3 if kind == "bundled" else 1e-2  # a pretrained model needs less than random weights
-    fit(m, iter(lambda: batch, None), torch.optim.AdamW(params, lr=lr), params, 30)
+    # 60 steps at a modest rate: at 1e-2 for 30 steps the small GPT-2 fixture can stop one token short
+    # ("Risk:"), an oscillation, not a template bug
+    lr = 1e-3 if kind == "bundled" else 3e-3
+    fit(m, iter(lambda: batch, None), torch.optim.AdamW(params, lr=lr), params, 60)
     got = evaluate.answer(m, tok, [pair["prompt"]], max_new_tokens=20)
     assert got == [ex["output"]]
     enc = torch.tensor([chat.encode(tok, pair["prompt"])])
