@@ -64,6 +64,8 @@ def recorded(nb: dict) -> dict:
             rec = o.get("data", {}).get(RECORD_MIME)
             if isinstance(rec, dict) and "name" in rec:
                 out[rec["name"]] = rec.get("value")
+            elif isinstance(rec, dict) and isinstance(rec.get("figures"), list):  # show.record_many, in order
+                out.update((name, value) for name, value in rec["figures"])
     return out
 
 

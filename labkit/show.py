@@ -25,6 +25,40 @@ def show_source(obj) -> None:
 # The MIME type of a recorded metric in a notebook's outputs. JupyterLab does not know it and shows
 # the text/plain line next to it; `labkit render` reads it back from the executed notebook.
 RECORD_MIME = "application/vnd.labkit.record+json"
+_RECORDED: dict = {}
+
+
+def recorded() -> dict:
+    """{name: value} of what record() stored in this kernel so far (a later record of a name wins)."""
+    return dict(_RECORDED)
+
+
+def name_of(label: str) -> str:
+    """A label as a record name: "RAG, tuned reader" -> "rag_tuned_reader"."""
+    import re
+
+    name = re.sub(r"\W+", "_", str(label).lower()).strip("_")
+    return name if name.isidentifier() else f"_{name}"
+
+
+def _checked(name: str, value):
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"record's name must be a short identifier such as 'exact_match'; got {name!r}.")
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if not isinstance(value, (bool, int, float, str)):
+        raise TypeError(f"record stores a number, a bool or a string; got {type(value).__name__} for {name!r}.")
+    return value
+
+
+def _text(name: str, value) -> str:
+    return f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value!r}"
+
+
+def _stored(value):
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)  # JSON has no NaN or infinity
+    return value
 
 
 def record(name: str, value) -> None:
@@ -34,18 +68,26 @@ def record(name: str, value) -> None:
     (and labkit.render.recorded) can list it in the summary page. VALUE: a number, a bool or a short
     string; 0-d tensors and numpy scalars are converted with .item().
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"record's name must be a short identifier such as 'exact_match'; got {name!r}.")
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if not isinstance(value, (bool, int, float, str)):
-        raise TypeError(f"record stores a number, a bool or a string; got {type(value).__name__} for {name!r}.")
-    text = f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value!r}"
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-        value = str(value)  # JSON has no NaN or infinity
+    record_many({name: value})
+
+
+def record_many(figures: dict) -> None:
+    """record() each of FIGURES {name: value} in one output line: `recorded: a = 1, b = 0.5`."""
+    checked = {name: _checked(name, value) for name, value in figures.items()}
+    if not checked:
+        raise ValueError("record_many needs at least one {name: value}.")
+    text = ", ".join(_text(n, v) for n, v in checked.items())
+    stored = {n: _stored(v) for n, v in checked.items()}
+    _RECORDED.update(stored)
     try:
         from IPython.display import display
     except ImportError:  # pragma: no cover
         print(text)
         return
-    display({RECORD_MIME: {"name": name, "value": value}, "text/plain": text}, raw=True)
+    if len(stored) == 1:
+        (name, value), = stored.items()
+        display({RECORD_MIME: {"name": name, "value": value}, "text/plain": text}, raw=True)
+    else:
+        # a list of [name, value], not a dict: nbformat sorts a dict's keys when it saves the notebook
+        display({RECORD_MIME: {"figures": [[n, v] for n, v in stored.items()]}, "text/plain": "recorded: " + text},
+                raw=True)

@@ -7,7 +7,7 @@ import pytest
 
 from labkit import render
 from labkit.cli import main
-from labkit.show import RECORD_MIME, record
+from labkit.show import RECORD_MIME, name_of, record, record_many, recorded
 
 
 def _notebook(path, params_src, body_src, fast=None):
@@ -55,6 +55,27 @@ def test_record_displays_text_and_the_machine_readable_value(monkeypatch):
         record("not a name", 1)
     with pytest.raises(TypeError):
         record("vec", [1, 2])
+    assert recorded()["loss"] == 0.25 and recorded()["bad"] == "nan"
+
+
+def test_record_many_is_one_output_that_recorded_reads_back(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
+    record_many({"exact_sft": 0.5, "exact_dpo": 0.75, "ok": True})
+    assert len(shown) == 1 and shown[0]["text/plain"] == "recorded: exact_sft = 0.5, exact_dpo = 0.75, ok = True"
+    nb = {"cells": [{"cell_type": "code", "source": "", "outputs": [
+        {"output_type": "display_data", "data": shown[0]},
+        {"output_type": "display_data", "data": {RECORD_MIME: {"name": "exact_dpo", "value": 0.8}}}]}]}
+    assert render.recorded(nb) == {"exact_sft": 0.5, "exact_dpo": 0.8, "ok": True}, "a later record wins"
+    real = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[
+        nbformat.v4.new_output("display_data", data=shown[0])])])
+    saved = nbformat.reads(nbformat.writes(real), as_version=4)
+    assert list(render.recorded(saved)) == ["exact_sft", "exact_dpo", "ok"], "the order survives a save"
+    assert {k: recorded()[k] for k in ("exact_sft", "ok")} == {"exact_sft": 0.5, "ok": True}
+    with pytest.raises(ValueError, match="at least one"):
+        record_many({})
+    with pytest.raises(TypeError):
+        record_many({"a": 1, "b": None})
 
 
 def test_summary_markdown_lists_status_time_params_and_metrics():
@@ -118,3 +139,9 @@ def test_unbacked_figures_are_the_stated_ones_no_output_prints():
     assert render.unbacked_figures(nb) == [], "31.4 is listed as a constant"
     nb["metadata"]["labkit"] = {}
     assert render.unbacked_figures(nb) == ["31.4"], "a version 31.4.2 does not back the figure 31.4"
+
+
+def test_name_of_turns_a_label_into_a_record_name():
+    assert name_of("RAG, tuned reader") == "rag_tuned_reader"
+    assert name_of("shipped adapter") == "shipped_adapter" and name_of("4-bit (NF4)") == "_4_bit_nf4"
+    assert all(name_of(x).isidentifier() for x in ("PPO, KL coef 0.2", "a  b", "2e-4"))
