@@ -107,6 +107,14 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     assert not unbacked_figures(nb), (f"the prose states {unbacked_figures(nb)}, which no output of this run "
                                       "prints: let the prose read the outputs, or list a figure that is not the "
                                       "run's (a paper's, a version) in metadata.labkit.prose_constants")
+    from labkit import seeds
+    from labkit.render import recorded
+
+    spread = seeds.load(path.stem)  # the shipped seed spread must hold every figure the lesson records now
+    if spread is not None:
+        assert set(spread["runs"][0]["figures"]) == set(recorded(nb)), (
+            f"the lesson records {sorted(set(recorded(nb)) ^ set(spread['runs'][0]['figures']))} differently from "
+            f"{seeds.results_file(path.stem).name}: rerun scripts/seed_spread.py {path}")
 
 
 def hub_parameters(path) -> dict:
