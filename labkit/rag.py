@@ -205,3 +205,41 @@ class Retriever:
         best = top_k(q, self.vectors, k)
         scores = self.vectors[best] @ q  # unit vectors: the dot product is the cosine similarity
         return [(self.docs[i], float(s)) for i, s in zip(best.tolist(), scores.tolist())]
+
+
+# What the model copies, and after which cue: why the tuned reader gets amounts and not names
+COPY_CUES = {
+    "the passage's own words: 'The <city> branch is managed by'": ("manager", "\nThe {city} branch is managed by"),
+    "other words: 'The manager of the <city> branch is'": ("manager", "\nThe manager of the {city} branch is"),
+    "a label: 'Manager:'": ("manager", "\nManager:"),
+    "the passage's own words: 'A replacement card at the <city> branch costs'": (
+        "fee", "\nA replacement card at the {city} branch costs"),
+}
+
+
+def copy_probe(model, tok, docs: list[dict], cues: dict | None = None, max_new_tokens: int = 6) -> dict:
+    """Greedy continuations of each note of DOCS followed by each cue of CUES {label: (fact kind, text)}
+    (default COPY_CUES), with no chat template: {label: share of notes whose continuation starts with the
+    note's value}. A small model copies a value when the words just before it in the passage come back
+    (an induction-style copy); asked by other words it has no such cue and writes what it saw most."""
+    import torch
+
+    from .chat import encode
+
+    cues = COPY_CUES if cues is None else cues
+    if not docs:
+        raise ValueError("copy_probe needs at least one note (rag.make_collection).")
+    out = {}
+    for label, (kind, cue) in cues.items():
+        if kind not in KINDS:
+            raise ValueError(f"cue {label!r}: fact kind must be one of {KINDS}; got {kind!r}.")
+        right = 0
+        for d in docs:
+            text = (tok.bos_token or "") + d["text"] + cue.format(city=d["city"])  # a document, as in pretraining
+            ids = torch.tensor([encode(tok, text)], device=model.device)
+            with torch.no_grad():
+                g = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=tok.pad_token_id)
+            right += tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True).strip().startswith(d[kind])
+        out[label] = right / len(docs)
+    return out

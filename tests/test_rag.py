@@ -130,3 +130,18 @@ def test_retriever_finds_the_right_note_and_sees_updates():
         index.search("x", k=0)
     with pytest.raises(ValueError, match="no document 'nope'"):
         index.replace({"id": "nope", "text": "x"})
+
+
+def test_copy_probe_shows_the_bundled_model_copies_after_the_passages_own_words(base):
+    model, tok = base
+    docs = rag.make_collection(n=12, seed=0)
+    got = rag.copy_probe(model, tok, docs)
+    assert list(got) == list(rag.COPY_CUES)
+    own, label = got["the passage's own words: 'The <city> branch is managed by'"], got["a label: 'Manager:'"]
+    assert own >= 0.75 and label <= 0.25, got  # the mechanism lesson 08 explains: a cue that recurs
+    one = rag.copy_probe(model, tok, docs[:2], {"fee": ("fee", "\nA replacement card at the {city} branch costs")})
+    assert set(one) == {"fee"} and one["fee"] in (0.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="at least one note"):
+        rag.copy_probe(model, tok, [])
+    with pytest.raises(ValueError, match="fact kind must be one of"):
+        rag.copy_probe(model, tok, docs[:1], {"x": ("city", "\nCity:")})
