@@ -9,7 +9,6 @@ the lesson reads the file back with labkit.seeds and prints the spread and its v
 """
 
 import argparse
-import ast
 import os
 import sys
 from pathlib import Path
@@ -31,12 +30,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.out and len(a.notebooks) > 1:
         p.error("--out takes one notebook; without it each lesson's file goes to labkit/assets/results/.")
-    overrides = {}
-    for name, value in a.parameter:
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value
+    overrides = {name: seeds.literal(value) for name, value in a.parameter}
     for nb in a.notebooks:
         spread = seeds.run(nb, [int(s) for s in a.seeds.split(",")], parameters=overrides, out_dir=a.keep)
         out = a.out or seeds.results_file(nb.stem)
