@@ -62,7 +62,9 @@ EXPLANATIONS = {
     'q09_rslora_scale': ('lesson 01 §6 (alpha/r, and rsLoRA)',
         'alpha/sqrt(r); plain LoRA would scale by alpha/r, four times less at this rank.'),
     'q09_merge_latency': ('lesson 01 §4 (merging) and §9 (what an adapter costs at inference)',
-        'W + (alpha/r)·B·A is a single matrix of the original shape; only an unmerged adapter costs extra time.'),
+        "W + (alpha/r)·B·A is a single matrix of the original shape, so the merged model does exactly the base model's arithmetic; "
+        "only an unmerged adapter adds products. Whether that shows in a stopwatch is a measurement: lesson 01 §9 times all three "
+        "in turns and prints each time/base ratio with its interval (an interval that holds 1 cannot tell the model from the base)."),
     'q09_nf4_65b_gb': ('lesson 03 (memory arithmetic: what fits on which GPU)',
         'Four bits are half a byte per weight: parameters x 0.5 bytes.'),
     'q09_double_quant': ('lesson 03 (NF4 from scratch: blockwise absmax, double quantisation)',
@@ -127,8 +129,8 @@ question(id='q09_rslora_scale', lesson=LESSON, kind="number", rtol=0.01, answer_
          text='rsLoRA scales the update by alpha/sqrt(r) instead of alpha/r. With alpha = 16 and r = 64, what is the scale?' + " (1.0% tolerance)")
 
 question(id='q09_merge_latency', lesson=LESSON, kind="choice", answer_hash='bad00ba37fb5592c7a3c9ad5',
-         text='You merge a trained LoRA adapter into the base weights. Compared with the base model, inference is:',
-         choices=('slower, by the two extra thin matrix products', 'as fast: the merged weight is one ordinary matrix', 'faster, because the weights are smaller'))
+         text='You merge a trained LoRA adapter into the base weights. Compared with the base model, the work of a forward pass is:',
+         choices=('more, by the two extra thin matrix products per adapted layer', 'the same: the merged weight is one ordinary matrix of the original shape', 'less, because the weights are smaller'))
 
 question(id='q09_nf4_65b_gb', lesson=LESSON, kind="number", rtol=0.02, answer_hash='715b2e3484155435759c2b4f',
          text='A 65-billion-parameter model stored in 4-bit NF4 (ignore the quantisation constants): how many GB (1e9 bytes) do its weights take?' + " (2.0% tolerance)")
