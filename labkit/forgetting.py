@@ -241,3 +241,60 @@ def remedies(runs: list[dict]) -> list[dict]:
         rows.append({"advice": advice, "key": key, "safe": safe, "risky": risky, "g_safe": g_safe, "g_risky": g_risky,
                      "better": better, "n": n, "e_safe": e_safe, "e_risky": e_risky, "verdict": verdict})
     return rows
+
+
+SEED_GRID_FILE = "forgetting_grid_seed{seed}.json"  # the same grid at other seeds (scripts/forgetting_grid.py --seed N)
+
+
+def load_seed_grids() -> list[dict]:
+    """The shipped grid (seed 0, load_grid) and the same grid at every other seed shipped next to it
+    (forgetting_grid_seed1.json, ...: scripts/forgetting_grid.py --seed N --out ...), ordered by seed.
+    Only grids with the shipped grid's settings (task, steps, knobs, evaluation sizes) count: a file
+    made with other settings is a ValueError that names it, never silently mixed in."""
+    import json
+
+    from .models import ASSETS
+
+    first = load_grid()
+    grids = [first]
+    keys = ("task", "steps", "batch_size", "alpha", "n_general_eval", "n_eval")
+    knobs = sorted((r["lr"], r["r"], r["mix"]) for r in first["runs"])
+    for path in sorted((ASSETS / "results").glob(SEED_GRID_FILE.format(seed="*"))):
+        grid = json.loads(path.read_text())
+        grid.setdefault("model", "bundled")
+        differ = [k for k in keys if grid.get(k) != first.get(k)]
+        if differ or sorted((r["lr"], r["r"], r["mix"]) for r in grid["runs"]) != knobs:
+            raise ValueError(f"{path.name} was made with other settings than {GRID_FILE} ({differ or 'the knobs'}): "
+                             f"rerun scripts/forgetting_grid.py --seed {grid.get('seed')} --out {path}")
+        grids.append(grid)
+    seeds = [g["seed"] for g in grids]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"two shipped grids have the same seed: {seeds}")
+    return sorted(grids, key=lambda g: g["seed"])
+
+
+def remedies_across_seeds(grids: list[dict], drop_worst: bool = False) -> list[dict]:
+    """remedies() of each grid in GRIDS (the same grid at several seeds), side by side: one row per remedy,
+    {"advice", "key", "safe", "risky", "seeds", "ratios" (g_safe / g_risky at each seed: below 1, the
+    remedy forgot less), "verdicts" (remedies()' verdict at each seed), "holds" (seeds where it is
+    "holds here"), "n" (seeds)}. DROP_WORST: each grid without its one run that forgot most (lesson 07
+    asks whether a verdict rests on that one run)."""
+    if not grids:
+        raise ValueError("remedies_across_seeds needs at least one grid.")
+    per_seed = []
+    for g in grids:
+        runs = g["runs"]
+        if drop_worst:
+            worst = max(runs, key=lambda r: r["ppl_ratio"])
+            runs = [r for r in runs if r is not worst]
+        per_seed.append({row["advice"]: row for row in remedies(runs)})
+    rows = []
+    for advice, first in per_seed[0].items():
+        if any(advice not in s for s in per_seed):
+            raise ValueError(f"the grids do not all vary {first['key']}: compare grids with the same knobs.")
+        cells = [s[advice] for s in per_seed]
+        verdicts = [c["verdict"] for c in cells]
+        rows.append({"advice": advice, "key": first["key"], "safe": first["safe"], "risky": first["risky"],
+                     "seeds": [g["seed"] for g in grids], "ratios": [c["g_safe"] / c["g_risky"] for c in cells],
+                     "verdicts": verdicts, "holds": sum(v == "holds here" for v in verdicts), "n": len(grids)})
+    return rows

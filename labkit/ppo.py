@@ -318,18 +318,20 @@ def lenient_grader(answer: str, gold: str, words_bonus: float = 0.1) -> float:
 def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int = 16) -> dict:
     """Greedy answers of MODEL to instruction ROWS, scored three ways.
 
-    Returns {"exact": share equal to the reference answer, "words": mean answer length in words,
-    "rm_score": mean reward-model score (None without RM), "answers": the answers}.
+    Returns {"exact": share equal to the reference answer, "right": that verdict per row (for a paired test
+    such as stats.mcnemar), "words": mean answer length in words, "rm_score": mean reward-model score (None
+    without RM), "answers": the answers}.
     """
     from .data import to_prompt_completion
-    from .evaluate import answer, exact_match
+    from .evaluate import answer, exact_matches
     from .preference import score_answers
 
     if not rows:
         raise ValueError("evaluate_policy needs at least one example.")
     prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
     got = answer(model, tok, prompts, max_new_tokens=max_new_tokens)
-    out = {"exact": exact_match(got, [r["output"].strip() for r in rows], normalize=False),  # answers come stripped
+    right = exact_matches(got, [r["output"].strip() for r in rows], normalize=False)  # answers come stripped
+    out = {"exact": sum(right) / len(right), "right": right,
            "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
     if rm is not None:
         out["rm_score"] = score_answers(rm, tok, prompts, got).mean().item()

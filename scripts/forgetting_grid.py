@@ -2,6 +2,8 @@
 10% general text mixed in; general-text perplexity before/after and held-out task exact match.
 
     python scripts/forgetting_grid.py                 # -> labkit/assets/results/forgetting_grid.json
+    python scripts/forgetting_grid.py --seed 1 --out labkit/assets/results/forgetting_grid_seed1.json
+                                                      # the same grid at another seed (lesson 07 reads seeds 0-2)
     python scripts/forgetting_grid.py --steps 20      # a quick smoke run (writes to --out)
     python scripts/forgetting_grid.py --model HuggingFaceTB/SmolLM2-135M-Instruct --device auto --out my_grid.json
 

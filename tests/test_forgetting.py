@@ -103,6 +103,43 @@ def test_remedies_give_lesson_07s_verdicts_on_the_shipped_grid():
         forgetting.remedies([])
 
 
+def _grid(seed, factors):
+    """A 2 x 2 x 2 grid: each risky knob value (high lr, rank 64, no general data) adds 1% of forgetting, and
+    run (lr, r, mix) is multiplied by FACTORS[(lr, r, mix)] (default 1)."""
+    runs = [{"lr": lr, "r": r, "mix": mix, "exact": 1.0,
+             "ppl_ratio": (1 + 0.01 * ((lr == 2e-3) + (r == 64) + (mix == 0.0))) * factors.get((lr, r, mix), 1.0)}
+            for lr in (2e-4, 2e-3) for r in (4, 64) for mix in (0.0, 0.1)]
+    return {"seed": seed, "runs": runs}
+
+
+def test_remedies_across_seeds_count_the_seeds_where_each_remedy_holds():
+    # seed 0: only the all-risky run forgets (x5), so every remedy "holds" there, and only because of that run;
+    # seed 1: nothing forgets; seed 2: a low lr helps in every pair (x2 at the high lr)
+    grids = [_grid(0, {(2e-3, 64, 0.0): 5.0}), _grid(1, {}),
+             _grid(2, {(2e-3, r, m): 2.0 for r in (4, 64) for m in (0.0, 0.1)})]
+    rows = {r["key"]: r for r in forgetting.remedies_across_seeds(grids)}
+    assert rows["lr"]["seeds"] == [0, 1, 2] and rows["lr"]["n"] == 3
+    assert rows["lr"]["holds"] == 2 and rows["lr"]["verdicts"][1].startswith("makes no clear difference")
+    assert rows["r"]["holds"] == 1 and rows["mix"]["holds"] == 1
+    assert rows["lr"]["ratios"][2] == pytest.approx(0.5, rel=0.02) and rows["lr"]["ratios"][1] == pytest.approx(0.99, rel=0.005)
+    dropped = {r["key"]: r for r in forgetting.remedies_across_seeds(grids, drop_worst=True)}
+    assert dropped["r"]["holds"] == 0 and dropped["mix"]["holds"] == 0   # seed 0's verdicts were that one run
+    assert dropped["lr"]["holds"] == 1                                    # seed 2's holds without it
+    with pytest.raises(ValueError):
+        forgetting.remedies_across_seeds([])
+
+
+def test_the_shipped_seed_grids_repeat_the_shipped_grid_at_other_seeds():
+    grids = forgetting.load_seed_grids()
+    first = forgetting.load_grid()
+    assert grids[0] == first and len(grids) >= 3, "lesson 07's verdicts are read over at least 3 seeds"
+    assert [g["seed"] for g in grids] == sorted({g["seed"] for g in grids})
+    for g in grids[1:]:
+        assert (g["task"], g["steps"], g["n_eval"], g["made_by"]) == (first["task"], first["steps"], first["n_eval"],
+                                                                    forgetting.SHIPPED_BY)
+        assert [r["ppl_ratio"] for r in g["runs"]] != [r["ppl_ratio"] for r in first["runs"]]  # another seed, really
+
+
 @pytest.mark.slow
 def test_run_grid_live_on_each_hub_style_model(hub_model):
     """The live grid of lesson 07 for a non-bundled MODEL (GRID_STEPS > 0): every combination runs on the

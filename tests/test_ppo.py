@@ -205,3 +205,15 @@ def test_train_ppo_switches_the_policys_dropout_off_on_each_model(any_model):
     policy, log = ppo.train_ppo(m, mtok, prompts, lambda idx, texts: [0.0] * len(texts), cfg)
     assert all(d.p == 0 for d in policy.modules() if isinstance(d, torch.nn.Dropout))
     assert abs(log.kl[0]) < 1e-4 and log.clipfrac[0] == 0, "first epoch: the policy is the one that sampled"
+
+
+def test_evaluate_policy_gives_one_verdict_per_row_for_the_paired_test(base, tok):
+    from labkit import evaluate, stats
+
+    model = base[0]
+    rows = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] == "risk"][:4]
+    rows[1] = {**rows[1], "output": "no model writes this"}
+    got = ppo.evaluate_policy(model, tok, rows, max_new_tokens=4)
+    assert got["right"] == evaluate.exact_matches(got["answers"], [r["output"].strip() for r in rows], normalize=False)
+    assert got["right"][1] is False and got["exact"] == sum(got["right"]) / 4
+    assert stats.mcnemar(got["right"], got["right"])["p_value"] == 1.0
