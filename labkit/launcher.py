@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                 print(f"config ok: {world} process(es) x micro_batch {cfg.micro_batch} x {accum} accumulation "
                       f"step(s) = global batch {cfg.global_batch}")
             return 0
-        scale.train(cfg)
+        scale.train(cfg, exit_when_done=True)
     except ConfigError as exc:
         if _is_rank0():
             print(f"error: {exc}", file=sys.stderr, flush=True)

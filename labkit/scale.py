@@ -41,6 +41,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 import time
 import typing
 from pathlib import Path
@@ -474,8 +475,14 @@ def train_step(model, opt, accelerator, parts: list[dict], normalisation: str = 
             "rank_loss_sum": loss_sum}
 
 
-def train(cfg: TrainConfig, out=print) -> dict:
+def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
     """Run CFG on this process (one of a launched group, or alone); return the run's log (a dict).
+
+    EXIT_WHEN_DONE (the launched script, python -m labkit.launcher): a process of a group of two or more
+    leaves the process group and ends right there (exit status 0) once everything is written, instead of
+    returning. Returning frees the DDP model, whose reducer holds the last reference to the gloo process
+    group: its destructor joins gloo's worker thread while holding the GIL, and that thread needs the GIL
+    to free the barrier's tensors, a deadlock (torch 2.x; seen as a launched run that never ended).
 
     Every rank returns {"losses": global token-mean loss per step (the same on every rank),
     "tokens": trained tokens per step over all ranks, "ranks": [one record per rank: "tokens" and
@@ -560,6 +567,11 @@ def train(cfg: TrainConfig, out=print) -> dict:
                 f"= global batch {cfg.global_batch}; loss {losses[0]:.4f} -> {losses[-1]:.4f}; {seconds:.1f} s; "
                 f"adapter -> {cfg.output_dir}; log -> {cfg.log_file}")
         accelerator.wait_for_everyone()
+        if exit_when_done and accelerator.num_processes > 1:
+            accelerator.end_training()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # the adapter and the log are on disk (atomically); see the docstring for why not return
         return log
     finally:
         torch.set_num_threads(threads_before)  # a run inside a notebook leaves the kernel as it was
