@@ -114,14 +114,14 @@ def is_bundled(model) -> bool:
     return p.exists() and p.resolve() == BASE_MODEL_DIR.resolve()
 
 
-def load_grid() -> dict:
-    """The shipped grid (labkit/assets/results/forgetting_grid.json): the bundled model's, measured by
-    scripts/forgetting_grid.py. Its "model" is "bundled" (the script wrote none before it took --model)."""
+def load_grid(file: str = GRID_FILE) -> dict:
+    """The shipped grid (labkit/assets/results/forgetting_grid.json, or FILE there): the bundled model's,
+    measured by scripts/forgetting_grid.py. Its "model" is "bundled" (the script wrote none before it took --model)."""
     import json
 
     from .models import ASSETS
 
-    grid = json.loads((ASSETS / "results" / GRID_FILE).read_text())
+    grid = json.loads((ASSETS / "results" / file).read_text())
     grid.setdefault("model", "bundled")
     return grid
 
@@ -243,6 +243,12 @@ def remedies(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def without_worst(runs: list[dict]) -> tuple[dict, list[dict]]:
+    """(the run of RUNS that forgot most (largest ppl_ratio), the other runs): does a verdict rest on that one run?"""
+    worst = max(runs, key=lambda r: r["ppl_ratio"])
+    return worst, [r for r in runs if r is not worst]
+
+
 SEED_GRID_FILE = "forgetting_grid_seed{seed}.json"  # the same grid at other seeds (scripts/forgetting_grid.py --seed N)
 
 
@@ -251,19 +257,18 @@ def load_seed_grids() -> list[dict]:
     (forgetting_grid_seed1.json, ...: scripts/forgetting_grid.py --seed N --out ...), ordered by seed.
     Only grids with the shipped grid's settings (task, steps, knobs, evaluation sizes) count: a file
     made with other settings is a ValueError that names it, never silently mixed in."""
-    import json
-
     from .models import ASSETS
+
+    def knobs(grid):
+        return sorted((r["lr"], r["r"], r["mix"]) for r in grid["runs"])
 
     first = load_grid()
     grids = [first]
     keys = ("task", "steps", "batch_size", "alpha", "n_general_eval", "n_eval")
-    knobs = sorted((r["lr"], r["r"], r["mix"]) for r in first["runs"])
     for path in sorted((ASSETS / "results").glob(SEED_GRID_FILE.format(seed="*"))):
-        grid = json.loads(path.read_text())
-        grid.setdefault("model", "bundled")
+        grid = load_grid(path.name)
         differ = [k for k in keys if grid.get(k) != first.get(k)]
-        if differ or sorted((r["lr"], r["r"], r["mix"]) for r in grid["runs"]) != knobs:
+        if differ or knobs(grid) != knobs(first):
             raise ValueError(f"{path.name} was made with other settings than {GRID_FILE} ({differ or 'the knobs'}): "
                              f"rerun scripts/forgetting_grid.py --seed {grid.get('seed')} --out {path}")
         grids.append(grid)
@@ -281,13 +286,8 @@ def remedies_across_seeds(grids: list[dict], drop_worst: bool = False) -> list[d
     asks whether a verdict rests on that one run)."""
     if not grids:
         raise ValueError("remedies_across_seeds needs at least one grid.")
-    per_seed = []
-    for g in grids:
-        runs = g["runs"]
-        if drop_worst:
-            worst = max(runs, key=lambda r: r["ppl_ratio"])
-            runs = [r for r in runs if r is not worst]
-        per_seed.append({row["advice"]: row for row in remedies(runs)})
+    per_seed = [{row["advice"]: row for row in remedies(without_worst(g["runs"])[1] if drop_worst else g["runs"])}
+                for g in grids]
     rows = []
     for advice, first in per_seed[0].items():
         if any(advice not in s for s in per_seed):
