@@ -7,7 +7,8 @@
   adapters (peft: configs, targets, atomic save, generate), quant (NF4 from scratch), qlora (4-bit loading and
   training), memory (what training needs in bytes, on one GPU and sharded), ship (merge, mix, combine, GGUF)
 - training: train (the loop, its optimizer set-up and epoch order), sft (prompt masking, SFT), preference
-  (reward model, DPO, the SFT model they start from),
+  (reward model, DPO, the SFT model they start from), hedge (preference data that asks for something: a model
+  that hedges, its pairs and the rule that measures it),
   preference_losses (IPO, SimPO, ORPO next to DPO), ppo (PPO with a KL
   penalty), grpo and grpo_trl (GRPO from scratch, checked against trl), rewards (verifiable rewards), encoder
   (MiniLM baselines), scale and launcher (one script on 1 or many processes), forgetting, tuning

@@ -359,11 +359,12 @@ def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[
 # ----------------------------------------------------------------------------- the SFT model preference training starts from
 
 def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
-                    model: str | None = "bundled", rows: list[dict] | None = None):
+                    model: str | None = "bundled", rows: list[dict] | None = None, adapter: str = "sft_lora"):
     """The SFT model that preference training starts from (and keeps, frozen, as pi_ref); deterministic in SEED.
 
-    steps == 0: the shipped adapter of lesson 04 (``load_shipped_adapter``, trained for 800 steps by
-    scripts/train_sft_adapter.py) merged into BASE; it fits the bundled model only. steps > 0: a
+    steps == 0: the shipped adapter ADAPTER merged into BASE; it fits the bundled model only. "sft_lora" is
+    lesson 04's (``load_shipped_adapter``, 800 steps by scripts/train_sft_adapter.py), "sft_hedged" lesson
+    06's model that hedges (scripts/train_hedged_sft.py: this function's live SFT on labkit.hedge.mixed_quality rows). steps > 0: a
     live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
     (default: instructions_train.jsonl), merged. BASE itself is left untouched (a copy is trained).
     Returns (model, description): the merged model in eval mode with every parameter frozen.
@@ -373,28 +374,39 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
     steps = guard.non_negative_int("steps", steps, about="0: the shipped SFT adapter, else steps of live SFT")
     if steps == 0:
         if model not in (None, "bundled"):
-            raise ValueError(f"the shipped SFT adapter was trained on the bundled model, not {model!r}: "
-                             "set SFT_STEPS to a positive number (e.g. 60) to fine-tune this model live.")
+            knob = {"sft_lora": "SFT_STEPS", "sft_hedged": "HEDGE_SFT_STEPS"}.get(adapter, "steps")
+            raise ValueError(f"the shipped SFT adapter {adapter} was trained on the bundled model, not {model!r}: "
+                             f"set {knob} to a positive number (e.g. 60) to fine-tune this model live.")
         from .sft import load_shipped_adapter
 
-        pm, report = load_shipped_adapter(copy.deepcopy(base))
-        what = (f"the shipped SFT adapter of lesson 04 ({report.get('steps', 800)} steps), merged")
+        pm, report = load_shipped_adapter(copy.deepcopy(base), adapter)
+        what = (f"the shipped SFT adapter {adapter} ({report.get('steps', 800)} steps), merged")
     else:
-        from .adapters import add
-        from .data import read_jsonl, to_prompt_completion
-        from .sft import train
-
-        rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
-        # r=8 on all seven projections; add() seeds LoRA's random A, so the same SEED gives the same
-        # model whatever ran before
-        pm = add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
-        train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
-              batch_size=batch_size, seed=seed, progress=False)
+        pm = live_sft(base, tok, steps=steps, lr=lr, seed=seed, batch_size=batch_size, rows=rows)
         what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
     merged = pm.merge_and_unload().eval()
     for p in merged.parameters():
         p.requires_grad_(False)
     return merged, what
+
+
+def live_sft(base, tok, steps: int, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,
+             rows: list[dict] | None = None):
+    """``reference_model``'s live SFT, unmerged: a copy of BASE with a LoRA adapter (r=8, alpha 16, all
+    seven projections) trained STEPS steps with completion-only loss on ROWS (default
+    instructions_train.jsonl). Returns the peft model (scripts/train_hedged_sft.py saves its adapter)."""
+    import copy
+
+    from .adapters import add
+    from .data import read_jsonl, to_prompt_completion
+    from .sft import train
+
+    rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
+    # add() seeds LoRA's random A, so the same SEED gives the same model whatever ran before
+    pm = add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
+    train(pm, tok, [to_prompt_completion(r, tok) for r in rows], steps=steps, lr=lr,
+          batch_size=batch_size, seed=seed, progress=False)
+    return pm
 
 
 # ----------------------------------------------------------------------------- DPO from scratch
@@ -450,20 +462,26 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
 
 
 def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, steps: int = 20, lr: float = 1e-3,
-              batch_size: int = 8, seed: int = 0, loss: str = "dpo", gamma: float = 1.0) -> dict:
+              batch_size: int = 8, seed: int = 0, loss: str = "dpo", gamma: float = 1.0,
+              sft_weight: float = 0.0) -> dict:
     """DPO with ``dpo_loss`` (or LOSS, another of ``labkit.preference_losses.LOSSES``: "ipo", "simpo",
     "orpo"): the trainable parameters of POLICY (its dropout switched off), REF frozen (None for the
     reference-free "simpo" and "orpo", which never read it). BETA None: the loss's default
     (``preference_losses.DEFAULT_BETA``: 0.1 for DPO); GAMMA is SimPO's margin. Returns per-step logs.
 
+    SFT_WEIGHT > 0 adds that many times ``preference_losses.sft_term`` (the NLL of the chosen answers,
+    per token) to the loss, as trl's ``DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, w])``
+    (RPO, Pang et al. 2024): it holds the chosen answers up while the pair loss pushes the rejected ones down.
+
     {"loss": [...], "margin": [mean chosen - rejected reward of the loss], "accuracy": [batch share > 0]}.
     """
     import torch
 
-    from .preference_losses import DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, pair_loss
+    from .preference_losses import DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, pair_loss, sft_term
     from .train import check_lr, check_steps, disable_dropout, fit, optimizer
 
     loss = guard.one_of("loss", loss, LOSSES)
+    sft_weight = guard.non_negative_float("sft_weight", sft_weight, about="0: the pair loss alone")
     beta = _check_beta(DEFAULT_BETA[loss] if beta is None else beta)
     lr, steps = check_lr(lr), check_steps(steps)
     needs_ref = loss not in REFERENCE_FREE
@@ -481,7 +499,10 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
         if needs_ref:
             with torch.no_grad():
                 ref_logps = batch_logps(ref, b)
-        value, rc, rr = pair_loss(loss, batch_logps(model, b), batch_lengths(b), ref_logps, beta=beta, gamma=gamma)
+        logps, lengths = batch_logps(model, b), batch_lengths(b)
+        value, rc, rr = pair_loss(loss, logps, lengths, ref_logps, beta=beta, gamma=gamma)
+        if sft_weight:
+            value = value + sft_weight * sft_term(logps[0], lengths[0])
         log["margin"].append((rc - rr).mean().item())
         log["accuracy"].append((rc > rr).float().mean().item())
         return value

@@ -51,6 +51,17 @@ def batch_lengths(batch: dict):
     return answer_lengths(batch["labels"]).chunk(2)
 
 
+def sft_term(policy_chosen_logps, chosen_lengths):
+    """The NLL of the chosen answers per token over the batch: -sum log pi(y_w) / sum |y_w|, the
+    term trl's DPOTrainer adds with loss_type=["sigmoid", "sft"] (its token mean over the chosen
+    completions). Both are (B,): summed log-probabilities (``sequence_logps``) and answer tokens."""
+    _check_same_shape(policy_chosen_logps=policy_chosen_logps, chosen_lengths=chosen_lengths)
+    tokens = chosen_lengths.sum()
+    if tokens <= 0:
+        raise ValueError("sft_term needs at least one chosen answer token (every answer is empty or masked).")
+    return -policy_chosen_logps.sum() / tokens
+
+
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              chosen_lengths, rejected_lengths, beta=0.1):
     """The IPO loss (Azar et al., 2023, eq. 17), length-normalised as trl's DPOTrainer(loss_type="ipo").

@@ -494,15 +494,20 @@ def padding_share(lengths: list[int], batch_size: int) -> float:
 
 # ----------------------------------------------------------------------------- the shipped adapter
 
-def adapter_dir():
-    """Where scripts/train_sft_adapter.py puts the LoRA adapter lesson 04 loads."""
+SHIPPED_SFT = {"sft_lora": "scripts/train_sft_adapter.py", "sft_hedged": "scripts/train_hedged_sft.py"}
+
+
+def adapter_dir(name: str = "sft_lora"):
+    """Where a shipped SFT adapter lives: "sft_lora" (lesson 04's, scripts/train_sft_adapter.py) or
+    "sft_hedged" (lesson 06's model that hedges, scripts/train_hedged_sft.py)."""
     from .models import ASSETS
 
-    return ASSETS / "adapters" / "sft_lora"
+    guard.one_of("adapter", name, tuple(SHIPPED_SFT))
+    return ASSETS / "adapters" / name
 
 
-def load_shipped_adapter(model):
-    """MODEL (the bundled base model) with the shipped SFT LoRA adapter, in eval mode, and its report.
+def load_shipped_adapter(model, name: str = "sft_lora"):
+    """MODEL (the bundled base model) with the shipped SFT LoRA adapter NAME, in eval mode, and its report.
 
     Returns (peft_model, report): report is the script's scores.json (training settings, time, and
     its own held-out scores). A missing adapter is a clear error saying how to rebuild it.
@@ -511,9 +516,9 @@ def load_shipped_adapter(model):
 
     from peft import PeftModel
 
-    path = adapter_dir()
+    path = adapter_dir(name)
     if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no adapter at {path}; build it with `python scripts/train_sft_adapter.py`.")
+        raise FileNotFoundError(f"no adapter at {path}; build it with `python {SHIPPED_SFT[name]}`.")
     report = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}
     pm = PeftModel.from_pretrained(model, str(path))
     pm.eval()

@@ -145,7 +145,7 @@ def test_reference_model_trains_live_and_refuses_bad_steps(base):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="steps"):
             preference.reference_model(model, tok, steps=bad)
-    with pytest.raises(ValueError, match="SFT_STEPS"):
+    with pytest.raises(ValueError, match="set SFT_STEPS"):
         preference.reference_model(model, tok, steps=0, model="someone/llama-7b")
 
 
@@ -379,9 +379,11 @@ def test_the_shipped_adapter_loads_and_answers_in_format(base):
 
 
 def test_a_missing_adapter_is_a_clear_error(base, monkeypatch, tmp_path):
-    monkeypatch.setattr(sft, "adapter_dir", lambda: tmp_path / "nothing")
+    monkeypatch.setattr(sft, "adapter_dir", lambda name="sft_lora": tmp_path / name)
     with pytest.raises(FileNotFoundError, match="train_sft_adapter.py"):
         sft.load_shipped_adapter(base[0])
+    with pytest.raises(FileNotFoundError, match="train_hedged_sft.py"):
+        sft.load_shipped_adapter(base[0], "sft_hedged")
 
 
 @pytest.mark.slow

@@ -1,0 +1,235 @@
+"""Preference data that asks for something: a model that hedges, and the rule that sees it (lesson 06).
+
+The course's preference pairs (preferences_train.jsonl) contrast a right answer with a refusal, a
+shouted answer or a wrong value; an SFT model trained on clean demonstrations already prefers the
+right one, so DPO on them has nothing to fix. Here the SFT model is made wrong in a way preferences
+can fix, as real data is: part of its demonstrations end with a hedge ("... I am not sure about
+this, so please check it."), so it learns to hedge some of its answers. The pairs then say "the
+same answer without the hedge": chosen = the clean answer, rejected = the clean answer followed by
+the hedge. The chosen answer is a prefix of the rejected one, so DPO's log-ratio difference only
+reads the tokens after the shared answer: it asks to stop where the answer ends, nothing else.
+
+The behaviour metric is a rule, not a model: an answer is hedged when it holds three consecutive
+words of the hedge (robust to an answer cut by max_new_tokens or a damaged hedge); exact match is
+measured on the answer with the hedge cut off, so that it counts the value, not the manners.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+HEDGE = " I am not sure about this, so please check it."
+WINDOW = 3  # consecutive words of the hedge that mark an answer as hedged
+
+
+def _check_hedge(hedge: str) -> str:
+    if not isinstance(hedge, str) or len(_words(hedge)) < WINDOW:
+        raise ValueError(f"the hedge must be a string of at least {WINDOW} words, got {hedge!r}.")
+    return hedge
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def mixed_quality(rows: list[dict], share: float = 0.5, seed: int = 0, hedge: str = HEDGE,
+                  field: str = "output") -> list[dict]:
+    """Demonstrations of mixed quality: a random SHARE of ROWS (chosen by SEED) get HEDGE appended to
+    their FIELD. Returns new dicts (ROWS is not changed), each with "hedged": True or False."""
+    hedge = _check_hedge(hedge)
+    if not rows:
+        raise ValueError("mixed_quality needs at least one demonstration.")
+    if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"share is the fraction of demonstrations to hedge, between 0 and 1; got {share!r}.")
+    missing = [i for i, r in enumerate(rows) if field not in r]
+    if missing:
+        raise KeyError(f"row {missing[0]} has no {field!r} field (its keys: {sorted(rows[missing[0]])}).")
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        h = rng.random() < share
+        out.append(dict(r, **{field: r[field] + hedge if h else r[field]}, hedged=h))
+    return out
+
+
+def hedge_pairs(rows: list[dict], hedge: str = HEDGE) -> list[dict]:
+    """Preference pairs from ROWS ({"prompt", "chosen", ...}): chosen = the clean answer, rejected = the
+    same answer followed by HEDGE. Other fields (e.g. "task") are kept; the old "rejected" is replaced."""
+    hedge = _check_hedge(hedge)
+    if not rows:
+        raise ValueError("hedge_pairs needs at least one row.")
+    for i, r in enumerate(rows):
+        if "prompt" not in r or "chosen" not in r:
+            raise KeyError(f"row {i} needs 'prompt' and 'chosen' (its keys: {sorted(r)}).")
+        if hedged(r["chosen"], hedge):
+            raise ValueError(f"row {i}'s chosen answer already hedges: {r['chosen']!r}.")
+    return [dict(r, rejected=r["chosen"] + hedge) for r in rows]
+
+
+def _windows(hedge: str) -> list[str]:
+    w = _words(hedge)
+    return [" ".join(w[i:i + WINDOW]) for i in range(len(w) - WINDOW + 1)]
+
+
+def _first_window(answer: str, hedge: str) -> int | None:
+    """Character offset in ANSWER where the first run of WINDOW hedge words starts, or None."""
+    spans = [(m.start(), m.group().lower()) for m in re.finditer(r"[A-Za-z0-9']+", answer)]
+    windows = set(_windows(hedge))
+    for i in range(len(spans) - WINDOW + 1):
+        if " ".join(s for _, s in spans[i:i + WINDOW]) in windows:
+            return spans[i][0]
+    return None
+
+
+def hedged(answer: str, hedge: str = HEDGE) -> bool:
+    """The behaviour rule: ANSWER holds WINDOW consecutive words of HEDGE (case and punctuation ignored).
+
+    An answer cut inside the hedge ("Risk: high I am not") is hedged; one that merely shares a word
+    ("I am fine") is not."""
+    hedge = _check_hedge(hedge)
+    return _first_window(answer, hedge) is not None
+
+
+def strip_hedge(answer: str, hedge: str = HEDGE) -> str:
+    """ANSWER up to where the hedge starts (the whole answer when it does not hedge), trailing space cut."""
+    hedge = _check_hedge(hedge)
+    at = _first_window(answer, hedge)
+    return answer if at is None else answer[:at].rstrip()
+
+
+def behaviour(answers: list[str], references: list[str], hedge: str = HEDGE) -> dict:
+    """The lesson's metrics of greedy ANSWERS against REFERENCES (the clean answers).
+
+    Returns {"clean": share of answers that do not hedge (the behaviour metric), "exact": exact match of
+    the answers with the hedge cut off (the value), "exact_raw": exact match of the answers as written,
+    "n", and per row "clean_rows", "right_rows" (for McNemar, labkit.stats.mcnemar)}.
+    """
+    from .evaluate import exact_matches
+
+    if len(answers) != len(references) or not answers:
+        raise ValueError(f"need one answer per reference (and at least one); got {len(answers)} and {len(references)}.")
+    clean = [not hedged(a, hedge) for a in answers]
+    right = exact_matches([strip_hedge(a, hedge) for a in answers], references)
+    raw = exact_matches(answers, references)
+    n = len(answers)
+    return {"clean": sum(clean) / n, "exact": sum(right) / n, "exact_raw": sum(raw) / n, "n": n,
+            "clean_rows": clean, "right_rows": right}
+
+
+def rule_prefers(first: str, second: str, reference: str, hedge: str = HEDGE) -> float:
+    """A rule judge for one prompt: 1.0 when FIRST is better than SECOND, 0.0 when worse, 0.5 when equal.
+
+    The right value (exact match of the stripped answer with REFERENCE) comes first; between answers
+    equally right or wrong, the one without the hedge is better."""
+    from .evaluate import exact_matches
+
+    key = [(exact_matches([strip_hedge(a, hedge)], [reference])[0], not hedged(a, hedge)) for a in (first, second)]
+    return 1.0 if key[0] > key[1] else 0.0 if key[0] < key[1] else 0.5
+
+
+def rule_win_rate(answers_a: list[str], answers_b: list[str], references: list[str], hedge: str = HEDGE) -> dict:
+    """Win rate of system A over B under ``rule_prefers``, one reference per prompt: evaluate.pairwise_win_rate
+    asked in both orders (the rule has no position bias, so "first_position_rate" is 0.5)."""
+    from .evaluate import pairwise_win_rate
+
+    if len(references) != len(answers_a):
+        raise ValueError(f"need one reference per answer; got {len(references)} and {len(answers_a)}.")
+    keys = [str(i) for i in range(len(references))]  # the prompt slot carries the row, so the rule finds its reference
+    return pairwise_win_rate(lambda k, x, y: rule_prefers(x, y, references[int(k)], hedge), keys, answers_a, answers_b)
+
+
+# ----------------------------------------------------------------------------- DPO on the hedge pairs
+
+def dpo_runs(sft_model, tok, pairs: list[dict], prompts: list[str], references: list[str],
+             sft_weights=(0.0, 1.0), steps: int = 10, lr: float = 5e-5, beta: float = 0.1, batch_size: int = 4,
+             seed: int = 0, max_new_tokens: int = 40, hedge: str = HEDGE, sft_answers: list[str] | None = None,
+             eval_pairs: list[dict] | None = None) -> dict:
+    """DPO from SFT_MODEL (the frozen reference; a copy is trained each time) on PAIRS, once per weight of
+    SFT_WEIGHTS (``preference.train_dpo(sft_weight=w)``: 0 is plain DPO), same steps, batches and seed; then
+    greedy answers to PROMPTS, measured by ``behaviour`` against REFERENCES and judged by ``rule_win_rate``
+    against SFT's answers (SFT_ANSWERS if already computed).
+
+    Returns {name: {"answers", **behaviour, "win_vs_sft", "log" (train_dpo's), "seconds", "sft_weight"}}
+    with "SFT" first, then "DPO" (weight 0) and "DPO + SFT term (w)". With EVAL_PAIRS (held-out
+    ``hedge_pairs``), each run also has "chosen_move" and "rejected_move": the mean change of log pi(chosen)
+    and log pi(rejected) from SFT_MODEL's, in nats (0 for SFT).
+    """
+    import copy
+    import time
+
+    from .evaluate import answer
+    from .preference import pair_logps, train_dpo
+
+    if not prompts or len(prompts) != len(references):
+        raise ValueError(f"need one reference per prompt (and at least one); got {len(prompts)} and {len(references)}.")
+    sft_answers = answer(sft_model, tok, prompts, max_new_tokens=max_new_tokens) if sft_answers is None else sft_answers
+    runs = {"SFT": {"answers": sft_answers, **behaviour(sft_answers, references, hedge), "win_vs_sft": 0.5,
+                    "log": None, "seconds": 0.0, "sft_weight": None}}
+    ref_logps = pair_logps(sft_model, tok, eval_pairs) if eval_pairs else None
+    if ref_logps is not None:
+        runs["SFT"].update(chosen_move=0.0, rejected_move=0.0)
+    for w in sft_weights:
+        policy = copy.deepcopy(sft_model).requires_grad_(True)
+        t0 = time.perf_counter()
+        log = train_dpo(policy, sft_model, tok, pairs, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
+                        seed=seed, sft_weight=w)
+        seconds = time.perf_counter() - t0
+        ans = answer(policy, tok, prompts, max_new_tokens=max_new_tokens)
+        name = "DPO" if not w else f"DPO + SFT term ({w:g})"
+        runs[name] = {"answers": ans, **behaviour(ans, references, hedge),
+                      "win_vs_sft": rule_win_rate(ans, sft_answers, references, hedge)["win_rate"],
+                      "log": log, "seconds": seconds, "sft_weight": w}
+        if ref_logps is not None:
+            moved = [(p - r).mean().item() for p, r in zip(pair_logps(policy, tok, eval_pairs), ref_logps)]
+            runs[name].update(chosen_move=moved[0], rejected_move=moved[1])
+        del policy
+    return runs
+
+
+def describe_runs(runs: dict) -> str:
+    """``dpo_runs``' table: clean answers and exact match (Wilson intervals), exact match as written, the
+    rule judge's win rate against SFT, then McNemar of each DPO run against SFT on clean and on exact."""
+    from .stats import describe_mcnemar, describe_share, mcnemar
+
+    lines = [f"{'':<24}{'clean (no hedge)':<30}{'exact match (value)':<30}{'as written':<12}win vs SFT (rule)"]
+    for name, r in runs.items():
+        n = r["n"]
+        lines.append(f"{name:<24}{describe_share(sum(r['clean_rows']), n):<30}{describe_share(sum(r['right_rows']), n):<30}"
+                     f"{r['exact_raw']:<12.0%}{r['win_vs_sft']:.0%}")
+    sft = runs["SFT"]
+    for name, r in runs.items():
+        if name == "SFT":
+            continue
+        if "chosen_move" in r:
+            lines.append(f"{name}: log pi(chosen) moved {r['chosen_move']:+.2f} nats, log pi(rejected) "
+                         f"{r['rejected_move']:+.2f} (mean over the held-out pairs); loss "
+                         f"{r['log']['loss'][0]:.3f} -> {r['log']['loss'][-1]:.3f} in {len(r['log']['loss'])} steps")
+        lines.append(f"{name} vs SFT, clean:  " + describe_mcnemar(mcnemar(sft["clean_rows"], r["clean_rows"]), "SFT", name))
+        lines.append(f"{name} vs SFT, exact:  " + describe_mcnemar(mcnemar(sft["right_rows"], r["right_rows"]), "SFT", name))
+    return "\n".join(lines)
+
+
+def plot_runs(runs: dict, ax=None):
+    """Bars of the share of clean answers and of exact match per model, with 95% Wilson intervals."""
+    import matplotlib.pyplot as plt
+
+    from .stats import share_interval
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
+    names = list(runs)
+    for j, (key, label) in enumerate((("clean_rows", "clean (no hedge)"), ("right_rows", "exact match (value)"))):
+        shares, errs = [], [[], []]
+        for name in names:
+            k, n = sum(runs[name][key]), runs[name]["n"]
+            low, high = share_interval(k, n)
+            shares.append(k / n)
+            errs[0].append(k / n - low)
+            errs[1].append(high - k / n)
+        ax.bar([i + 0.4 * j - 0.2 for i in range(len(names))], shares, width=0.4, yerr=errs, capsize=3, label=label)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of held-out prompts")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax

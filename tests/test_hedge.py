@@ -1,0 +1,209 @@
+"""labkit.hedge: the mixed-quality data builder, the hedge pairs, the behaviour rule and the rule judge
+(lesson 06, section 6), and DPO's SFT term: by hand, equal to trl's DPOTrainer(loss_type=["sigmoid",
+"sft"]) after training, and what it does to a model that hedges."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from labkit import data, hedge, sft
+from labkit import preference as P
+from labkit import preference_losses as L
+
+H = hedge.HEDGE
+
+
+@pytest.fixture(scope="module")
+def tok(base):
+    return base[1]
+
+
+# ----------------------------------------------------------------------------- the data builders
+
+def test_mixed_quality_hedges_the_share_asked_for_deterministically_and_keeps_the_input():
+    rows = [{"instruction": f"q{i}", "output": f"answer {i}"} for i in range(400)]
+    before = copy.deepcopy(rows)
+    mixed = hedge.mixed_quality(rows, share=0.25, seed=3)
+    assert rows == before, "the input rows are not changed"
+    flagged = [r for r in mixed if r["hedged"]]
+    assert 70 <= len(flagged) <= 130, len(flagged)
+    assert all(r["output"] == f"answer {r['instruction'][1:]}" + H for r in flagged)
+    assert all(r["output"] == f"answer {r['instruction'][1:]}" for r in mixed if not r["hedged"])
+    assert mixed == hedge.mixed_quality(rows, share=0.25, seed=3)
+    assert mixed != hedge.mixed_quality(rows, share=0.25, seed=4)
+    assert not any(r["hedged"] for r in hedge.mixed_quality(rows, share=0.0))
+    assert all(r["hedged"] for r in hedge.mixed_quality(rows, share=1.0))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: hedge.mixed_quality([], 0.5), "at least one"),
+    (lambda: hedge.mixed_quality([{"output": "a"}], 1.5), "between 0 and 1"),
+    (lambda: hedge.mixed_quality([{"output": "a"}], -0.1), "between 0 and 1"),
+    (lambda: hedge.mixed_quality([{"answer": "a"}], 0.5), "no 'output' field"),
+    (lambda: hedge.mixed_quality([{"output": "a"}], 0.5, hedge="ok"), "at least 3 words"),
+    (lambda: hedge.hedge_pairs([]), "at least one"),
+    (lambda: hedge.hedge_pairs([{"prompt": "p"}]), "needs 'prompt' and 'chosen'"),
+    (lambda: hedge.hedge_pairs([{"prompt": "p", "chosen": "memo" + H}]), "already hedges"),
+])
+def test_bad_input_is_a_clear_error(call, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        call()
+
+
+def test_hedge_pairs_make_the_chosen_answer_a_prefix_of_the_rejected_one():
+    rows = data.read_jsonl("preferences_train.jsonl")[:20]
+    pairs = hedge.hedge_pairs(rows)
+    for r, p in zip(rows, pairs):
+        assert p["chosen"] == r["chosen"] and p["prompt"] == r["prompt"] and p["task"] == r["task"]
+        assert p["rejected"] == r["chosen"] + H
+    assert rows[0]["rejected"] != pairs[0]["rejected"], "the old rejected answer is replaced"
+
+
+def test_the_shared_answer_tokens_cancel_in_the_log_ratio(base, tok):
+    """The point of a suffix defect: the chosen answer's tokens are the rejected answer's first tokens, so
+    log pi(chosen) - log pi(rejected) reads only what follows the answer (the turn's end against the hedge)."""
+    for pair in hedge.hedge_pairs(data.read_jsonl("preferences_train.jsonl")[:8]):
+        (t,) = P.tokenize_pairs(tok, [pair])
+        c, r = ([i for i, lab in zip(t[side]["input_ids"], t[side]["labels"]) if lab != -100]
+                for side in ("chosen", "rejected"))
+        shared = sft._common_prefix_length(c, r)
+        assert tok.decode(c[:shared]).strip() == pair["chosen"]
+        assert tok.decode(c[shared:], skip_special_tokens=True).strip() == "", "only end markers follow"
+        assert H.strip() in tok.decode(r[shared:])
+
+
+# ----------------------------------------------------------------------------- the rule
+
+@pytest.mark.parametrize("answer,is_hedged", [
+    ("Risk: high" + H, True),
+    ("Risk: high I am not", True),                         # cut by the token limit inside the hedge
+    ("Coastal Airlines not sure about this, so ple", True),  # a damaged hedge
+    ("RISK: HIGH I AM NOT SURE ABOUT THIS", True),
+    ("Risk: high", False),
+    ("I am fine", False),                                   # two hedge words are not a hedge
+    ("", False),
+])
+def test_hedged_is_three_consecutive_words_of_the_hedge(answer, is_hedged):
+    assert hedge.hedged(answer) is is_hedged
+
+
+def test_strip_hedge_keeps_the_value():
+    assert hedge.strip_hedge("Risk: high" + H) == "Risk: high"
+    assert hedge.strip_hedge("The ratio is 34%. I am not sure about") == "The ratio is 34%."
+    assert hedge.strip_hedge("memo") == "memo"
+
+
+def test_behaviour_counts_clean_answers_and_the_value_without_the_hedge():
+    refs = ["Risk: high", "memo", "$16", "payslip"]
+    answers = ["Risk: high" + H, "memo", "$17", "receipt I am not sure"]
+    b = hedge.behaviour(answers, refs)
+    assert b["clean_rows"] == [False, True, True, False] and b["clean"] == 0.5
+    assert b["right_rows"] == [True, True, False, False] and b["exact"] == 0.5
+    assert b["exact_raw"] == 0.25 and b["n"] == 4
+    with pytest.raises(ValueError, match="one answer per reference"):
+        hedge.behaviour(answers[:3], refs)
+
+
+def test_the_rule_judge_puts_the_value_first_then_the_hedge():
+    ref = "Risk: high"
+    assert hedge.rule_prefers("Risk: high", "Risk: high" + H, ref) == 1.0
+    assert hedge.rule_prefers("Risk: high" + H, "Risk: low", ref) == 1.0   # right and hedged beats wrong and clean
+    assert hedge.rule_prefers("Risk: low", "Risk: low" + H, ref) == 1.0
+    assert hedge.rule_prefers("Risk: low", "Risk: medium", ref) == 0.5
+    r = hedge.rule_win_rate(["Risk: high", "memo"], ["Risk: high" + H, "memo"], [ref, "memo"])
+    assert r["win_rate"] == 0.75 and r["first_position_rate"] == 0.5
+
+
+# ----------------------------------------------------------------------------- DPO's SFT term
+
+def test_sft_term_is_the_token_mean_nll_of_the_chosen_answers():
+    pc, nc = torch.tensor([-3.0, -12.0]), torch.tensor([2, 4])
+    assert L.sft_term(pc, nc).item() == pytest.approx(15 / 6)
+    with pytest.raises(ValueError, match="at least one chosen answer token"):
+        L.sft_term(pc, torch.tensor([0, 0]))
+    with pytest.raises(ValueError):
+        L.sft_term(pc, torch.tensor([1, 2, 3]))
+
+
+def test_train_dpo_refuses_a_negative_sft_weight(base, tok):
+    model, _ = base
+    with pytest.raises(ValueError, match="sft_weight"):
+        P.train_dpo(copy.deepcopy(model), model, tok, data.read_jsonl("preferences_train.jsonl")[:4], steps=1,
+                    sft_weight=-1.0)
+
+
+@pytest.mark.slow
+def test_dpo_with_the_sft_term_equals_trl_sigmoid_plus_sft_after_training(base, tok, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from labkit import env
+
+    env.quiet()
+    model, _ = base
+    rows = hedge.hedge_pairs(data.read_jsonl("preferences_train.jsonl")[:12])
+    policy, ref = copy.deepcopy(model), copy.deepcopy(model)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=3, bf16=False,
+                     report_to="none", dataloader_pin_memory=False, disable_tqdm=True, save_strategy="no",
+                     logging_strategy="no", use_cpu=True, seed=0, beta=0.1, loss_type=["sigmoid", "sft"],
+                     loss_weights=[1.0, 0.5])
+    trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok, args=args,
+                         train_dataset=Dataset.from_list(P.trl_pairs(rows, tok)))
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    mine = P.collate_pairs(P.tokenize_pairs(tok, rows[:4]), tok.pad_token_id)
+    assert torch.equal(mine["input_ids"], batch["input_ids"]), "our tokens are trl's"
+    policy.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
+        logps = P.batch_logps(policy, mine)
+        dpo, _, _ = P.dpo_loss(*logps, *P.batch_logps(ref, mine), beta=0.1)
+        ours = dpo + 0.5 * L.sft_term(logps[0], L.batch_lengths(mine)[0])
+    assert abs(trl_loss - dpo.item()) > 1e-3, "the SFT term must change the loss, or the check proves nothing"
+    assert ours.item() == pytest.approx(trl_loss, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- the shipped model that hedges
+
+def test_the_shipped_hedging_adapter_matches_its_script_and_its_report():
+    path = sft.adapter_dir("sft_hedged")
+    report = json.loads((path / "scores.json").read_text())
+    assert report["hedge"] == H and report["share_hedged"] == 0.5
+    assert 0.2 <= report["clean"] <= 0.8, "the shipped SFT model must hedge some answers and not all"
+    assert (path / "adapter_model.safetensors").stat().st_size < 1_000_000
+    with pytest.raises(ValueError, match="adapter must be one of"):
+        sft.adapter_dir("sft_typo")
+
+
+@pytest.mark.slow
+def test_dpo_with_the_sft_term_removes_the_hedge_and_plain_dpo_breaks_the_answers(base, tok):
+    """Lesson 06's claim at reduced size: from the shipped hedging model, 10 steps at the lesson's lr."""
+    model, _ = base
+    hedged, _ = P.reference_model(model, tok, steps=0, adapter="sft_hedged")
+    ev = data.read_jsonl("preferences_eval.jsonl")[:20]
+    prompts = [P.pair_texts(r, tok)["prompt"] for r in ev]
+    runs = hedge.dpo_runs(hedged, tok, hedge.hedge_pairs(data.read_jsonl("preferences_train.jsonl")[:80]), prompts,
+                          [r["chosen"] for r in ev], steps=10, lr=5e-5, seed=0)
+    sft_run, plain, rpo = runs["SFT"], runs["DPO"], runs["DPO + SFT term (1)"]
+    assert sft_run["clean"] <= 0.8
+    assert rpo["clean"] >= sft_run["clean"] + 0.2 and rpo["exact"] >= sft_run["exact"]
+    assert plain["exact"] < sft_run["exact"]
+    text = hedge.describe_runs(runs)
+    assert "McNemar" in text and "DPO + SFT term (1)" in text
+
+
+@pytest.mark.slow
+def test_the_hedged_sft_script_writes_a_loadable_adapter_atomically(tmp_path, load_script, base):
+    mod = load_script("train_hedged_sft")
+    out = tmp_path / "adapter"
+    report = mod.main(["--steps", "2", "--n-eval", "4", "--out", str(out), "--threads", "1"])
+    assert report["steps"] == 2 and report["n_eval"] == 4 and report["hedge"] == H
+    assert 0 < report["hedged_examples"] < report["train_examples"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "scores.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temporary folder may be left"
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(copy.deepcopy(base[0]), str(out))
