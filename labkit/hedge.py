@@ -233,3 +233,31 @@ def plot_runs(runs: dict, ax=None):
     ax.set_ylabel("share of held-out prompts")
     ax.legend(loc="lower right", fontsize=8)
     return ax
+
+
+# ----------------------------------------------------------------------------- PPO on a reward model of the hedge pairs
+
+def judge_policies(judged: dict, references: list[str], hedge: str = HEDGE) -> dict:
+    """Lesson 05's table: JUDGED is {name: ppo.evaluate_policy(...) with an rm}, the first the starting SFT
+    model. Returns {name: {**behaviour(answers, REFERENCES), "rm_score"}} in the same order."""
+    if not judged:
+        raise ValueError("judge_policies needs at least one judged policy.")
+    return {name: {**behaviour(j["answers"], references, hedge), "rm_score": j["rm_score"]} for name, j in judged.items()}
+
+
+def describe_policies(table: dict) -> str:
+    """``judge_policies``' table: clean answers and exact match of the value (Wilson intervals) and the
+    held-out reward-model score per policy, then McNemar of each later policy against the first."""
+    from .stats import describe_mcnemar, describe_share, mcnemar
+
+    lines = [f"{'':<28}{'clean (no hedge)':<30}{'exact match (value)':<30}RM score (held-out)"]
+    for name, r in table.items():
+        rm = "-" if r["rm_score"] is None else f"{r['rm_score']:.2f}"
+        lines.append(f"{name:<28}{describe_share(sum(r['clean_rows']), r['n']):<30}"
+                     f"{describe_share(sum(r['right_rows']), r['n']):<30}{rm}")
+    first, *rest = table
+    for name in rest:
+        for key, what in (("clean_rows", "clean"), ("right_rows", "exact")):
+            lines.append(f"{name} vs {first}, {what}:  " + describe_mcnemar(
+                mcnemar(table[first][key], table[name][key]), first, name))
+    return "\n".join(lines)

@@ -28,6 +28,9 @@ WORDINGS = {
              "fee": "How much is a replacement card at the {city} branch?"},
 }
 RAG_INSTRUCTION = "Answer the question from the passage."
+# The words a branch note writes just before each fact (_fact_text). A reader whose answer starts with them
+# gives the base model's pretrained copy its cue: the value follows, copied from the passage (lesson 08).
+ANSWER_LEADS = {"manager": "managed by ", "fee": "costs "}
 
 
 def _fact_text(city: str, manager: str, fee: str, rng: random.Random) -> str:
@@ -104,11 +107,29 @@ def sft_pair(tok, message: str, answer: str) -> dict:
     return prompt_completion(tok, message, answer)
 
 
-def reader_training_pairs(tok, n: int, seed: int = 1) -> list[dict]:
+def lead_answer(kind: str, value: str) -> str:
+    """The answer VALUE of fact KIND, led by the words the passage writes just before it: "managed by Ana Ruiz"."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+    return ANSWER_LEADS[kind] + value
+
+
+def answer_value(answer: str, kind: str) -> str:
+    """The value an ANSWER to a question about fact KIND gives: the answer without its lead
+    (``lead_answer``), or the whole answer when it has none. Scores every approach alike."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+    lead = ANSWER_LEADS[kind]
+    return answer[len(lead):].strip() if answer.startswith(lead) else answer
+
+
+def reader_training_pairs(tok, n: int, seed: int = 1, lead: bool = False) -> list[dict]:
     """N passage-question-answer pairs on freshly drawn notes (random cities, names and fees).
 
     Training the reader on these teaches the FORMAT "read the passage, copy the answer"; none of the
-    values is a fact of lesson 08's evaluation collection except by chance.
+    values is a fact of lesson 08's evaluation collection except by chance. LEAD: each answer starts with
+    the passage's own words before the value (``lead_answer``: "managed by Ana Ruiz", "costs $12"), the cue
+    under which a small pretrained model copies; else the bare value.
     """
     rng = random.Random(seed)
     pairs = []
@@ -116,7 +137,7 @@ def reader_training_pairs(tok, n: int, seed: int = 1) -> list[dict]:
         doc = make_collection(seed=seed * 100_003 + i, cities=[rng.choice(CITIES)])[0]
         kind = rng.choice(KINDS)
         q = WORDINGS[rng.choice(("train", "test"))][kind].format(city=doc["city"])
-        pairs.append(sft_pair(tok, rag_message(doc, q), doc[kind]))
+        pairs.append(sft_pair(tok, rag_message(doc, q), lead_answer(kind, doc[kind]) if lead else doc[kind]))
     return pairs
 
 
@@ -207,7 +228,8 @@ class Retriever:
         return [(self.docs[i], float(s)) for i, s in zip(best.tolist(), scores.tolist())]
 
 
-# What the model copies, and after which cue: why the tuned reader gets amounts and not names
+# What the model copies, and after which cue: why a reader answering with the bare value gets amounts and
+# not names, and one whose answer starts with ANSWER_LEADS gets both
 COPY_CUES = {
     "the passage's own words: 'The <city> branch is managed by'": ("manager", "\nThe {city} branch is managed by"),
     "other words: 'The manager of the <city> branch is'": ("manager", "\nThe manager of the {city} branch is"),

@@ -207,3 +207,17 @@ def test_the_hedged_sft_script_writes_a_loadable_adapter_atomically(tmp_path, lo
     from peft import PeftModel
 
     PeftModel.from_pretrained(copy.deepcopy(base[0]), str(out))
+
+
+def test_judge_policies_reads_the_answers_and_keeps_the_reward_models_score():
+    refs = ["Risk: high", "Risk: low"]
+    judged = {"SFT": {"answers": ["Risk: high" + H, "Risk: low" + H], "rm_score": -1.0},
+              "PPO": {"answers": ["Risk: high", "Risk: medium"], "rm_score": 2.5}}
+    table = hedge.judge_policies(judged, refs)
+    assert list(table) == ["SFT", "PPO"]
+    assert table["SFT"]["clean"] == 0.0 and table["SFT"]["exact"] == 1.0 and table["SFT"]["rm_score"] == -1.0
+    assert table["PPO"]["clean"] == 1.0 and table["PPO"]["exact"] == 0.5
+    text = hedge.describe_policies(table)
+    assert "2.50" in text and "PPO vs SFT, clean" in text and "PPO vs SFT, exact" in text
+    with pytest.raises(ValueError, match="at least one"):
+        hedge.judge_policies({}, refs)

@@ -45,6 +45,29 @@ def test_prompts_and_reader_pairs(base):
     assert pairs[0]["prompt"].endswith("<|assistant|>")
 
 
+def test_answer_leads_are_the_passages_own_words_before_each_value(base):
+    """One source: every note writes rag.ANSWER_LEADS[kind] immediately before its value, so a led answer
+    ("managed by Ana Ruiz") is a copy of the passage from its first word."""
+    _, tok = base
+    for doc in rag.make_collection(n=12, seed=3):
+        for kind in rag.KINDS:
+            assert rag.lead_answer(kind, doc[kind]) in doc["text"]
+            assert rag.answer_value(rag.lead_answer(kind, doc[kind]), kind) == doc[kind]
+            assert rag.answer_value(doc[kind], kind) == doc[kind], "a bare value stays as it is"
+    assert rag.answer_value("costs $5", "manager") == "costs $5", "a lead counts only for its own kind"
+    led = rag.reader_training_pairs(tok, 20, seed=1, lead=True)
+    bare = rag.reader_training_pairs(tok, 20, seed=1)
+    assert [p["prompt"] for p in led] == [p["prompt"] for p in bare]
+    for p, b in zip(led, bare):
+        value = b["completion"][1:-len("<|end|>")]
+        answer = p["completion"][1:-len("<|end|>")]
+        assert answer.endswith(value) and answer != value and answer in p["prompt"]
+    with pytest.raises(ValueError, match="Unknown fact 'age'"):
+        rag.lead_answer("age", "3")
+    with pytest.raises(ValueError, match="Unknown fact 'age'"):
+        rag.answer_value("3", "age")
+
+
 def test_reader_and_fact_pairs_follow_each_hub_style_models_template(hub_model):
     """Lesson 08's SFT pairs with another model: the template's own prompt and turn end (never the bundled
     model's), BOS once in what the lesson counts as prompt tokens, and short enough that sft.train's
