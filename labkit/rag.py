@@ -60,10 +60,14 @@ def make_collection(n: int | None = None, seed: int = 0, cities: list[str] | Non
     return docs
 
 
-def update_fact(doc: dict, kind: str, value: str, seed: int = 0) -> dict:
-    """A copy of DOC whose fact KIND ("manager" or "fee") is now VALUE, its text rewritten."""
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+
+
+def update_fact(doc: dict, kind: str, value: str, seed: int = 0) -> dict:
+    """A copy of DOC whose fact KIND ("manager" or "fee") is now VALUE, its text rewritten."""
+    _check_kind(kind)
     new = dict(doc)
     new[kind] = value
     new["text"] = doc["text"].replace(doc[kind], value)
@@ -109,16 +113,14 @@ def sft_pair(tok, message: str, answer: str) -> dict:
 
 def lead_answer(kind: str, value: str) -> str:
     """The answer VALUE of fact KIND, led by the words the passage writes just before it: "managed by Ana Ruiz"."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+    _check_kind(kind)
     return ANSWER_LEADS[kind] + value
 
 
 def answer_value(answer: str, kind: str) -> str:
     """The value an ANSWER to a question about fact KIND gives: the answer without its lead
     (``lead_answer``), or the whole answer when it has none. Scores every approach alike."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown fact {kind!r}; choose one of {KINDS}.")
+    _check_kind(kind)
     lead = ANSWER_LEADS[kind]
     return answer[len(lead):].strip() if answer.startswith(lead) else answer
 
