@@ -41,6 +41,24 @@ def resolve(model: str | os.PathLike | None) -> str:
     )
 
 
+LIVE_STEPS = 40  # the live run that stands in for a shipped artefact when MODEL is not the bundled model
+
+
+def shipped_or_live(steps: int, model, what: str, knob: str) -> tuple[int, str]:
+    """A lesson knob whose 0 means "the shipped WHAT": (steps to train live, a line saying what happens).
+
+    STEPS > 0: train live for STEPS steps, whatever the model. STEPS == 0 and the bundled model: (0, "") and
+    the shipped artefact is used. STEPS == 0 and any other model: no shipped artefact fits it, so
+    (LIVE_STEPS, a line the lesson prints saying it trains live instead, and that KNOB sets the size).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{knob} must be 0 (the shipped {what}) or a positive number of steps; got {steps!r}.")
+    if steps > 0 or is_bundled(model):
+        return steps, ""
+    return LIVE_STEPS, (f"MODEL={str(model)!r} is not the bundled model, so the shipped {what} does not fit it: "
+                        f"training one live for {LIVE_STEPS} steps instead (set {knob} to choose the steps).")
+
+
 def is_bundled(model: str | os.PathLike | None) -> bool:
     """Is MODEL the course's bundled model ('bundled', None, or a path to its folder)? Lessons use this to
     decide whether a shipped artifact of the bundled model (its card, an adapter, a sweep) applies."""

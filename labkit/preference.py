@@ -362,7 +362,8 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
                     model: str | None = "bundled", rows: list[dict] | None = None, adapter: str = "sft_lora"):
     """The SFT model that preference training starts from (and keeps, frozen, as pi_ref); deterministic in SEED.
 
-    steps == 0: the shipped adapter ADAPTER merged into BASE; it fits the bundled model only. "sft_lora" is
+    steps == 0: the shipped adapter ADAPTER merged into BASE when MODEL is the bundled model; for any other
+    model a live SFT of models.LIVE_STEPS steps instead (the description says so). "sft_lora" is
     lesson 04's (``load_shipped_adapter``, 800 steps by scripts/train_sft_adapter.py), "sft_hedged" lesson
     06's model that hedges (scripts/train_hedged_sft.py: this function's live SFT on labkit.hedge.mixed_quality rows). steps > 0: a
     live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
@@ -371,19 +372,18 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
     """
     import copy
 
-    steps = guard.non_negative_int("steps", steps, about="0: the shipped SFT adapter, else steps of live SFT")
+    from .models import shipped_or_live
+
+    knob = {"sft_lora": "SFT_STEPS", "sft_hedged": "HEDGE_SFT_STEPS"}.get(adapter, "steps")
+    steps, note = shipped_or_live(steps, model, f"SFT adapter {adapter}", knob)
     if steps == 0:
-        if model not in (None, "bundled"):
-            knob = {"sft_lora": "SFT_STEPS", "sft_hedged": "HEDGE_SFT_STEPS"}.get(adapter, "steps")
-            raise ValueError(f"the shipped SFT adapter {adapter} was trained on the bundled model, not {model!r}: "
-                             f"set {knob} to a positive number (e.g. 60) to fine-tune this model live.")
         from .sft import load_shipped_adapter
 
         pm, report = load_shipped_adapter(copy.deepcopy(base), adapter)
         what = (f"the shipped SFT adapter {adapter} ({report.get('steps', 800)} steps), merged")
     else:
         pm = live_sft(base, tok, steps=steps, lr=lr, seed=seed, batch_size=batch_size, rows=rows)
-        what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged"
+        what = f"a live LoRA SFT of {steps} steps (lr {lr:g}), merged" + (f"\n{note}" if note else "")
     merged = pm.merge_and_unload().eval()
     for p in merged.parameters():
         p.requires_grad_(False)

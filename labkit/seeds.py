@@ -175,3 +175,19 @@ def report(spread: dict | None, live: dict, namespace: dict, claims: dict) -> st
     lines += [verdict(spread, claim, rule) for claim, rule in claims.items()]
     lines += ["", compare_live(spread, live, namespace)]
     return "\n".join(lines)
+
+
+def claims(lesson: str, model: str = "bundled") -> str:
+    """What a lesson prints about its seed spread: one line per claim of labkit.seed_claims.CLAIMS[LESSON],
+    "holds at 3 of 3 seeds: <claim>" (the spread itself and its rules stay out of the learner's view). With
+    another MODEL than the one the seeds ran on, one line saying the claims are the bundled model's."""
+    from .seed_claims import CLAIMS
+
+    spread = load(lesson)
+    if spread is None or lesson not in CLAIMS:
+        raise ValueError(f"no seed spread or no claims for {lesson!r} (labkit/seed_claims.py, {MADE_BY}).")
+    ran_on = spread["parameters"].get("MODEL", "bundled")
+    if model != ran_on:
+        return (f"(over SEED {', '.join(str(s) for s in spread['seeds'])} these claims were checked with "
+                f"MODEL={ran_on!r}, not {model!r}; {MADE_BY} checks them for yours)")
+    return "\n".join(verdict(spread, claim, rule) for claim, rule in CLAIMS[lesson].items())

@@ -65,7 +65,8 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
     """(adapter folder, description) of an adapter lesson 12 ships: "sft" (lesson 04's, every task),
     "qlora" (LoRA trained on the NF4 base: BASE must be 4-bit), or a task name such as "classify".
 
-    steps == 0: the adapter shipped with the course (labkit/assets/adapters/; the bundled model only).
+    steps == 0: the adapter shipped with the course (labkit/assets/adapters/) for the bundled model; for
+    any other model one trained live for models.LIVE_STEPS steps (the description says so).
     steps > 0: trained here (train_adapter: r=8, alpha=16, every linear layer) on the instruction
     training split (that task's rows for a task adapter) and saved into FOLDER/WHAT.
     """
@@ -78,10 +79,11 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
         shipped = ASSETS / "adapters" / f"task_{what}"
         if what not in data.TASKS:
             raise ValueError(f"what must be 'sft', 'qlora' or a task of {data.TASKS}; got {what!r}.")
+    from .models import shipped_or_live
+
+    knob = {"sft": "SFT_STEPS", "qlora": "QLORA_STEPS"}.get(what, "TASK_STEPS")
+    steps, note = shipped_or_live(steps, model, f"{what} adapter", knob)
     if steps == 0:
-        if model not in (None, "bundled"):
-            raise ValueError(f"the shipped {what!r} adapter was trained on the bundled model, not {model!r}: "
-                             "give it a positive number of steps to train one live for this model.")
         report = json.loads((shipped / "scores.json").read_text()) if (shipped / "scores.json").is_file() else {}
         return shipped, f"the shipped {what} adapter ({report.get('steps', '?')} steps, {shipped.name})"
     rows = data.read_jsonl("instructions_train.jsonl")
@@ -90,7 +92,8 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
     lr = lr if lr is not None else (3e-3 if what not in ("sft", "qlora") else 2e-3)
     pm, losses = train_adapter(base, tok, rows, steps=steps, lr=lr, seed=seed)
     path = adapters.save(pm, Path(folder) / what)
-    return path, f"a {what} adapter trained here: {steps} steps, lr {lr:g}, loss {losses[0]:.2f} -> {losses[-1]:.2f}"
+    return path, (f"a {what} adapter trained here: {steps} steps, lr {lr:g}, loss {losses[0]:.2f} -> {losses[-1]:.2f}"
+                  + (f"\n{note}" if note else ""))
 
 
 def load_adapters(base, paths: dict):

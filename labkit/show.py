@@ -51,10 +51,6 @@ def _checked(name: str, value):
     return value
 
 
-def _text(name: str, value) -> str:
-    return f"{name} = {value:.6g}" if isinstance(value, float) else f"{name} = {value!r}"
-
-
 def _stored(value):
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return str(value)  # JSON has no NaN or infinity
@@ -64,30 +60,28 @@ def _stored(value):
 def record(name: str, value) -> None:
     """Record a metric of this run, e.g. record("exact_match_after_sft", 0.42).
 
-    Shows `name = value` and stores {"name", "value"} in the cell's output, so that `labkit render`
-    (and labkit.render.recorded) can list it in the summary page. VALUE: a number, a bool or a short
+    Stores it, invisibly, in the cell's output, so that `labkit render` (and labkit.render.recorded)
+    can list it in the summary page. VALUE: a number, a bool or a short
     string; 0-d tensors and numpy scalars are converted with .item().
     """
     record_many({name: value})
 
 
 def record_many(figures: dict) -> None:
-    """record() each of FIGURES {name: value} in one output line: `recorded: a = 1, b = 0.5`."""
+    """record() each of FIGURES {name: value} in one output that the learner does not see.
+
+    The output carries the figures under RECORD_MIME with an empty text/plain, so JupyterLab shows
+    nothing, while `labkit render`, scripts/seed_spread.py and the tests read them back
+    (labkit.render.recorded). Recorded figures are maintainer machinery: what the learner reads is
+    what the lesson prints."""
     checked = {name: _checked(name, value) for name, value in figures.items()}
     if not checked:
         raise ValueError("record_many needs at least one {name: value}.")
-    text = ", ".join(_text(n, v) for n, v in checked.items())
     stored = {n: _stored(v) for n, v in checked.items()}
     _RECORDED.update(stored)
     try:
         from IPython.display import display
     except ImportError:  # pragma: no cover
-        print(text)
         return
-    if len(stored) == 1:
-        (name, value), = stored.items()
-        display({RECORD_MIME: {"name": name, "value": value}, "text/plain": text}, raw=True)
-    else:
-        # a list of [name, value], not a dict: nbformat sorts a dict's keys when it saves the notebook
-        display({RECORD_MIME: {"figures": [[n, v] for n, v in stored.items()]}, "text/plain": "recorded: " + text},
-                raw=True)
+    # a list of [name, value], not a dict: nbformat sorts a dict's keys when it saves the notebook
+    display({RECORD_MIME: {"figures": [[n, v] for n, v in stored.items()]}, "text/plain": ""}, raw=True)

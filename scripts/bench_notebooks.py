@@ -3,9 +3,15 @@
     python scripts/bench_notebooks.py                   # all notebooks -> bench/notebooks.{md,json}
     python scripts/bench_notebooks.py notebooks/00_welcome.ipynb -p N_PROBE=10
 
+Given notebooks replace their rows in bench/notebooks.json and keep the others (rows of notebooks
+that no longer exist are dropped), so one lesson can be benched after a change. Each row keeps the
+hash of the notebook's code (labkit.contract.code_hash): tests/test_contract.py fails on a row whose
+notebook's code changed since it was benched.
+
 Peak memory is the largest resident set size (RSS) of the kernel process and its children, sampled
-every 50 ms while the notebook runs, and is checked against Binder's 2 GB limit (--memory-limit-mb):
-a notebook over it fails the run (exit 1), as does a notebook that raises. The load average is
+every 50 ms while the notebook runs, and is checked against the lesson contract (60 s, 1.5 GB at the
+defaults; --memory-limit-mb, --time-limit-s): a notebook over either fails the run (exit 1), as does
+a notebook that raises. The load average is
 recorded too: on a shared machine wall times grow with it. The kernel's CPU time (user + system of
 the kernel and its children) grows much less, but not nothing: oversubscribed OpenMP threads spin. Executed copies go to bench/executed/
 (not committed); tests/test_launch.py reads bench/notebooks.json.
@@ -75,7 +81,10 @@ def bench(path: Path, params: dict, out_dir: Path) -> dict:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.perf_counter() - t0
     sampler.stop()
-    return {"notebook": path.name, "wall_s": round(wall, 1), "kernel_cpu_s": round(sampler.cpu_s, 1),
+    from labkit.contract import code_hash
+
+    return {"notebook": path.name, "code_sha": code_hash(path), "date": datetime.date.today().isoformat(),
+            "load_avg_1m": round(os.getloadavg()[0], 1), "wall_s": round(wall, 1), "kernel_cpu_s": round(sampler.cpu_s, 1),
             "peak_rss_mb": round(sampler.peak / 2**20),
             "params": params, "error": error}
 
@@ -109,7 +118,8 @@ def main() -> None:
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE, injected by papermill")
     ap.add_argument("--out", type=Path, default=ROOT / "bench")
-    ap.add_argument("--memory-limit-mb", type=int, default=2048, help="peak RSS allowed per notebook (Binder: 2048)")
+    ap.add_argument("--memory-limit-mb", type=int, default=None, help="peak RSS allowed per notebook (the contract's 1536)")
+    ap.add_argument("--time-limit-s", type=float, default=None, help="wall time allowed per notebook (the contract's 60)")
     args = ap.parse_args()
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                        "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
@@ -121,7 +131,12 @@ def main() -> None:
             params[k] = ast.literal_eval(v)
         except (ValueError, SyntaxError):
             params[k] = v
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    from labkit import contract
+
+    every = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or every
+    limit = args.memory_limit_mb or contract.MAX_RSS_MB
+    time_limit = args.time_limit_s or contract.MAX_SECONDS
     executed = args.out / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     load_before = round(os.getloadavg()[0], 1)
@@ -130,29 +145,38 @@ def main() -> None:
     rows = []
     for path in paths:
         row = bench(path.resolve(), params, executed)
-        row["within_memory_limit"] = row["peak_rss_mb"] < args.memory_limit_mb
+        row["within_memory_limit"] = row["peak_rss_mb"] <= limit
+        row["within_time_limit"] = row["wall_s"] <= time_limit
         print(json.dumps(row), flush=True)
         rows.append(row)
+    new = [r["notebook"] for r in rows]
+    old_file = args.out / "notebooks.json"
+    if args.notebooks and old_file.exists():  # a subset: keep the other lessons' rows
+        kept = [r for r in json.loads(old_file.read_text())["rows"] if r["notebook"] not in new]
+        rows = sorted(kept + rows, key=lambda r: r["notebook"])
+    names = {p.name for p in every}
+    rows = [r for r in rows if r["notebook"] in names]
     meta = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_avg_1m": [load_before, round(os.getloadavg()[0], 1)], "memory_limit_mb": args.memory_limit_mb}
+            "load_avg_1m": [load_before, round(os.getloadavg()[0], 1)], "memory_limit_mb": limit,
+            "time_limit_s": time_limit}
     (args.out / "notebooks.json").write_text(json.dumps({"meta": meta, "model_load": load, "rows": rows}, indent=2) + "\n")
-    limit = args.memory_limit_mb
     lines = [f"# Notebook benchmark ({meta['date']}, {meta['cpus']} CPUs, Python {meta['python']})", "",
              f"Load average (1 min) {meta['load_avg_1m'][0]} at the start, {meta['load_avg_1m'][1]} at the end: "
              f"on a shared machine wall times grow with it.", "",
              f"Bundled model: `load_base()` {load['load_s']} s after imports of {load['import_s']} s; "
              f"a whole fresh process {load['process_s']} s.", "",
-             f"| notebook | wall time (s) | kernel CPU time (s) | peak kernel RSS (MB) | under {limit} MB (Binder) | status |",
+             f"| notebook | wall time (s) | kernel CPU time (s) | peak kernel RSS (MB) | within {time_limit:g} s and {limit} MB | status |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['notebook']} | {r['wall_s']} | {r['kernel_cpu_s']} | {r['peak_rss_mb']} "
-              f"| {'yes' if r['within_memory_limit'] else 'NO'} | {r['error'] or 'ok'} |" for r in rows]
+              f"| {'yes' if r.get('within_memory_limit') and r.get('within_time_limit') else 'NO'} | {r['error'] or 'ok'} |"
+              for r in rows]
     (args.out / "notebooks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    over = [r["notebook"] for r in rows if not r["within_memory_limit"]]
+    over = [r["notebook"] for r in rows if r["notebook"] in new and not (r["within_memory_limit"] and r["within_time_limit"])]
     if over:
-        print(f"over the {limit} MB memory limit: {', '.join(over)}")
-    if over or any(r["error"] for r in rows):
+        print(f"over the contract's {time_limit:g} s or {limit} MB: {', '.join(over)}")
+    if over or any(r["error"] for r in rows if r["notebook"] in new):
         raise SystemExit(1)
 
 

@@ -97,3 +97,16 @@ def test_base_model_is_fluent_on_both_kinds_of_text(base):
         assert len(words) >= 5, text
         known = sum(w.lower() in vocab for w in words) / len(words)
         assert known >= 0.9, (prompt, text)
+
+
+def test_a_shipped_artefact_knob_means_a_live_run_for_any_other_model():
+    from labkit import models
+
+    assert models.shipped_or_live(0, "bundled", "SFT adapter", "SFT_STEPS") == (0, "")
+    assert models.shipped_or_live(7, "someone/qwen", "SFT adapter", "SFT_STEPS") == (7, "")
+    steps, note = models.shipped_or_live(0, "someone/qwen", "SFT adapter", "SFT_STEPS")
+    assert steps == models.LIVE_STEPS > 0
+    assert "'someone/qwen' is not the bundled model" in note and "SFT_STEPS" in note and str(steps) in note
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="SFT_STEPS must be 0"):
+            models.shipped_or_live(bad, "bundled", "SFT adapter", "SFT_STEPS")

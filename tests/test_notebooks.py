@@ -117,10 +117,11 @@ def test_notebook_runs_with_papermill(path, tmp_path):
             f"{seeds.results_file(path.stem).name}: rerun scripts/seed_spread.py {path}")
 
 
-def hub_parameters(path) -> dict:
-    """What a lesson needs, on top of its fast parameters, to run with a model that is not the bundled
-    one (e.g. train live instead of loading a shipped adapter): metadata.labkit.hub_parameters."""
-    return _nb(path).get("metadata", {}).get("labkit", {}).get("hub_parameters", {})
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_hub_model_needs_nothing_but_model(path):
+    """MODEL alone moves a lesson to another model: no lesson-specific parameters for Hub models. A knob
+    whose 0 means "the shipped artefact" trains live for another model (labkit.models.shipped_or_live)."""
+    assert "hub_parameters" not in _nb(path).get("metadata", {}).get("labkit", {})
 
 
 @pytest.mark.models
@@ -132,7 +133,7 @@ def test_notebook_runs_with_a_hub_style_model(path, hub_model, tmp_path):
 
     kind, folder = hub_model
     out = tmp_path / path.name
-    params = {**fast_parameters(path), **hub_parameters(path), "MODEL": str(folder)}
+    params = {**fast_parameters(path), "MODEL": str(folder)}
     pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3", progress_bar=False,
                         cwd=str(path.parent), execution_timeout=600)
     nb = _nb(out)

@@ -40,17 +40,17 @@ def test_parameter_names_and_recorded_read_a_notebook():
     assert render.parameter_names({"cells": []}) == set()
 
 
-def test_record_displays_text_and_the_machine_readable_value(monkeypatch):
+def test_record_stores_the_value_and_shows_the_learner_nothing(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append((obj, raw)))
     import torch
 
     record("loss", torch.tensor(0.25))
     record("steps", 10)
-    assert shown[0] == ({RECORD_MIME: {"name": "loss", "value": 0.25}, "text/plain": "loss = 0.25"}, True)
-    assert shown[1][0][RECORD_MIME] == {"name": "steps", "value": 10}
+    assert shown[0] == ({RECORD_MIME: {"figures": [["loss", 0.25]]}, "text/plain": ""}, True)
+    assert shown[1][0][RECORD_MIME] == {"figures": [["steps", 10]]}
     record("bad", float("nan"))
-    assert shown[2][0][RECORD_MIME]["value"] == "nan"  # JSON has no NaN
+    assert shown[2][0][RECORD_MIME]["figures"] == [["bad", "nan"]]  # JSON has no NaN
     with pytest.raises(ValueError):
         record("not a name", 1)
     with pytest.raises(TypeError):
@@ -62,7 +62,7 @@ def test_record_many_is_one_output_that_recorded_reads_back(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append(obj))
     record_many({"exact_sft": 0.5, "exact_dpo": 0.75, "ok": True})
-    assert len(shown) == 1 and shown[0]["text/plain"] == "recorded: exact_sft = 0.5, exact_dpo = 0.75, ok = True"
+    assert len(shown) == 1 and shown[0]["text/plain"] == "", "maintainer machinery: the learner sees no 'recorded:' line"
     nb = {"cells": [{"cell_type": "code", "source": "", "outputs": [
         {"output_type": "display_data", "data": shown[0]},
         {"output_type": "display_data", "data": {RECORD_MIME: {"name": "exact_dpo", "value": 0.8}}}]}]}

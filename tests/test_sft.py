@@ -136,7 +136,7 @@ def test_reference_model_merges_the_shipped_adapter_frozen_and_leaves_the_base_a
         assert not torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-3)
 
 
-def test_reference_model_trains_live_and_refuses_bad_steps(base):
+def test_reference_model_trains_live_and_refuses_bad_steps(base, monkeypatch):
     model, tok = base
     rows = data.read_jsonl("instructions_train.jsonl")[:8]
     merged, how = preference.reference_model(model, tok, steps=2, rows=rows)
@@ -145,8 +145,13 @@ def test_reference_model_trains_live_and_refuses_bad_steps(base):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="steps"):
             preference.reference_model(model, tok, steps=bad)
-    with pytest.raises(ValueError, match="set SFT_STEPS"):
-        preference.reference_model(model, tok, steps=0, model="someone/llama-7b")
+    from labkit import models
+
+    monkeypatch.setattr(models, "LIVE_STEPS", 2)  # SFT_STEPS = 0 with another model: a live SFT, said so
+    live, how = preference.reference_model(model, tok, steps=0, model="someone/llama-7b", rows=rows)
+    assert "live LoRA SFT of 2 steps" in how and "'someone/llama-7b' is not the bundled model" in how and "SFT_STEPS" in how
+    assert all(torch.equal(a, b) for a, b in zip(live.state_dict().values(), merged.state_dict().values())), \
+        "the fallback is the same live SFT as steps=2"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Any
 from . import record, registry
 from .compare import describe
 from .registry import Question
-from .result import Result, fail
+from .result import Result, fail, pending
 
 QUIZ_SALT = "labkit-quiz-v1"
 
@@ -101,6 +101,19 @@ def _quiz_correct(q: Question, answer) -> bool | None:
 _MISSING = object()
 
 
+def _wrong(q: Question, answer) -> Result:
+    """A wrong answer, with feedback about THAT answer: a choice's own feedback, or what a valid answer is."""
+    if q.kind == "choice":
+        letters = "abcdefghijklmnopqrstuvwxyz"[:len(q.choices)]
+        picked = _normalise(answer, q.kind, q.choices)
+        if picked not in letters:
+            return fail(q.id, f"{describe(answer)} is none of the choices",
+                        hint=f"answer with one letter of {', '.join(letters)} (or a choice's text)")
+        said = (q.feedback or {}).get(picked)
+        return fail(q.id, f"{picked}) is not right" + (f": {said}" if said else ""), hint=q.hint or "")
+    return fail(q.id, "not right, try again", hint=q.hint)
+
+
 def quiz(question_id: str, answer: Any = _MISSING) -> Result:
     """quiz(id) shows the question; quiz(id, answer) checks your answer. Never raises."""
     try:
@@ -115,14 +128,14 @@ def quiz(question_id: str, answer: Any = _MISSING) -> Result:
         kind = {"choice": "a letter such as 'b'", "number": "a number", "text": "a word or two"}[q.kind]
         if answer is None or answer is Ellipsis:
             # the question is already on screen (quiz(id) above): say what to write, not the question again
-            return fail(q.id, "no answer yet", hint=f"set answer to {kind}; quiz({q.id!r}) shows the question")
+            return pending(q.id, f"set answer to {kind}; quiz({q.id!r}) shows the question")
         correct = _quiz_correct(q, answer)
         if correct is None:
             result = fail(q.id, f"the answer should be a number, got {describe(answer)}")
         elif correct:
             result = Result(True, f"✔ {q.id}: correct", q.id)
         else:
-            result = fail(q.id, "not right, try again", hint=q.hint or f"answer with {kind}")
+            result = _wrong(q, answer)
         record.record(q.id, result.passed)
         return result
     except BaseException as exc:

@@ -47,6 +47,9 @@ class Question:
 
     answer_hash is answer_hash(id, answer, kind, rtol, atol) of the right answer: only the hash is
     stored (see labkit.check.answers for what that does and does not hide).
+
+    feedback: {letter: why that choice is wrong}, shown when a learner picks it (choice questions).
+    Give one for every wrong choice: a wrong answer gets feedback about that answer.
     """
 
     id: str
@@ -58,6 +61,7 @@ class Question:
     rtol: float | None = None
     atol: float | None = None
     hint: str = ""
+    feedback: dict | None = None
 
 
 EXERCISES: dict[str, Exercise] = {}

@@ -26,7 +26,7 @@ class Result:
         p.text(self.message)
 
     def _repr_html_(self) -> str:
-        if self.message.startswith("?"):  # a question shown, not an answer judged
+        if self.message.startswith(("?", "…")):  # a question shown, or not answered yet: nothing judged
             colour, bg = "#0b57d0", "#e8f0fe"
         else:
             colour, bg = ("#1a7f37", "#e6f4ea") if self.passed else ("#b3261e", "#fdecea")
@@ -35,6 +35,11 @@ class Result:
         return (f'<div style="border-left:4px solid {colour};background:{bg};padding:6px 10px;'
                 f'font-family:monospace;white-space:pre-wrap"><b>{head}</b>'
                 f'{"<br>" + rest if rest else ""}</div>')
+
+
+def pending(item_id: str, what_to_do: str) -> Result:
+    """Not answered yet: a neutral (blue) box that says what to do, never a red failure."""
+    return Result(False, f"… {item_id}: not answered yet\n  {what_to_do}", item_id)
 
 
 def fail(item_id: str, problem: str, case: str | None = None, hint: str = "", output: str = "") -> Result:
