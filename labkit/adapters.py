@@ -133,7 +133,7 @@ def generate(model, input_ids, attention_mask=None, **kwargs):
     generates from them, exactly as peft's forward reads them in training.
     """
     cfg = getattr(model, "active_peft_config", None)
-    if cfg is None:  # a plain transformers model: peft is not needed (nor imported: lesson 12 reloads without it)
+    if cfg is None:  # a plain transformers model: peft is not needed (nor imported: lesson 17 reloads without it)
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     import torch
     from peft import PeftType

@@ -8,7 +8,7 @@
                          of status, time and recorded metrics (labkit render --help)
     labkit links         check (--write: regenerate) the Colab/Binder badges and install cells from the
                          repository address in pyproject.toml
-    labkit train         the SFT + LoRA training script of lesson 10 (labkit.launcher): labkit train --config
+    labkit train         the SFT + LoRA training script of lesson 16 (labkit.launcher): labkit train --config
                          FILE.yaml [--steps 20 --lr 1e-3 ...]; under torchrun: torchrun --no-python ... labkit train ...
 """
 

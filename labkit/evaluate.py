@@ -172,7 +172,7 @@ def exact_match(predictions: list[str], references: list[str], normalize: bool =
 
 
 # ---------------------------------------------------------------------------------------------
-# Greedy answers and their held-out scores (lessons 02, 04, 07 and on)
+# Greedy answers and their held-out scores (lessons 02, 06, 13 and on)
 
 
 def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
@@ -285,7 +285,7 @@ def score_table(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lesson 07: overlap metrics (token F1, ROUGE-L), format validity, win rate
+# Lesson 13: overlap metrics (token F1, ROUGE-L), format validity, win rate
 
 
 def _metric_tokens(text: str) -> list[str]:

@@ -169,7 +169,7 @@ def run_grid(base, tok, task: str = "classify", steps: int = 120, lrs=(2e-3, 2e-
 
 
 def grid_for(model, base, tok, task: str, steps: int = 0, **kwargs) -> dict | None:
-    """Lesson 07's grid for MODEL: steps == 0 gives the shipped grid when MODEL is the bundled model
+    """Lesson 13's grid for MODEL: steps == 0 gives the shipped grid when MODEL is the bundled model
     (load_grid) and None for any other model, whose numbers it is not (grid_skipped says why); steps > 0
     runs the grid live on BASE and TOK (run_grid; KWARGS go to it)."""
     steps = guard.non_negative_int("GRID_STEPS", steps, about="0: the precomputed grid of the bundled model, "
@@ -282,7 +282,7 @@ def remedies_across_seeds(grids: list[dict], drop_worst: bool = False) -> list[d
     """remedies() of each grid in GRIDS (the same grid at several seeds), side by side: one row per remedy,
     {"advice", "key", "safe", "risky", "seeds", "ratios" (g_safe / g_risky at each seed: below 1, the
     remedy forgot less), "verdicts" (remedies()' verdict at each seed), "holds" (seeds where it is
-    "holds here"), "n" (seeds)}. DROP_WORST: each grid without its one run that forgot most (lesson 07
+    "holds here"), "n" (seeds)}. DROP_WORST: each grid without its one run that forgot most (lesson 13
     asks whether a verdict rests on that one run)."""
     if not grids:
         raise ValueError("remedies_across_seeds needs at least one grid.")

@@ -1,4 +1,4 @@
-"""Preference data that asks for something: a model that hedges, and the rule that sees it (lesson 06).
+"""Preference data that asks for something: a model that hedges, and the rule that sees it (lesson 09).
 
 The course's preference pairs (preferences_train.jsonl) contrast a right answer with a refusal, a
 shouted answer or a wrong value; an SFT model trained on clean demonstrations already prefers the
@@ -238,7 +238,7 @@ def plot_runs(runs: dict, ax=None):
 # ----------------------------------------------------------------------------- PPO on a reward model of the hedge pairs
 
 def judge_policies(judged: dict, references: list[str], hedge: str = HEDGE) -> dict:
-    """Lesson 05's table: JUDGED is {name: ppo.evaluate_policy(...) with an rm}, the first the starting SFT
+    """Lesson 08's table: JUDGED is {name: ppo.evaluate_policy(...) with an rm}, the first the starting SFT
     model. Returns {name: {**behaviour(answers, REFERENCES), "rm_score"}} in the same order."""
     if not judged:
         raise ValueError("judge_policies needs at least one judged policy.")

@@ -1,12 +1,12 @@
-"""Interview prep (lesson 09): labkit.check's quiz, plus where each answer is proven in the course.
+"""Interview prep (lesson 19): labkit.check's quiz, plus where each answer is proven in the course.
 
     from labkit.interview import quiz, deck
     deck()                          # every question id by topic
-    quiz("q09_which_rank")          # shows the question
-    quiz("q09_which_rank", "b")     # checks it; then says which lesson and section prove the answer,
+    quiz("q19_which_rank")          # shows the question
+    quiz("q19_which_rank", "b")     # checks it; then says which lesson and section prove the answer,
                                     # and, once right, why
 
-The explanations live beside the questions in labkit/checks/lesson09.py. "Where" is shown after any
+The explanations live beside the questions in labkit/checks/lesson19.py. "Where" is shown after any
 answer (it points to the proof, not to the letter); "why" only after a right answer, since it may give
 the answer away.
 """
@@ -23,16 +23,16 @@ _MISSING = object()
 
 def _explanations() -> dict:
     registry.load()
-    from .checks import lesson09
+    from .checks import lesson19
 
-    return lesson09.EXPLANATIONS
+    return lesson19.EXPLANATIONS
 
 
 def explain(question_id: str) -> tuple[str, str]:
     """(where, why) for a lesson-09 question; ValueError naming the id when there is none."""
     table = _explanations()
     if question_id not in table:
-        raise ValueError(f"no explanation for {question_id!r}; lesson 09's questions are: {', '.join(table)}.")
+        raise ValueError(f"no explanation for {question_id!r}; lesson 19's questions are: {', '.join(table)}.")
     return table[question_id]
 
 
@@ -52,12 +52,12 @@ def quiz(question_id: str, answer: Any = _MISSING) -> check.Result:
 
 
 def deck(topic: str | None = None) -> dict[str, list[str]]:
-    """{topic: [question ids]} of lesson 09, in order; TOPIC keeps one (ValueError naming the known ones)."""
+    """{topic: [question ids]} of lesson 19, in order; TOPIC keeps one (ValueError naming the known ones)."""
     registry.load()
-    from .checks import lesson09
+    from .checks import lesson19
 
     out: dict[str, list[str]] = {}
-    for qid, t in lesson09.TOPICS.items():
+    for qid, t in lesson19.TOPICS.items():
         out.setdefault(t, []).append(qid)
     if topic is not None:
         if topic not in out:

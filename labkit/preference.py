@@ -364,8 +364,8 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
 
     steps == 0: the shipped adapter ADAPTER merged into BASE when MODEL is the bundled model; for any other
     model a live SFT of models.LIVE_STEPS steps instead (the description says so). "sft_lora" is
-    lesson 04's (``load_shipped_adapter``, 800 steps by scripts/train_sft_adapter.py), "sft_hedged" lesson
-    06's model that hedges (scripts/train_hedged_sft.py: this function's live SFT on labkit.hedge.mixed_quality rows). steps > 0: a
+    lesson 06's (``load_shipped_adapter``, 800 steps by scripts/train_sft_adapter.py), "sft_hedged" lesson
+    09's model that hedges (scripts/train_hedged_sft.py: this function's live SFT on labkit.hedge.mixed_quality rows). steps > 0: a
     live LoRA SFT (r=8 on all seven projections, completion-only loss) of that many steps on ROWS
     (default: instructions_train.jsonl), merged. BASE itself is left untouched (a copy is trained).
     Returns (model, description): the merged model in eval mode with every parameter frozen.

@@ -129,7 +129,7 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, reject
         loss = NLL - beta * mean over pairs of log sigma(log odds(y_w) - log odds(y_l))
 
     (beta is the paper's lambda). NLL: None gives the token-mean negative log-likelihood of the chosen
-    answers, -sum(policy_chosen_logps) / sum(chosen_lengths), the SFT loss of lesson 04; a scalar
+    answers, -sum(policy_chosen_logps) / sum(chosen_lengths), the SFT loss of lesson 06; a scalar
     given here replaces it (trl's ORPOTrainer takes the NLL over prompt *and* answer). Returns
     (loss, beta * a_w, beta * a_l), the rewards trl logs.
     """

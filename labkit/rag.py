@@ -1,4 +1,4 @@
-"""Retrieval-augmented generation (RAG) in a few functions, and the fact collection of lesson 08.
+"""Retrieval-augmented generation (RAG) in a few functions, and the fact collection of lesson 15.
 
 The collection: short notes about the branches of a fictional bank, each stating two facts (who manages
 the branch, what it charges for a replacement card). The values are drawn at random, so the bundled
@@ -29,7 +29,7 @@ WORDINGS = {
 }
 RAG_INSTRUCTION = "Answer the question from the passage."
 # The words a branch note writes just before each fact (_fact_text). A reader whose answer starts with them
-# gives the base model's pretrained copy its cue: the value follows, copied from the passage (lesson 08).
+# gives the base model's pretrained copy its cue: the value follows, copied from the passage (lesson 15).
 ANSWER_LEADS = {"manager": "managed by ", "fee": "costs "}
 
 
@@ -129,7 +129,7 @@ def reader_training_pairs(tok, n: int, seed: int = 1, lead: bool = False) -> lis
     """N passage-question-answer pairs on freshly drawn notes (random cities, names and fees).
 
     Training the reader on these teaches the FORMAT "read the passage, copy the answer"; none of the
-    values is a fact of lesson 08's evaluation collection except by chance. LEAD: each answer starts with
+    values is a fact of lesson 15's evaluation collection except by chance. LEAD: each answer starts with
     the passage's own words before the value (``lead_answer``: "managed by Ana Ruiz", "costs $12"), the cue
     under which a small pretrained model copies; else the bare value.
     """

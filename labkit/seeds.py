@@ -5,7 +5,7 @@ runs a lesson with papermill at SEED = 0, 1 and 2 (every other parameter at its 
 the lesson recorded with ``labkit.show.record`` and saves it to labkit/assets/results/seeds_<lesson>.json.
 The lesson then prints the spread next to its own live run, and whether a verdict held at each seed:
 
-    spread = seeds.load("05_reward_model_rlhf")
+    spread = seeds.load("08_reward_model_rlhf")
     print(seeds.table(spread))                          # one row per figure: each seed, then min-max
     print(seeds.verdict(spread, "no KL: more words than SFT", lambda f: f["words_nokl"] > f["words_sft"]))
     print(seeds.compare_live(spread, show.recorded(), globals()))   # is this run seed 0's row?
@@ -26,7 +26,7 @@ MADE_BY = "scripts/seed_spread.py"
 
 
 def results_file(lesson: str) -> Path:
-    """labkit/assets/results/seeds_<LESSON>.json (LESSON: the notebook's stem, e.g. "05_reward_model_rlhf")."""
+    """labkit/assets/results/seeds_<LESSON>.json (LESSON: the notebook's stem, e.g. "08_reward_model_rlhf")."""
     return Path(__file__).parent / "assets" / "results" / f"seeds_{lesson}.json"
 
 
@@ -62,7 +62,7 @@ def run(notebook: str | Path, seeds=SEEDS, parameters: dict | None = None, out_d
 
     notebook = Path(notebook)
     if not notebook.is_file():
-        raise FileNotFoundError(f"no notebook {notebook}; give a path such as notebooks/05_reward_model_rlhf.ipynb.")
+        raise FileNotFoundError(f"no notebook {notebook}; give a path such as notebooks/08_reward_model_rlhf.ipynb.")
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"give at least two different seeds; got {seeds}.")

@@ -9,7 +9,7 @@ token for token: the prompt and prompt+completion are tokenised separately, the 
 where the two token lists first differ, and the tokenizer's EOS is appended to a completion that does
 not already end with it.
 
-Lesson 04 also uses: the token-mask viewer (mask_example, mask_html, mask_view) and the response-
+Lesson 06 also uses: the token-mask viewer (mask_example, mask_html, mask_view) and the response-
 marker recipe whose mismatch masks every label (marker_labels); checks of bad input (check_pairs,
 check_generation_markers); general-text mixing (general_rows, mix_general); packing (packed_vs_alone, padding_share);
 trl's SFTTrainer with the course's settings (sft_config, sft_trainer, loss_recorder); and the LoRA
@@ -229,7 +229,7 @@ def mix_general(pairs: list[dict], general: list[dict], share: float, seed: int 
 
     With n pairs the result holds round(n * share / (1 - share)) general rows, drawn without replacement,
     so share=0.1 on 90 pairs adds 10 (share=0 adds none but still shuffles). Mixing some general text in
-    limits forgetting; lesson 07 measures it.
+    limits forgetting; lesson 13 measures it.
     """
     guard.fraction("share", share, "0.1", about="the share of general text in the SFT set")
     if not pairs:
@@ -498,8 +498,8 @@ SHIPPED_SFT = {"sft_lora": "scripts/train_sft_adapter.py", "sft_hedged": "script
 
 
 def adapter_dir(name: str = "sft_lora"):
-    """Where a shipped SFT adapter lives: "sft_lora" (lesson 04's, scripts/train_sft_adapter.py) or
-    "sft_hedged" (lesson 06's model that hedges, scripts/train_hedged_sft.py)."""
+    """Where a shipped SFT adapter lives: "sft_lora" (lesson 06's, scripts/train_sft_adapter.py) or
+    "sft_hedged" (lesson 09's model that hedges, scripts/train_hedged_sft.py)."""
     from .models import ASSETS
 
     guard.one_of("adapter", name, tuple(SHIPPED_SFT))

@@ -62,7 +62,7 @@ def train_adapter(base, tok, rows: list[dict], steps: int, lr: float = 3e-3, r: 
 
 def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled", lr: float | None = None,
                 seed: int = 0) -> tuple[Path, str]:
-    """(adapter folder, description) of an adapter lesson 12 ships: "sft" (lesson 04's, every task),
+    """(adapter folder, description) of an adapter lesson 17 ships: "sft" (lesson 06's, every task),
     "qlora" (LoRA trained on the NF4 base: BASE must be 4-bit), or a task name such as "classify".
 
     steps == 0: the adapter shipped with the course (labkit/assets/adapters/) for the bundled model; for

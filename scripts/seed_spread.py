@@ -1,7 +1,7 @@
 """Run a lesson at several seeds and save its recorded figures: labkit/assets/results/seeds_<lesson>.json.
 
-    python scripts/seed_spread.py notebooks/05_reward_model_rlhf.ipynb             # SEED = 0, 1, 2, defaults
-    python scripts/seed_spread.py notebooks/06_dpo.ipynb --seeds 0,1,2,3,4 --keep out/seeds
+    python scripts/seed_spread.py notebooks/08_reward_model_rlhf.ipynb             # SEED = 0, 1, 2, defaults
+    python scripts/seed_spread.py notebooks/09_dpo.ipynb --seeds 0,1,2,3,4 --keep out/seeds
     python scripts/seed_spread.py notebooks/11_rl_verifiable_rewards.ipynb -p MODEL /path/to/model --out s.json
 
 Each run is the whole lesson under papermill (about a minute each on a 2-core CPU with the bundled model);

@@ -1,4 +1,4 @@
-"""Train the SFT adapter lesson 06 loads as its model that hedges: labkit.preference.live_sft (the same
+"""Train the SFT adapter lesson 09 loads as its model that hedges: labkit.preference.live_sft (the same
 live LoRA SFT the lesson runs for a Hub model) on labkit.hedge.mixed_quality demonstrations.
 
     python scripts/train_hedged_sft.py                  # -> labkit/assets/adapters/sft_hedged/
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
               "n_eval": len(ev), "clean": b["clean"], "exact": b["exact"], "exact_raw": b["exact_raw"]}
     pm.peft_config["default"].base_model_name_or_path = "labkit/assets/base_model"  # no local path in the config
     readme = "\n".join([
-        "# sft_hedged: lesson 06's SFT model that hedges", "",
+        "# sft_hedged: lesson 09's SFT model that hedges", "",
         "Trained by `python scripts/train_hedged_sft.py` on the bundled base model: labkit.preference.live_sft",
         f"(LoRA r=8, alpha 16, all seven projections, completion-only loss), {args.steps} steps at lr {args.lr:g},",
         f"on instructions_train.jsonl with {report['hedged_examples']} of {len(rows)} answers ending in the hedge",

@@ -1,4 +1,4 @@
-"""Train the LoRA adapter that lesson 04 loads: trl's SFTTrainer + peft LoRA on the bundled model.
+"""Train the LoRA adapter that lesson 06 loads: trl's SFTTrainer + peft LoRA on the bundled model.
 
     python scripts/train_sft_adapter.py                 # -> labkit/assets/adapters/sft_lora/
     python scripts/train_sft_adapter.py --steps 50 --out /tmp/try   # a quick check
@@ -27,7 +27,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 def describe(report: dict) -> str:
     """The adapter folder's README: a short model card instead of peft's empty template."""
-    lines = ["# sft_lora: the LoRA adapter of lesson 04", "",
+    lines = ["# sft_lora: the LoRA adapter of lesson 06", "",
              "Trained by `python scripts/train_sft_adapter.py` on the bundled base model (labkit/assets/base_model)",
              "with trl's SFTTrainer, completion-only loss, on instructions_train.jsonl (every task family).", "",
              f"- LoRA r={report['r']}, alpha={report['alpha']}, on {', '.join(report['target_modules'])}",

@@ -1,4 +1,4 @@
-"""Train the adapters lesson 12 ships with: two task adapters (lesson 01's recipe, trained longer) and a
+"""Train the adapters lesson 17 ships with: two task adapters (lesson 01's recipe, trained longer) and a
 QLoRA SFT adapter (LoRA on the bundled model loaded in 4-bit NF4).
 
     python scripts/train_ship_adapters.py                          # all three -> labkit/assets/adapters/
@@ -8,7 +8,7 @@ QLoRA SFT adapter (LoRA on the bundled model loaded in 4-bit NF4).
   labkit.sft.train, constant lr) on one task family of instructions_train.jsonl each, as lesson 01 §9
   trains them live for 40 steps;
 - qlora_sft: the same LoRA on the NF4 base (labkit.qlora.load_4bit), trained on every task family:
-  the adapter a QLoRA run leaves you with, which lesson 12 merges into a 4-bit base.
+  the adapter a QLoRA run leaves you with, which lesson 17 merges into a 4-bit base.
 Each folder gets scores.json (settings, time, held-out exact match / format on instructions_eval.jsonl)
 and a README; each is written to a temporary folder and renamed into place (labkit.adapters.save).
 """
@@ -63,7 +63,7 @@ def train_one(which: str, args) -> dict:
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "scores.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (out / "README.md").write_text(
-        f"# {folder_name(which)}: an adapter of lesson 12\n\n"
+        f"# {folder_name(which)}: an adapter of lesson 17\n\n"
         f"Trained by `python scripts/train_ship_adapters.py` on the {report['base']} with labkit.sft.train "
         f"(completion-only loss) on the {report['task']} task(s) of instructions_train.jsonl.\n\n"
         f"- LoRA r={args.r}, alpha={args.alpha}, on {', '.join(report['target_modules'])}\n"

@@ -1,6 +1,6 @@
 """The course in a real browser: JupyterLab + Chromium (Debian's, apt) driven by Playwright.
 
-What a learner does, end to end: open 01_lora_math, Run > Run All Cells, move the rank slider with the
+What a learner does, end to end: open 01_lora_from_scratch, Run > Run All Cells, move the rank slider with the
 keyboard and read the new parameter count; open an exercise notebook, run a check cell and see it fail,
 fix the function and see it pass.
 
@@ -49,8 +49,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "out" / "browser-test"
 CHROMIUM = os.environ.get("LABKIT_CHROMIUM", "/usr/bin/chromium")
-LESSON = ROOT / "notebooks" / "01_lora_math.ipynb"
-EXERCISES = ROOT / "exercises" / "01_lora_exercises.ipynb"
+LESSON = ROOT / "notebooks" / "01_lora_from_scratch.ipynb"
+EXERCISES = ROOT / "exercises" / "01_lora_from_scratch_exercises.ipynb"
 # On top of the lesson's own fast parameters: the parts of 01 that the widget does not depend on,
 # cut to a few steps (names missing from the parameters cell are left out).
 BROWSER_PARAMETERS = {"ADAPTER_STEPS": 4, "LATENCY_REPEATS": 3, "N_EVAL": 2}

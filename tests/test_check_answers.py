@@ -17,14 +17,15 @@ def test_quiz_shows_the_question_without_an_answer():
 
 
 def test_no_answer_says_what_to_write_without_printing_the_question_again():
-    """quiz(id) shows the question; quiz(id, None) under it must not print it a second time (lesson 09
+    """quiz(id) shows the question; quiz(id, None) under it must not print it a second time (lesson 19
     printed every question twice)."""
     shown = C.quiz("q01_merge_cost").message
     empty = C.quiz("q01_merge_cost", None).message
-    assert "no answer yet" in empty and "a letter such as 'b'" in empty
+    assert "not answered yet" in empty and "a letter such as 'b'" in empty
+    assert "#0b57d0" in C.quiz("q01_merge_cost", None)._repr_html_(), "neutral, not a red failure"
     question = shown.split(": ", 1)[1].splitlines()[0]
     assert question not in empty and "a) " not in empty
-    number = C.quiz("q09_rslora_scale", None).message
+    number = C.quiz("q19_rslora_scale", None).message
     assert "set answer to a number" in number
 
 

@@ -10,7 +10,7 @@ import torch
 from labkit import evaluate
 
 # ---------------------------------------------------------------------------------------------
-# perplexity and exact match (the references of lesson 07's exercises)
+# perplexity and exact match (the references of lesson 13's exercises)
 
 
 def test_perplexity_from_logits_equals_the_models_own_loss(base):

@@ -210,9 +210,9 @@ def test_workshop_subset_holds_only_the_chosen_exercises(tmp_path):
     out = tmp_path / "ws"
     written = nbs.workshop(["lora_forward", "nf4_quantize"], out, with_solutions=True)
     names = sorted(p.relative_to(out).as_posix() for p in written)
-    assert names == ["01_lora_exercises.ipynb", "03_qlora_exercises.ipynb",
-                     "solutions/01_lora_exercises.ipynb", "solutions/03_qlora_exercises.ipynb"]
-    nb01 = _nb(out / "01_lora_exercises.ipynb")
+    assert names == ["01_lora_from_scratch_exercises.ipynb", "04_quantisation_exercises.ipynb",
+                     "solutions/01_lora_from_scratch_exercises.ipynb", "solutions/04_quantisation_exercises.ipynb"]
+    nb01 = _nb(out / "01_lora_from_scratch_exercises.ipynb")
     assert nbs.section_ids(nb01) == ["lora_forward"]
     text = "\n".join(_src(c) for c in nb01["cells"])
     assert "def lora_forward" in text and "def lora_merge" not in text and "import torch" in text
@@ -224,8 +224,8 @@ def test_workshop_subset_holds_only_the_chosen_exercises(tmp_path):
 def test_cli_builds_a_workshop_and_checks_freshness(tmp_path, capsys):
     from labkit import cli
 
-    assert cli.main(["exercises", "workshop", "--only", "exact_match,q07_ppl_from_nll", "--out", str(tmp_path / "w")]) == 0
-    assert nbs.section_ids(_nb(tmp_path / "w" / "07_evaluation_exercises.ipynb")) == ["exact_match", "q07_ppl_from_nll"]
+    assert cli.main(["exercises", "workshop", "--only", "exact_match,q13_ppl_from_nll", "--out", str(tmp_path / "w")]) == 0
+    assert nbs.section_ids(_nb(tmp_path / "w" / "13_evaluation_exercises.ipynb")) == ["exact_match", "q13_ppl_from_nll"]
     assert cli.main(["exercises", "check"]) == 0
     assert cli.main(["exercises", "check", "--out", str(tmp_path / "w")]) == 1  # a subset is not the full set
     assert cli.main(["exercises", "workshop", "--only", "nope", "--out", str(tmp_path / "w2")]) == 1
@@ -288,6 +288,24 @@ def test_quiz_answers_are_right_and_wrong_answers_are_not():
             assert C.quiz(qid, q.choices["abc".index(answer)]).passed  # the choice's text works too
 
 
+def test_every_wrong_choice_gets_feedback_about_that_choice():
+    """A learner who picks a wrong choice is told why that choice is wrong: every wrong letter of every
+    choice question has its own feedback, and the right one has none (it would give the answer away)."""
+    answers = _quiz_answers()
+    missing = []
+    for qid in C.quizzes():
+        q = C.get(qid)
+        if q.kind != "choice":
+            continue
+        wrong = {letter for letter in "abcdefghij"[:len(q.choices)] if letter != answers[qid]}
+        if set(q.feedback or {}) != wrong:
+            missing.append(f"{qid}: feedback for {sorted(q.feedback or {})}, wrong choices {sorted(wrong)}")
+        else:
+            message = C.quiz(qid, sorted(wrong)[0]).message
+            assert q.feedback[sorted(wrong)[0]] in message and "such as" not in message, message
+    assert not missing, "\n".join(missing)
+
+
 def test_quiz_answers_are_not_in_plain_text_in_labkit_or_exercises():
     files = list((ROOT / "labkit").rglob("*.py")) + EXERCISES
     corpus = "\n".join(p.read_text() for p in files)
@@ -296,7 +314,7 @@ def test_quiz_answers_are_not_in_plain_text_in_labkit_or_exercises():
             assert s not in corpus, f"the answer to {qid} appears as {s!r}"
     for qid in C.quizzes():
         q = C.get(qid)
-        assert set(vars(q)) == {"id", "lesson", "text", "kind", "answer_hash", "choices", "rtol", "atol", "hint"}
+        assert set(vars(q)) == {"id", "lesson", "text", "kind", "answer_hash", "choices", "rtol", "atol", "hint", "feedback"}
         assert re.fullmatch(r"[0-9a-f]{24}", q.answer_hash)
 
 

@@ -1,5 +1,5 @@
 """labkit.forgetting: the evaluation callback, run_sft (general-text perplexity before/after SFT with
-sft.mix_general's general rows), and the precomputed grid that lesson 07 plots."""
+sft.mix_general's general rows), and the precomputed grid that lesson 13 plots."""
 
 import pytest
 
@@ -37,7 +37,7 @@ def test_run_sft_measures_forgetting_and_learning(base):
 
 
 # ---------------------------------------------------------------------------------------------
-# the precomputed forgetting grid that lesson 07 plots
+# the precomputed forgetting grid that lesson 13 plots
 
 
 def test_forgetting_grid_result_holds_every_combination():
@@ -89,7 +89,7 @@ def test_the_shipped_grid_is_the_bundled_models_only(hub_models):
 
 
 def test_remedies_give_lesson_07s_verdicts_on_the_shipped_grid():
-    """The numbers lesson 07 printed from the shipped grid before remedies() moved into labkit."""
+    """The numbers lesson 13 printed from the shipped grid before remedies() moved into labkit."""
     rows = forgetting.remedies(forgetting.load_grid()["runs"])
     got = [(r["advice"], round(r["g_safe"], 2), round(r["g_risky"], 2), r["better"], r["n"], round(r["e_safe"], 6),
             round(r["e_risky"], 6), r["verdict"]) for r in rows]
@@ -132,7 +132,7 @@ def test_remedies_across_seeds_count_the_seeds_where_each_remedy_holds():
 def test_the_shipped_seed_grids_repeat_the_shipped_grid_at_other_seeds():
     grids = forgetting.load_seed_grids()
     first = forgetting.load_grid()
-    assert grids[0] == first and len(grids) >= 3, "lesson 07's verdicts are read over at least 3 seeds"
+    assert grids[0] == first and len(grids) >= 3, "lesson 13's verdicts are read over at least 3 seeds"
     assert [g["seed"] for g in grids] == sorted({g["seed"] for g in grids})
     for g in grids[1:]:
         assert (g["task"], g["steps"], g["n_eval"], g["made_by"]) == (first["task"], first["steps"], first["n_eval"],
@@ -142,7 +142,7 @@ def test_the_shipped_seed_grids_repeat_the_shipped_grid_at_other_seeds():
 
 @pytest.mark.slow
 def test_run_grid_live_on_each_hub_style_model(hub_model):
-    """The live grid of lesson 07 for a non-bundled MODEL (GRID_STEPS > 0): every combination runs on the
+    """The live grid of lesson 13 for a non-bundled MODEL (GRID_STEPS > 0): every combination runs on the
     model's own template and targets, and the result says where it comes from."""
     from labkit import models
 

@@ -1,5 +1,5 @@
 """scripts/gpu_qlora.py runs end to end in --smoke mode on a CPU (a tiny model), so the script is
-ready for a GPU, and lesson 03 never shows smoke figures as measurements."""
+ready for a GPU, and lesson 04 never shows smoke figures as measurements."""
 
 import json
 import subprocess

@@ -1,5 +1,5 @@
 """labkit.hedge: the mixed-quality data builder, the hedge pairs, the behaviour rule and the rule judge
-(lesson 06, section 6), and DPO's SFT term: by hand, equal to trl's DPOTrainer(loss_type=["sigmoid",
+(lesson 09, section 6), and DPO's SFT term: by hand, equal to trl's DPOTrainer(loss_type=["sigmoid",
 "sft"]) after training, and what it does to a model that hedges."""
 
 import copy
@@ -179,7 +179,7 @@ def test_the_shipped_hedging_adapter_matches_its_script_and_its_report():
 
 @pytest.mark.slow
 def test_dpo_with_the_sft_term_removes_the_hedge_and_plain_dpo_breaks_the_answers(base, tok):
-    """Lesson 06's claim at reduced size: from the shipped hedging model, 10 steps at the lesson's lr."""
+    """Lesson 09's claim at reduced size: from the shipped hedging model, 10 steps at the lesson's lr."""
     model, _ = base
     hedged, _ = P.reference_model(model, tok, steps=0, adapter="sft_hedged")
     ev = data.read_jsonl("preferences_eval.jsonl")[:20]

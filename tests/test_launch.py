@@ -13,8 +13,6 @@ from labkit.launch import BRANCH, binder_badge, binder_url, repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
-BENCH = ROOT / "bench" / "notebooks.json"
-BINDER_MEMORY_MB = 2048  # mybinder.org's memory limit per session
 
 
 def test_binder_url_opens_a_notebook_in_jupyterlab():
@@ -100,24 +98,7 @@ def test_binder_installs_a_cpu_torch_then_the_pinned_course():
     assert re.fullmatch(r"python-3\.1\d", runtime)
 
 
-def _bench_rows():
-    if not BENCH.is_file():
-        pytest.skip("no bench/notebooks.json: run `make bench` (scripts/bench_notebooks.py)")
-    return json.loads(BENCH.read_text())["rows"]
-
-
-def test_every_benchmarked_notebook_fits_in_binders_memory():
-    rows = _bench_rows()
-    over = [f"{r['notebook']}: {r['peak_rss_mb']} MB" for r in rows if r["peak_rss_mb"] >= BINDER_MEMORY_MB]
-    assert not over, f"over Binder's {BINDER_MEMORY_MB} MB: {over}"
-    failed = [f"{r['notebook']}: {r['error']}" for r in rows if r.get("error")]
-    assert not failed, f"notebooks failed in the benchmark: {failed}"
-
-
-def test_the_benchmark_covers_every_lesson():
-    benched = {r["notebook"] for r in _bench_rows()}
-    missing = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb") if p.name not in benched)
-    assert not missing, f"not in bench/notebooks.json: run `make bench` to measure {', '.join(missing)}"
+# The bench's rows against the lesson contract (time, memory, freshness): tests/test_contract.py.
 
 
 def test_make_test_prepares_the_browser_and_test_latest_runs_unpinned():

@@ -121,7 +121,7 @@ def test_per_gpu_memory_reproduces_the_zero_paper():
 def test_per_gpu_memory_shards_what_each_strategy_says():
     kw = dict(lora_params=20e6, hidden=4096, layers=32, batch=1, seq_len=512)
     one = memory.estimate_memory(7e9, "lora", **kw)
-    for s in memory.STRATEGIES:  # one GPU: nothing to shard, the estimate of lesson 03
+    for s in memory.STRATEGIES:  # one GPU: nothing to shard, the estimate of lesson 04
         assert memory.per_gpu_memory(7e9, "lora", s, 1, **kw)["total"] == one["total"]
     eight = {s: memory.per_gpu_memory(7e9, "full", s, 8, hidden=4096, layers=32) for s in memory.STRATEGIES}
     assert eight["ddp"]["total"] > eight["zero1"]["total"] > eight["zero2"]["total"] > eight["zero3"]["total"]

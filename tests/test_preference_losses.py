@@ -247,7 +247,7 @@ def test_simpo_loss_equals_trl_cpo_trainer_simpo_after_training(base, tok, rows,
 def test_orpo_loss_equals_trl_orpo_trainer_after_training(base, tok, rows, tmp_path):
     """trl 1.16's ORPOTrainer (trl.experimental.orpo) takes the NLL over the prompt *and* the answer
     (its comment: "orpo chosen nll loss is computed over the full prompt and response"); labkit's
-    default is the answer only, as SFT in lesson 04. Given trl's NLL, orpo_loss gives trl's loss."""
+    default is the answer only, as SFT in lesson 06. Given trl's NLL, orpo_loss gives trl's loss."""
     from datasets import Dataset
 
     from labkit import env
@@ -311,7 +311,7 @@ def test_compare_with_dpo_gives_mcnemars_p_value_on_the_same_pairs():
     assert "(ties with DPO)" in lines[4] and "McNemar" not in lines[4]
 
 
-# ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson06.py)
+# ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson09.py)
 
 def _ipo(pc, pr, rc, rr, nc, nr, beta, normalise=True, target=None):
     sc, sr = (pc - rc), (pr - rr)
@@ -345,10 +345,10 @@ def test_the_ipo_exercise_fails_plausible_wrong_answers(name, wrong):
 def test_the_ipo_exercise_passes_labkits_and_another_right_way():
     from labkit import check as C
 
-    assert C.get("ipo_loss").reference is L.ipo_loss and C.get("ipo_loss").lesson == "06"
+    assert C.get("ipo_loss").reference is L.ipo_loss and C.get("ipo_loss").lesson == "09"
     for seed in range(4):
         assert C.check("ipo_loss", lambda *a: _ipo(*a), seed=seed).passed
-    assert C.quiz("q06_ipo_vs_dpo", "b").passed and not C.quiz("q06_ipo_vs_dpo", "a").passed
+    assert C.quiz("q09_ipo_vs_dpo", "b").passed and not C.quiz("q09_ipo_vs_dpo", "a").passed
 
 
 def test_beta_run_given_the_reference_log_probs_gives_the_same_result(base, tok, rows):

@@ -69,7 +69,7 @@ def test_answer_leads_are_the_passages_own_words_before_each_value(base):
 
 
 def test_reader_and_fact_pairs_follow_each_hub_style_models_template(hub_model):
-    """Lesson 08's SFT pairs with another model: the template's own prompt and turn end (never the bundled
+    """Lesson 15's SFT pairs with another model: the template's own prompt and turn end (never the bundled
     model's), BOS once in what the lesson counts as prompt tokens, and short enough that sft.train's
     default max_length (256) never cuts a completion (ChatML's default system turn makes them longest)."""
     from labkit import chat, models, sft
@@ -161,7 +161,7 @@ def test_copy_probe_shows_the_bundled_model_copies_after_the_passages_own_words(
     got = rag.copy_probe(model, tok, docs)
     assert list(got) == list(rag.COPY_CUES)
     own, label = got["the passage's own words: 'The <city> branch is managed by'"], got["a label: 'Manager:'"]
-    assert own >= 0.75 and label <= 0.25, got  # the mechanism lesson 08 explains: a cue that recurs
+    assert own >= 0.75 and label <= 0.25, got  # the mechanism lesson 15 explains: a cue that recurs
     one = rag.copy_probe(model, tok, docs[:2], {"fee": ("fee", "\nA replacement card at the {city} branch costs")})
     assert set(one) == {"fee"} and one["fee"] in (0.0, 0.5, 1.0)
     with pytest.raises(ValueError, match="at least one note"):

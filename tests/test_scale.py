@@ -1,4 +1,4 @@
-"""labkit.scale: the training script of lesson 10 on one process and several (torchrun / accelerate
+"""labkit.scale: the training script of lesson 16 on one process and several (torchrun / accelerate
 launch, gloo on CPUs), its config checks and the loss normalisation (per-GPU memory: tests/test_memory.py)."""
 
 import json
@@ -160,7 +160,7 @@ def test_token_normalisation_gives_the_one_batch_gradient(base):
 
     assert abs(tokens - whole) < 1e-5 and rel(g_tokens) < 1e-5
     assert abs(naive - whole) > 1e-4 and rel(g_naive) > 1e-3, (naive - whole, rel(g_naive))  # 0.5% here
-    check = scale.normalisation_check(pm, batch, world_size=2, accum_steps=2)  # what lesson 10 shows
+    check = scale.normalisation_check(pm, batch, world_size=2, accum_steps=2)  # what lesson 16 shows
     assert check["tokens"] == counts and check["whole"] == pytest.approx(whole, abs=1e-6)
     assert check["grad_diff_tokens"] < 1e-5 < 1e-3 < check["grad_diff_naive"]
 
@@ -198,7 +198,7 @@ def test_uneven_batch_skips_batches_whose_micro_batches_split_evenly():
 
 
 def test_token_normalisation_holds_for_each_hub_style_model(hub_model):
-    """The equality of section 3 of lesson 10 on each fixture model, GPT-2 among them: its pad token IS
+    """The equality of section 3 of lesson 16 on each fixture model, GPT-2 among them: its pad token IS
     its eos (load_base sets it), and the eos that ends every completion is still a trained token, never
     mistaken for padding (labels come from the pairs, padding from the attention mask). GPT-2 also has
     dropout (p = 0.1), which normalisation_check keeps out (eval mode): measured in train mode, the

@@ -417,7 +417,7 @@ def any_tok(request, hub_models):
     return kind, models.load_tokenizer(None if kind == "bundled" else hub_models[kind])
 
 
-# what lesson 04 prints about each template: (generation prompt, before the answer, turn end, BOS token,
+# what lesson 06 prints about each template: (generation prompt, before the answer, turn end, BOS token,
 # template writes BOS, tokenizer adds BOS)
 TEMPLATES = {
     "bundled": ("<|assistant|>", " ", "<|end|>", "<|endoftext|>", False, False),
@@ -491,7 +491,7 @@ def test_the_viewer_is_truthful_when_the_template_contains_the_marker(any_tok):
 
 @pytest.mark.parametrize("completion_only", [True, False])
 def test_labels_equal_trl_on_every_model(hub_model, completion_only):
-    """Lesson 04's own check (both loss settings) on each Hub-style fixture, as the notebook runs it."""
+    """Lesson 06's own check (both loss settings) on each Hub-style fixture, as the notebook runs it."""
     from labkit import models
 
     kind, folder = hub_model

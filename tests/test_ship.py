@@ -1,4 +1,4 @@
-"""labkit.ship: every equality lesson 12 shows (merged = adapter model, reloaded without peft = merged,
+"""labkit.ship: every equality lesson 17 shows (merged = adapter model, reloaded without peft = merged,
 the right 4-bit merge = the 4-bit model with its adapter and the wrong one not, a mixed batch = each
 adapter alone, "cat" = the exact weighted sum, GGUF tensors = the safetensors) and clear errors."""
 

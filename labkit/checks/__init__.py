@@ -3,7 +3,7 @@
 labkit.check imports every module in this folder the first time it needs the registry, so adding an
 exercise touches one place: the lesson's module here (plus its cell in solutions/).
 
-Adding a coding exercise (a sketch of the Bradley-Terry loss; labkit/checks/lesson05.py holds the real one):
+Adding a coding exercise (a sketch of the Bradley-Terry loss; labkit/checks/lesson08.py holds the real one):
 
     import torch
     from labkit import preference
@@ -38,13 +38,13 @@ draws hidden cases without near-ties, for an answer compared exactly (an order o
 Adding a quiz question:
 
     from labkit.check import question
-    question(id="q05_mask", lesson="05", kind="choice", text="Which tokens get label -100?",
+    question(id="q08_mask", lesson="05", kind="choice", text="Which tokens get label -100?",
              choices=("the prompt's", "the answer's", "none"), answer_hash="...")
 
-Get answer_hash with labkit.check.answer_hash("q05_mask", "a") or `labkit exercises hash q05_mask a`
+Get answer_hash with labkit.check.answer_hash("q08_mask", "a") or `labkit exercises hash q08_mask a`
 (store the right choice's letter; learners may answer with the letter or the choice's text). For
-numbers: answer_hash("q05_n", 0.25, "number", rtol=0.01) and question(..., kind="number", rtol=0.01)
-(the same tolerance in both), or `labkit exercises hash q05_n 0.25 --kind number --rtol 0.01`.
+numbers: answer_hash("q08_n", 0.25, "number", rtol=0.01) and question(..., kind="number", rtol=0.01)
+(the same tolerance in both), or `labkit exercises hash q08_n 0.25 --kind number --rtol 0.01`.
 Only the hash is stored here; the plain answer lives in the solutions notebook's `### BEGIN SOLUTION`
 region (solutions/ is the answer key; tests check that the answers do not appear in labkit/ or
 exercises/).
@@ -57,5 +57,5 @@ tests read the answer from it):
     ### BEGIN SOLUTION
     answer = "b"
     ### END SOLUTION
-    quiz("q05_mask", answer)
+    quiz("q08_mask", answer)
 """

@@ -1,4 +1,4 @@
-"""Lesson 04 (SFT and masking): completion-only labels and the padding collator; a quiz."""
+"""Lesson 04 (QLoRA): NF4 quantise and dequantise, bits per parameter, the memory estimate; quizzes."""
 
 from __future__ import annotations
 
@@ -6,69 +6,157 @@ import random
 
 import torch
 
-from labkit import sft
-from labkit.check import Case, exercise, mapping, question, tensor
+from labkit import memory, quant
+from labkit.check import Case, exercise, mapping, number, question, randn, sequence, tensor
 
 LESSON = "04"
 
 
-def _ids(rng_or_seed, n, vocab=500):
+# ---------------------------------------------------------------------------------------------
+# nf4_quantize(w, blocksize) -> (codes, absmax)
+
+
+def _weight(rng_or_seed, shape, zero_block=False, blocksize=64):
     rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
-    return [rng.randrange(3, vocab) for _ in range(n)]
+    w = randn(rng, *shape, scale=0.05)
+    if zero_block:
+        w.view(-1)[blocksize: 2 * blocksize] = 0.0
+    return w
+
+
+def _nf4_codes(tie_tol: float = 1e-6):
+    """Codes must equal the reference's, except for a value that lies on the midpoint between two
+    NF4 values (within float rounding): either neighbour is then right."""
+    exact = tensor(integer=True)
+    midpoints = (quant.NF4_CODE[:-1] + quant.NF4_CODE[1:]) / 2
+
+    def compare(got, exp, case):
+        problem = exact(got, exp, case)
+        if problem is None or not isinstance(got, torch.Tensor) or got.shape != exp.shape \
+                or got.is_floating_point() or got.dtype == torch.bool:
+            return problem
+        g, e = got.long().cpu(), exp.long()
+        if g.min() < 0 or g.max() > 15:
+            return "codes must be indices 0..15 into NF4_CODE"
+        w, blocksize = case.inputs["w"], case.inputs["blocksize"]
+        scaled, _ = quant._scale_blocks(w.reshape(-1).float(), blocksize)
+        wrong = g != e
+        lo = torch.minimum(g, e).clamp(max=14)
+        on_midpoint = ((g - e).abs() == 1) & ((scaled - midpoints[lo]).abs() <= tie_tol)
+        if (wrong & ~on_midpoint).any():
+            return problem
+        return None
+
+    return compare
+
+
+_QUANT_HINT = ("per block of `blocksize` consecutive values (row-major): absmax = max |w|, then the index of "
+               "the NF4_CODE value nearest to w / absmax")
+
+exercise(id="nf4_quantize", lesson=LESSON, title="NF4: blockwise absmax quantisation",
+         signature="nf4_quantize(w, blocksize)",
+         reference=quant.quantize_nf4,
+         public=lambda: [Case({"w": _weight(1, (4, 64)), "blocksize": 64}, "4 rows of one block each"),
+                         Case({"w": _weight(2, (8, 96)), "blocksize": 64}, "rows that are not whole blocks",
+                              hint="flatten w first (w.reshape(-1)): blocks run across row boundaries"),
+                         Case({"w": _weight(3, (6, 32)), "blocksize": 32}, "blocksize 32")],
+         hidden=lambda rng: [
+             Case({"w": _weight(rng, (rng.randint(1, 9), rng.choice([32, 64, 128]))), "blocksize": rng.choice([32, 64])}),
+             Case({"w": _weight(rng, (rng.randint(2, 7), rng.randint(5, 90))), "blocksize": 64},
+                  "a partial last block", hint="the last block may be shorter than blocksize; it gets its own absmax"),
+             Case({"w": _weight(rng, (4, 64), zero_block=True), "blocksize": 64}, "an all-zero block",
+                  hint="a block of zeros has absmax 0: dividing by it gives NaN; map those values to the code of 0.0"),
+             Case({"w": _weight(rng, (rng.randint(1, 5), 128)), "blocksize": 128})],
+         compare=sequence(codes=_nf4_codes(), absmax=tensor(rtol=1e-6, atol=0)),
+         hint=_QUANT_HINT)
 
 
 # ---------------------------------------------------------------------------------------------
-# completion_labels(input_ids, prompt_length) -> labels
+# nf4_dequantize(codes, absmax, shape, blocksize) -> w_hat
 
 
-exercise(id="completion_labels", lesson=LESSON, title="Labels that ignore the prompt",
-         signature="completion_labels(input_ids, prompt_length)",
-         reference=sft.completion_labels,
-         public=lambda: [Case({"input_ids": torch.tensor(_ids(1, 8)), "prompt_length": 5}, "a 5-token prompt"),
-                         Case({"input_ids": torch.tensor(_ids(2, 6)), "prompt_length": 0}, "no prompt",
-                              hint="with prompt_length 0 every token is trained on")],
-         hidden=lambda rng: [Case({"input_ids": torch.tensor(_ids(rng, (n := rng.randint(1, 40)))),
-                                   "prompt_length": rng.randint(0, n)}) for _ in range(5)],
-         compare=tensor(integer=True),
-         hint="a copy of input_ids (input_ids.clone()) with -100 on the first prompt_length positions")
+def _quantised(rng_or_seed, shape, blocksize):
+    w = _weight(rng_or_seed, shape)
+    codes, absmax = quant.quantize_nf4(w, blocksize)
+    return {"codes": codes, "absmax": absmax, "shape": tuple(shape), "blocksize": blocksize}
 
 
-# ---------------------------------------------------------------------------------------------
-# pad_collate(features, pad_token_id) -> {"input_ids", "attention_mask", "labels"}
+_UINT8_HINT = ("codes are uint8, and indexing with a uint8 tensor means a boolean mask in torch: "
+               "use NF4_CODE[codes.long()]")
 
-
-def _features(rng_or_seed, n_examples):
-    rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
-    out = []
-    for _ in range(n_examples):
-        n = rng.randint(2, 20)
-        ids = _ids(rng, n)
-        out.append({"input_ids": ids, "attention_mask": [1] * n, "labels": sft.completion_labels(ids, rng.randint(0, n - 1))})
-    return out
-
-
-def _collate_reference(features, pad_token_id):
-    return sft.PadCollator(pad_token_id)(features)
-
-
-exercise(id="pad_collate", lesson=LESSON, title="Padding a batch: input_ids, attention_mask, labels",
-         signature="pad_collate(features, pad_token_id)",
-         reference=_collate_reference,
-         public=lambda: [Case({"features": _features(1, 2), "pad_token_id": 0}, "two examples of different lengths"),
-                         Case({"features": _features(2, 3), "pad_token_id": 2}, "pad id 2",
-                              hint="padding labels are -100 (not the pad id): padding must not be trained on")],
-         hidden=lambda rng: [Case({"features": _features(rng, rng.randint(1, 5)), "pad_token_id": rng.choice([0, 1, 2])})
+exercise(id="nf4_dequantize", lesson=LESSON, title="NF4: back to float",
+         signature="nf4_dequantize(codes, absmax, shape, blocksize)",
+         reference=quant.dequantize_nf4,
+         public=lambda: [Case(_quantised(1, (4, 64), 64), "4 rows of one block each", hint=_UINT8_HINT),
+                         Case(_quantised(2, (3, 96), 64), "rows that are not whole blocks",
+                              hint="blocks run over the flattened weight; reshape to `shape` at the end")],
+         hidden=lambda rng: [Case(_quantised(rng, (rng.randint(1, 8), rng.randint(3, 130)), rng.choice([32, 64, 128])))
                              for _ in range(4)],
-         compare=mapping(("input_ids", "attention_mask", "labels"), tensor(integer=True)),
-         hint="tensors (batch, longest), padded on the right: input_ids with pad_token_id, attention_mask with 0, "
-              "labels with -100")
+         compare=tensor(rtol=1e-6, atol=1e-8),
+         hint="NF4_CODE[codes] times the absmax of each value's block, reshaped to `shape`")
 
 
 # ---------------------------------------------------------------------------------------------
-# Quiz
+# bits_per_parameter(blocksize, double_quant, blocksize2)
 
-question(id="q04_why_minus_100", lesson=LESSON, kind="choice", answer_hash="a4fad8bf059854dc6bb62961",
-         text="Why do masked positions get the label -100?",
-         choices=("it is the id of the padding token",
-                  "it is the ignore_index of torch's cross_entropy, which HF models' loss uses",
-                  "a large negative label pushes those logits down"))
+exercise(id="nf4_bits_per_parameter", lesson=LESSON, title="Bits per parameter of an NF4 weight",
+         signature="bits_per_parameter(blocksize, double_quant, blocksize2)",
+         reference=memory.bits_per_parameter,
+         public=lambda: [Case({"blocksize": 64, "double_quant": False, "blocksize2": 256}, "one fp32 absmax per block"),
+                         Case({"blocksize": 64, "double_quant": True, "blocksize2": 256}, "double quantisation",
+                              hint="with double quantisation: an 8-bit absmax per block, plus one fp32 constant "
+                                   "per blocksize2 blocks")],
+         hidden=lambda rng: [Case({"blocksize": rng.choice(quant.NF4_BLOCKSIZES[:6]), "double_quant": rng.random() < 0.6,
+                                   "blocksize2": rng.choice(quant.DYNAMIC_BLOCKSIZES[:5])}) for _ in range(5)],
+         compare=number(rtol=1e-9),
+         hint="4 bits per code plus each weight's share of the constants: a 32-bit absmax is shared by blocksize weights")
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate_memory(n_params, method, lora_params) -> dict of bytes
+
+_KEYS = ("weights", "gradients", "optimizer_states", "adapters", "quant_constants", "total")
+
+
+def _memory_reference(n_params, method, lora_params):
+    return memory.estimate_memory(n_params, method, lora_params=lora_params)
+
+
+exercise(id="memory_estimate", lesson=LESSON, title="What fits: memory for full, LoRA and QLoRA fine-tuning",
+         signature="estimate_memory(n_params, method, lora_params)",
+         reference=_memory_reference,
+         public=lambda: [Case({"n_params": 7_000_000_000, "method": "full", "lora_params": None}, "full fine-tuning",
+                              hint="bf16 weights and gradients (2 + 2 bytes), AdamW m and v in fp32 (8 bytes) and an "
+                                   "fp32 master copy (4 bytes): 16 bytes per parameter"),
+                         Case({"n_params": 7_000_000_000, "method": "lora", "lora_params": 4_194_304}, "LoRA",
+                              hint="frozen bf16 weights; only the adapters have gradients (bf16) and AdamW states (fp32)"),
+                         Case({"n_params": 7_000_000_000, "method": "qlora", "lora_params": 4_194_304}, "QLoRA",
+                              hint="weights in 4 bits, constants double-quantised (bits_per_parameter(64, True) - 4 "
+                                   "bits each), bf16 adapters")],
+         hidden=lambda rng: [Case({"n_params": rng.randint(10**6, 7 * 10**10),
+                                   "method": (m := rng.choice(["full", "lora", "qlora"])),
+                                   "lora_params": None if m == "full" else rng.randint(10**4, 10**8)})
+                             for _ in range(5)],
+         compare=mapping(_KEYS, number(rtol=1e-6, atol=2.0), optional_zero=("activations",)),
+         hint="bytes, with keys weights, gradients, optimizer_states, adapters, quant_constants and total "
+              "(unused parts are 0)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Quizzes
+
+question(id="q04_bits_b128", lesson=LESSON, kind="number", rtol=1e-3, answer_hash="f34d033d7fd072e94c20d88b",
+         text="NF4 with blocksize 128 and double quantisation (8-bit absmax, one fp32 constant per 256 blocks): "
+              "how many bits per parameter? (to 3 decimals)",
+         hint="4 + 8 / blocksize + 32 / (blocksize · 256)")
+
+question(id="q04_exact_zero", lesson=LESSON, kind="choice", answer_hash="922e6b8a54b506f5b7207312",
+         text="NF4 has 7 negative values, an exact 0 and 8 positive values. Why not 8 and 8?",
+         choices=("because negative weights are rarer in trained networks",
+                  "so that 0 is represented exactly (padding and zero-centred weights)",
+                  "to keep one code free as an end-of-block marker"))
+
+question(id="q04_weights_7b_gb", lesson=LESSON, kind="number", rtol=0.02, answer_hash="6dd369a8d6b35fe75b1f0b50",
+         text="How many GB (10^9 bytes) do the weights of a 6.74-billion-parameter model take in NF4 with "
+              "blocksize 64 and double quantisation, constants included? (2% tolerance)",
+         hint="bits_per_parameter(64, True) bits per weight, 8 bits per byte")

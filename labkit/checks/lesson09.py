@@ -1,246 +1,141 @@
-"""Lesson 09 (interview prep): quiz questions across the course, two code drills, and where each
-answer is proven.
-
-EXPLANATIONS maps each question to (where: the lesson and section that measures or derives the answer,
-why: the reasoning). labkit.interview.quiz shows "where" after any answer and "why" once the answer is
-right. Answers are stored hashed (labkit.check); the answer key is solutions/09_interview_prep_exercises.ipynb.
-"""
+"""Lesson 09 (DPO): a sequence's log-probability from logits and labels, the DPO loss, the IPO loss;
+one interview question on the preference-loss family."""
 
 from __future__ import annotations
 
 import random
 
-from labkit import evaluate
-from labkit.check import Case, exercise, number, question
+import torch
+
+from labkit import preference, preference_losses
+from labkit.check import Case, exercise, question, randn, sequence, tensor
 
 LESSON = "09"
 
 
-# topic of each question, for the interview deck (labkit.interview.deck)
-TOPICS = {
-    'q09_which_rank': 'LoRA',
-    'q09_prevent_forgetting': 'evaluation',
-    'q09_finetune_vs_prompting': 'fine-tune vs RAG',
-    'q09_lora_params_one_matrix': 'LoRA',
-    'q09_lora_7b_r16': 'LoRA',
-    'q09_lora_b_zero': 'LoRA',
-    'q09_rslora_scale': 'LoRA',
-    'q09_merge_latency': 'LoRA',
-    'q09_nf4_65b_gb': 'QLoRA',
-    'q09_double_quant': 'QLoRA',
-    'q09_qlora_what_trains': 'QLoRA',
-    'q09_full_ft_bytes': 'QLoRA',
-    'q09_label_mask': 'SFT',
-    'q09_chat_template': 'SFT',
-    'q09_packing': 'SFT',
-    'q09_bradley_terry': 'RLHF',
-    'q09_kl_penalty': 'RLHF',
-    'q09_dpo_removes': 'DPO',
-    'q09_dpo_beta': 'DPO',
-    'q09_perplexity': 'evaluation',
-    'q09_wrong_value_metric': 'evaluation',
-    'q09_rouge_l_value': 'evaluation',
-    'q09_judge_position': 'evaluation',
-    'q09_forgetting_data': 'evaluation',
-    'q09_rag_freshness': 'fine-tune vs RAG',
-    'q09_rag_cost': 'fine-tune vs RAG',
-}
-
-EXPLANATIONS = {
-    'q09_which_rank': ('lesson 01 §7-8 (the SVD of a real update, the rank widget) and lesson 07 §4 (rank 4 vs 64 in the forgetting grid)',
-        'Trainable parameters grow linearly with r, while quality saturates early; small ranks are the usual start, and whether a rank is enough is measured on held-out data, not assumed.'),
-    'q09_prevent_forgetting': ('lesson 07 §3 (the two curves during training) and §4 (the forgetting grid and its computed verdicts)',
-        "Forgetting is measured as held-out general-text perplexity after/before; the three remedies are tested one knob at a time in lesson 07, next to the task score so that 'no forgetting because nothing was learned' is visible."),
-    'q09_finetune_vs_prompting': ('lesson 08 (the table of accuracy, cost, tokens, latency and freshness; the decision table with its measured column)',
-        'Fine-tuning changes HOW (formats, behaviour); RAG changes WHAT the model knows (facts, fresh and citable); prompting is the cheapest first try.'),
-    'q09_lora_params_one_matrix': ('lesson 01 §1 (the idea) and §5 (counting exactly)',
-        'A is r x d_in and B is d_out x r, so the count is r·(d_in + d_out).'),
-    'q09_lora_7b_r16': ('lesson 01 §5 (the 7B example, computed on the meta device)',
-        '32 layers x 2 matrices x r·(4096 + 4096). The often-quoted 4,194,304 is the r = 8 figure.'),
-    'q09_lora_b_zero': ('lesson 01 §2 (B starts at zero)',
-        'With B = 0 the update is zero, training starts from the pretrained model exactly; A random keeps gradients for B non-zero.'),
-    'q09_rslora_scale': ('lesson 01 §6 (alpha/r, and rsLoRA)',
-        'alpha/sqrt(r); plain LoRA would scale by alpha/r, four times less at this rank.'),
-    'q09_merge_latency': ('lesson 01 §4 (merging) and §9 (what an adapter costs at inference)',
-        "W + (alpha/r)·B·A is a single matrix of the original shape, so the merged model does exactly the base model's arithmetic; "
-        "only an unmerged adapter adds products. Whether that shows in a stopwatch is a measurement: lesson 01 §9 times all three "
-        "in turns and prints each time/base ratio with its interval (an interval that holds 1 cannot tell the model from the base)."),
-    'q09_nf4_65b_gb': ('lesson 03 (memory arithmetic: what fits on which GPU)',
-        'Four bits are half a byte per weight: parameters x 0.5 bytes.'),
-    'q09_double_quant': ('lesson 03 (NF4 from scratch: blockwise absmax, double quantisation)',
-        'Each block of 64 weights has a float32 absmax; double quantisation stores those constants in 8 bits (blocks of 256), saving about 0.37 bits per weight.'),
-    'q09_qlora_what_trains': ('lesson 03 (a real QLoRA run with bitsandbytes)',
-        'Gradients flow through the dequantised base weights into the adapters; only the adapters are updated.'),
-    'q09_full_ft_bytes': ('lesson 03 (memory arithmetic, labkit.memory.estimate_memory) and lesson 02 (LoRA vs full fine-tuning: memory)',
-        "fp32 weight, fp32 gradient, and Adam's first and second moments, 4 bytes each."),
-    'q09_label_mask': ('lesson 04 (labels = -100 on prompt tokens; the token-mask viewer)',
-        "PyTorch's cross-entropy skips -100; the model learns to answer, not to reproduce the question."),
-    'q09_chat_template': ("lesson 04 (chat templates) and lesson 08 (the fine-tuned model's prompt format)",
-        'The fine-tuned behaviour is conditioned on the exact special tokens and layout of the training prompts.'),
-    'q09_packing': ('lesson 04 (packing)',
-        'Packing fills each row with real tokens; the attention or the labels must keep examples from reading each other.'),
-    'q09_bradley_terry': ('lesson 05 (the Bradley-Terry reward model) and lesson 07 §5 (the MiniLM judge, trained with the same loss)',
-        'P = sigmoid(r_chosen - r_rejected); the reward loss is -log of it.'),
-    'q09_kl_penalty': ('lesson 05 (RLHF with PPO and a KL penalty)',
-        'Without it the policy finds texts the reward model over-scores (reward hacking) and forgets how to write.'),
-    'q09_dpo_removes': ('lesson 06 (the DPO loss derived from scratch)',
-        'DPO optimises the policy directly on preference pairs, with an implicit reward beta·log(pi_theta/pi_ref); the reference model stays.'),
-    'q09_dpo_beta': ('lesson 06 (the beta widget)',
-        "beta plays the role of the KL penalty's weight: a larger beta makes deviations from pi_ref more costly."),
-    'q09_perplexity': ('lesson 07 §1 (five metrics) and the exercise perplexity_from_logits',
-        'Perplexity is exp of the mean NLL per token.'),
-    'q09_wrong_value_metric': ('lesson 07 §1 (the metrics table, second row)',
-        'Overlap metrics still give about 0.9 for one wrong token; only exact match (or a check of the value) catches it.'),
-    'q09_rouge_l_value': ('lesson 07 §1 (ROUGE-L from its definition) and the drill rouge_l_f1 below',
-        'LCS = 2 words; precision = 2/4, recall = 2/2; F1 is their harmonic mean.'),
-    'q09_judge_position': ('lesson 07 §5 (position bias, made visible)',
-        'Swapping cancels a constant first-position bonus; evaluate.pairwise_win_rate does it and measures the bias.'),
-    'q09_forgetting_data': ('lesson 07 §3-4 (general-text perplexity before and after SFT)',
-        'Forgetting is about what the task data does not contain; held-out, so the measure is not memorisation.'),
-    'q09_rag_freshness': ('lesson 08 (freshness: a fact changed in the collection)',
-        'RAG reads the collection at query time; a fine-tuned model holds facts in its weights until it is retrained.'),
-    'q09_rag_cost': ('lesson 08 (the table: tokens per query, latency)',
-        'The passage goes into every prompt; fine-tuning pays up front (training) instead.'),
-}
-
-question(id='q09_which_rank', lesson=LESSON, kind="choice", answer_hash='20f556e0598cd0f71e294e56',
-         text='Interview: which LoRA rank would you start with for instruction tuning, and how would you choose?',
-         choices=('A small rank (8-16, alpha about 2r), raised only if a held-out metric shows the adapter underfits', 'The full rank of the weight matrix, so the adapter can express any update', 'The largest rank that fits in memory: more rank is always better'))
-
-question(id='q09_prevent_forgetting', lesson=LESSON, kind="choice", answer_hash='4030692e02621c977836caa6',
-         text='Interview: how do you limit catastrophic forgetting during SFT?',
-         choices=('Full fine-tuning instead of LoRA, so every weight can keep its old role while it learns the new one', 'A lower learning rate, a small adapter, ~10% general data mixed in, and general-text perplexity measured before and after', 'More epochs on the task data only'))
-
-question(id='q09_finetune_vs_prompting', lesson=LESSON, kind="choice", answer_hash='1147fe66138c5aa6af76e7db',
-         text='Interview: when is fine-tuning the better choice than prompting or RAG?',
-         choices=('When the model must know facts that change every week', 'When the model must cite the document behind each answer', 'When you need to change HOW the model answers: a reliable format, style or behaviour that prompts do not make stick'))
-
-question(id='q09_lora_params_one_matrix', lesson=LESSON, kind="number", rtol=0.001, answer_hash='21df51aaabfa5051ebd5e61c',
-         text='LoRA with r = 8 on one 4096 x 4096 weight matrix: how many trainable parameters?' + " (0.1% tolerance)")
-
-question(id='q09_lora_7b_r16', lesson=LESSON, kind="number", rtol=0.001, answer_hash='31cda8500495a1315cf14a82',
-         text='Llama-2-7B (32 layers, hidden size 4096), LoRA with r = 16 on q_proj and v_proj only: how many trainable parameters?' + " (0.1% tolerance)")
-
-question(id='q09_lora_b_zero', lesson=LESSON, kind="choice", answer_hash='e42cc00d0c9e24d36fb17bb7',
-         text='Why does LoRA initialise B to zeros (and A at random)?',
-         choices=('So that B·A = 0: the adapted model is exactly the base model at step 0', 'To save memory until the first step', 'To keep the update small all through training: B stays near zero'))
-
-question(id='q09_rslora_scale', lesson=LESSON, kind="number", rtol=0.01, answer_hash='e032902457a347cb2727797a',
-         text='rsLoRA scales the update by alpha/sqrt(r) instead of alpha/r. With alpha = 16 and r = 64, what is the scale?' + " (1.0% tolerance)")
-
-question(id='q09_merge_latency', lesson=LESSON, kind="choice", answer_hash='bad00ba37fb5592c7a3c9ad5',
-         text='You merge a trained LoRA adapter into the base weights. Compared with the base model, the work of a forward pass is:',
-         choices=('more, by the two extra thin matrix products per adapted layer', 'the same: the merged weight is one ordinary matrix of the original shape', 'less, because the weights are smaller'))
-
-question(id='q09_nf4_65b_gb', lesson=LESSON, kind="number", rtol=0.02, answer_hash='715b2e3484155435759c2b4f',
-         text='A 65-billion-parameter model stored in 4-bit NF4 (ignore the quantisation constants): how many GB (1e9 bytes) do its weights take?' + " (2.0% tolerance)")
-
-question(id='q09_double_quant', lesson=LESSON, kind="choice", answer_hash='3dcc5612681278553d9bf2db',
-         text='In QLoRA, what does double quantisation quantise?',
-         choices=('The weights a second time, to 2 bits', 'The optimizer states', 'The absmax scaling constants (one per block of 64 weights)'))
-
-question(id='q09_qlora_what_trains', lesson=LESSON, kind="choice", answer_hash='711f0df10cfaecb510a4e6b0',
-         text='In QLoRA, which parameters are stored in 4 bits and which ones train?',
-         choices=('The frozen base weights are 4-bit; the LoRA adapters train in 16/32-bit', 'Everything is 4-bit and everything trains', 'The adapters are 4-bit; the base weights train'))
-
-question(id='q09_full_ft_bytes', lesson=LESSON, kind="number", rtol=0.01, answer_hash='1567db6220e492bfe40cec72',
-         text='Full fine-tuning in fp32 with AdamW: bytes per parameter for weights + gradients + the two Adam states (ignore activations)?' + " (1.0% tolerance)")
-
-question(id='q09_label_mask', lesson=LESSON, kind="choice", answer_hash='4a2fb1296d9a0c35903e4df1',
-         text="In completion-only SFT, what label do the prompt's tokens get?",
-         choices=('0', '-100, so the loss ignores them', "their own token ids, like the answer's"))
-
-question(id='q09_chat_template', lesson=LESSON, kind="choice", answer_hash='cd24171884e3e29716b73a3e',
-         text='Why must the chat template at inference be the one used in SFT?',
-         choices=('It need not be: the model reads the content, not the turn markers', 'Only the system prompt has to match; the turn markers can change', 'Otherwise the model sees a format it never trained on, and its answers degrade'))
-
-question(id='q09_packing', lesson=LESSON, kind="choice", answer_hash='e954de9ff87015a4f214e28c',
-         text='What is packing in SFT?',
-         choices=('Concatenating several short examples into one sequence of the maximum length, so no compute is spent on padding', 'Padding every example to the longest one in the batch', 'Putting the prompt and the answer in separate sequences'))
-
-question(id='q09_bradley_terry', lesson=LESSON, kind="number", rtol=0.01, answer_hash='07d5ca3adb476d9eb634b8f5',
-         text='A reward model scores the chosen answer 2.0 and the rejected one 0.0. Under Bradley-Terry, what is P(chosen preferred)?' + " (1.0% tolerance)")
-
-question(id='q09_kl_penalty', lesson=LESSON, kind="choice", answer_hash='b24264507d3964a5c766bf8f',
-         text='Why does RLHF penalise the KL divergence between the policy and the reference (SFT) model?',
-         choices=('To keep the reward model close to the SFT model while the policy trains', 'To keep the policy close to the SFT model, so it stays fluent and cannot drift into exploiting the reward model', 'To make the answers more diverse, like an entropy bonus'))
-
-question(id='q09_dpo_removes', lesson=LESSON, kind="choice", answer_hash='2e4915182c325cd6da021c9d',
-         text='What does DPO do without, compared with PPO-based RLHF?',
-         choices=('The KL-regularised objective: DPO maximises the reward alone', 'The reference model', 'A separately trained reward model and the sampling loop of RL'))
-
-question(id='q09_dpo_beta', lesson=LESSON, kind="choice", answer_hash='b4654bfd363d435126606c92',
-         text='In DPO, a larger beta...',
-         choices=('keeps the policy closer to the reference model', 'lets the policy move further from the reference model', 'weights the chosen answers more than the rejected ones'))
-
-question(id='q09_perplexity', lesson=LESSON, kind="number", rtol=0.01, answer_hash='f499474cd6e3bc92a5864b9b',
-         text='The mean negative log-likelihood on held-out text is 1.5 nats per token. What is the perplexity?' + " (1.0% tolerance)")
-
-question(id='q09_wrong_value_metric', lesson=LESSON, kind="choice", answer_hash='d03a09bb8ca41ed28b2fceda',
-         text='An answer restates the reference sentence but with a wrong ratio (45% instead of 30%). Which metric drops to zero?',
-         choices=('ROUGE-L', 'exact match', 'token F1'))
-
-question(id='q09_rouge_l_value', lesson=LESSON, kind="number", rtol=0.01, answer_hash='243afe18b0bbef068c7cfe6e',
-         text="ROUGE-L F1 of the prediction 'the risk is high' against the reference 'Risk: high' (lower-cased words, no stemming)?" + " (1.0% tolerance)")
-
-question(id='q09_judge_position', lesson=LESSON, kind="choice", answer_hash='fed5d9ff886452e844948a1f',
-         text='A pairwise LLM judge prefers whichever answer it sees first. What is the standard fix?',
-         choices=("Always show the candidate model's answer first", 'Sample the judge at temperature 0', 'Ask in both orders and average (and report how often the orders disagree)'))
-
-question(id='q09_forgetting_data', lesson=LESSON, kind="choice", answer_hash='56abb5518c830db58d70441c',
-         text='On which data do you measure catastrophic forgetting?',
-         choices=('Held-out general text the fine-tuning data does not cover', 'The SFT training set', "The task's validation set"))
-
-question(id='q09_rag_freshness', lesson=LESSON, kind="choice", answer_hash='2ff61f0c03cf60663e185225',
-         text='A fact in the document collection changes today. Which system gives the new answer without retraining?',
-         choices=('The fine-tuned model', 'RAG: retrieval reads the updated document', 'Both: the fine-tuned model generalises to the new value'))
-
-question(id='q09_rag_cost', lesson=LESSON, kind="choice", answer_hash='59cbff0a303c239cf54f1e29',
-         text='Compared with a fine-tuned model, what does RAG cost per query?',
-         choices=('Fewer tokens', 'Nothing extra', 'More prompt tokens (the retrieved passage) plus a retrieval step'))
+def _rng(rng_or_seed):
+    return rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
 
 
 # ---------------------------------------------------------------------------------------------
-# Code drills: token F1 and ROUGE-L F1 (lesson 07 §1)
-
-_WORDS = ["the", "loan", "risk", "is", "high", "low", "Risk:", "ratio", "30%", "Linda", "Garcia", "$1,500", "paid",
-          "a", "memo", "payslip"]
+# sequence_logps(logits, labels) -> (B,)
 
 
-def _sentence(rng: random.Random, n_max: int = 10) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, n_max)))
+def _lm_batch(rng_or_seed, batch, seq, vocab, prompt=0, pad_tail=0):
+    """logits (batch, seq, vocab) and labels (batch, seq): -100 on the first PROMPT tokens of every row
+    and on the last PAD_TAIL tokens of the first row (a shorter, right-padded answer)."""
+    rng = _rng(rng_or_seed)
+    logits = randn(rng, batch, seq, vocab, scale=2.0)
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    labels = torch.randint(0, vocab, (batch, seq), generator=g)
+    labels[:, :prompt] = -100
+    if pad_tail:
+        labels[0, seq - pad_tail:] = -100
+    return {"logits": logits, "labels": labels}
 
 
-def _text_pairs(rng: random.Random, n: int) -> list[Case]:
-    return [Case({"prediction": _sentence(rng), "reference": _sentence(rng)}) for _ in range(n)]
+_SHIFT_HINT = "the logits at position t predict the token at t + 1: score logits[:, :-1] against labels[:, 1:]"
+
+exercise(id="sequence_logps", lesson=LESSON, title="Log-probability of each answer",
+         signature="sequence_logps(logits, labels)",
+         reference=preference.sequence_logps,
+         public=lambda: [Case(_lm_batch(1, 1, 5, 7), "one sequence, nothing ignored",
+                              hint="a SUM (not a mean) of log-probabilities; " + _SHIFT_HINT),
+                         Case(_lm_batch(2, 2, 8, 11, prompt=3), "a 3-token prompt labelled -100",
+                              hint="tokens whose label is -100 add nothing to the sum (and -100 is not a valid "
+                                   "index for gather: replace it before gathering, then mask)"),
+                         Case(_lm_batch(3, 3, 9, 13, prompt=2, pad_tail=3), "rows of different lengths",
+                              hint="a SUM over each row's scored tokens, not a mean: DPO compares whole answers")],
+         hidden=lambda rng: [Case(_lm_batch(rng, rng.randint(1, 4), (s := rng.randint(3, 16)), rng.randint(5, 60),
+                                            prompt=rng.randint(0, s - 2), pad_tail=rng.randint(0, 1)))
+                             for _ in range(5)],
+         compare=tensor(rtol=1e-4, atol=1e-4),
+         hint="log_softmax over the vocabulary, gather each next token's log-probability, zero the -100 "
+              "positions and sum over the sequence: returns (B,)")
 
 
-_TOKENS_HINT = "lower-case, keep runs of letters and digits as tokens (re.sub(r'[^a-z0-9]+', ' ', s.lower()).split())"
+# ---------------------------------------------------------------------------------------------
+# dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
 
-exercise(id="token_f1", lesson=LESSON, title="Token F1 (SQuAD-style)", signature="token_f1(prediction, reference)",
-         reference=evaluate.token_f1,
-         public=lambda: [Case({"prediction": "Risk: high", "reference": "risk: HIGH"}, "same words, other case",
-                              hint=_TOKENS_HINT),
-                         Case({"prediction": "the ratio is 30", "reference": "ratio 30 percent"}, "partial overlap",
-                              hint="precision = common / len(prediction), recall = common / len(reference)"),
-                         Case({"prediction": "a a a", "reference": "a"}, "a repeated word",
-                              hint="count common tokens with multiplicity: Counter(p) & Counter(r)"),
-                         Case({"prediction": "low", "reference": "high"}, "nothing in common",
-                              hint="no common token: F1 is 0")],
-         hidden=lambda rng: _text_pairs(rng, 8),
-         compare=number(rtol=1e-9),
-         hint="F1 = 2PR / (P + R) over shared tokens (with counts); " + _TOKENS_HINT)
 
-exercise(id="rouge_l_f1", lesson=LESSON, title="ROUGE-L F1 from the longest common subsequence",
-         signature="rouge_l_f1(prediction, reference)",
-         reference=lambda prediction, reference: evaluate.rouge_l(prediction, reference)["f1"],
-         public=lambda: [Case({"prediction": "high risk", "reference": "Risk: high"}, "order matters",
-                              hint="the longest common SUBSEQUENCE keeps order: here it is one word"),
-                         Case({"prediction": "the loan risk is high", "reference": "risk high"}, "words in between",
-                              hint="a subsequence may skip words"),
-                         Case({"prediction": "memo", "reference": "payslip"}, "nothing in common",
-                              hint="LCS 0: F1 is 0")],
-         hidden=lambda rng: _text_pairs(rng, 8),
-         compare=number(rtol=1e-9),
-         hint="LCS by dynamic programming; P = LCS / len(prediction), R = LCS / len(reference), F1 = 2PR/(P+R); "
-              + _TOKENS_HINT)
+def _logps(rng_or_seed, n, beta, same_policy=False):
+    """Four (n,) sequence log-probabilities (negative, as for answers of a few tokens) and BETA."""
+    rng = _rng(rng_or_seed)
+    ref_c, ref_r = -randn(rng, n).abs() * 20 - 1, -randn(rng, n).abs() * 20 - 1
+    if same_policy:
+        pol_c, pol_r = ref_c.clone(), ref_r.clone()
+    else:
+        pol_c, pol_r = ref_c + 3 * randn(rng, n), ref_r + 3 * randn(rng, n)
+    return {"policy_chosen_logps": pol_c, "policy_rejected_logps": pol_r,
+            "ref_chosen_logps": ref_c, "ref_rejected_logps": ref_r, "beta": beta}
+
+
+_TENSOR = tensor(rtol=1e-5, atol=1e-6)
+
+exercise(id="dpo_loss", lesson=LESSON, title="The DPO loss and its implicit rewards",
+         signature="dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)",
+         reference=preference.dpo_loss,
+         public=lambda: [Case(_logps(1, 1, 0.5, same_policy=True), "the policy still equals the reference",
+                              hint="the implicit reward of an answer is beta * (its policy log-prob - its "
+                                   "reference log-prob): 0 for both answers here"),
+                         Case(_logps(2, 4, 0.1), "four pairs, beta 0.1",
+                              hint="each answer's reward is beta * (policy log-prob - reference log-prob); the "
+                                   "loss is -log sigma(chosen_rewards - rejected_rewards), averaged over the pairs"),
+                         Case(_logps(3, 3, 2.0), "beta 2",
+                              hint="multiply the log-ratios by beta before the sigmoid, and return the rewards "
+                                   "with beta in them too")],
+         hidden=lambda rng: [Case(_logps(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0, 2.0])))
+                             for _ in range(5)],
+         compare=sequence(loss=_TENSOR, chosen_rewards=_TENSOR, rejected_rewards=_TENSOR),
+         hint="chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps), the same for rejected; "
+              "loss = mean of -log sigma(chosen_rewards - rejected_rewards); return (loss, chosen_rewards, "
+              "rejected_rewards)")
+
+
+# ---------------------------------------------------------------------------------------------
+# ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+#          chosen_lengths, rejected_lengths, beta)
+
+
+def _ipo_inputs(rng_or_seed, n, beta, same_policy=False, unit_lengths=False):
+    """_logps' four (n,) log-probabilities, answer lengths (n,) long (1 with UNIT_LENGTHS) and BETA."""
+    rng = _rng(rng_or_seed)
+    d = _logps(rng, n, beta, same_policy=same_policy)
+    beta = d.pop("beta")
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    for side in ("chosen", "rejected"):
+        d[f"{side}_lengths"] = torch.ones(n, dtype=torch.long) if unit_lengths else torch.randint(1, 30, (n,), generator=g)
+    d["beta"] = beta
+    return d
+
+
+exercise(id="ipo_loss", lesson=LESSON, title="The IPO loss: a target margin instead of -log sigma",
+         signature="ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, "
+                   "chosen_lengths, rejected_lengths, beta)",
+         reference=preference_losses.ipo_loss,
+         public=lambda: [Case(_ipo_inputs(1, 2, 0.5, same_policy=True), "the policy still equals the reference",
+                              hint="every log-ratio is 0 here, so h = 0 and each pair's loss is (0 - 1/(2 beta))^2"),
+                         Case(_ipo_inputs(2, 4, 0.1, unit_lengths=True), "answers of one token each",
+                              hint="h = chosen log-ratio - rejected log-ratio; the loss is the mean of "
+                                   "(h - 1/(2 beta))^2, a square, not -log sigma"),
+                         Case(_ipo_inputs(3, 3, 0.5), "answers of different lengths",
+                              hint="divide each answer's log-ratio by its own length (tokens) before the "
+                                   "difference, as trl's DPOTrainer(loss_type='ipo') does")],
+         hidden=lambda rng: [Case(_ipo_inputs(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0])))
+                             for _ in range(5)],
+         compare=sequence(loss=_TENSOR, chosen_logratios=_TENSOR, rejected_logratios=_TENSOR),
+         hint="s_w = (policy_chosen_logps - ref_chosen_logps) / chosen_lengths, s_l likewise; "
+              "loss = mean of (s_w - s_l - 1/(2 beta))^2; return (loss, s_w, s_l)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interview quiz
+
+question(id="q09_ipo_vs_dpo", lesson=LESSON, kind="choice", answer_hash="53d064366ad97b540a5d2bf6",
+         text="Interview: the preference pairs are deterministic (the chosen answer is always the right one). "
+              "Why might you train with IPO rather than DPO?",
+         choices=("IPO needs no reference model in memory",
+                  "DPO's -log sigma keeps pushing the margin towards infinity on such pairs (its gradient only "
+                  "vanishes in that limit); IPO's squared loss stops at a target margin 1/(2 tau)",
+                  "IPO averages over tokens, so each step is cheaper than DPO's"),
+         hint="where is each loss's minimum, as a function of the margin?")
