@@ -367,6 +367,23 @@ def pretraining_document(rng: random.Random, copy_share: float = 0.2) -> str:
     return domain_document(rng)
 
 
+def pay_slip_arithmetic(text: str) -> dict | None:
+    """Does a pay slip's own arithmetic hold? {"gross", "tax", "net", "gross_minus_tax", "adds_up"} from
+    the first "Gross pay: $X", "Tax withheld: $Y" and "Net pay: $Z" in TEXT, or None when one is missing.
+    Lesson 00 runs it on a generated slip: a model that copies the look of a document need not compute."""
+    import re
+
+    found = {}
+    for key, label in (("gross", "Gross pay"), ("tax", "Tax withheld"), ("net", "Net pay")):
+        m = re.search(rf"{label}: \$([\d,]+)", text)
+        if m is None:
+            return None
+        found[key] = int(m.group(1).replace(",", ""))
+    found["gross_minus_tax"] = found["gross"] - found["tax"]
+    found["adds_up"] = found["gross_minus_tax"] == found["net"]
+    return found
+
+
 def copy_probe(n: int, seed: int) -> list[dict]:
     """Held-out documents cut right before a later restatement of a name or an amount.
 

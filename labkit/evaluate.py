@@ -48,13 +48,15 @@ def perplexity(model, tok, texts: list[str], max_tokens: int = 256) -> float:
     return math.exp(nll / count)
 
 
-def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> dict:
-    """Share of restatements the model completes exactly, greedily: {"name", "amount", "all"}.
+def copy_probe_score(model, tok, probe: list[dict], generate: bool = False, temperature: float = 0.0,
+                     seed: int = 0) -> dict:
+    """Share of restatements the model completes exactly: {"name", "amount", "all", "verdicts"}.
 
     probe: rows {"prompt", "answer", "kind"} from labkit.corpus.copy_probe. With generate=False the
     check is teacher-forced (every answer token is the argmax), which is the same as greedy decoding
-    over the answer span; with generate=True the model really generates and the text is compared,
-    and the answer must not run on into more digits.
+    over the answer span; with generate=True the model really generates (greedily, or sampling at
+    TEMPERATURE > 0 from torch's generator seeded with SEED) and the text is compared, and the answer
+    must not run on into more digits. "verdicts": one bool per probe row, in order (for stats.mcnemar).
     """
     import torch
 
@@ -63,7 +65,11 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
     was_training = model.training
     model.eval()
     hits: dict[str, list[bool]] = {}
+    verdicts: list[bool] = []
     dev = _device(model)
+    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0} if temperature > 0 else {"do_sample": False}
+    if temperature > 0:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for ex in probe:
             start = document_start(tok)
@@ -73,7 +79,7 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
             if generate:
                 x = torch.tensor([p_ids], device=dev)
                 out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=len(a_ids) + 2,
-                                     do_sample=False, pad_token_id=tok.pad_token_id)
+                                     pad_token_id=tok.pad_token_id, **sampling)
                 # the new text is what decoding the whole adds to the decoded prompt: decoding the new ids
                 # alone loses the leading space with tokenizers that strip it (Llama 2's, Mistral's)
                 text = tok.decode(out[0])[len(tok.decode(p_ids)):]
@@ -85,9 +91,11 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False) -> d
                 pred = model(x).logits[0, len(p_ids) - 1:-1].argmax(-1).cpu()
                 ok = bool((pred == torch.tensor(a_ids)).all())
             hits.setdefault(ex["kind"], []).append(ok)
+            verdicts.append(ok)
     model.train(was_training)
     res = {k: sum(v) / len(v) for k, v in hits.items()}
-    res["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    res["all"] = sum(verdicts) / max(1, len(verdicts))
+    res["verdicts"] = verdicts
     return res
 
 

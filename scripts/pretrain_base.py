@@ -306,7 +306,7 @@ def main() -> None:
             print(json.dumps({"step": step + 1, "loss": round(loss_ema, 4), "second_copy_accuracy": round(acc, 3),
                               "warmup_end": schedule.warmup_end}), flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            cp = copy_probe_score(model, tok, probe[:100])
+            cp = {k: v for k, v in copy_probe_score(model, tok, probe[:100]).items() if k != "verdicts"}
             row = {"step": step + 1, "loss": round(loss_ema, 4), "copy": cp,
                    "minutes": round((time.time() - t_train) / 60, 2)}
             history.append(row)
@@ -340,7 +340,7 @@ def main() -> None:
                      "total_minutes": round((time.time() - t0) / 60, 1),
                      "final_loss_ema": round(loss_ema, 4), "torch": torch.__version__},
         "heldout_perplexity": {"general": round(ppl_general, 4), "domain": round(ppl_domain, 4)},
-        "copy_probe": {k: round(v, 4) for k, v in copy.items()} | {"n": len(probe), "method": "greedy generate"},
+        "copy_probe": {k: round(v, 4) for k, v in copy.items() if k != "verdicts"} | {"n": len(probe), "method": "greedy generate"},
         "history": history,
         "weights_sha256": sha,
         "weights_bytes": (out / "model.safetensors").stat().st_size,

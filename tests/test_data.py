@@ -90,3 +90,17 @@ def test_plain_text_is_the_prompt_plus_the_answer():
     prompt = data.plain_text(ex, with_answer=False)
     assert prompt == ex["instruction"] + "\n" + ex["input"] + "\nAnswer:"
     assert data.plain_text(ex) == prompt + " " + ex["output"]
+
+
+def test_pay_slip_arithmetic_reads_a_slip_and_checks_it():
+    import random
+
+    from labkit import corpus
+
+    text, _ = corpus.pay_slip(random.Random(3))
+    real = corpus.pay_slip_arithmetic(text)
+    assert real is not None and real["adds_up"], "the generator's slips add up"
+    wrong = "Gross pay: $11,050\nTax withheld: $2,041\nNet pay: $9,069"
+    assert corpus.pay_slip_arithmetic(wrong) == {"gross": 11050, "tax": 2041, "net": 9069,
+                                                 "gross_minus_tax": 9009, "adds_up": False}
+    assert corpus.pay_slip_arithmetic("Gross pay: $100\nNet pay: $90") is None
