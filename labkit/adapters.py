@@ -178,7 +178,7 @@ def load(model, path: str | os.PathLike, adapter_name: str = "default", trainabl
     """A PeftModel: MODEL with the adapter saved at PATH (clear error when PATH holds none)."""
     from peft import PeftModel
 
-    path = Path(path)
+    path = atomic.recover(path)  # a save killed half-way leaves the old adapter aside: put it back
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"No adapter at {path} (adapter_config.json is missing). Save one with "
                                 "labkit.adapters.save(model, path) or check the path.")
