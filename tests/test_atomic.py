@@ -72,8 +72,9 @@ os.replace = replace
 if step == "before_swap":
     atomic._exchange = die
     os.replace = lambda a, b: die() if Path(b) == path or Path(a) == path else real_replace(a, b)
-if step == "before_cleanup":
-    shutil.rmtree = die
+if step == "before_cleanup":                       # the first rmtree tidies a stale copy; the second is the cleanup
+    real_rmtree, removals = shutil.rmtree, []
+    shutil.rmtree = lambda p, **k: die() if removals.append(p) or len(removals) == 2 else real_rmtree(p, **k)
 with atomic.folder(path) as tmp:
     (tmp / "weights").write_text("new-half")
     if step == "during_write":
