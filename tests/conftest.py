@@ -1,15 +1,34 @@
-"""Test defaults: offline, quiet, deterministic. Nothing in the suite may reach the network."""
+"""Test defaults: offline, quiet, deterministic, isolated. Nothing in the suite may reach the network, and
+nothing writes the learner's own files (the exercise progress file lives in a temporary folder)."""
 
 import os
+import socket
+import tempfile
 
-for key, value in {
+# set, not setdefault: a developer's HF_HUB_OFFLINE=0 must not let the suite download (the kernels that
+# papermill starts inherit this environment too)
+os.environ.update({
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(key, value)
+})
+# check() and quiz() record progress; in the suite (and the notebooks it runs) that goes to a scratch file
+os.environ["LABKIT_PROGRESS"] = os.path.join(tempfile.mkdtemp(prefix="labkit-test-progress-"), "progress.json")
 
 import pytest  # noqa: E402
+
+_connect = socket.socket.connect
+
+
+def _local_only(self, address):
+    """The socket guard: connections to this machine only (Jupyter kernels, torch's gloo rendezvous)."""
+    host = address[0] if isinstance(address, tuple) else address
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        raise OSError(f"the test suite must not reach the network (a connection to {address!r} was refused)")
+    return _connect(self, address)
+
+
+socket.socket.connect = _local_only
 
 import hub_models as _hub  # noqa: E402  (tests/ is on sys.path: pytest puts a conftest's folder there)
 

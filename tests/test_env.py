@@ -6,10 +6,10 @@ import torch
 from labkit import env
 
 
-def test_pick_device_auto_is_cpu_without_gpu():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available() and torch.backends.mps.is_available():
-        expected = "mps"
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_pick_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert env.pick_device("auto") == expected
     assert env.pick_device("cpu") == "cpu"
 
@@ -68,10 +68,15 @@ def test_colab_detection(monkeypatch):
 
 
 def test_describe_lists_versions_device_and_offline():
+    import importlib.metadata as md
+    import platform
+
     info = env.describe()
-    for key in ("python", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "device", "offline"):
-        assert key in info
-    assert info["torch"] is not None
+    assert info["python"] == platform.python_version()
+    for key in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets"):
+        assert info[key] == md.version(key), key
+    assert info["device"] == env.pick_device("auto")
+    assert info["offline"] is env.is_offline() is True, "the suite runs offline"
 
 
 def test_quiet_does_not_import_datasets_but_datasets_imported_later_is_quiet():
@@ -86,3 +91,20 @@ def test_quiet_does_not_import_datasets_but_datasets_imported_later_is_quiet():
             "assert not datasets.is_progress_bar_enabled()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_suite_is_offline_and_cannot_reach_the_network():
+    import socket
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(OSError, match="must not reach the network"):
+        socket.create_connection(("93.184.216.34", 80), timeout=1)
+
+
+def test_the_suite_never_writes_the_learners_progress_file():
+    from pathlib import Path
+
+    from labkit.check import progress_path
+
+    assert progress_path() != Path.home() / ".labkit" / "progress.json"
+    assert "labkit-test-progress-" in str(progress_path())

@@ -343,7 +343,7 @@ def _results(nb):
         for out in cell.get("outputs", []):
             text = out.get("data", {}).get("text/plain", "") if out.get("output_type") == "execute_result" else ""
             first = text.split("\n", 1)[0]
-            if first[:1] in "✔✘":
+            if first[:1] in "✔✘…":
                 shown.append(first)
     return calls, shown
 
@@ -358,7 +358,7 @@ def test_solutions_notebook_runs_and_passes_every_check(path, tmp_path):
     assert all(s.startswith("✔") for s in shown), shown
     passed = json.loads((tmp_path / "progress.json").read_text())["passed"]
     assert set(nbs.section_ids(_nb(path))) <= set(passed)
-    assert time.perf_counter() - t0 < 60
+    assert time.perf_counter() - t0 < 300, "a solutions notebook is a few checks, not a training run"
 
 
 @pytest.mark.slow
@@ -367,9 +367,9 @@ def test_exercises_notebook_runs_to_the_end_and_passes_nothing(path, tmp_path):
     nb = _execute(path, tmp_path)  # allow_errors=False: any exception fails here
     calls, shown = _results(nb)
     assert calls == len(nbs.section_ids(_nb(path))) and len(shown) == calls
-    assert all(s.startswith("✘") for s in shown), shown
+    assert all(s.startswith(("✘", "…")) for s in shown), shown
     text = "\n".join(o.get("data", {}).get("text/plain", "") for c in nb.cells for o in c.get("outputs", []))
     ids = nbs.section_ids(_nb(path))
     assert ("not implemented yet" in text) == any(i in C.exercises() for i in ids)
-    assert ("no answer yet" in text) == any(i in C.quizzes() for i in ids)
+    assert ("not answered yet" in text) == any(i in C.quizzes() for i in ids)
     assert "0 of" in text  # progress(): nothing passed
