@@ -29,7 +29,7 @@ def _explanations() -> dict:
 
 
 def explain(question_id: str) -> tuple[str, str]:
-    """(where, why) for a lesson-09 question; ValueError naming the id when there is none."""
+    """(where, why) for a lesson-19 question; ValueError naming the id when there is none."""
     table = _explanations()
     if question_id not in table:
         raise ValueError(f"no explanation for {question_id!r}; lesson 19's questions are: {', '.join(table)}.")
