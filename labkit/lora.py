@@ -136,6 +136,35 @@ class LoRALinear(nn.Module):
                 f"merged={self.merged}")
 
 
+def scaled_update_norm(d_out: int, d_in: int, r: int, alpha: float, rslora: bool = False, b_std: float = 0.02,
+                       seed: int = 0) -> float:
+    """||scaling * B A||_F of a (d_out, d_in) LoRALinear at rank R: how big an update the scaling lets through.
+
+    A has peft's init (kaiming-uniform, as LoRALinear), B is drawn N(0, B_STD^2) instead of zeros, as if
+    training had moved it without any structure. Each entry of B A then sums R independent products, so
+    ||B A|| grows like sqrt(R): alpha/r shrinks the update like 1/sqrt(R), alpha/sqrt(r) (rsLoRA) keeps it
+    about constant.
+    """
+    torch.manual_seed(seed)
+    layer = LoRALinear(nn.Linear(d_in, d_out, bias=False), r, alpha, rslora=rslora)
+    with torch.no_grad():
+        layer.B.normal_(0.0, b_std)
+        return float(layer.delta_weight().norm())
+
+
+def dora_weight(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, magnitude: torch.Tensor,
+                scaling: float) -> torch.Tensor:
+    """DoRA's merged weight (Liu et al. 2024; peft's LoraConfig(use_dora=True)), shape (d_out, d_in).
+
+    W: (d_out, d_in); A: (r, d_in); B: (d_out, r); magnitude: (d_out,), one length per output row.
+    The LoRA-updated weight V = W + scaling * B A gives each row its direction V / ||V||_row; DoRA
+    rescales every row to its learned length: magnitude[:, None] * V / ||V||_row. peft starts magnitude
+    at ||W||_row (and B at zero), so an untrained DoRA layer is W itself.
+    """
+    V = W + scaling * (B @ A)
+    return magnitude.unsqueeze(1) * V / V.norm(dim=1, keepdim=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole models
 
@@ -175,6 +204,19 @@ def _select(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, 
         raise ValueError(f"target_modules {unknown} match no Linear (or Conv1D) layer of {type(model).__name__}; "
                          f"valid names: {', '.join(valid)}.")
     return [(name, m) for name, m in layers if any(_matches(name, t) for t in targets)]
+
+
+def matched_layers(names: Iterable[str], target_modules: Iterable[str]) -> dict:
+    """peft's rule for a list of target names, applied to module NAMES (e.g. [n for n, _ in model.named_modules()]).
+
+    A module is adapted when its full name equals a target or ends with "." + target. Returns
+    {"adapted": the names adapted, in NAMES' order; "unmatched": the targets that match no name}. peft
+    raises only when nothing is adapted; an unmatched target next to a matching one (a typo) is silent.
+    """
+    names = list(names)
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    return {"adapted": [n for n in names if any(_matches(n, t) for t in targets)],
+            "unmatched": [t for t in targets if not any(_matches(n, t) for n in names)]}
 
 
 def block_layer(model: nn.Module, target: str, block: int = 0) -> tuple[str, nn.Module]:

@@ -110,6 +110,22 @@ def error_curve(delta_w: torch.Tensor, ranks: Iterable[int], *, s: torch.Tensor 
     return [_error_from_singular_values(s, r) for r in ranks]
 
 
+def smallest_rank(delta_w: torch.Tensor, max_error: float) -> int:
+    """The smallest rank r >= 1 whose best rank-r approximation of DELTA_W has relative error <= MAX_ERROR.
+
+    max_error in [0, 1], e.g. 0.5: the rank-r matrix may miss at most half of the update's Frobenius norm.
+    One SVD gives every rank's error (Eckart-Young): the root of the share of squared singular values
+    after the r-th. At most min(d_out, d_in), where the approximation is exact.
+    """
+    if isinstance(max_error, bool) or not isinstance(max_error, numbers.Real) or not 0 <= max_error <= 1:
+        raise ValueError(f"max_error must be a relative error between 0 and 1, e.g. 0.5; got {max_error!r}.")
+    s = singular_values(delta_w)
+    for r in range(1, s.numel()):
+        if _error_from_singular_values(s, r) <= max_error:
+            return r
+    return s.numel()
+
+
 # ---------------------------------------------------------------------------------------------
 # What rank r costs and loses: the whole logic of labkit.widgets.rank_widget
 

@@ -406,3 +406,62 @@ def test_block_layer_and_layer_shapes_speak_the_notation(tiny_llama, tiny_gpt2):
     assert layer_shapes(llama, ["gate_proj"])[0] == (128, 64)
     assert needs_fan_in_fan_out(gpt2, ["c_attn"]) and not needs_fan_in_fan_out(llama, ["q_proj", "v_proj"])
     assert needs_fan_in_fan_out(inject_lora(copy.deepcopy(gpt2), ["c_fc"], r=2, alpha=4), ["c_fc"])
+
+
+# ---------------------------------------------------------------------------------------------
+# lesson 01's rsLoRA measurement, lesson 02's target matching, lesson 03's DoRA weight
+
+
+def test_the_update_grows_like_sqrt_r_and_rslora_keeps_it_steady():
+    from labkit.lora import scaled_update_norm
+
+    raw = {r: scaled_update_norm(256, 256, r, alpha=r) for r in (1, 4, 16, 64)}   # scaling 1: B A itself
+    plain = {r: scaled_update_norm(256, 256, r, alpha=16) for r in raw}
+    rs = {r: scaled_update_norm(256, 256, r, alpha=16, rslora=True) for r in raw}
+    for r in (4, 16, 64):
+        assert raw[r] / raw[1] == pytest.approx(math.sqrt(r), rel=0.15)       # ||B A|| ~ sqrt(r)
+        assert plain[r] / plain[1] == pytest.approx(1 / math.sqrt(r), rel=0.15)  # alpha/r damps it
+        assert rs[r] / rs[1] == pytest.approx(1.0, rel=0.15)                  # alpha/sqrt(r) keeps it
+    assert scaled_update_norm(256, 256, 8, 16, seed=3) == scaled_update_norm(256, 256, 8, 16, seed=3)
+
+
+def test_matched_layers_is_peft_rule_and_names_the_typo(tiny_llama):
+    from labkit.lora import matched_layers
+
+    model, _ = tiny_llama
+    names = [n for n, _ in model.named_modules()]
+    got = matched_layers(names, ["q_proj", "v_prj"])
+    pm = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_prj"]))
+    adapted = [n for n, m in pm.get_base_model().named_modules() if hasattr(m, "lora_A")]
+    assert got["adapted"] == adapted and got["unmatched"] == ["v_prj"], "peft adapts q_proj alone, silently"
+    assert matched_layers(names, ["proj"]) == {"adapted": [], "unmatched": ["proj"]}
+    assert matched_layers(names, "q_proj")["adapted"] == [n for n in names if n.endswith(".q_proj")]
+
+
+@pytest.mark.parametrize("scaling", [2.0, 0.5])
+def test_dora_weight_equals_peft_merged_dora(scaling):
+    from labkit.lora import dora_weight
+
+    torch.manual_seed(0)
+    model = Tiny()
+    r = 4
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=scaling * r, use_dora=True, target_modules=["proj"]))
+    layer = pm.get_base_model().proj
+    W = layer.get_base_layer().weight.detach().clone()
+    m0 = layer.lora_magnitude_vector["default"].weight.detach().clone()
+    torch.testing.assert_close(m0, W.norm(dim=1))                         # peft starts at ||W||_row
+    torch.testing.assert_close(dora_weight(W, layer.lora_A["default"].weight, layer.lora_B["default"].weight, m0,
+                                           scaling), W)                  # so an untrained DoRA layer is W
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(std=0.5)
+        layer.lora_magnitude_vector["default"].weight.mul_(1.3)
+    A, B = layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone()
+    m = layer.lora_magnitude_vector["default"].weight.detach().clone()
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        out = pm(x)
+        pm.merge_adapter()
+        merged = layer.get_base_layer().weight.detach().clone()
+    ours = dora_weight(W, A, B, m, scaling)
+    torch.testing.assert_close(ours, merged, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x @ ours.T + layer.get_base_layer().bias, out, rtol=1e-5, atol=1e-5)

@@ -107,3 +107,15 @@ def test_error_curve_reuses_given_singular_values():
     s = lowrank.singular_values(dw)
     assert lowrank.error_curve(dw, [1, 4, 16], s=s) == lowrank.error_curve(dw, [1, 4, 16])
     assert lowrank.error_curve(dw, [4], s=s * 0 + s[0]) != lowrank.error_curve(dw, [4])  # S is what it reads
+
+
+def test_smallest_rank_reads_the_error_curve():
+    dw, s = _known_spectrum()
+    errors = lowrank.error_curve(dw, range(1, 31))
+    for k in (1, 5, 17):   # a max_error between rank k's error and rank k+1's: the answer is k + 1
+        assert lowrank.smallest_rank(dw, (errors[k - 1] + errors[k]) / 2) == k + 1
+        assert lowrank.smallest_rank(dw, errors[k - 1]) == k   # exactly rank k's error: k meets it
+    assert lowrank.smallest_rank(dw, 1.0) == 1
+    assert lowrank.smallest_rank(dw, 0.0) == 30
+    with pytest.raises(ValueError, match="max_error must be"):
+        lowrank.smallest_rank(dw, 1.5)

@@ -1,11 +1,12 @@
-"""Lesson 01 (LoRA maths): the forward pass, the scaling, parameter counts, merging; two quizzes."""
+"""Lesson 01 (LoRA from scratch): the forward pass, the scaling, parameter counts, merging, the smallest
+rank for an error; four quizzes."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from labkit import lora
+from labkit import lora, lowrank
 from labkit.check import Case, exercise, integer, number, question, randn, tensor
 
 LESSON = "01"
@@ -185,6 +186,44 @@ exercise(id="lora_merge", lesson=LESSON, title="Merging an adapter into W",
 
 
 # ---------------------------------------------------------------------------------------------
+# smallest_rank(delta_w, max_error): the smallest r whose best rank-r approximation errs by at most max_error
+
+
+def _spectrum_case(rng_or_seed, d_out, d_in, decay, gap_rank=None, description="", hint=None):
+    """A (d_out, d_in) matrix U diag(s) V^T with singular values s_i = decay^i (times noise), and a max_error
+    halfway between the errors of two neighbouring ranks, so no rounding can decide the answer."""
+    import random
+
+    rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    n = min(d_out, d_in)
+    U, _ = torch.linalg.qr(torch.randn(d_out, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(d_in, n, generator=g, dtype=torch.float64))
+    s = torch.tensor([decay ** i * (1 + 0.2 * rng.random()) for i in range(n)], dtype=torch.float64).sort(descending=True).values
+    dw = ((U * s) @ V.T).float()
+    errors = lowrank.error_curve(dw, range(1, n + 1))   # errors[i]: rank i + 1
+    # a rank k whose error and the next rank's are well apart (and not ~0), so float32 cannot flip the answer
+    clear = [k for k in range(1, n) if errors[k - 1] - errors[k] > 0.01 and errors[k] > 0.001] or [1]
+    k = gap_rank if gap_rank is not None else rng.choice(clear)
+    max_error = round((errors[k - 1] + errors[k]) / 2, 4)   # between rank k and rank k + 1: the answer is k + 1
+    return Case({"delta_w": dw, "max_error": max_error}, description or f"a {d_out}x{d_in} update", hint=hint)
+
+
+exercise(id="smallest_rank", lesson=LESSON, title="Choosing a rank: the smallest r within an error",
+         signature="smallest_rank(delta_w, max_error)",
+         reference=lowrank.smallest_rank,
+         public=lambda: [_spectrum_case(1, 12, 10, 0.6, gap_rank=3, description="a 12x10 update, fast-decaying spectrum"),
+                         _spectrum_case(2, 16, 24, 0.9, gap_rank=9, description="a 16x24 update, slowly decaying",
+                                        hint="the error of rank r uses the singular values AFTER the r-th"),
+                         _spectrum_case(3, 8, 8, 0.3, gap_rank=1, description="nearly rank 1",
+                                        hint="the smallest answer is 1: rank 0 is no adapter at all")],
+         hidden=lambda rng: [_spectrum_case(rng, rng.randint(4, 30), rng.randint(4, 30), rng.choice([0.3, 0.6, 0.8, 0.95]))
+                             for _ in range(5)],
+         compare=integer(),
+         hint="torch.linalg.svdvals gives s; rank r's relative error is sqrt(sum of s_i^2 for i > r) / sqrt(sum of all s_i^2)")
+
+
+# ---------------------------------------------------------------------------------------------
 # Quizzes
 
 question(id="q01_all_linear_r8", lesson=LESSON, kind="number", answer_hash="ee822b5f8b6fb7afbcc26529",
@@ -196,13 +235,32 @@ question(id="q01_all_linear_r8", lesson=LESSON, kind="number", answer_hash="ee82
 question(id="q01_merge_cost", lesson=LESSON, kind="choice", answer_hash="31f0343bf9c6bf79d215007f",
          text="After merge(), what does a forward pass of the LoRA model cost compared with the base model?",
          choices=("r·(d_in + d_out) extra multiply-adds per token in each adapted layer",
-                  "exactly what the base model costs",
-                  "less than the base model"),
-         hint="after merging, where does B·A live?")
+                  "exactly what the base model costs: the same shapes, other numbers",
+                  "less than the base model, because the adapted layers are low-rank"),
+         hint="after merging, where does B·A live?",
+         feedback={"a": "that is the unmerged adapter's cost: x·Aᵀ·Bᵀ runs beside the layer until you merge; merging "
+                        "adds B·A into W and the two thin products are gone",
+                   "c": "merging adds a low-rank matrix to W, but W' = W + (alpha/r)·B·A is a full matrix of W's shape: "
+                        "the layer does exactly the work it did before"})
 
 question(id="q01_b_zero", lesson=LESSON, kind="choice", answer_hash="3800a36e6afb36307f08a2e5",
          text="Why is B initialised to zeros (and A at random) rather than both at random?",
-         choices=("to halve the memory of the adapter",
-                  "so that neither A nor B gets a gradient at the first step",
+         choices=("to halve the adapter's memory, since a matrix of zeros is stored for free",
+                  "so that neither A nor B gets a gradient at the first step, which keeps training stable",
                   "so that B·A = 0 and training starts exactly from the base model"),
-         hint="what does the adapted layer compute before the first step?")
+         hint="what does the adapted layer compute before the first step?",
+         feedback={"a": "a tensor of zeros takes exactly as much memory as any other tensor of its shape; B is "
+                        "(d_out, r) floats either way",
+                   "b": "B does get a gradient at step 0 (it is x·Aᵀ times the upstream gradient, and A is random); only "
+                        "A's gradient is zero at first, because it goes through B"})
+
+question(id="q01_rslora_growth", lesson=LESSON, kind="choice", answer_hash="d17da76223b9765d5261aa14",
+         text="With A at peft's init and B random (no structure), how does the size ‖B·A‖ of LoRA's unscaled update "
+              "grow with the rank r, and so what does rsLoRA's scaling alpha/√r do?",
+         choices=("‖B·A‖ grows like r, so alpha/√r still lets the scaled update grow like √r",
+                  "‖B·A‖ grows like √r, so alpha/√r keeps the scaled update about the same size at every rank",
+                  "‖B·A‖ stays the same at every r, so alpha/√r makes the scaled update shrink as r grows"),
+         hint="each entry of B·A is a sum of r products of independent random numbers; read section 6's table",
+         feedback={"a": "a sum of r independent random terms grows like √r, not r: in section 6's table ‖B·A‖ only "
+                        "doubles when r goes up four times",
+                   "c": "more terms in each entry's sum make it larger: section 6's ‖B·A‖ column rises with r"})
