@@ -168,23 +168,49 @@ def run_grid(base, tok, task: str = "classify", steps: int = 120, lrs=(2e-3, 2e-
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "runs": runs}
 
 
-def grid_for(model, base, tok, task: str, steps: int = 0, **kwargs) -> dict | None:
-    """Lesson 13's grid for MODEL: steps == 0 gives the shipped grid when MODEL is the bundled model
-    (load_grid) and None for any other model, whose numbers it is not (grid_skipped says why); steps > 0
-    runs the grid live on BASE and TOK (run_grid; KWARGS go to it)."""
-    steps = guard.non_negative_int("GRID_STEPS", steps, about="0: the precomputed grid of the bundled model, "
-                                   "else steps per live run")
-    if steps == 0:
-        return load_grid() if is_bundled(model) else None
-    return run_grid(base, tok, task=task, steps=steps, model=str(model), **kwargs)
+def grid_for(model, base, tok, task: str, steps: int = 0, seed: int = 0, **kwargs) -> tuple[dict, str]:
+    """Lesson 14's grid for MODEL, and a line for the lesson to print ("" when there is nothing to say).
+
+    STEPS == 0 and the bundled model: the shipped grid at SEED (scripts/forgetting_grid.py --seed N; seed 0's,
+    said in the line, when SEED has none; the line also says when its task is not TASK). STEPS == 0 and any
+    other model: no shipped grid fits it, so the grid is trained live at models.LIVE_STEPS steps a run, and
+    the line (models.shipped_or_live) says so. STEPS > 0: trained live at STEPS steps a run on BASE and TOK
+    (run_grid, with TASK, SEED and KWARGS).
+    """
+    from .models import shipped_or_live
+
+    live_steps, line = shipped_or_live(steps, model, "forgetting grid", "GRID_STEPS")
+    if live_steps == 0:
+        shipped = {g["seed"]: g for g in load_seed_grids()}
+        grid = shipped.get(seed, shipped[0])
+        notes = [] if seed in shipped else [f"No grid is shipped for SEED={seed}: this is SEED={grid['seed']}'s."]
+        if grid["task"] != task:
+            notes.append(f"The shipped grid fine-tunes on {grid['task']!r}, not TASK={task!r}; set GRID_STEPS to run "
+                         f"one on {task!r}.")
+        return grid, " ".join(notes)
+    grid = run_grid(base, tok, task=task, steps=live_steps, model=str(model), seed=seed, **kwargs)
+    return grid, line + (" Each of the grid's eight runs trains that many steps." if line else "")
 
 
-def grid_skipped(model) -> str:
-    """Why the grid is not shown for MODEL, and how to get one."""
-    return (f"The precomputed forgetting grid was measured on the bundled model, not on {str(model)!r}: its numbers "
-            "say nothing about this model, so this section is skipped. Set GRID_STEPS (e.g. 120, the shipped "
-            "grid's) to run the eight runs live here, or run `python scripts/forgetting_grid.py --model "
-            f"{model} --device auto --out my_grid.json`.")
+def grid_figures(grid: dict) -> dict:
+    """The figures lesson 14 records from GRID (labkit.show.record_many; its claims over seeds read them):
+    the run that forgot most and whether it is the all-risky one (the highest lr and rank, no general data),
+    the largest ratio among the other runs, the exact match of the low-lr small-rank runs against the others,
+    and each remedy's g_safe / g_risky without the worst run."""
+    runs = grid["runs"]
+    worst, others = without_worst(runs)
+    lo_lr, lo_r = min(r["lr"] for r in runs), min(r["r"] for r in runs)
+    slow = [r for r in runs if r["lr"] == lo_lr and r["r"] == lo_r]
+    rest = [r for r in runs if not (r["lr"] == lo_lr and r["r"] == lo_r)]
+    out = {"grid_worst_ppl_ratio": worst["ppl_ratio"],
+           "grid_worst_is_all_risky": (worst["lr"], worst["r"], worst["mix"]) == (max(r["lr"] for r in runs),
+                                                                             max(r["r"] for r in runs), min(r["mix"] for r in runs)),
+           "grid_others_max_ppl_ratio": max(r["ppl_ratio"] for r in others),
+           "grid_low_lr_small_rank_max_exact": max(r["exact"] for r in slow) if slow else None,
+           "grid_others_min_exact": min(r["exact"] for r in rest) if rest else None}
+    for v in remedies(others):
+        out[f"grid_{v['key']}_remedy_ratio_without_worst"] = v["g_safe"] / v["g_risky"]
+    return out
 
 
 def grid_source(grid: dict) -> str:
@@ -196,37 +222,47 @@ def describe_grid(grid: dict) -> str:
     """One line: where GRID comes from (precomputed or live, on which model) and its settings."""
     settings = f"task {grid['task']}, {grid['steps']} steps, batch {grid['batch_size']}, alpha {grid['alpha']}"
     if grid.get("made_by") == SHIPPED_BY:
-        return (f"{grid_source(grid)}: {settings}, {grid['wall_seconds'] / 60:.0f} min on a shared CPU "
-                f"(load average {grid['load_average_at_end'][0]})")
+        return (f"{grid_source(grid)} at SEED={grid['seed']}: {settings}; the eight runs took "
+                f"{grid['wall_seconds'] / 60:.0f} min on a shared 2-core CPU (load average {grid['load_average_at_end'][0]})")
     return f"{grid_source(grid)} on {grid.get('model') or 'this model'}: {settings}, {grid['wall_seconds']:.0f} s"
 
 
 def _geomean(xs) -> float:
+    """exp(mean(log x)): the mean of ratios, so that x2 and x0.5 average to x1."""
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def paired_effect(runs: list[dict], key: str, safe, risky) -> dict:
+    """One knob's effect on forgetting, read off a grid's RUNS: pair each run whose KEY ("lr", "r" or "mix") is
+    SAFE with the run that differs from it only in KEY (set to RISKY).
+
+    Returns {"g_safe", "g_risky": geometric means of the pairs' ppl_ratio on each side (a ratio of x4 and one of
+    x0.25 average to x1), "better": pairs where the safe run forgot less, "n": pairs, "e_safe", "e_risky": mean
+    exact match on each side (what the remedy costs in task score)}.
+    """
+    def others(r):
+        return tuple(r[k] for k in ("lr", "r", "mix") if k != key)
+
+    pairs = [(a, b) for a in runs for b in runs if a[key] == safe and b[key] == risky and others(a) == others(b)]
+    if not pairs:
+        raise ValueError(f"no two runs differ only in {key} ({safe} vs {risky}).")
+    return {"g_safe": _geomean([a["ppl_ratio"] for a, _ in pairs]), "g_risky": _geomean([b["ppl_ratio"] for _, b in pairs]),
+            "better": sum(a["ppl_ratio"] < b["ppl_ratio"] for a, b in pairs), "n": len(pairs),
+            "e_safe": sum(a["exact"] for a, _ in pairs) / len(pairs), "e_risky": sum(b["exact"] for _, b in pairs) / len(pairs)}
 
 
 def remedies(runs: list[dict]) -> list[dict]:
     """Each usual remedy for forgetting, read off a grid's RUNS by pairing runs that differ only in its knob.
 
     One row per remedy (a low learning rate, a small rank, ~10% general data): {"advice", "key", "safe",
-    "risky" (the knob's two values), "g_safe", "g_risky" (geometric means of the perplexity ratios: one
-    huge ratio must not drown the others), "better" (pairs where the remedy forgot less), "n" (pairs),
-    "e_safe", "e_risky" (mean exact match), "verdict"}: "holds here" when the remedy's geometric mean is
-    below 0.9 x the other's and it forgot less in most pairs; else "makes no clear difference here (under
-    10%, or not in most pairs)" when it is below 1.1 x the other's; else "does NOT hold here".
+    "risky" (the knob's two values), paired_effect's "g_safe", "g_risky", "better", "n", "e_safe", "e_risky",
+    and "verdict"}: "holds here" when the remedy's geometric mean is below 0.9 x the other's and it forgot less
+    in most pairs; else "makes no clear difference here (under 10%, or not in most pairs)" when it is below
+    1.1 x the other's; else "does NOT hold here". A geometric mean damps one huge ratio but does not remove
+    it: read a verdict again without the worst run (without_worst).
     """
     if not runs:
         raise ValueError("remedies needs the runs of a grid.")
-
-    def effect(key, safe, risky):
-        def others(r):
-            return tuple(v for k, v in r.items() if k in ("lr", "r", "mix") and k != key)
-
-        pairs = [(a, b) for a in runs for b in runs if a[key] == safe and b[key] == risky and others(a) == others(b)]
-        return (_geomean([a["ppl_ratio"] for a, _ in pairs]), _geomean([b["ppl_ratio"] for _, b in pairs]),
-                sum(a["ppl_ratio"] < b["ppl_ratio"] for a, b in pairs), len(pairs),
-                sum(a["exact"] for a, _ in pairs) / len(pairs), sum(b["exact"] for _, b in pairs) / len(pairs))
-
     lrs, ranks, mixes = sorted({r["lr"] for r in runs}), sorted({r["r"] for r in runs}), sorted({r["mix"] for r in runs})
     rows = []
     for advice, key, safe, risky in (("a low learning rate", "lr", lrs[0], lrs[-1]),
@@ -234,12 +270,11 @@ def remedies(runs: list[dict]) -> list[dict]:
                                      ("~10% general data", "mix", mixes[-1], mixes[0])):
         if safe == risky:
             continue  # the grid does not vary this knob
-        g_safe, g_risky, better, n, e_safe, e_risky = effect(key, safe, risky)
-        verdict = ("holds here" if g_safe < g_risky * 0.9 and better > n / 2 else
-                   "makes no clear difference here (under 10%, or not in most pairs)" if g_safe < g_risky * 1.1 else
+        e = paired_effect(runs, key, safe, risky)
+        verdict = ("holds here" if e["g_safe"] < e["g_risky"] * 0.9 and e["better"] > e["n"] / 2 else
+                   "makes no clear difference here (under 10%, or not in most pairs)" if e["g_safe"] < e["g_risky"] * 1.1 else
                    "does NOT hold here")
-        rows.append({"advice": advice, "key": key, "safe": safe, "risky": risky, "g_safe": g_safe, "g_risky": g_risky,
-                     "better": better, "n": n, "e_safe": e_safe, "e_risky": e_risky, "verdict": verdict})
+        rows.append({"advice": advice, "key": key, "safe": safe, "risky": risky, **e, "verdict": verdict})
     return rows
 
 
@@ -282,7 +317,7 @@ def remedies_across_seeds(grids: list[dict], drop_worst: bool = False) -> list[d
     """remedies() of each grid in GRIDS (the same grid at several seeds), side by side: one row per remedy,
     {"advice", "key", "safe", "risky", "seeds", "ratios" (g_safe / g_risky at each seed: below 1, the
     remedy forgot less), "verdicts" (remedies()' verdict at each seed), "holds" (seeds where it is
-    "holds here"), "n" (seeds)}. DROP_WORST: each grid without its one run that forgot most (lesson 13
+    "holds here"), "n" (seeds)}. DROP_WORST: each grid without its one run that forgot most (lesson 14
     asks whether a verdict rests on that one run)."""
     if not grids:
         raise ValueError("remedies_across_seeds needs at least one grid.")

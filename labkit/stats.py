@@ -10,6 +10,7 @@ adds the course's checks and one-line formats.
     mean_interval(rewards, seed=0)         # percentile bootstrap of a mean
     describe_share(24, 32)                 # '75% (24/32; 95% CI 58-87%)'
     describe_mean(ratios)                  # '1.07 (95% CI 1.03-1.11, 20 values)'
+    describe_win_rate(evaluate.win_rate(...))  # '92% (22 wins, 0 ties, 2 losses of 24; 95% CI 74-98%)'
 """
 
 from __future__ import annotations
@@ -36,6 +37,36 @@ def describe_share(k: int, n: int, confidence: float = 0.95) -> str:
     """'75% (24/32; 95% CI 58-87%)': a share with its count and Wilson interval, as lessons print it."""
     low, high = share_interval(k, n, confidence)
     return f"{k / n:.0%} ({k}/{n}; {confidence:.0%} CI {100 * low:.0f}-{100 * high:.0f}%)"
+
+
+def win_rate_interval(wins: int, ties: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval of a win rate (wins + ties / 2) / n, a tie counted as half a win (Wilson's formula
+    takes a half count as it is). With TIES = 0 it is share_interval(wins, n).
+
+    Why not a bootstrap of the per-prompt outcomes: resampling can only draw outcomes it has seen, so when every
+    prompt is a win every resample's mean is 1 and the interval collapses to "1.00-1.00"; Wilson's does not.
+    """
+    import math
+
+    from scipy.stats import norm
+
+    n = guard.positive_int("n", n, "24", about="the number of prompts judged")
+    wins = guard.int_between("wins", wins, 0, n, about="prompts where A won")
+    ties = guard.int_between("ties", ties, 0, n - wins, about="prompts judged a tie")
+    z = float(norm.ppf(1 - (1 - _check_confidence(confidence)) / 2))
+    p = (wins + ties / 2) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def describe_win_rate(result: dict, confidence: float = 0.95) -> str:
+    """'92% (22 wins, 0 ties, 2 losses of 24; 95% CI 74-98%)': a labkit.evaluate.win_rate RESULT with its
+    Wilson interval (win_rate_interval), as lessons print it."""
+    r = result
+    low, high = win_rate_interval(r["wins"], r["ties"], r["n"], confidence)
+    return (f"{r['win_rate']:.0%} ({r['wins']} wins, {r['ties']} ties, {r['losses']} losses of {r['n']}; "
+            f"{confidence:.0%} CI {100 * low:.0f}-{100 * high:.0f}%)")
 
 
 def mcnemar(correct_a, correct_b) -> dict:

@@ -1,14 +1,15 @@
-"""Lesson 13's forgetting grid: LoRA-SFT at a high and a low learning rate, rank 4 and 64, with 0% and
+"""Lesson 14's forgetting grid: LoRA-SFT at a high and a low learning rate, rank 4 and 64, with 0% and
 10% general text mixed in; general-text perplexity before/after and held-out task exact match.
 
     python scripts/forgetting_grid.py                 # -> labkit/assets/results/forgetting_grid.json
     python scripts/forgetting_grid.py --seed 1 --out labkit/assets/results/forgetting_grid_seed1.json
-                                                      # the same grid at another seed (lesson 13 reads seeds 0-2)
+                                                      # the same grid at another seed (lesson 14 reads seeds 0-2)
     python scripts/forgetting_grid.py --steps 20      # a quick smoke run (writes to --out)
     python scripts/forgetting_grid.py --model HuggingFaceTB/SmolLM2-135M-Instruct --device auto --out my_grid.json
 
-The shipped JSON is the bundled model's (lesson 13 shows it for MODEL = "bundled" only); the runs are
-labkit.forgetting.run_grid, which lesson 13 also calls to run the grid live for another model.
+The shipped JSON is the bundled model's (lesson 14 shows it for MODEL = "bundled" only); the runs are
+labkit.forgetting.run_grid, which lesson 14 also calls to run the grid live for another model
+(GRID_STEPS > 0, or any MODEL but the bundled one).
 
 Deterministic (fixed seeds, one thread of data order per run); the JSON records the wall time and the
 machine's load average, since timings on a shared CPU vary several-fold while the metrics do not.

@@ -1,5 +1,6 @@
 """labkit.forgetting: the evaluation callback, run_sft (general-text perplexity before/after SFT with
-sft.mix_general's general rows), and the precomputed grid that lesson 13 plots."""
+sft.mix_general's general rows), the paired reading of each remedy, and the grid lesson 14 shows: shipped for
+the bundled model at three seeds, trained live for any other."""
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_run_sft_measures_forgetting_and_learning(base):
 
 
 # ---------------------------------------------------------------------------------------------
-# the precomputed forgetting grid that lesson 13 plots
+# the precomputed forgetting grid that lesson 14 shows
 
 
 def test_forgetting_grid_result_holds_every_combination():
@@ -68,39 +69,71 @@ def test_forgetting_grid_script_runs_and_writes_json(tmp_path, load_script):
     assert len(runs) == 1 and runs[0]["steps"] == 1 and "losses" not in runs[0]
 
 
-def test_the_shipped_grid_is_the_bundled_models_only(hub_models):
-    """MODEL = "bundled" (or its folder) with GRID_STEPS = 0 shows the shipped grid; another model gets
-    None and a sentence saying why and how to run it (never the bundled model's numbers as its own)."""
+def test_the_shipped_grid_is_the_bundled_models_only(hub_models, monkeypatch):
+    """MODEL = "bundled" (or its folder) with GRID_STEPS = 0 shows the shipped grid at SEED; another model gets a
+    live grid of models.LIVE_STEPS steps a run and a line saying so (never the bundled model's numbers as its own)."""
     from labkit import models
 
     shipped = forgetting.load_grid()
     assert shipped["model"] == "bundled" and forgetting.grid_source(shipped) == "precomputed by scripts/forgetting_grid.py"
     for name in ("bundled", None, str(models.BASE_MODEL_DIR)):
-        assert forgetting.is_bundled(name) and forgetting.grid_for(name, None, None, "classify", 0) == shipped
+        assert forgetting.is_bundled(name) and forgetting.grid_for(name, None, None, "classify", 0) == (shipped, "")
+    by_seed = {g["seed"]: g for g in forgetting.load_seed_grids()}
+    assert forgetting.grid_for("bundled", None, None, "classify", 0, seed=2) == (by_seed[2], "")
+    grid, line = forgetting.grid_for("bundled", None, None, "classify", 0, seed=7)
+    assert grid == shipped and line == "No grid is shipped for SEED=7: this is SEED=0's."
+    grid, line = forgetting.grid_for("bundled", None, None, "risk", 0)
+    assert grid == shipped and "not TASK='risk'" in line and "GRID_STEPS" in line
+    assert forgetting.describe_grid(shipped).startswith("precomputed by scripts/forgetting_grid.py at SEED=0: task "
+                                                         "classify, 120 steps, batch 8, alpha 2r; the eight runs took 42 min")
+
     other = str(hub_models["gpt2"])
     assert not forgetting.is_bundled(other) and not forgetting.is_bundled("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert forgetting.grid_for(other, None, None, "classify", 0) is None
-    msg = forgetting.grid_skipped(other)
-    assert "bundled model, not on" in msg and other in msg and "GRID_STEPS" in msg and "--model" in msg
-    assert forgetting.describe_grid(shipped).startswith("precomputed by scripts/forgetting_grid.py: task classify, "
-                                                         "120 steps, batch 8, alpha 2r, 42 min")
+    calls = []
+    monkeypatch.setattr(forgetting, "run_grid", lambda base, tok, **kw: calls.append(kw) or {"live": True})
+    grid, line = forgetting.grid_for(other, "BASE", "TOK", "classify", 0, seed=3, n_eval=2)
+    assert grid == {"live": True} and calls[-1] == {"task": "classify", "steps": models.LIVE_STEPS, "model": other,
+                                                    "seed": 3, "n_eval": 2}
+    assert other in line and "GRID_STEPS" in line and f"{models.LIVE_STEPS} steps" in line and "eight runs" in line
+    grid, line = forgetting.grid_for("bundled", "BASE", "TOK", "classify", 5)
+    assert line == "" and calls[-1]["steps"] == 5, "GRID_STEPS > 0 trains live for the bundled model too"
     with pytest.raises(ValueError, match="GRID_STEPS"):
         forgetting.grid_for("bundled", None, None, "classify", -1)
 
 
-def test_remedies_give_lesson_07s_verdicts_on_the_shipped_grid():
-    """The numbers lesson 13 printed from the shipped grid before remedies() moved into labkit."""
-    rows = forgetting.remedies(forgetting.load_grid()["runs"])
-    got = [(r["advice"], round(r["g_safe"], 2), round(r["g_risky"], 2), r["better"], r["n"], round(r["e_safe"], 6),
-            round(r["e_risky"], 6), r["verdict"]) for r in rows]
-    assert got == [("a low learning rate", 0.98, 4.21, 3, 4, 0.6, 1.0, "holds here"),
-                   ("a small rank", 1.01, 4.09, 3, 4, 0.6, 1.0, "holds here"),
-                   ("~10% general data", 0.97, 4.23, 4, 4, 0.8, 0.8, "holds here")]
-    runs = [{"lr": 1e-3, "r": 4, "mix": m, "ppl_ratio": p, "exact": 0.5} for m, p in ((0.0, 2.0), (0.1, 1.95))]
-    (only,) = forgetting.remedies(runs)  # a grid that varies one knob: one row, no difference within 10%
+def test_paired_effect_and_remedies_read_the_shipped_grid_by_hand():
+    """Each remedy pairs the runs that differ only in its knob; the geometric means computed here from the raw
+    runs, not copied from an output."""
+    import math
+
+    runs = forgetting.load_grid()["runs"]
+    at = {(r["lr"], r["r"], r["mix"]): r for r in runs}
+    lr_pairs = [(at[(2e-4, r, m)], at[(2e-3, r, m)]) for r in (4, 64) for m in (0.0, 0.1)]
+    geo = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+    e = forgetting.paired_effect(runs, "lr", 2e-4, 2e-3)
+    assert e["n"] == 4 and e["g_safe"] == pytest.approx(geo([a["ppl_ratio"] for a, _ in lr_pairs]))
+    assert e["g_risky"] == pytest.approx(geo([b["ppl_ratio"] for _, b in lr_pairs]))
+    assert e["better"] == sum(a["ppl_ratio"] < b["ppl_ratio"] for a, b in lr_pairs)
+    assert e["e_safe"] == pytest.approx(sum(a["exact"] for a, _ in lr_pairs) / 4)
+    rows = forgetting.remedies(runs)
+    assert [r["key"] for r in rows] == ["lr", "r", "mix"] and rows[0]["g_safe"] == e["g_safe"]
+    assert rows[2]["safe"] == 0.1 and rows[2]["risky"] == 0.0, "the remedy's side of mixing is 10% general data"
+    runs2 = [{"lr": 1e-3, "r": 4, "mix": m, "ppl_ratio": p, "exact": 0.5} for m, p in ((0.0, 2.0), (0.1, 1.95))]
+    (only,) = forgetting.remedies(runs2)  # a grid that varies one knob: one row, no difference within 10%
     assert only["key"] == "mix" and only["verdict"].startswith("makes no clear difference")
     with pytest.raises(ValueError):
         forgetting.remedies([])
+    with pytest.raises(ValueError, match="differ only in lr"):
+        forgetting.paired_effect(runs2, "lr", 2e-4, 2e-3)
+
+
+def test_grid_figures_name_the_all_risky_run_and_the_remedies_without_it():
+    f = forgetting.grid_figures(_grid(0, {(2e-3, 64, 0.0): 50.0}))
+    assert f["grid_worst_is_all_risky"] and f["grid_worst_ppl_ratio"] == pytest.approx(1.03 * 50)
+    assert f["grid_others_max_ppl_ratio"] == pytest.approx(1.02)
+    assert set(f) >= {"grid_lr_remedy_ratio_without_worst", "grid_r_remedy_ratio_without_worst",
+                      "grid_mix_remedy_ratio_without_worst", "grid_low_lr_small_rank_max_exact", "grid_others_min_exact"}
+    assert not forgetting.grid_figures(_grid(0, {(2e-4, 4, 0.1): 50.0}))["grid_worst_is_all_risky"]
 
 
 def _grid(seed, factors):
@@ -132,7 +165,7 @@ def test_remedies_across_seeds_count_the_seeds_where_each_remedy_holds():
 def test_the_shipped_seed_grids_repeat_the_shipped_grid_at_other_seeds():
     grids = forgetting.load_seed_grids()
     first = forgetting.load_grid()
-    assert grids[0] == first and len(grids) >= 3, "lesson 13's verdicts are read over at least 3 seeds"
+    assert grids[0] == first and len(grids) >= 3, "lesson 14's verdicts are read over at least 3 seeds"
     assert [g["seed"] for g in grids] == sorted({g["seed"] for g in grids})
     for g in grids[1:]:
         assert (g["task"], g["steps"], g["n_eval"], g["made_by"]) == (first["task"], first["steps"], first["n_eval"],
@@ -142,14 +175,15 @@ def test_the_shipped_seed_grids_repeat_the_shipped_grid_at_other_seeds():
 
 @pytest.mark.slow
 def test_run_grid_live_on_each_hub_style_model(hub_model):
-    """The live grid of lesson 13 for a non-bundled MODEL (GRID_STEPS > 0): every combination runs on the
+    """The live grid of lesson 14 for a non-bundled MODEL (GRID_STEPS > 0): every combination runs on the
     model's own template and targets, and the result says where it comes from."""
     from labkit import models
 
     kind, folder = hub_model
     base, tok = models.load_base(folder, device="cpu")
-    grid = forgetting.grid_for(str(folder), base, tok, "risk", 1, lrs=[2e-3], ranks=[4], mixes=[0.0, 0.1],
-                               n_general_eval=2, n_eval=2)
+    grid, line = forgetting.grid_for(str(folder), base, tok, "risk", 1, lrs=[2e-3], ranks=[4], mixes=[0.0, 0.1],
+                                     n_general_eval=2, n_eval=2)
+    assert line == ""
     assert grid["model"] == str(folder) and grid["steps"] == 1 and len(grid["runs"]) == 2
     assert {r["mix"] for r in grid["runs"]} == {0.0, 0.1} and all(r["ppl_ratio"] > 0 for r in grid["runs"])
     assert forgetting.describe_grid(grid).startswith(f"measured live here on {folder}: task risk, 1 steps")

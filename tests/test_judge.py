@@ -1,5 +1,7 @@
-"""labkit.judge: the rule judge (task format, grounded facts) and the MiniLM embedding judge trained on
-preference pairs."""
+"""labkit.judge: the rule judge (task format, grounded facts), the rubric as a judge prompt, a position-biased judge,
+validation against a reference, and the MiniLM embedding judge trained on preference pairs."""
+
+import math
 
 import pytest
 
@@ -22,6 +24,33 @@ def test_rule_judge_parts():
     assert judge.grounded_share(prompt, "Bob Silva earns $9,999") == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="two strings"):
         judge.rule_score(prompt, None)
+
+
+def test_judge_prompt_holds_the_request_both_answers_and_every_rule():
+    text = judge.judge_prompt("Rate the risk", "Risk: low", "RISK: LOW")
+    assert text.index("[Request]\nRate the risk") < text.index("[Answer A]\nRisk: low") < text.index("[Answer B]\nRISK: LOW")
+    assert all(f"{i}. {rule}" in text for i, rule in enumerate(judge.RUBRIC, 1)) and text.endswith("A or B.")
+    assert "2. be short" in judge.judge_prompt("q", "a", "b", rubric=("be right", "be short"))
+    with pytest.raises(ValueError, match="three strings"):
+        judge.judge_prompt("q", None, "b")
+
+
+def test_position_biased_judge_adds_its_bonus_to_the_first_answer():
+    score = lambda prompt, answer: len(answer)  # noqa: E731
+    biased, fair = judge.position_biased(score, bonus=2.0), judge.position_biased(score, bonus=0.0)
+    assert fair("p", "ab", "ab") == 0.5 and biased("p", "ab", "ab") == pytest.approx(1 / (1 + math.exp(-2)))
+    assert biased("p", "a", "abc") == pytest.approx(0.5), "a bonus of 2 exactly offsets two characters"
+
+
+def test_agreement_on_decisive_counts_only_prompts_where_one_system_is_right():
+    score = lambda prompt, answer: {"good": 1.0, "bad": 0.0, "same": 0.5}[answer]  # noqa: E731
+    v = judge.agreement_on_decisive(score, ["p"] * 5, ["good", "bad", "good", "same", "bad"],
+                                    ["bad", "good", "good", "same", "good"],
+                                    [True, False, True, True, True], [False, True, True, False, False])
+    # prompt 2: both right (not decisive); 0 and 1: the judge prefers the right one; 3: a tie; 4: the wrong one
+    assert v == {"n": 4, "agree": 2, "ties": 1, "disagree": 1}
+    with pytest.raises(ValueError, match="one answer and one verdict"):
+        judge.agreement_on_decisive(score, ["p"], ["good"], ["bad"], [True], [])
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""labkit.sft: completion-only labels (equal to trl's), the padding collator and its guards, response markers and
-the mask viewer, general-text mixing, packing, the SFTTrainer builder, and a short SFT run."""
+"""labkit.sft: completion-only labels (equal to trl's), where the completion starts, the padding collator and its
+guards, what the loss makes of an example with no label, response markers and the mask viewer, general-text
+mixing, packing and its position_ids, the SFTTrainer builder and its settings, and a short SFT run."""
 
 import copy
 import warnings
@@ -185,7 +186,17 @@ def test_sft_trainer_is_quiet_and_records_losses(base, pairs):
     assert not any(isinstance(c, PrinterCallback) for c in trainer.callback_handler.callbacks)
     assert trainer.args.bf16 is False and trainer.args.report_to == [] and trainer.args.disable_tqdm
     trainer.train()
-    assert len(trainer.loss_recorder.losses) == 2 and all(x > 0 for x in trainer.loss_recorder.losses)
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert trainer.loss_recorder.losses == pytest.approx(logged) and len(logged) == 2
+
+
+def test_sft_config_spells_out_the_lessons_settings():
+    """Lesson 06 writes these settings out by hand; sft_config (the scripts' shortcut) must keep them."""
+    cfg = sft.sft_config("/tmp/labkit_cfg_test", steps=7, lr=1e-3, batch_size=4, max_length=128)
+    assert (cfg.max_steps, cfg.learning_rate, cfg.per_device_train_batch_size, cfg.max_length) == (7, 1e-3, 4, 128)
+    assert cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0 and cfg.weight_decay == 0.0
+    assert cfg.max_grad_norm == 1.0 and cfg.completion_only_loss is True and cfg.packing is False
+    assert cfg.bf16 is False and cfg.use_cpu is True and cfg.save_strategy == "no" and cfg.logging_steps == 1
 
 
 def test_sft_trainer_names_a_bad_example_before_trl_sees_it(base, pairs):
@@ -328,6 +339,40 @@ def test_trl_packing_keeps_sequences_apart_with_position_ids(base, pairs):
     assert [b - a for a, b in res["segments"]] == list(row["seq_lengths"])
     assert res["with_position_ids"] < 1e-3 < 1.0 < res["without_position_ids"]
     assert res["with_position_ids_and_cache"] > 1.0, "transformers 5 ignores packing when a cache is used"
+    assert torch.equal(batch["position_ids"][0], sft.packed_position_ids(list(row["seq_lengths"]))), \
+        "packed_position_ids is what trl's padding-free collator builds"
+
+
+def test_packed_position_ids_restart_at_each_sequence():
+    assert sft.packed_position_ids([3, 2, 1]).tolist() == [0, 1, 2, 0, 1, 0]
+    assert sft.segments(sft.packed_position_ids([2, 4])) == [(0, 2), (2, 6)]
+    for bad in ([], [0], [2, -1], [1.5], [True]):
+        with pytest.raises(ValueError, match="positive ints"):
+            sft.packed_position_ids(bad)
+
+
+def test_completion_start_is_where_the_token_lists_first_differ(tok, pairs):
+    assert sft.completion_start([5, 6, 7], [5, 6, 7, 8, 9]) == 3
+    assert sft.completion_start([5, 6, 7], [5, 6, 70, 9]) == 2, "a merged last prompt token belongs to the answer"
+    assert sft.completion_start([], [1, 2]) == 0 and sft.completion_start([1, 2], [3]) == 0
+    from labkit import chat
+
+    for p in pairs:
+        f = sft.tokenize_example(tok, p["prompt"], p["completion"])
+        assert f["prompt_length"] == sft.completion_start(chat.encode(tok, p["prompt"]), f["input_ids"])
+
+
+def test_an_example_with_no_label_gives_nan_alone_and_nothing_in_a_batch(base):
+    """What lesson 06 shows: HF's loss is the mean over the batch's labels that are not -100."""
+    import math
+
+    model, tok = base
+    good = sft.mask_example(tok, data.read_jsonl("instructions_eval.jsonl")[0])
+    empty = {**good, "labels": [-100] * len(good["labels"])}
+    assert math.isnan(sft.batch_loss(model, [empty], tok.pad_token_id))
+    alone = sft.batch_loss(model, [good], tok.pad_token_id)
+    assert sft.batch_loss(model, [good, empty], tok.pad_token_id) == pytest.approx(alone, rel=1e-5)
+    assert sft.batch_loss(model, [empty, good], tok.pad_token_id) == pytest.approx(alone, rel=1e-5)
 
 
 def test_segments_and_padding_share():

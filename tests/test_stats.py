@@ -73,6 +73,26 @@ def test_interval_verdict_reads_the_whole_interval_against_the_reference():
     assert stats.interval_verdict(same, 1.0) != stats.interval_verdict(same, low - 0.01)
 
 
+def test_win_rate_interval_is_wilsons_with_a_tie_as_half_a_win():
+    import math
+
+    from scipy.stats import norm
+
+    assert stats.win_rate_interval(24, 0, 24) == pytest.approx(stats.share_interval(24, 24))
+    assert stats.win_rate_interval(7, 0, 20) == pytest.approx(stats.share_interval(7, 20))
+    low, high = stats.win_rate_interval(24, 0, 24)
+    assert high == pytest.approx(1.0) and low < 0.9, "all wins: an interval, not the point 1.00-1.00"
+    z, n, p = norm.ppf(0.975), 10, (6 + 2 / 2) / 10   # 6 wins, 2 ties of 10: Wilson's formula at k = 7
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert stats.win_rate_interval(6, 2, 10) == pytest.approx((centre - half, centre + half))
+    assert stats.win_rate_interval(6, 2, 10) == pytest.approx(stats.share_interval(7, 10))
+    res = {"wins": 22, "ties": 0, "losses": 2, "n": 24, "win_rate": 22 / 24}
+    assert stats.describe_win_rate(res) == "92% (22 wins, 0 ties, 2 losses of 24; 95% CI 74-98%)"
+    for bad, match in (((5, 0, 0), "n must be"), ((5, 1, 5), "ties must be"), ((-1, 0, 3), "wins must be")):
+        with pytest.raises(ValueError, match=match):
+            stats.win_rate_interval(*bad)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: stats.share_interval(5, 0), "n must be"),
     (lambda: stats.share_interval(11, 10), "k must be"),

@@ -1,4 +1,5 @@
-"""Lesson 13 (evaluation): perplexity from logits and labels, exact match; quizzes."""
+"""Lesson 13 (evaluation): perplexity from logits and labels, exact match; quizzes on perplexity, what
+normalising forgives, what an overlap metric cannot see, and how to validate a judge."""
 
 from __future__ import annotations
 
@@ -85,4 +86,30 @@ question(id="q13_em_normalised", lesson=LESSON, kind="choice", answer_hash="08d8
          text="With labkit's exact_match (lower-case, strip, collapse whitespace), which pair counts as a match?",
          choices=("'risk: high.' and 'risk: high'",
                   "'risk:high' and 'risk: high'",
-                  "' Risk:  HIGH ' and 'risk: high'"))
+                  "' Risk:  HIGH ' and 'risk: high'"),
+         feedback={"a": "punctuation is kept: the final '.' makes the two strings differ (in JSON or 'Risk: high' "
+                        "punctuation is content).",
+                   "b": "normalising collapses runs of whitespace into one space, it does not add a missing one: "
+                        "'risk:high' has no space where the other has one."})
+
+question(id="q13_overlap_blind_spot", lesson=LESSON, kind="choice", answer_hash="b7f5077ba3d164a5a0408798",
+         text="The reference is 'The debt-to-income ratio is $1,500 / $5,000 = 30%.' and the model writes the same "
+              "sentence ending in '= 45%.'. Which metric tells you that this answer is wrong?",
+         choices=("exact match (or any check of the value itself)",
+                  "ROUGE-L, because it counts word order",
+                  "format validity, because the DTI sentence has a fixed form"),
+         feedback={"b": "every word but one matches, in order, so the longest common subsequence is almost the whole "
+                        "sentence and ROUGE-L stays near 1.",
+                   "c": "the wrong answer has exactly the right form: format validity checks the shape of an answer, "
+                        "not its value."})
+
+question(id="q13_judge_validation", lesson=LESSON, kind="choice", answer_hash="fcf7ba18df8fda8c8992ae92",
+         text="A learned judge agrees with 95% of the held-out preference pairs of its own dataset. Before you "
+              "report its win rate of your fine-tuned model against the base model, what do you check?",
+         choices=("nothing more: agreement on held-out pairs already shows the judge is reliable",
+                  "that a second judge agrees with it on the same preference pairs",
+                  "that it agrees with a reference on your models' own answers (where exact match says one is right)"),
+         feedback={"a": "the held-out pairs come from the judge's own dataset, with its kinds of bad answer; your "
+                        "models' answers can be of a kind the judge never saw, and its agreement need not carry over.",
+                   "b": "two judges built on the same data can share a blind spot: agreeing with each other is not "
+                        "agreeing with the truth on the answers you will judge."})
