@@ -6,7 +6,7 @@ reached (what was learned) and the held-out general-text perplexity relative to 
 (what was forgotten). A too-high learning rate shows up in the second number first.
 
     row = short_run(base, tok, pairs, general, lr=2e-3, r=8, steps=30)
-    rows = sweep(base, tok, pairs, general, lrs=[1e-4, ...], ranks=[2, 8, 32])   # scripts/sweep_lr_rank.py
+    rows = sweep(base, tok, pairs, general, lrs=[1e-4, ...], ranks=[2, 8, 32])   # scripts/lesson02_results.py
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import io
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
@@ -76,12 +75,14 @@ def load_results(name: str) -> dict:
 
 
 def landscape(base, tok, pairs, general, model="bundled", lr: float = 3e-3, r: int = 8, steps: int = 20,
-              seed: int = 0, task: str | None = None, lrs=None, ranks=None, base_ppl: float | None = None) -> dict:
+              seed: int = 0, task: str | None = None, lrs=None, ranks=None, base_ppl: float | None = None,
+              eval_examples=None) -> dict:
     """The learning-rate x rank grid lesson 02 draws, and a sentence saying where it comes from.
 
     MODEL the bundled model: the shipped sweep (``load_results("lr_rank_sweep")``, scripts/lesson02_results.py
     ran it on the bundled model). Any other MODEL: that sweep says nothing about it, so a small grid trains
-    live on BASE: LRS (default LR/10 and LR) x RANKS (default R/4 and R), STEPS steps each (``sweep``).
+    live on BASE: LRS (default LR/10 and LR) x RANKS (default R/4 and R), STEPS steps each (``short_run``,
+    scored on EVAL_EXAMPLES when given).
     Returns {"rows", "lrs", "ranks", "steps", "shipped": bool, "about": the sentence}.
     """
     from .models import is_bundled
@@ -99,7 +100,8 @@ def landscape(base, tok, pairs, general, model="bundled", lr: float = 3e-3, r: i
     rows = []
     for rank in ranks:
         for x in lrs:
-            rows.append(short_run(base, tok, pairs, general, x, rank, steps, seed=seed, base_ppl=base_ppl))
+            rows.append(short_run(base, tok, pairs, general, x, rank, steps, seed=seed, base_ppl=base_ppl,
+                                  eval_examples=eval_examples))
             base_ppl = rows[-1]["base_ppl"]
     about = (f"the shipped sweep was run on the bundled model (scripts/lesson02_results.py --only sweep), so for "
              f"{str(model)!r} a {len(lrs)} x {len(ranks)} grid trained live here: {len(rows)} runs of {steps} steps"
@@ -115,50 +117,109 @@ def grid(rows: list[dict], key: str):
     return lrs, ranks, [[table.get((r, lr), math.nan) for lr in lrs] for r in ranks]
 
 
-def landscape_figure(rows: list[dict], mark: tuple[float, int] | None = None):
-    """Two heatmaps over (learning rate, rank): final training loss and general-text perplexity ratio."""
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
+# the three measurements of a run the landscape can draw: (key, title, colour map, how a cell is written)
+PANELS = (("final_loss", "training loss (lower: learned)", "viridis", "{:.2f}"),
+          ("exact", "held-out exact match (higher: learned)", "Greens", "{:.0%}"),
+          ("ppl_ratio", "general-text perplexity / base (higher: forgot)", "magma_r", None))
+FORGETTING_CLIP = 10.0   # the forgetting colours stop at x10: one diverged run would wash out the rest
 
-    fig = Figure(figsize=(10, 3.4), dpi=80)
-    for i, (key, title, norm) in enumerate((("final_loss", "training loss after the run (lower: learned)", None),
-                                            ("ppl_ratio", "general-text perplexity / base (higher: forgot)",
-                                             LogNorm(vmin=1.0, vmax=max(2.0, max(r["ppl_ratio"] for r in rows)))))):
+
+def _forgetting(v: float) -> str:
+    return f"x{v:.2f}" if v < 10 else f"x{v:,.0f}"
+
+
+def landscape_figure(rows: list[dict], mark: tuple[float, int] | None = None):
+    """Heatmaps over (learning rate, rank), one per measurement the rows carry: training loss, held-out
+    exact match (when rows have "exact") and general-text perplexity / base. Forgetting is coloured on a
+    log scale from x1 to x10 (FORGETTING_CLIP, larger values get the darkest colour) and every cell is
+    written out, so x1.03 and x1.39 look different and x18,123 still reads as what it is."""
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    panels = [p for p in PANELS if all(p[0] in row for row in rows)]
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), dpi=80)
+    for i, (key, title, cmap, fmt) in enumerate(panels):
         lrs, ranks, m = grid(rows, key)
-        ax = fig.add_subplot(1, 2, i + 1)
-        im = ax.imshow(m, aspect="auto", origin="lower", cmap="viridis" if i == 0 else "magma_r", norm=norm)
-        ax.set_xticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs], fontsize=8)
-        ax.set_yticks(range(len(ranks)), [str(r) for r in ranks])
-        ax.set(xlabel="learning rate", ylabel="rank r", title=title)
+        if key == "ppl_ratio":
+            norm = LogNorm(vmin=1.0, vmax=FORGETTING_CLIP, clip=True)
+            m = [[max(v, 1.0) if v == v else v for v in row] for row in m]  # below x1 (a little better) is x1's colour
+        else:
+            values = [v for row in m for v in row if v == v]
+            norm = Normalize(0.0, 1.0) if key == "exact" else Normalize(min(values), max(values))
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        im = ax.imshow(m, aspect="auto", origin="lower", cmap=cmap, norm=norm)
+        ax.set_xticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs], fontsize=10)
+        ax.set_yticks(range(len(ranks)), [str(r) for r in ranks], fontsize=10)
+        ax.set_xlabel("learning rate", fontsize=10)
+        ax.set_ylabel("rank r", fontsize=10)
+        ax.set_title(title, fontsize=10)
+        raw = grid(rows, key)[2]
         for y, row in enumerate(m):
             for x, v in enumerate(row):
+                if v != v:
+                    continue
                 red, green, blue, _ = im.cmap(im.norm(v))  # dark text on pale cells, white on dark ones
-                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                text = _forgetting(raw[y][x]) if fmt is None else fmt.format(raw[y][x])
+                ax.text(x, y, text, ha="center", va="center", fontsize=10,
                         color="k" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "w")
         if mark is not None:
             lr, r = mark
             xi = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j]) - math.log(lr)))
             yi = min(range(len(ranks)), key=lambda j: abs(ranks[j] - r))
-            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-                (xi - 0.5, yi - 0.5), 1, 1, fill=False, ec="tab:cyan", lw=2.5))
-        fig.colorbar(im, ax=ax, shrink=0.85)
+            ax.add_patch(Rectangle((xi - 0.5, yi - 0.5), 1, 1, fill=False, ec="tab:cyan", lw=2.5))
+        bar = fig.colorbar(im, ax=ax, shrink=0.85)
+        if key == "ppl_ratio":
+            bar.set_ticks([1, 2, 5, 10], labels=["x1", "x2", "x5", "x10+"])
     fig.tight_layout()
     return fig
 
 
+def read_sweep(rows: list[dict]) -> list[str]:
+    """One line per rank, read off the sweep ROWS: the learning rate with the lowest loss, its exact match
+    and forgetting, and every step up in learning rate after which the loss ROSE (the run got worse, not
+    better: the learning rate is past what this rank tolerates)."""
+    lines = []
+    for r in sorted({row["r"] for row in rows}):
+        mine = sorted((row for row in rows if row["r"] == r), key=lambda row: row["lr"])
+        best = min(mine, key=lambda row: row["final_loss"])
+        exact = f", exact match {best['exact']:.0%}" if "exact" in best else ""
+        line = (f"r={r:<3d} lowest loss at lr {best['lr']:.0e}: loss {best['final_loss']:.2f}{exact}, "
+                f"forgetting {_forgetting(best['ppl_ratio'])}")
+        for low, high in zip(mine, mine[1:]):
+            if high["final_loss"] > low["final_loss"]:
+                line += (f"; from lr {low['lr']:.0e} to {high['lr']:.0e} the loss ROSE {low['final_loss']:.2f} -> "
+                         f"{high['final_loss']:.2f}, forgetting {_forgetting(high['ppl_ratio'])}")
+        lines.append(line)
+    return lines
+
+
 def run_figure(row: dict):
-    """Training loss per step next to the general-text perplexity before and after, for one run."""
+    """Training loss per step, next to the general-text perplexity before and after the run (one run).
+
+    The perplexities are two points on an axis that spans just them, with the ratio written on top, so a
+    3% change is visible (a bar chart from zero would hide it)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(10, 3.2), dpi=80)
     ax = fig.add_subplot(1, 2, 1)
     ax.plot(range(1, len(row["losses"]) + 1), row["losses"], color="tab:blue")
     ax.set(xlabel="step", ylabel="training loss", yscale="log",
            title=f"lr {row['lr']:.0e}, r {row['r']}: loss {row['final_loss']:.3f}")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
-    ax.bar(["base", "after LoRA"], [row["base_ppl"], row["general_ppl"]], color=["tab:gray", "tab:red"])
-    ax.set(ylabel="held-out general-text perplexity", title=f"forgetting: x{row['ppl_ratio']:.2f}")
+    ax.plot([0, 1], [row["base_ppl"], row["general_ppl"]], "o-", color="tab:red", ms=9)
+    ax.set_xticks([0, 1], ["base", "after LoRA"])
+    ax.set_xlim(-0.5, 1.5)
+    low, high = sorted((row["base_ppl"], row["general_ppl"]))
+    pad = max(0.05 * high, high - low)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set(ylabel="held-out general-text perplexity", title=f"forgetting: {_forgetting(row['ppl_ratio'])}")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -221,80 +282,3 @@ def lr_widget(base, tok, pairs, general, rows: list[dict], steps: int = 30, rank
     display(box)
     box.train = train  # lets a test (or a notebook cell) press the button without a browser
     return box
-
-
-# Learning rates for each PEFT method in the comparison: the usual starting points (LoRA and DoRA
-# 2e-3 at this model size; IA3's scaling vectors and prompt tuning's embeddings take larger steps).
-METHOD_LR = {"lora": 2e-3, "dora": 2e-3, "ia3": 1e-2, "prompt": 3e-2}
-
-
-def method_run(base, tok, pairs, method: str, steps: int = 60, lr: float | None = None, seed: int = 0,
-               eval_examples=None, r: int = 8) -> dict:
-    """Train one peft METHOD (lora, dora, ia3, prompt) on PAIRS; trainable params, score, time per step."""
-    import statistics
-
-    from . import adapters, evaluate, sft
-
-    lr = METHOD_LR[method] if lr is None and method in METHOD_LR else lr
-    model = adapters.add(copy.deepcopy(base), method, r=r, alpha=2 * r, seed=seed)
-    trainable, total = model.get_nb_trainable_parameters()
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick(step, loss):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    with warnings.catch_warnings():
-        # prompt tuning: peft drops the position ids the collator does not even pass; nothing to act on
-        warnings.filterwarnings("ignore", message="Position ids are not supported")
-        losses = sft.train(model, tok, pairs, steps=steps, lr=lr, seed=seed, progress=False, callback=tick)
-    row = {"method": method, "lr": lr, "steps": steps, "trainable": trainable, "total": total,
-           "trainable_pct": 100 * trainable / total, "final_loss": sum(losses[-5:]) / len(losses[-5:]),
-           "seconds_per_step": statistics.median(times), "line": adapters.trainable_line(model)}
-    if eval_examples is not None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Position ids are not supported")
-            s = evaluate.score(model, tok, eval_examples)
-        row["exact"], row["format"] = s["exact"], s["format"]
-    return row
-
-
-def methods_table(base, tok, pairs, model="bundled", steps: int = 3, seed: int = 0, r: int = 8,
-                  eval_examples=None) -> dict:
-    """Every PEFT method on BASE: trainable parameters and time per step measured now (``method_run``),
-    next to held-out exact match and answer format.
-
-    MODEL the bundled model: the scores are the shipped table's (``load_results("peft_methods")``: each
-    method trained for its 40 steps by scripts/lesson02_results.py), at the table's learning rates. Any
-    other MODEL: the shipped scores are the bundled model's, so each method trains STEPS steps here and is
-    scored on EVAL_EXAMPLES. Returns {"rows": [{"method", "lr", "trainable", "trainable_pct", "exact",
-    "format", "seconds_per_step"}], "steps", "n_eval", "task", "shipped": bool, "fan_in_fan_out": whether
-    the adapted layers are Conv1D (peft's fan_in_fan_out=True)}.
-    """
-    from . import adapters
-    from .lora import needs_fan_in_fan_out
-    from .models import is_bundled
-
-    shipped = load_results("peft_methods") if is_bundled(model) else None
-    eval_examples = None if eval_examples is None else list(eval_examples)
-    if shipped is None and not eval_examples:
-        raise ValueError(f"{str(model)!r} is not the bundled model, whose scores ship with the course: "
-                         "pass eval_examples to score each method here.")
-    plan = [(row["method"], row["lr"], row) for row in shipped["rows"]] if shipped else \
-        [(m, METHOD_LR[m], None) for m in adapters.METHODS]
-    rows = []
-    for method, lr, old in plan:
-        now = method_run(base, tok, pairs, method, steps=steps, lr=lr, seed=seed, r=r,
-                         eval_examples=None if old else eval_examples)
-        scores = old if old else now
-        rows.append({"method": method, "lr": lr, "trainable": now["trainable"], "trainable_pct": now["trainable_pct"],
-                     "exact": scores["exact"], "format": scores["format"], "seconds_per_step": now["seconds_per_step"]})
-    conv = needs_fan_in_fan_out(base, adapters.targets(base))
-    if shipped:
-        return {"rows": rows, "steps": shipped["steps"], "n_eval": shipped["n_eval"], "task": shipped["task"],
-                "shipped": True, "fan_in_fan_out": conv}
-    task = "/".join(sorted({e["task"] for e in eval_examples}))
-    return {"rows": rows, "steps": steps, "n_eval": len(eval_examples), "task": task, "shipped": False,
-            "fan_in_fan_out": conv}

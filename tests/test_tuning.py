@@ -48,10 +48,36 @@ def test_grid_orders_ranks_and_learning_rates():
 
 def test_figures_draw_without_a_display():
     fig = tuning.landscape_figure(_rows(), mark=(1e-3, 8))
-    assert len(fig.axes) == 4  # two heatmaps and their colour bars
+    assert len(fig.axes) == 4  # two heatmaps (the rows carry no exact match) and their colour bars
     colours = {t.get_color() for ax in fig.axes[::2] for t in ax.texts}
     assert colours == {"k", "w"}, "cell numbers are dark on pale cells and white on dark ones"
     assert len(tuning.run_figure(_rows()[0]).axes) == 2
+
+
+def test_the_forgetting_colours_are_not_washed_out_by_one_diverged_run():
+    rows = [dict(row, exact=0.5, ppl_ratio=ratio) for row, ratio in zip(_rows(), (1.03, 1.39, 1.7, 1.0, 27.2, 18123.2))]
+    fig = tuning.landscape_figure(rows)
+    assert len(fig.axes) == 6, "loss, exact match and forgetting, each with its colour bar"
+    heat = fig.axes[4]
+    texts = {t.get_text() for t in heat.texts}
+    assert {"x1.03", "x1.39", "x1.70", "x27", "x18,123"} <= texts, "every cell is written out, large ones whole"
+    image = heat.images[0]
+    shade = {t.get_text(): image.norm(image.get_array()[int(t.get_position()[1]), int(t.get_position()[0])])
+             for t in heat.texts}
+    assert shade["x1.39"] - shade["x1.03"] > 0.1, "x1.03 and x1.39 get visibly different colours"
+    assert shade["x27"] == shade["x18,123"] == 1.0, "beyond the clip, the darkest colour"
+
+
+def test_read_sweep_names_the_best_run_and_every_rise_in_loss():
+    rows = [{"lr": lr, "r": r, "final_loss": loss, "exact": ex, "ppl_ratio": ppl}
+            for r, runs in {2: [(3.0, 0.0, 1.0), (1.5, 0.5, 1.0), (1.0, 0.7, 1.7)],
+                            32: [(1.2, 0.7, 0.99), (0.6, 0.85, 1.39), (4.1, 0.0, 18123.0)]}.items()
+            for lr, (loss, ex, ppl) in zip((1e-3, 3e-3, 1e-2), runs)]
+    lines = tuning.read_sweep(rows)
+    assert len(lines) == 2
+    assert lines[0].startswith("r=2   lowest loss at lr 1e-02") and "ROSE" not in lines[0]
+    assert "lowest loss at lr 3e-03: loss 0.60, exact match 85%, forgetting x1.39" in lines[1]
+    assert "from lr 3e-03 to 1e-02 the loss ROSE 0.60 -> 4.10, forgetting x18,123" in lines[1]
 
 
 def test_the_widget_draws_the_landscape_and_trains_on_demand(inputs):
@@ -69,13 +95,6 @@ def test_the_widget_draws_the_landscape_and_trains_on_demand(inputs):
     text = run_out.outputs[0]["text"]
     assert text.startswith("lr 1.0e-02, r 2: loss") and "general-text perplexity" in text
     assert "image/png" in run_out.outputs[1]["data"] and not button.disabled
-
-
-@pytest.mark.parametrize("method", ["ia3", "prompt"])
-def test_method_run_reports_the_peft_line(inputs, method):
-    model, tok, pairs, _ = inputs
-    row = tuning.method_run(model, tok, pairs, method, steps=2)
-    assert row["line"].startswith(f"trainable params: {row['trainable']:,d}") and row["seconds_per_step"] > 0
 
 
 def test_the_shipped_sweep_covers_its_grid():
@@ -103,31 +122,13 @@ def test_the_landscape_is_the_shipped_sweep_only_for_the_bundled_model(inputs, h
     assert shipped["about"].startswith(f"the sweep: {len(shipped['rows'])} runs of 20 steps on 'classify'")
     other, otok = models.load_base(hub_models["gpt2"], device="cpu")
     opairs = [data.to_prompt_completion(e, otok) for e in data.load("instructions", "train", task="risk", n=16)]
-    live = tuning.landscape(other, otok, opairs, general, model=hub_models["gpt2"], lr=3e-3, r=8, steps=2, task="risk")
+    evals = list(data.load("instructions", "eval", task="risk", n=2))
+    live = tuning.landscape(other, otok, opairs, general, model=hub_models["gpt2"], lr=3e-3, r=8, steps=2, task="risk",
+                            eval_examples=evals)
     assert not live["shipped"] and live["lrs"] == [3e-4, 3e-3] and live["ranks"] == [2, 8]
     assert {(row["lr"], row["r"], row["steps"]) for row in live["rows"]} == {(a, b, 2) for a in (3e-4, 3e-3) for b in (2, 8)}
     assert len({row["base_ppl"] for row in live["rows"]}) == 1
+    assert all("exact" in row for row in live["rows"]), "a live grid is scored on the examples it is given"
     assert "bundled model" in live["about"] and "2 x 2 grid trained live" in live["about"] and "'risk'" in live["about"]
     lrs, ranks, m = tuning.grid(live["rows"], "final_loss")
     assert not any(math.isnan(v) for row in m for v in row)
-
-
-def test_the_methods_table_uses_shipped_scores_only_for_the_bundled_model(inputs, hub_models):
-    from labkit import adapters, models
-
-    model, tok, pairs, _ = inputs
-    shipped = tuning.load_results("peft_methods")
-    table = tuning.methods_table(model, tok, pairs, model="bundled", steps=1)
-    assert table["shipped"] and not table["fan_in_fan_out"] and table["steps"] == shipped["steps"]
-    assert [(r["method"], r["exact"], r["format"]) for r in table["rows"]] == \
-        [(r["method"], r["exact"], r["format"]) for r in shipped["rows"]]
-    other, otok = models.load_base(hub_models["gpt2"], device="cpu")
-    with pytest.raises(ValueError, match="not the bundled model.*eval_examples"):
-        tuning.methods_table(other, otok, pairs, model=hub_models["gpt2"], steps=1)
-    opairs = [data.to_prompt_completion(e, otok) for e in data.load("instructions", "train", task="risk", n=16)]
-    evals = data.load("instructions", "eval", task="risk", n=2)
-    live = tuning.methods_table(other, otok, opairs, model=hub_models["gpt2"], steps=1, r=4, eval_examples=evals)
-    assert not live["shipped"] and live["fan_in_fan_out"] and live["n_eval"] == 2 and live["task"] == "risk"
-    assert [r["method"] for r in live["rows"]] == list(adapters.METHODS)
-    assert all(0 <= r["exact"] <= 1 and 0 < r["trainable"] and r["seconds_per_step"] > 0 for r in live["rows"])
-    assert [r["lr"] for r in live["rows"]] == [tuning.METHOD_LR[m] for m in adapters.METHODS]
