@@ -41,6 +41,8 @@ def quiet(offline: bool = True) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    # bitsandbytes on a CPU: lesson 05 prints what its paged optimizer does there (memory.optimizer_states)
+    warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
     for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops", "bitsandbytes.cextension"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for name in ("transformers", "datasets", "peft", "trl", "accelerate", "huggingface_hub"):

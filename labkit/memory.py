@@ -8,8 +8,9 @@
    (`memory_table`, `memory_markdown` for lesson 16's table).
 4. Real shapes: `llama_sizes` counts the parameters of published Llama shapes on the meta device;
    `fit_table` says which (model, method) fits on which GPU (`GPU_SIZES_GB`).
-5. Measured, not estimated: `footprint` (the bytes a loaded model stores, 4-bit constants included)
-   and `optimizer_state_bytes`.
+5. Measured, not estimated: `footprint` (the bytes a loaded model stores, 4-bit constants included),
+   `stored_bits_per_weight` (one weight as bitsandbytes stores it), `training_step_bytes`, and
+   `optimizer_states` / `optimizer_state_bytes` (what an optimizer keeps, 8-bit and paged included).
 
 Sizes are bytes (ints); GB means 1e9 bytes.
 """
@@ -73,36 +74,7 @@ def activation_bytes(batch: int, seq_len: int, hidden: int, layers: int,
     return int(values * value_bytes)
 
 
-def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512, hidden=None,
-                    layers=None, lora_params=None, grad_checkpointing: bool = True,
-                    weight_bytes: int = 2, optimizer: str = "adamw", master_weights: bool = True,
-                    blocksize: int = 64, double_quant: bool = True) -> dict:
-    """GPU memory to fine-tune a model of N_PARAMS parameters, in bytes, broken down.
-
-    method:
-      "full": every parameter trained: 16-bit weights + 16-bit gradients + fp32 AdamW m and v
-        (8 bytes) + an fp32 master copy of the weights (4 bytes, when MASTER_WEIGHTS and the weights
-        are narrower than fp32, as mixed-precision training keeps) = 16 bytes per parameter.
-        The QLoRA paper's "more than 780 GB" for a 65B model is 12 bytes per parameter, i.e. the same
-        without the master copy (master_weights=False).
-      "lora": the frozen weights in 16 bits + LORA_PARAMS adapter parameters, with their 16-bit
-        gradients and AdamW states (no master copy for adapters).
-      "qlora": the frozen weights in NF4 (4 bits) + their quantisation constants (double-quantised
-        by default: 0.127 bit per parameter, see bits_per_parameter) + bf16 adapters, their bf16
-        gradients and fp32 AdamW states.
-    lora_params: number of adapter parameters (required for "lora" and "qlora"; ignored for
-      "full"). E.g. r * (d_in + d_out) per adapted matrix, or labkit.lora.count_lora_params.
-    weight_bytes: bytes per value of the trained and 16-bit frozen weights, gradients, adapters and
-      activations (2 for bf16/fp16, 4 for fp32).
-    optimizer: one of OPTIMIZER_BYTES.
-    hidden, layers: give both to add activations (activation_bytes, with batch, seq_len and
-      grad_checkpointing); without them activations are 0.
-    Not counted: the CUDA context and allocator overhead (often 0.5-2 GB), temporary buffers, the
-    logits, and paged optimizers' offloading (QLoRA's third trick only absorbs spikes).
-
-    Returns: dict of ints (bytes) with keys weights, gradients, optimizer_states, adapters,
-    quant_constants, activations, total.
-    """
+def _check_estimate(n_params, method, optimizer, weight_bytes, lora_params, hidden, layers, batch, seq_len):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if optimizer not in OPTIMIZER_BYTES:
@@ -119,27 +91,37 @@ def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512
     if batch <= 0 or seq_len <= 0:
         raise ValueError(f"batch and seq_len must be positive, got {batch} and {seq_len}.")
 
-    per_param_opt = OPTIMIZER_BYTES[optimizer]
-    out = dict.fromkeys(("weights", "gradients", "optimizer_states", "adapters",
-                         "quant_constants", "activations"), 0.0)
+
+def estimate_memory(n_params, method: str, *, batch: int = 1, seq_len: int = 512, hidden=None,
+                    layers=None, lora_params=None, grad_checkpointing: bool = True,
+                    weight_bytes: int = 2, optimizer: str = "adamw", master_weights: bool = True,
+                    blocksize: int = 64, double_quant: bool = True) -> dict:
+    """GPU memory, in bytes, to fine-tune N_PARAMS parameters: "full", "lora" or "qlora" (METHODS).
+
+    full: 16-bit weights and gradients, fp32 AdamW m and v, an fp32 master copy (MASTER_WEIGHTS):
+    16 bytes per parameter. lora: frozen 16-bit weights; LORA_PARAMS adapters in 16 bits with 16-bit
+    gradients and fp32 AdamW states. qlora: the same adapters on NF4 weights (bits_per_parameter).
+    hidden and layers add activations (activation_bytes). Not counted: the CUDA context, the logits,
+    temporary buffers. Returns ints: weights, gradients, optimizer_states, adapters,
+    quant_constants, activations, total.
+    """
+    _check_estimate(n_params, method, optimizer, weight_bytes, lora_params, hidden, layers, batch, seq_len)
+    out = dict.fromkeys(("weights", "gradients", "optimizer_states", "adapters", "quant_constants",
+                         "activations"), 0.0)
     if method == "full":
-        out["weights"] = n_params * weight_bytes
-        out["gradients"] = n_params * weight_bytes
+        out["weights"] = out["gradients"] = n_params * weight_bytes
         master = 4 if master_weights and weight_bytes < 4 else 0
-        out["optimizer_states"] = n_params * (per_param_opt + master)
+        out["optimizer_states"] = n_params * (OPTIMIZER_BYTES[optimizer] + master)
     else:
         if method == "lora":
             out["weights"] = n_params * weight_bytes
-        else:
+        else:  # 4 bits a weight, plus its share of the quantisation constants
             out["weights"] = n_params * 4 / 8
-            extra_bits = bits_per_parameter(blocksize, double_quant) - 4
-            out["quant_constants"] = n_params * extra_bits / 8
-        out["adapters"] = lora_params * weight_bytes
-        out["gradients"] = lora_params * weight_bytes
-        out["optimizer_states"] = lora_params * per_param_opt
+            out["quant_constants"] = n_params * (bits_per_parameter(blocksize, double_quant) - 4) / 8
+        out["adapters"] = out["gradients"] = lora_params * weight_bytes
+        out["optimizer_states"] = lora_params * OPTIMIZER_BYTES[optimizer]
     if hidden is not None:
-        out["activations"] = activation_bytes(batch, seq_len, hidden, layers, grad_checkpointing,
-                                              value_bytes=weight_bytes)
+        out["activations"] = activation_bytes(batch, seq_len, hidden, layers, grad_checkpointing, weight_bytes)
     out = {k: int(math.ceil(v)) for k, v in out.items()}
     out["total"] = sum(out.values())
     return out
@@ -278,8 +260,9 @@ def fit_table(sizes: dict, gpus_gb=GPU_SIZES_GB, methods=METHODS, reserve_gb: fl
               **assumptions) -> list[dict]:
     """Which (model, method) fits on which GPU, by estimate_memory.
 
-    sizes: as llama_sizes returns. gpus_gb: GPU memory in GB (1 GB = 1e9 bytes; a "48 GB" card
-    really has about 48 GiB = 51.5e9 bytes, so this errs on the safe side). reserve_gb: left for the
+    sizes: as llama_sizes returns. gpus_gb: each card's memory at its nominal size in GB of 1e9
+    bytes (the module's one convention; a card sold as "48 GB" holds a little more, so the table
+    errs on the safe side). reserve_gb: left for the
     CUDA context and allocator (estimate_memory leaves it out). ASSUMPTIONS go to estimate_memory
     (batch, seq_len, grad_checkpointing, optimizer, ...).
     Returns rows {"model", "method", "total_gb" (estimate, without the reserve), "fits": {gpu: bool}}.
@@ -302,6 +285,27 @@ def fit_table(sizes: dict, gpus_gb=GPU_SIZES_GB, methods=METHODS, reserve_gb: fl
 # Measured
 
 
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def _quant_state_bytes(state) -> tuple[int, int]:
+    """(constants, codebooks) in bytes of a bitsandbytes 4-bit QuantState: absmax, and with double
+    quantisation the second-level absmax and the offset; the 16-entry (and 256-entry) code tables."""
+    constants, codebooks = _nbytes(state.absmax), _nbytes(state.code)
+    if state.nested:
+        constants += _nbytes(state.state2.absmax) + _nbytes(state.offset)
+        codebooks += _nbytes(state.state2.code)
+    return constants, codebooks
+
+
+def stored_bits_per_weight(packed, state) -> float:
+    """Bits per weight that bitsandbytes stores for one 4-bit weight: its packed codes (PACKED, two per
+    byte) and its QuantState's constants (STATE), from bitsandbytes.functional.quantize_4bit. The shared
+    codebooks are left out, as bits_per_parameter leaves them out."""
+    return 8 * (_nbytes(packed) + _quant_state_bytes(state)[0]) / state.shape.numel()
+
+
 def footprint(model) -> dict:
     """The bytes MODEL really stores, by kind.
 
@@ -322,15 +326,11 @@ def footprint(model) -> dict:
             continue
         seen.add(id(p))
         if isinstance(p, bnb.nn.Params4bit) and p.quant_state is not None:
-            s = p.quant_state
             out["weights_4bit"] += p.numel() * p.element_size()
-            quantized += s.shape.numel()
-            out["quant_constants"] += s.absmax.numel() * s.absmax.element_size()
-            out["codebooks"] += s.code.numel() * s.code.element_size()
-            if s.nested:
-                out["quant_constants"] += s.state2.absmax.numel() * s.state2.absmax.element_size()
-                out["quant_constants"] += s.offset.numel() * s.offset.element_size()
-                out["codebooks"] += s.state2.code.numel() * s.state2.code.element_size()
+            quantized += p.quant_state.shape.numel()
+            constants, codebooks = _quant_state_bytes(p.quant_state)
+            out["quant_constants"] += constants
+            out["codebooks"] += codebooks
         else:
             out["other_params"] += p.numel() * p.element_size()
     out["buffers"] = sum(b.numel() * b.element_size() for b in model.buffers())
@@ -339,12 +339,13 @@ def footprint(model) -> dict:
     return out
 
 
-def training_step_bytes(model, loss_fn) -> dict:
+def training_step_bytes(model, loss_fn, optimizer=None) -> dict:
     """Bytes one training step of MODEL holds, counted tensor by tensor: {"weights", "gradients",
     "optimizer", "activations", "total"}.
 
     weights: every byte MODEL stores (footprint, without buffers: 4-bit codes and their constants where
-    there are any); gradients: one per trainable parameter, in its dtype; optimizer: AdamW's two float32
+    there are any); gradients: one per trainable parameter, in its dtype; optimizer: what OPTIMIZER holds
+    (optimizer_state_bytes, after a step: 8-bit states included), or without one AdamW's two float32
     states per trainable parameter; activations: what autograd saves for the backward pass while
     LOSS_FN() (a no-argument function that runs MODEL's forward and returns the loss) runs, measured with
     torch.autograd.graph.saved_tensors_hooks, weights not counted twice. The memory the method needs,
@@ -375,13 +376,42 @@ def training_step_bytes(model, loss_fn) -> dict:
     stored = footprint(model)
     out = {"weights": stored["total"] - stored["buffers"],
            "gradients": sum(p.numel() * p.element_size() for p in trainable),
-           "optimizer": sum(2 * p.numel() * 4 for p in trainable),
+           "optimizer": (sum(2 * p.numel() * 4 for p in trainable) if optimizer is None
+                         else optimizer_state_bytes(optimizer)),
            "activations": sum(n for ptr, n in saved.items() if ptr not in param_ptrs)}
     out["total"] = sum(out.values())
     return out
 
 
+def optimizer_states(optimizer) -> dict:
+    """What OPTIMIZER (torch's or bitsandbytes', bare or wrapped by accelerate as a Trainer's is) keeps
+    for its parameters, after at least one step.
+
+    Returns {"name" (its class), "paged_requested" (bitsandbytes' is_paged, False for torch's),
+    "parameters" (with state), "parameters_8bit" (whose states are 8-bit; bitsandbytes keeps tensors
+    with fewer than min_8bit_size = 4,096 elements in float32), "state_tensors" (the per-element states,
+    e.g. AdamW's m and v: one value per element of the parameter), "paged_tensors" (those in CUDA
+    unified memory, bitsandbytes' is_paged mark), "bytes" (everything, block constants included)}.
+    """
+    import torch
+
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+    states = [st for st in opt.state.values() if st]
+    tensors = [v for p, st in opt.state.items() for v in st.values()
+               if isinstance(v, torch.Tensor) and v.numel() == p.numel()]
+    return {"name": f"{type(opt).__module__.split('.')[0]}.{type(opt).__name__}",
+            "paged_requested": bool(getattr(opt, "is_paged", False)),
+            "parameters": len(states),
+            "parameters_8bit": sum(any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in st.values())
+                                   for st in states),
+            "state_tensors": len(tensors),
+            "paged_tensors": sum(bool(getattr(v, "is_paged", False)) for v in tensors),
+            "bytes": optimizer_state_bytes(opt)}
+
+
 def optimizer_state_bytes(optimizer) -> int:
-    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants)."""
+    """Bytes held in OPTIMIZER's state (AdamW's m and v, or 8-bit states and their constants); a
+    Trainer's optimizer (accelerate's wrapper) is unwrapped."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
     return sum(v.numel() * v.element_size() for state in optimizer.state.values()
                for v in state.values() if hasattr(v, "element_size"))

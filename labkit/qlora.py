@@ -1,18 +1,19 @@
 """QLoRA in practice: a model loaded in 4-bit NF4 through transformers + bitsandbytes, LoRA on top.
 
 labkit.quant holds NF4 from scratch and double quantisation, labkit.memory the memory arithmetic
-(and `footprint`, the bytes a loaded 4-bit model stores); this module holds what a lesson does with
-real models:
+(and `footprint`, the bytes a loaded 4-bit model stores); this module holds what lessons 04 and 05
+do with real models and with bitsandbytes:
 
-- `load_4bit` loads a model with a BitsAndBytesConfig (NF4, double quantisation, a compute dtype)
-  and switches off bitsandbytes' CPU repacking, which breaks training (`disable_cpu_repacking`);
-- `prepare_qlora` is peft's recipe: prepare_model_for_kbit_training, then get_peft_model, on the
-  model's own layers (labkit.adapters.targets);
+- importing it keeps 4-bit training safe on a CPU (`keep_cpu_training_safe`, see there);
+- `load_4bit` loads a model with a BitsAndBytesConfig (`bnb_config`: NF4, double quantisation, a
+  compute dtype); `prepare_qlora` is peft's recipe (prepare_model_for_kbit_training, then
+  get_peft_model) on the model's own layers (labkit.adapters.targets);
 - `linear_weights` and `block_layer` give the weights a lesson quantises, as bitsandbytes sees them
   ((out, in): GPT-2's Conv1D transposed, as transformers' bitsandbytes integration does);
-- `compare_outputs` measures how far the 4-bit model's logits are from the original's,
-  `lora_gradients` whether the adapters get gradients, `check_against_bitsandbytes` our NF4 next to
-  bitsandbytes' on a real weight; `load_gpu_results` reads scripts/gpu_qlora.py's measurements.
+- `check_against_bitsandbytes` and `double_quant_against_bitsandbytes` put labkit.quant next to
+  bitsandbytes on a real weight; `compare_outputs` measures how far the 4-bit model's logits are from
+  the original's, `lora_gradients` whether the adapters get gradients; `load_gpu_results` reads
+  scripts/gpu_qlora.py's measurements.
 """
 
 from __future__ import annotations
@@ -118,72 +119,30 @@ def disable_cpu_repacking(model) -> int:
     return len(layers)
 
 
-def repacking_trap(model, batch: dict, target_modules=None, r: int = 8, alpha: float = 16) -> dict:
-    """bitsandbytes' AVX512-BF16 CPU trap, shown on a 4-bit MODEL (from load_4bit; changed in place).
+def keep_cpu_training_safe() -> None:
+    """Make every bitsandbytes Linear4bit created from now on start with its CPU fast path off.
 
-    1. bitsandbytes' own default goes back on every Linear4bit: support_avx512bf16_for_cpu =
-       has_avx512bf16(), the fast path on where the CPU has the instructions;
-    2. an evaluation: a no-grad forward in eval mode on BATCH["input_ids"]. On such a CPU each
-       Linear4bit repacks its weight for a kernel that has no backward pass. bitsandbytes 0.50's
-       repacking needs a layer's output size to be a multiple of 32: on a layer where it is not (a
-       Llama MLP of width 172) it raises an AssertionError, so the evaluation itself fails after the
-       layers before it were repacked; the error is recorded, not raised;
-    3. LoRA (rank R) on TARGET_MODULES (default: the model's query and value projections,
-       labkit.adapters.targets(model, "attention")), and the lora_B matrices that get a gradient counted
-       after one training step's forward and backward. With a repacked layer that has a bias (GPT-2's)
-       bitsandbytes 0.50 raises a RuntimeError in that forward instead; recorded too;
-    4. disable_cpu_repacking, and the count again.
-    Returns {"avx512bf16": bool, "repacked": layers repacked after step 2, "layers": Linear4bit layers,
-    "error": what the evaluation raised or None, "stopped_at": the first layer left unrepacked when it
-    raised, "default": (lora_B with a gradient, lora_B), "train_error": what step 3 raised or None (then
-    "default" is (0, lora_B)), "fixed": the count after the fix, "model": the peft model}.
+    bitsandbytes 0.50 gives each Linear4bit `support_avx512bf16_for_cpu = has_avx512bf16()`. On a CPU
+    with AVX512-BF16 the first no-grad forward in eval mode (an evaluation) then repacks the layer's
+    weight for an inference kernel that has no backward pass, and LoRA adapters trained afterwards
+    get no gradient, silently; on some layer sizes the evaluation itself fails. This runs when
+    labkit.qlora is imported, so the plain `from_pretrained(..., quantization_config=...)` a lesson
+    writes gives layers that train after an evaluation (tests/test_qlora.py checks it). Layers that
+    already exist: disable_cpu_repacking. Harmless on other CPUs and on GPUs.
     """
-    import warnings
+    import logging
 
-    import torch
-    from bitsandbytes.functional import has_avx512bf16
-    from peft import get_peft_model
-
-    from .adapters import config, targets
-
-    def packed(m):
-        return bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
-
-    layers = linear4bit_modules(model)
-    if not layers:
-        raise ValueError("the model has no 4-bit layers; load it with labkit.qlora.load_4bit first.")
-    for _, m in layers:
-        m.support_avx512bf16_for_cpu = has_avx512bf16()  # bitsandbytes' default, which load_4bit overrides
-    error = None
+    # its import logs a "kernels-community" line on such CPUs (the `kernels` package reaches for the Hub)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
-            model.eval()(batch["input_ids"].to(model.device))
-    except AssertionError as exc:
-        error = f"AssertionError: {exc}"
-    stopped = next((n for n, m in layers if not packed(m)), None) if error else None
-    repacked = sum(packed(m) for _, m in layers)
-    names = targets(model, "attention") if target_modules is None else target_modules
-    model = get_peft_model(model, config("lora", model, r=r, alpha=alpha, target_modules=names))
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+        import bitsandbytes.nn.modules as modules
+    except ImportError:  # bitsandbytes is not installed: no 4-bit layers to protect
+        return
+    modules.has_avx512bf16 = _no_cpu_fast_path
 
-    def with_grad():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the trap's own warning: the repacked kernel has no backward
-            grads = lora_gradients(model, batch)
-        b = [v for k, v in grads.items() if "lora_B" in k]
-        return sum(1 for v in b if v), len(b)
 
-    train_error = None
-    try:
-        default = with_grad()
-    except RuntimeError as exc:
-        train_error = f"RuntimeError: {str(exc).splitlines()[0]}"
-        default = (0, sum(1 for n, _ in model.named_parameters() if "lora_B" in n))
-        model.zero_grad(set_to_none=True)
-    disable_cpu_repacking(model)
-    return {"avx512bf16": bool(has_avx512bf16()), "repacked": repacked, "layers": len(layers), "error": error,
-            "stopped_at": stopped, "default": default, "train_error": train_error, "fixed": with_grad(),
-            "model": model}
+def _no_cpu_fast_path() -> bool:
+    return False
 
 
 def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", double_quant: bool = True,
@@ -302,8 +261,48 @@ def check_against_bitsandbytes(w, blocksize: int = 64, quant_type: str = "nf4") 
             "rows_whole_blocks": w.shape[-1] % blocksize == 0}
 
 
-def load_gpu_results(path) -> dict | None:
-    """The JSON written by scripts/gpu_qlora.py, or None when there is none (or only a smoke run)."""
+def double_quant_against_bitsandbytes(w, blocksize: int = 64) -> dict:
+    """labkit.quant.double_quantize of W's NF4 absmax constants next to bitsandbytes'
+    quantize_4bit(..., compress_statistics=True). w: (out, in) float.
+
+    Returns {"constants": how many absmax constants (one per block), "offset": (ours, bitsandbytes'),
+    "absmax2_equal": the second-level scales bit for bit, "codes_equal": how many 8-bit codes agree,
+    "neighbours": how many of those that differ are the next code up or down, "ours_never_farther":
+    whether our code is always at least as near the constant as bitsandbytes' (its CPU C kernel can
+    round a constant within a hair of a midpoint the other way), "bits_stored": bits per weight of
+    what bitsandbytes stores (memory.stored_bits_per_weight), "bits_stored_without": the same
+    without double quantisation}.
+    """
+    import bitsandbytes.functional as bnbF
+    import torch
+
+    from .memory import stored_bits_per_weight
+
+    w = w.detach()
+    _, absmax = quant.quantize_nf4(w, blocksize)
+    q, absmax2, offset = quant.double_quantize(absmax)
+    packed, state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=True)
+    theirs = state.absmax.long()
+    per_value = absmax2.double().repeat_interleave(256)[: absmax.numel()]
+    scaled = (absmax.double() - offset) / per_value
+    code = quant.DYNAMIC_CODE.double()
+    differ = q.long() != theirs
+    plain_packed, plain_state = bnbF.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
+    return {"constants": absmax.numel(), "offset": (offset, state.offset.item()),
+            "absmax2_equal": torch.equal(absmax2, state.state2.absmax),
+            "codes_equal": int((~differ).sum()),
+            "neighbours": int(((q.long() - theirs).abs() == 1)[differ].sum()),
+            "ours_never_farther": bool(((scaled - code[q.long()]).abs() <= (scaled - code[theirs]).abs() + 1e-12).all()),
+            "bits_stored": stored_bits_per_weight(packed, state),
+            "bits_stored_without": stored_bits_per_weight(plain_packed, plain_state)}
+
+
+GPU_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "gpu_qlora.json"
+
+
+def load_gpu_results(path=GPU_RESULTS) -> dict | None:
+    """The JSON written by scripts/gpu_qlora.py (bench/gpu_qlora.json), or None when there is none (or
+    only a smoke run, or a run that was not on a CUDA GPU): a GPU figure is shown only when measured."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -311,3 +310,6 @@ def load_gpu_results(path) -> dict | None:
     if results.get("smoke") or results.get("device") != "cuda":
         return None
     return results
+
+
+keep_cpu_training_safe()

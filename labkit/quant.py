@@ -5,9 +5,11 @@ The pieces, in the order of the QLoRA paper (Dettmers et al. 2023, https://arxiv
 1. The NF4 codebook: 16 values at quantiles of a standard normal, scaled to [-1, 1] (`NF4_CODE`);
    FP4 and plain int4 (`FP4_CODE`, `INT4_CODE`) for comparison (`quantize_4bit`, `quantization_error`).
 2. Blockwise absmax quantisation: each block of 64 weights is divided by its largest |w| and every
-   value is replaced by the index of the nearest NF4 value (`quantize_nf4`, `dequantize_nf4`).
+   value is replaced by the index of the nearest codebook value (`quantize_blockwise`, the maths;
+   `quantize_nf4` / `dequantize_nf4` for a weight).
 3. Double quantisation: the per-block absmax constants (fp32, 0.5 bit per weight) are themselves
-   quantised to 8 bits in blocks of 256 (`double_quantize`, `double_dequantize`): 0.127 bit per weight.
+   quantised to 8 bits in blocks of 256 with the same `quantize_blockwise` and bitsandbytes' dynamic
+   code (`double_quantize`, `double_dequantize`): 0.127 bit per weight.
 
 What that buys in memory (bits per parameter, full vs LoRA vs QLoRA fine-tuning) is labkit.memory.
 
@@ -104,54 +106,45 @@ CODES_4BIT = {"nf4": NF4_CODE, "fp4": FP4_CODE, "int4": INT4_CODE}
 # Blockwise absmax quantisation, shared by the 4-bit weights and the 8-bit constants
 
 
+def quantize_blockwise(x: torch.Tensor, code: torch.Tensor,
+                       blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax quantisation of X with the sorted codebook CODE (16 or 256 values in [-1, 1]).
+
+    x: (n,) float32, cut into blocks of BLOCKSIZE values; the last block may be partial.
+    Returns (codes (n,) uint8, the index of the CODE value nearest to x / absmax of its block;
+    absmax (ceil(n / blocksize),) float32, the largest |x| of each block).
+    """
+    n = x.numel()
+    full = n - n % blocksize
+    blocks = x[:full].view(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    # times the reciprocal, as bitsandbytes does (a division can differ in the last bit and move a
+    # value on a midpoint to the other code); clamp: an all-zero block scales to 0, not NaN
+    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).reshape(-1)
+    if full < n:  # a partial last block has its own absmax (bitsandbytes divides there)
+        tail_max = x[full:].abs().amax()
+        scaled = torch.cat([scaled, x[full:] / tail_max.clamp(min=1e-38)])
+        absmax = torch.cat([absmax, tail_max[None]])
+    # the nearest code value = how many midpoints between neighbours lie below; a value exactly on
+    # a midpoint goes to the lower code, as in bitsandbytes
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, midpoints).to(torch.uint8), absmax
+
+
+def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                         blocksize: int) -> torch.Tensor:
+    """The inverse of quantize_blockwise: CODE[codes] times the absmax of each value's block.
+
+    codes: (n,) integer indices into CODE; absmax: (ceil(n / blocksize),) float32. Returns (n,) float32.
+    """
+    values = code[codes.reshape(-1).long()]
+    return values * absmax.reshape(-1).float().repeat_interleave(blocksize)[: values.numel()]
+
+
 def _check_blocksize(blocksize, valid) -> None:
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in valid:
         raise ValueError(f"blocksize must be one of {valid} (what bitsandbytes supports), "
                          f"got {blocksize!r}.")
-
-
-def _scale_blocks(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split FLAT into blocks and divide each by its absmax.
-
-    flat: (n,) float32. Returns (scaled (n,) in [-1, 1], absmax (ceil(n / blocksize),) float32).
-    A partial last block gets its own absmax.
-    """
-    n = flat.numel()
-    full = n - n % blocksize
-    blocks = flat[:full].view(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    # Multiply by the reciprocal (as bitsandbytes does) rather than divide: the two can differ in
-    # the last bit, and that moves a value lying on a midpoint to the neighbouring code.
-    # clamp: an all-zero block has absmax 0; its values still scale to 0, not NaN.
-    scaled = (blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]).reshape(-1)
-    if full < n:
-        tail = flat[full:]
-        tail_max = tail.abs().amax()
-        # bitsandbytes divides in the partial last block, so we do too (same last-bit reason).
-        scaled = torch.cat([scaled, tail / tail_max.clamp(min=1e-38)])
-        absmax = torch.cat([absmax, tail_max[None]])
-    return scaled, absmax
-
-
-def _nearest_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest value of the sorted CODE for each element of SCALED, as uint8.
-
-    Comparing with the midpoints between neighbours is the same as finding the nearest value and
-    needs no (n, len(code)) distance matrix. A value exactly on a midpoint goes to the lower
-    value (bucketize's right=False): bitsandbytes breaks ties this way too.
-    """
-    midpoints = (code[:-1] + code[1:]) / 2
-    return torch.bucketize(scaled, midpoints).to(torch.uint8)
-
-
-def _unscale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
-    """values: (n,) float32 in [-1, 1]; absmax: (ceil(n / blocksize),). Returns values * absmax, (n,)."""
-    n = values.numel()
-    full = n - n % blocksize
-    out = (values[:full].view(-1, blocksize) * absmax[: full // blocksize, None]).reshape(-1)
-    if full < n:
-        out = torch.cat([out, values[full:] * absmax[-1]])
-    return out
 
 
 def _check_float(x, name: str) -> None:
@@ -177,7 +170,7 @@ def _check_codes(codes, absmax, numel: int, blocksize: int, n_codes: int) -> Non
 
 
 # -----------------------------------------------------------------------------
-# NF4
+# NF4 (and FP4, int4): 4-bit weights
 
 
 def _check_quant_type(quant_type) -> torch.Tensor:
@@ -199,8 +192,7 @@ def quantize_4bit(w: torch.Tensor, quant_type: str = "nf4",
     code = _check_quant_type(quant_type)
     _check_float(w, "w")
     _check_blocksize(blocksize, NF4_BLOCKSIZES)
-    scaled, absmax = _scale_blocks(w.detach().reshape(-1).float(), blocksize)
-    return _nearest_index(scaled, code.to(w.device)), absmax
+    return quantize_blockwise(w.detach().reshape(-1).float(), code.to(w.device), blocksize)
 
 
 def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape, quant_type: str = "nf4",
@@ -214,8 +206,7 @@ def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape, quant_type
     _check_blocksize(blocksize, NF4_BLOCKSIZES)
     shape = torch.Size(shape)
     _check_codes(codes, absmax, shape.numel(), blocksize, n_codes=16)
-    values = code.to(codes.device)[codes.reshape(-1).long()]
-    return _unscale_blocks(values, absmax.reshape(-1).float(), blocksize).reshape(shape)
+    return dequantize_blockwise(codes, absmax, code.to(codes.device), blocksize).reshape(shape)
 
 
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,19 +280,17 @@ def double_quantize(absmax: torch.Tensor,
     """Quantise the NF4 absmax constants to 8 bits, as quantize_4bit(..., compress_statistics=True).
 
     absmax: (n_blocks,) float, all >= 0. Returns (q_absmax, absmax2, offset):
-      offset: float, the mean of absmax. Every absmax is positive, so without subtracting it the
-        negative half of the symmetric 8-bit code would go unused.
+      offset: float, the mean of absmax, subtracted first: every absmax is positive, so without it
+        the negative half of the symmetric 8-bit code would go unused;
       q_absmax: (n_blocks,) uint8, indices into DYNAMIC_CODE of (absmax - offset) / absmax2;
       absmax2: (ceil(n_blocks / blocksize),) float32, the largest |absmax - offset| of each block.
-    Rounding is to the nearest code, as bitsandbytes' reference kernel (and its CUDA kernel) does;
-    its CPU C kernel sometimes picks a neighbour near 0 (see tests/test_quant.py).
     """
     _check_float(absmax, "absmax")
     _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
     absmax = absmax.detach().reshape(-1).float()
     offset = absmax.mean()
-    scaled, absmax2 = _scale_blocks(absmax - offset, blocksize)
-    return _nearest_index(scaled, DYNAMIC_CODE.to(absmax.device)), absmax2, offset.item()
+    q_absmax, absmax2 = quantize_blockwise(absmax - offset, DYNAMIC_CODE.to(absmax.device), blocksize)
+    return q_absmax, absmax2, offset.item()
 
 
 def double_dequantize(q_absmax: torch.Tensor, absmax2: torch.Tensor, offset: float,
@@ -310,10 +299,13 @@ def double_dequantize(q_absmax: torch.Tensor, absmax2: torch.Tensor, offset: flo
 
     q_absmax: (n_blocks,) integer 0..255; absmax2: (ceil(n_blocks / blocksize),) float.
     Returns: (n_blocks,) float32, the absmax constants to pass to dequantize_nf4.
+    Rounding is to the nearest code, as bitsandbytes' reference kernel (and its CUDA kernel) does;
+    its CPU C kernel sometimes picks the neighbouring code for a value within a hair of a midpoint
+    (see tests/test_quant.py).
     """
     _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
     n_blocks = q_absmax.numel() if isinstance(q_absmax, torch.Tensor) else -1
     _check_codes(q_absmax, absmax2, n_blocks, blocksize, n_codes=256)
-    values = DYNAMIC_CODE.to(q_absmax.device)[q_absmax.reshape(-1).long()]
+    values = dequantize_blockwise(q_absmax, absmax2, DYNAMIC_CODE.to(q_absmax.device), blocksize)
     # offset is a float32 value, so adding it as a Python float rounds exactly as float32 would.
-    return _unscale_blocks(values, absmax2.reshape(-1).float(), blocksize) + offset
+    return values + offset

@@ -12,10 +12,10 @@ Each configuration then gets LoRA adapters (rank --r on every linear layer the m
 labkit.adapters.targets) and --steps training
 steps of AdamW (after 2 warm-up steps); the QLoRA run is repeated with bitsandbytes' paged 8-bit
 AdamW. Memory is torch.cuda.max_memory_allocated (what PyTorch allocated, not what nvidia-smi
-shows, which adds the CUDA context and the allocator's cache). Lesson 04 shows the markdown table.
+shows, which adds the CUDA context and the allocator's cache). Lesson 05 shows the markdown table.
 
 --smoke runs the same code on a tiny model (on CPU when there is no GPU) to test the script; its
-results are marked smoke and lesson 04 ignores them.
+results are marked smoke and lesson 05 ignores them.
 """
 
 from __future__ import annotations

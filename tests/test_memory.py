@@ -121,7 +121,7 @@ def test_per_gpu_memory_reproduces_the_zero_paper():
 def test_per_gpu_memory_shards_what_each_strategy_says():
     kw = dict(lora_params=20e6, hidden=4096, layers=32, batch=1, seq_len=512)
     one = memory.estimate_memory(7e9, "lora", **kw)
-    for s in memory.STRATEGIES:  # one GPU: nothing to shard, the estimate of lesson 04
+    for s in memory.STRATEGIES:  # one GPU: nothing to shard, the estimate of lesson 05
         assert memory.per_gpu_memory(7e9, "lora", s, 1, **kw)["total"] == one["total"]
     eight = {s: memory.per_gpu_memory(7e9, "full", s, 8, hidden=4096, layers=32) for s in memory.STRATEGIES}
     assert eight["ddp"]["total"] > eight["zero1"]["total"] > eight["zero2"]["total"] > eight["zero3"]["total"]
@@ -231,3 +231,47 @@ def test_training_step_bytes_counts_each_kind_of_tensor():
     m.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
         memory.training_step_bytes(m, lambda: m(torch.randn(2, 8)).sum())
+
+
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+def test_optimizer_states_says_what_is_8bit_and_what_is_paged():
+    """bitsandbytes keeps tensors under 4,096 elements in float32 and, on a CPU, pages nothing (it falls back
+    to ordinary memory); torch's AdamW is neither."""
+    import bitsandbytes as bnb
+
+    big, small = torch.nn.Parameter(torch.randn(64, 128)), torch.nn.Parameter(torch.randn(8, 64))
+    for p in (big, small):
+        p.grad = torch.randn_like(p)
+    paged = bnb.optim.PagedAdamW8bit([big, small], lr=1e-3)
+    paged.step()
+    got = memory.optimizer_states(paged)
+    assert got["name"] == "bitsandbytes.PagedAdamW8bit" and got["paged_requested"] is True
+    assert got["parameters"] == 2 and got["parameters_8bit"] == 1  # 8,192 elements: 8-bit; 512: float32
+    assert got["paged_tensors"] == 0 and got["state_tensors"] == 4  # m and v of each
+    assert got["bytes"] == memory.optimizer_state_bytes(paged)
+    plain = torch.optim.AdamW([big], lr=1e-3)
+    plain.step()
+    got = memory.optimizer_states(plain)
+    assert got["name"] == "torch.AdamW" and got["paged_requested"] is False and got["parameters_8bit"] == 0
+    assert got["bytes"] == 8 * big.numel() + 4
+
+
+def test_stored_bits_per_weight_is_what_bitsandbytes_keeps():
+    w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(6))
+    for double_quant in (False, True):
+        packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+        bits = memory.stored_bits_per_weight(packed, state)
+        # the formula leaves out the one offset per tensor: 32 bits over 262,144 weights
+        extra = 32 / w.numel() if double_quant else 0
+        assert bits == pytest.approx(memory.bits_per_parameter(64, double_quant) + extra, abs=1e-9)
+
+
+def test_training_step_bytes_reads_the_optimizer_it_is_given():
+    import bitsandbytes as bnb
+
+    m = torch.nn.Linear(128, 64)
+    opt = bnb.optim.AdamW8bit(m.parameters(), lr=1e-3)
+    m(torch.randn(2, 128)).sum().backward()
+    opt.step()
+    with_opt = memory.training_step_bytes(m, lambda: m(torch.randn(2, 128)).sum(), opt)
+    assert with_opt["optimizer"] == memory.optimizer_state_bytes(opt) < 2 * 4 * (128 * 64 + 64)

@@ -1,5 +1,6 @@
 """labkit.qlora: the bundled model in 4-bit NF4 through transformers + bitsandbytes on CPU, a QLoRA
-run whose loss falls (the bytes it stores and what fits where: tests/test_memory.py)."""
+run whose loss falls, the CPU protection that importing labkit.qlora installs (the bytes it stores and
+what fits where: tests/test_memory.py)."""
 
 import logging
 
@@ -78,30 +79,75 @@ def test_qlora_trains_and_the_loss_falls(texts):
     assert all(p.dtype == torch.uint8 for n, p in model.named_parameters() if "base_layer" in n and "weight" in n)
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:bitsandbytes.*gemv_4bit")  # the trap itself: no autograd kernel
-def test_the_avx512_bf16_trap_and_its_fix(texts):
-    """On a CPU with AVX512-BF16, a no-grad forward repacks the weights and no adapter gets a gradient;
-    disable_cpu_repacking undoes it. (Elsewhere the flag does nothing and both runs are fine.)"""
-    from bitsandbytes.nn.modules import has_avx512bf16
-    from peft import LoraConfig, get_peft_model
+def _plain_4bit(folder):
+    """A 4-bit model loaded as lesson 05 writes it: a BitsAndBytesConfig in the plain from_pretrained."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    m4, tok = qlora.load_4bit(device="cpu")
-    for _, layer in qlora.linear4bit_modules(m4):
-        layer.support_avx512bf16_for_cpu = has_avx512bf16()  # bitsandbytes' default
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, device_map={"": "cpu"})
+
+
+def _tokenizer(folder):
+    from labkit import models
+
+    tok = models.load_tokenizer(folder)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return tok
+
+
+def _repacked(model):
+    return sum(bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False))
+               for _, m in qlora.linear4bit_modules(model))
+
+
+def _evaluate_then_lora_grads(model, tok, texts):
+    """A no-grad forward in eval mode (an evaluation), then peft's QLoRA recipe and one backward pass:
+    {lora_B name: gradient norm or None}."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
     with torch.no_grad():
-        m4.eval()(torch.tensor([[0, 1, 2, 3]]))
-    repacked = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                   for _, m in qlora.linear4bit_modules(m4))
-    assert repacked == bool(has_avx512bf16())
-    model = get_peft_model(m4, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        model.eval()(torch.tensor([[0, 1, 2, 3]]))
+    peft_model = get_peft_model(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False),
+                                LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    grads = qlora.lora_gradients(peft_model, next(train.lm_batches(tok, texts, 2, 32)))
+    return {n: g for n, g in grads.items() if "lora_B" in n}
+
+
+def test_importing_qlora_keeps_a_plain_4bit_model_trainable_after_an_evaluation(texts):
+    """With labkit.qlora imported, the plain from_pretrained gives Linear4bit layers whose CPU fast path is
+    off: an evaluation repacks nothing, and every adapter gets a gradient afterwards."""
+    from labkit import models
+
+    m4 = _plain_4bit(models.resolve("bundled"))
+    assert all(m.support_avx512bf16_for_cpu is False for _, m in qlora.linear4bit_modules(m4))
+    tok = _tokenizer("bundled")
+    grads = _evaluate_then_lora_grads(m4, tok, texts)
+    assert _repacked(m4) == 0
+    assert len(grads) == 28 and all(g is not None and g > 0 for g in grads.values())
+
+
+@pytest.mark.filterwarnings("ignore:bitsandbytes.*gemv_4bit")  # the trap itself: no autograd kernel
+def test_without_the_protection_an_evaluation_stops_the_gradients(texts, monkeypatch):
+    """Why the protection exists: bitsandbytes' own default, on a CPU with AVX512-BF16, repacks every layer
+    in an evaluation, and afterwards the adapters upstream of a repacked layer get no gradient;
+    disable_cpu_repacking undoes it."""
+    import bitsandbytes.functional as bnbF
+    import bitsandbytes.nn.modules as modules
+
+    from labkit import models
+
+    if not bnbF.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' repacking fast path never runs here")
+    monkeypatch.setattr(modules, "has_avx512bf16", bnbF.has_avx512bf16)  # bitsandbytes' default back
+    m4 = _plain_4bit(models.resolve("bundled"))
+    tok = _tokenizer("bundled")
+    grads = _evaluate_then_lora_grads(m4, tok, texts)
+    # a repacked layer passes no gradient back: every adapter upstream of one gets none (or zero), silently
+    assert _repacked(m4) == 28 and sum(not g for g in grads.values()) >= len(grads) // 2
+    assert qlora.disable_cpu_repacking(m4) == 28 and _repacked(m4) == 0
     batch = next(train.lm_batches(tok, texts, 2, 32))
-    if repacked:
-        assert all(g is None for g in qlora.lora_gradients(model, batch).values())
-    assert qlora.disable_cpu_repacking(model) == 28
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                   for _, m in qlora.linear4bit_modules(model))
-    grads = qlora.lora_gradients(model, batch)
+    grads = qlora.lora_gradients(m4, batch)
     assert all(grads[n] and grads[n] > 0 for n in grads if "lora_B" in n)
 
 
@@ -125,6 +171,25 @@ def test_load_gpu_results(tmp_path):
     assert qlora.load_gpu_results(p) is None
     p.write_text(json.dumps({"device": "cuda", "smoke": False, "gpu": "H100"}))
     assert qlora.load_gpu_results(p)["gpu"] == "H100"
+
+
+def test_double_quant_against_bitsandbytes_on_a_real_weight(base):
+    from labkit import memory
+
+    w = base[0].model.layers[1].mlp.down_proj.weight
+    r = qlora.double_quant_against_bitsandbytes(w, 64)
+    assert r["constants"] == w.numel() // 64 and r["offset"][0] == r["offset"][1] and r["absmax2_equal"]
+    # bitsandbytes' CPU C kernel rounds a few near-midpoint constants the other way, never to a farther code
+    assert 0.99 * r["constants"] <= r["codes_equal"] and r["neighbours"] == r["constants"] - r["codes_equal"]
+    assert r["ours_never_farther"]
+    assert r["bits_stored_without"] == 4.5
+    assert r["bits_stored"] == pytest.approx(memory.bits_per_parameter(64, double_quant=True), abs=1e-3)
+
+
+def test_gpu_results_are_read_from_bench_and_only_when_measured_on_cuda():
+    assert qlora.GPU_RESULTS.parts[-2:] == ("bench", "gpu_qlora.json")
+    found = qlora.load_gpu_results()
+    assert found is None or (found["device"] == "cuda" and not found["smoke"])
 
 
 def test_check_against_bitsandbytes_on_real_weights(base):
@@ -208,31 +273,13 @@ def test_prepare_qlora_targets_the_models_own_layers_and_trains(hub_pair):
         qlora.prepare_qlora(copy.deepcopy(m4), target_modules=["q_prj"])
 
 
-@pytest.mark.filterwarnings("ignore:bitsandbytes.*gemv_4bit")
-def test_repacking_trap_and_its_fix_reach_every_linear4bit(hub_model):
-    """bitsandbytes' default, then disable_cpu_repacking, on each fixture: afterwards no layer is
-    repacked or can be, and every adapter trains. On a CPU with AVX512-BF16 the default breaks each
-    fixture in its own way (llama-chatml's 172-wide MLP and gemma-style's 16-output k_proj fail the
-    evaluation; GPT-2's biased layers fail the training step)."""
-    from bitsandbytes.functional import has_avx512bf16
-
+def test_the_protection_reaches_every_linear4bit_of_hub_style_models(hub_model):
+    """Each fixture (llama-chatml's 172-wide MLP and gemma-style's 16-output k_proj would fail bitsandbytes'
+    repacking outright; GPT-2's biased layers would fail the training step) loaded the plain way: nothing is
+    repacked by an evaluation and every adapter trains."""
     kind, folder = hub_model
-    m4, tok = qlora.load_4bit(str(folder), device="cpu")
-    n = len(qlora.linear4bit_modules(m4))
-    assert all(m.support_avx512bf16_for_cpu is False for _, m in qlora.linear4bit_modules(m4))
+    m4 = _plain_4bit(str(folder))
+    tok = _tokenizer(str(folder))
     texts = [data.plain_text(r) for r in data.read_jsonl("instructions_train.jsonl")[:8]]
-    res = qlora.repacking_trap(m4, next(train.lm_batches(tok, texts, 2, 32)), r=2, alpha=4)
-    layers = qlora.linear4bit_modules(res["model"])
-    assert res["layers"] == len(layers) == n
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for _, m in layers)
-    assert all(m.support_avx512bf16_for_cpu is False for _, m in layers)
-    assert res["fixed"][0] == res["fixed"][1] > 0
-    if not has_avx512bf16():
-        assert res["repacked"] == 0 and res["error"] is None and res["default"] == res["fixed"]
-    elif kind == "gpt2":
-        assert res["repacked"] == n and res["error"] is None and "RuntimeError" in res["train_error"]
-        assert res["default"] == (0, res["fixed"][1])
-    else:
-        assert res["error"] == "AssertionError: N must be divisible by block_n" and 0 < res["repacked"] < n
-        assert res["stopped_at"] == {"llama-chatml": "model.layers.0.mlp.gate_proj",
-                                     "gemma-style": "model.layers.0.self_attn.k_proj"}[kind]
+    grads = _evaluate_then_lora_grads(m4, tok, texts)
+    assert _repacked(m4) == 0 and grads and all(g is not None and g > 0 for g in grads.values()), kind

@@ -185,6 +185,29 @@ def test_all_zero_block():
     assert torch.equal(codes, bnb_nf4(w, 64)[0])
 
 
+def test_quantize_blockwise_is_the_one_function_behind_nf4_and_double_quantisation(minilm_weight):
+    flat = minilm_weight.reshape(-1)
+    codes, absmax = quant.quantize_blockwise(flat, quant.NF4_CODE, 64)
+    assert torch.equal(codes, quant.quantize_nf4(minilm_weight)[0]) and torch.equal(absmax, quant.quantize_nf4(minilm_weight)[1])
+    back = quant.dequantize_blockwise(codes, absmax, quant.NF4_CODE, 64)
+    assert torch.equal(back, quant.dequantize_nf4(codes, absmax, minilm_weight.shape).reshape(-1))
+    q, absmax2, offset = quant.double_quantize(absmax)
+    assert torch.equal(
+        q, quant.quantize_blockwise(absmax - offset, quant.DYNAMIC_CODE, 256)[0])
+
+
+def test_one_scale_per_matrix_loses_more_than_one_per_block(minilm_weight):
+    """Lesson 04's argument for blocks: with one absmax for a whole real weight, its largest value sets the
+    scale, more weights collapse to the zero code and the round trip loses more."""
+    flat = minilm_weight.reshape(-1)
+    out = {}
+    for blocksize in (flat.numel(), 64):
+        codes, absmax = quant.quantize_blockwise(flat, quant.NF4_CODE, blocksize)
+        back = quant.dequantize_blockwise(codes, absmax, quant.NF4_CODE, blocksize)
+        out[blocksize] = ((codes == 7).float().mean(), (back - flat).pow(2).mean().sqrt())
+    assert out[flat.numel()][0] > 2 * out[64][0] and out[flat.numel()][1] > 1.5 * out[64][1]
+
+
 @pytest.mark.parametrize("blocksize", [0, -64, 48, 100, 64.0, True, 8192])
 def test_bad_blocksize_is_a_clear_error(blocksize):
     with pytest.raises(ValueError, match="blocksize must be one of"):

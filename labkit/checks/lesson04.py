@@ -1,4 +1,5 @@
-"""Lesson 04 (QLoRA): NF4 quantise and dequantise, bits per parameter, the memory estimate; quizzes."""
+"""Lesson 04 (quantisation from scratch): NF4 quantise and dequantise, bits per parameter; quizzes.
+(The memory estimate moved to lesson 05 with the memory arithmetic: lesson05.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import torch
 
 from labkit import memory, quant
-from labkit.check import Case, exercise, mapping, number, question, randn, sequence, tensor
+from labkit.check import Case, exercise, number, question, randn, sequence, tensor
 
 LESSON = "04"
 
@@ -39,7 +40,9 @@ def _nf4_codes(tie_tol: float = 1e-6):
         if g.min() < 0 or g.max() > 15:
             return "codes must be indices 0..15 into NF4_CODE"
         w, blocksize = case.inputs["w"], case.inputs["blocksize"]
-        scaled, _ = quant._scale_blocks(w.reshape(-1).float(), blocksize)
+        flat = w.reshape(-1).float()
+        absmax = quant.quantize_blockwise(flat, quant.NF4_CODE, blocksize)[1]
+        scaled = flat / absmax.clamp(min=1e-38).repeat_interleave(blocksize)[: flat.numel()]
         wrong = g != e
         lo = torch.minimum(g, e).clamp(max=14)
         on_midpoint = ((g - e).abs() == 1) & ((scaled - midpoints[lo]).abs() <= tie_tol)
@@ -113,36 +116,6 @@ exercise(id="nf4_bits_per_parameter", lesson=LESSON, title="Bits per parameter o
 
 
 # ---------------------------------------------------------------------------------------------
-# estimate_memory(n_params, method, lora_params) -> dict of bytes
-
-_KEYS = ("weights", "gradients", "optimizer_states", "adapters", "quant_constants", "total")
-
-
-def _memory_reference(n_params, method, lora_params):
-    return memory.estimate_memory(n_params, method, lora_params=lora_params)
-
-
-exercise(id="memory_estimate", lesson=LESSON, title="What fits: memory for full, LoRA and QLoRA fine-tuning",
-         signature="estimate_memory(n_params, method, lora_params)",
-         reference=_memory_reference,
-         public=lambda: [Case({"n_params": 7_000_000_000, "method": "full", "lora_params": None}, "full fine-tuning",
-                              hint="bf16 weights and gradients (2 + 2 bytes), AdamW m and v in fp32 (8 bytes) and an "
-                                   "fp32 master copy (4 bytes): 16 bytes per parameter"),
-                         Case({"n_params": 7_000_000_000, "method": "lora", "lora_params": 4_194_304}, "LoRA",
-                              hint="frozen bf16 weights; only the adapters have gradients (bf16) and AdamW states (fp32)"),
-                         Case({"n_params": 7_000_000_000, "method": "qlora", "lora_params": 4_194_304}, "QLoRA",
-                              hint="weights in 4 bits, constants double-quantised (bits_per_parameter(64, True) - 4 "
-                                   "bits each), bf16 adapters")],
-         hidden=lambda rng: [Case({"n_params": rng.randint(10**6, 7 * 10**10),
-                                   "method": (m := rng.choice(["full", "lora", "qlora"])),
-                                   "lora_params": None if m == "full" else rng.randint(10**4, 10**8)})
-                             for _ in range(5)],
-         compare=mapping(_KEYS, number(rtol=1e-6, atol=2.0), optional_zero=("activations",)),
-         hint="bytes, with keys weights, gradients, optimizer_states, adapters, quant_constants and total "
-              "(unused parts are 0)")
-
-
-# ---------------------------------------------------------------------------------------------
 # Quizzes
 
 question(id="q04_bits_b128", lesson=LESSON, kind="number", rtol=1e-3, answer_hash="f34d033d7fd072e94c20d88b",
@@ -150,13 +123,22 @@ question(id="q04_bits_b128", lesson=LESSON, kind="number", rtol=1e-3, answer_has
               "how many bits per parameter? (to 3 decimals)",
          hint="4 + 8 / blocksize + 32 / (blocksize · 256)")
 
-question(id="q04_exact_zero", lesson=LESSON, kind="choice", answer_hash="922e6b8a54b506f5b7207312",
+question(id="q04_exact_zero", lesson=LESSON, kind="choice", answer_hash="e1cae057c83d872707536cab",
          text="NF4 has 7 negative values, an exact 0 and 8 positive values. Why not 8 and 8?",
-         choices=("because negative weights are rarer in trained networks",
-                  "so that 0 is represented exactly (padding and zero-centred weights)",
-                  "to keep one code free as an end-of-block marker"))
+         choices=("negative weights are rarer than positive ones in trained networks",
+                  "one code is kept free to mark the end of each block of 64 weights",
+                  "a symmetric grid of 16 has no exact 0, and 0 must be stored exactly"),
+         feedback={"a": "Trained weights are close to symmetric around 0 (see section 4's histogram); the "
+                        "asymmetry is not about which sign is more common.",
+                   "b": "NF4 has no marker code: all 16 codes are values, and each block's absmax is stored "
+                        "apart from the codes."})
 
-question(id="q04_weights_7b_gb", lesson=LESSON, kind="number", rtol=0.02, answer_hash="6dd369a8d6b35fe75b1f0b50",
-         text="How many GB (10^9 bytes) do the weights of a 6.74-billion-parameter model take in NF4 with "
-              "blocksize 64 and double quantisation, constants included? (2% tolerance)",
-         hint="bits_per_parameter(64, True) bits per weight, 8 bits per byte")
+question(id="q04_why_blocks", lesson=LESSON, kind="choice", answer_hash="af38f491ec5fbe80f6943c29",
+         text="Why does NF4 keep one absmax per block of 64 weights rather than one per weight matrix?",
+         choices=("a large weight then coarsens only its own block, not the whole matrix",
+                  "dequantising a block is faster than dequantising a whole matrix",
+                  "bitsandbytes cannot quantise a matrix of more than 4,096 values"),
+         feedback={"b": "Dequantising is one multiply per weight either way; more blocks means more scales "
+                        "to store and read, not less work.",
+                   "c": "bitsandbytes quantises matrices of any size; the blocksize is how many weights share "
+                        "one scale, not a limit on the matrix."})
