@@ -125,7 +125,7 @@ question(id="q04_bits_b128", lesson=LESSON, kind="number", rtol=1e-3, answer_has
 
 question(id="q04_exact_zero", lesson=LESSON, kind="choice", answer_hash="e1cae057c83d872707536cab",
          text="NF4 has 7 negative values, an exact 0 and 8 positive values. Why not 8 and 8?",
-         choices=("negative weights are rarer than positive ones in trained networks",
+         choices=("negative weights are rarer than positive ones in most trained networks",
                   "one code is kept free to mark the end of each block of 64 weights",
                   "a symmetric grid of 16 has no exact 0, and 0 must be stored exactly"),
          feedback={"a": "Trained weights are close to symmetric around 0 (see section 4's histogram); the "
@@ -136,8 +136,8 @@ question(id="q04_exact_zero", lesson=LESSON, kind="choice", answer_hash="e1cae05
 question(id="q04_why_blocks", lesson=LESSON, kind="choice", answer_hash="af38f491ec5fbe80f6943c29",
          text="Why does NF4 keep one absmax per block of 64 weights rather than one per weight matrix?",
          choices=("a large weight then coarsens only its own block, not the whole matrix",
-                  "dequantising a block is faster than dequantising a whole matrix",
-                  "bitsandbytes cannot quantise a matrix of more than 4,096 values"),
+                  "dequantising one block at a time is faster than dequantising a whole matrix",
+                  "bitsandbytes cannot quantise a matrix holding more than 4,096 values"),
          feedback={"b": "Dequantising is one multiply per weight either way; more blocks means more scales "
                         "to store and read, not less work.",
                    "c": "bitsandbytes quantises matrices of any size; the blocksize is how many weights share "

@@ -49,7 +49,7 @@ question(id="q05_weights_7b_gb", lesson=LESSON, kind="number", rtol=0.02, answer
 question(id="q05_what_trains", lesson=LESSON, kind="choice", answer_hash="31a661abe7f8a6cd0ffb57b9",
          text="In a QLoRA run, which tensors does the optimizer update?",
          choices=("the NF4 weights: dequantised, updated, then quantised again each step",
-                  "the LoRA adapters and the absmax constants of every 4-bit block",
+                  "the LoRA adapters and also the absmax constants of every 4-bit block",
                   "only the LoRA adapters; the 4-bit weights and constants stay frozen"),
          feedback={"a": "The 4-bit weights never change: gradients flow through their dequantised values to the "
                         "adapters, and re-quantising after every step would add fresh rounding error each time.",
@@ -60,7 +60,7 @@ question(id="q05_paged", lesson=LESSON, kind="choice", answer_hash="db9c94aa0eb2
          text='What does optim="paged_adamw_8bit" give that optim="adamw_8bit" does not?',
          choices=("optimizer states that can move to CPU memory when GPU memory spikes",
                   "optimizer states stored in 8 bits instead of 32, a quarter the size",
-                  "frozen weights streamed in from CPU memory, one layer at a time"),
+                  "frozen weights streamed in from CPU memory, one layer at a time, on demand"),
          feedback={"b": "Both keep 8-bit states: that is the '8bit' in both names. Paging is about where the "
                         "states live, not their size.",
                    "c": "Paging moves optimizer states only; the weights stay on the GPU. Streaming weights from "
