@@ -184,10 +184,18 @@ class EmbeddingJudge:
         return losses
 
     def score_many(self, prompts: list[str], answers: list[str]) -> list[float]:
+        """The judge's score of each (prompt, answer). The frozen encoder's embeddings are kept, so a pair
+        is embedded once (in batches, here) and later score() calls on it cost only the head."""
         import torch
 
+        if len(prompts) != len(answers) or not prompts:
+            raise ValueError(f"need one answer per prompt (and at least one); got {len(prompts)} and {len(answers)}.")
+        cache = self.__dict__.setdefault("_embedded", {})
+        todo = list(dict.fromkeys((p, a) for p, a in zip(prompts, answers) if (p, a) not in cache))
+        if todo:
+            cache.update(zip(todo, self.embed([p for p, _ in todo], [a for _, a in todo])))
         with torch.no_grad():
-            return self.head(self.embed(prompts, answers)).squeeze(-1).tolist()
+            return self.head(torch.stack([cache[(p, a)] for p, a in zip(prompts, answers)])).squeeze(-1).tolist()
 
     def score(self, prompt: str, answer: str) -> float:
         return self.score_many([prompt], [answer])[0]

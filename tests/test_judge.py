@@ -64,3 +64,19 @@ def test_embedding_judge_learns_from_preference_pairs():
     assert j.accuracy(held) > 0.7
     with pytest.raises(ValueError, match="learning rate"):
         j.fit(pairs, lr=0)
+
+
+@pytest.mark.slow
+def test_embedding_judge_embeds_each_pair_once_and_scores_alike():
+    j = judge.EmbeddingJudge(max_length=128)
+    j.fit(list(data.load("preferences", "train", n=16)), steps=5)
+    calls = []
+    embed = j.embed
+    j.embed = lambda p, a: calls.append(len(p)) or embed(p, a)
+    prompts, answers = ["Rate the risk", "Who holds it?", "Rate the risk"], ["Risk: low", "Ana Silva", "Risk: low"]
+    many = j.score_many(prompts, answers)
+    assert calls == [2], "one batch, the repeated pair embedded once"
+    assert [j.score(p, a) for p, a in zip(prompts, answers)] == pytest.approx(many) and calls == [2]
+    fresh = judge.EmbeddingJudge(max_length=128)
+    fresh.head.load_state_dict(j.head.state_dict())
+    assert [fresh.score(p, a) for p, a in zip(prompts, answers)] == pytest.approx(many, abs=1e-5)
