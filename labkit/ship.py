@@ -10,8 +10,8 @@
 Every comparison here is between two models on the same input: `max_logit_difference` for the logits
 (batch, seq, vocab), labkit.evaluate.answer for greedy answers. Merging is exact up to float rounding (about
 1e-4 on logits of size ~20 in float32); a 16-bit save rounds each weight to 8 (bfloat16) or 11 (float16)
-significant bits, which moves logits by 1e-2 to 1; re-quantising a merged weight to 4 bits loses most
-of a LoRA update, because the update is smaller than one NF4 step.
+significant bits, which moves logits by 1e-2 to 1; re-quantising a merged weight to 4 bits rounds W + ΔW
+to the NF4 grid again, whose steps are larger than most entries of a LoRA update (requantization_error).
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ GGUF_TYPES = ("F32", "F16", "Q8_0")
 # significant bits; Q8_0 rounds x / d to an integer code (d = block max / 127), half a step, and stores d
 # in float16, which moves a code of up to 127 by 127·d·2^-11 more
 GGUF_BOUNDS = {"F32": 0.0, "F16": 2 ** -11, "Q8_0": 1 / 254 + 2 ** -11}
-# what a learner runs on a laptop to serve the GGUF file with llama.cpp
-LLAMA_CPP_COMMAND = ('pip install llama-cpp-python   # compiles llama.cpp (minutes), or: brew install llama.cpp\n'
-                     'llama-cli -m {path} -p "..." -n 32 --temp 0   # or: python -c "from llama_cpp import Llama; ..."')
 
 
 # ----------------------------------------------------------------------------- adapters to ship
@@ -262,6 +259,31 @@ def max_logit_difference(model_a, model_b, batch: dict) -> float:
         a = model_a(**batch).logits.float().cpu()
         b = model_b(**batch).logits.float().cpu()
     return (a - b).abs().max().item()
+
+
+def logit_agreement(model_a, model_b, batch: dict, rows_at_a_time: int = 16) -> dict:
+    """How far MODEL_B's next-token logits are from MODEL_A's on BATCH, at its real (non-padding) positions.
+
+    batch: {"input_ids", "attention_mask"} (batch, seq), e.g. prompts with their reference answers
+    (teacher forcing: every position predicts the next token of the same text for both models), run
+    ROWS_AT_A_TIME rows at a time (the logits of a long batch are large).
+    Returns {"max_diff": max |logits_a - logits_b|, "changed": share of positions whose most likely next
+    token (the greedy choice) differs, "positions": how many positions were compared}.
+    """
+    import torch
+
+    guard.positive_int("rows_at_a_time", rows_at_a_time)
+    worst, changed, positions = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, batch["input_ids"].shape[0], rows_at_a_time):
+            part = {k: v[i:i + rows_at_a_time] for k, v in batch.items()}
+            real = part["attention_mask"].bool()
+            a = model_a(**part).logits.float()[real]  # (real positions, vocab)
+            b = model_b(**part).logits.float()[real]
+            worst = max(worst, (a - b).abs().max().item())
+            changed += int((a.argmax(-1) != b.argmax(-1)).sum())
+            positions += int(real.sum())
+    return {"max_diff": worst, "changed": changed / positions, "positions": positions}
 
 
 # ----------------------------------------------------------------------------- a 4-bit base (QLoRA)
@@ -487,6 +509,29 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
         if i >= warmup:
             runs.append(time.perf_counter() - t0)
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def op_counts(fn, *args) -> dict:
+    """{aten operator: how many times FN(*ARGS) called it}, without gradients, counted at PyTorch's
+    dispatcher (a TorchDispatchMode): e.g. "mm" / "addmm" (matrix products: each nn.Linear is one),
+    "index" (reading rows out of a tensor) and "index_put_" (writing rows back) in one forward pass."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), _Count() as count:
+        fn(*args)
+    return dict(count.calls)
 
 
 # ----------------------------------------------------------------------------- combining adapters
@@ -740,6 +785,16 @@ def llama_cpp_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_cpp_command(path, prompt: str, max_new_tokens: int) -> str:
+    """The shell command that runs the GGUF file PATH on PROMPT (the chat-formatted text, special tokens
+    included) with llama.cpp, greedily, for MAX_NEW_TOKENS tokens: llama.cpp's raw-prompt tool,
+    `llama-completion` (older builds: `llama-cli ... -no-cnv`)."""
+    import shlex
+
+    return (f"llama-completion -m {shlex.quote(str(path))} -p {shlex.quote(prompt)} -n {int(max_new_tokens)} "
+            "--temp 0 -no-cnv")
 
 
 def llama_cpp_greedy(path, prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: list[int],

@@ -1,12 +1,12 @@
-"""Train the adapters lesson 17 ships with: two task adapters (lesson 01's recipe, trained longer) and a
+"""Train the adapters lesson 17 ships with: two task adapters (one per task family) and a
 QLoRA SFT adapter (LoRA on the bundled model loaded in 4-bit NF4).
 
     python scripts/train_ship_adapters.py                          # all three -> labkit/assets/adapters/
     python scripts/train_ship_adapters.py --only classify --steps 20 --out /tmp/try   # a quick check
 
 - task_classify, task_risk: LoRA r=8, alpha=16 on every linear layer, SFT (completion-only loss,
-  labkit.sft.train, constant lr) on one task family of instructions_train.jsonl each, as lesson 01 §9
-  trains them live for 40 steps;
+  labkit.sft.train, constant lr) on one task family of instructions_train.jsonl each, as lesson 17
+  trains them live (ship.adapter_for) for another MODEL;
 - qlora_sft: the same LoRA on the NF4 base (labkit.qlora.load_4bit), trained on every task family:
   the adapter a QLoRA run leaves you with, which lesson 17 merges into a 4-bit base.
 Each folder gets scores.json (settings, time, held-out exact match / format on instructions_eval.jsonl)

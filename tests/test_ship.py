@@ -321,11 +321,57 @@ def test_mixed_batch_errors(two):
 
 
 def test_timed_reports_median_and_spread():
+    import statistics
+    import time
+
     calls = []
-    t = ship.timed(lambda: calls.append(1), repeats=5, warmup=2)
-    assert len(calls) == 7 and len(t["runs"]) == 5 and t["min"] <= t["median"] <= t["max"]
+    t = ship.timed(lambda: (calls.append(1), time.sleep(0.01 * (len(calls) % 3))), repeats=5, warmup=2)
+    assert len(calls) == 7 and len(t["runs"]) == 5  # the warm-up runs are not timed
+    assert t["median"] == statistics.median(t["runs"]) and t["min"] == min(t["runs"]) and t["max"] == max(t["runs"])
+    assert t["min"] < 0.01 and t["max"] >= 0.02  # each run timed on its own: 0, 10 and 20 ms sleeps
     with pytest.raises(ValueError, match="repeats"):
         ship.timed(lambda: None, repeats=0)
+
+
+def test_logit_agreement_compares_real_positions_only(two, base):
+    pm, tok = two
+    batch = _batch(tok, _prompts(tok, 4))
+    real = batch["attention_mask"].bool()
+    assert not real.all()  # left padding: some positions are not real
+    same = ship.logit_agreement(pm, pm, batch)
+    assert same == {"max_diff": 0.0, "changed": 0.0, "positions": int(real.sum())}
+    with torch.no_grad():
+        a = pm(**batch).logits
+        b = base[0](**batch).logits
+    got = ship.logit_agreement(pm, base[0], batch)
+    assert got["changed"] == pytest.approx((a.argmax(-1) != b.argmax(-1))[real].float().mean().item())
+    assert got["max_diff"] == pytest.approx((a - b).abs()[real].max().item())
+    assert 0 < got["changed"] < 1
+    assert ship.logit_agreement(pm, base[0], batch, rows_at_a_time=1) == pytest.approx(got)  # in parts: the same
+
+
+def test_op_counts_show_what_a_mixed_batch_adds_in_every_adapted_layer(two):
+    """Per adapted layer: an unmerged adapter adds two products (A, B); a mixed batch adds two per adapter named
+    in the batch, plus reading each adapter's rows out and writing them back; a merged model adds nothing."""
+    pm, tok = two
+    batch = _batch(tok, _prompts(tok, 3))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    layers = sum(1 for m in pm.modules() if hasattr(m, "lora_A"))
+
+    def products(ops):
+        return ops.get("mm", 0) + ops.get("addmm", 0)
+
+    with pm.disable_adapter():
+        plain = ship.op_counts(lambda i: pm(input_ids=i, attention_mask=mask), ids)
+    pm.set_adapter("one")
+    one = ship.op_counts(lambda i: pm(input_ids=i, attention_mask=mask), ids)
+    mixed = ship.op_counts(lambda i: pm(input_ids=i, attention_mask=mask, adapter_names=["one", "two", "__base__"]), ids)
+    merged = ship.merge(pm)
+    assert products(ship.op_counts(lambda i: merged(input_ids=i, attention_mask=mask), ids)) == products(plain)
+    assert products(one) - products(plain) == 2 * layers
+    assert products(mixed) - products(plain) == 4 * layers
+    assert mixed.get("index_put_", 0) == 2 * layers and one.get("index_put_", 0) == 0
+    assert mixed.get("index", 0) - plain.get("index", 0) >= 2 * layers
 
 
 # ----------------------------------------------------------------------------- combining adapters
@@ -466,6 +512,18 @@ def test_gguf_export_errors(bundled, merged_bundled, tmp_path):
         ship.write_gguf(pm.base_model.model, tok, tmp_path / "x.gguf")
     with pytest.raises(ValueError, match="tensor_type"):
         ship.write_gguf(merged_bundled[0], tok, tmp_path / "x.gguf", "Q4_K")
+
+
+def test_the_llama_cpp_command_names_the_real_file_and_prompt_quoted_for_the_shell(tmp_path):
+    import shlex
+
+    path = tmp_path / "my dir" / "m-F16.gguf"
+    prompt = "<|user|>\nWhat's the risk?\n<|assistant|>\n"
+    cmd = ship.llama_cpp_command(path, prompt, 8)
+    args = shlex.split(cmd)
+    assert args[0] == "llama-completion" and args[args.index("-m") + 1] == str(path)
+    assert args[args.index("-p") + 1] == prompt and args[args.index("-n") + 1] == "8"
+    assert "--temp" in args and args[args.index("--temp") + 1] == "0" and "..." not in cmd
 
 
 @pytest.mark.skipif(not ship.llama_cpp_available(), reason="llama-cpp-python is not installed (it compiles llama.cpp)")

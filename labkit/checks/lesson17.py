@@ -117,10 +117,13 @@ exercise(id="mixed_lora_linear", lesson=LESSON, title="One layer of a mixed batc
 question(id="q17_requantize", lesson=LESSON, kind="choice", answer_hash="8d893f5cf7b060dbcbbea75b",
          text="After QLoRA training you call merge_and_unload() on the model whose base is loaded in 4-bit NF4. "
               "What do you get?",
-         choices=("an exact merge: W_nf4 + (alpha/r)·B·A, stored in 16 bits",
-                  "W + ΔW quantised to NF4 again: much of the LoRA update is lost in rounding; dequantise the base "
-                  "to 16/32 bits, merge there and save in 16 bits instead",
-                  "an error: peft refuses to merge into a quantised base"),
+         choices=("an exact merge: W_nf4 + (alpha/r)·B·A, kept in 16 bits, ready for saving",
+                  "W + ΔW rounded to NF4 again: only what the 4-bit grid can hold of the update",
+                  "an error: peft refuses to merge an adapter into a quantised 4-bit layer"),
+         feedback={"a": "peft merges into the layer it finds: a 4-bit layer stores NF4 codes, so the sum is quantised "
+                        "again, not kept in 16 bits. The right way dequantises the base first.",
+                   "c": "peft merges without an error; it only warns (section 2 prints the warning), which is why the "
+                        "wrong merge is easy to ship."},
          hint="what does a 4-bit layer store after the merge, and how large is one NF4 step next to a LoRA update?")
 
 question(id="q17_merged_size_gb", lesson=LESSON, kind="number", rtol=0.03, answer_hash="f46233d22d7c1450404e609b",
@@ -135,7 +138,11 @@ question(id="q17_cat_rank", lesson=LESSON, kind="number", rtol=0.001, answer_has
 
 question(id="q17_exact_combination", lesson=LESSON, kind="choice", answer_hash="e37c1c17d9ab6e2f1f54ab78",
          text="Which add_weighted_adapter combination_type gives exactly w1·ΔW1 + w2·ΔW2, with ΔW = (alpha/r)·B·A?",
-         choices=("linear: it takes w1·A1 + w2·A2 and w1·B1 + w2·B2", "ties, with density=1.0", "cat"),
+         choices=("linear: it combines the A's and the B's with the weights", "ties, with density=1.0", "cat"),
+         feedback={"a": "combining the A's and the B's separately multiplies out to cross terms B1·A2 and B2·A1 that "
+                        "no one trained: not the weighted sum (section 4's ΔW column).",
+                   "b": "TIES, even keeping every entry, elects a sign per entry and combines the A's and the B's "
+                        "separately: the cross terms remain."},
          hint="expand (B1 + B2)(A1 + A2)")
 
 question(id="q17_mixed_rows", lesson=LESSON, kind="choice", answer_hash="9ebec1ae50977ca2574a0511",
@@ -143,14 +150,20 @@ question(id="q17_mixed_rows", lesson=LESSON, kind="choice", answer_hash="9ebec1a
               "layer, which rows does the risk adapter's A and B compute on?",
          choices=("rows 0 and 3 only", "every row, its update multiplied by 0 where another adapter is named",
                   "rows 0, 2 and 3: '__base__' rows take the first adapter"),
-         hint="look at ship.mixed_lora_linear, or peft's _mixed_batch_forward")
+         feedback={"b": "peft gathers each adapter's rows out of the batch and adds the result back to those rows only; "
+                        "it does not run every adapter on every row (section 3 counts the row reads and writes).",
+                   "c": "'__base__' means no adapter at all: those rows get the base layer's output only."},
+         hint="in each adapted layer, which rows does a name in adapter_names select, and what does '__base__' name?")
 
 question(id="q17_gguf_qk", lesson=LESSON, kind="choice", answer_hash="f419f52a78ebacd8d213fb5e",
          text="Converting a Llama checkpoint from transformers to GGUF permutes the rows of q_proj and k_proj. Why?",
-         choices=("to compress the two matrices better",
-                  "llama.cpp's RoPE rotates interleaved pairs of dimensions, transformers' rotates the two halves "
-                  "of each head: the rows are reordered so both compute the same attention",
-                  "GGUF stores matrices transposed"),
+         choices=("to compress the two matrices better, by putting similar rows next to each other",
+                  "llama.cpp's RoPE pairs interleaved dimensions, transformers' the two halves of a head",
+                  "GGUF stores matrices transposed, and q and k are the only ones the converter must fix by hand"),
+         feedback={"a": "reordering rows changes no size: GGUF's compression is the tensor type (F16, Q8_0), and only "
+                        "q and k are permuted.",
+                   "c": "GGUF keeps each matrix's (out, in) layout, and a transposition would apply to every matrix; "
+                        "only q and k are reordered, for the rotary embedding."},
          hint="which dimensions does rotate_half pair up?")
 
 question(id="q17_many_tasks_gb", lesson=LESSON, kind="number", rtol=0.02, answer_hash="efad095937bc97917be50e72",
