@@ -24,6 +24,7 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "TQDM_DISABLE": "1",
     "DATASETS_VERBOSITY": "error",  # read when datasets is first imported (quiet() does not import it)
+    "TRL_EXPERIMENTAL_SILENCE": "1",  # trl.experimental (CPO, ORPO: lesson 10) warns on import otherwise
 }
 
 
@@ -41,6 +42,8 @@ def quiet(offline: bool = True) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    # LoraConfig(target_modules="all-linear") on GPT-2's Conv1D layers: peft sets fan_in_fan_out itself
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`")
     # bitsandbytes on a CPU: lesson 05 prints what its paged optimizer does there (memory.optimizer_states)
     warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU")
     for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops", "bitsandbytes.cextension"):

@@ -1,4 +1,5 @@
-"""Preference data that asks for something: a model that hedges, and the rule that sees it (lesson 09).
+"""Preference data that asks for something: a model that hedges, and the rule that sees it (lessons 09 and 10;
+lesson 08's PPO starts from the same model).
 
 The course's preference pairs (preferences_train.jsonl) contrast a right answer with a refusal, a
 shouted answer or a wrong value; an SFT model trained on clean demonstrations already prefers the
@@ -139,85 +140,62 @@ def rule_win_rate(answers_a: list[str], answers_b: list[str], references: list[s
     return pairwise_win_rate(lambda k, x, y: rule_prefers(x, y, references[int(k)], hedge), keys, answers_a, answers_b)
 
 
-# ----------------------------------------------------------------------------- DPO on the hedge pairs
+# ----------------------------------------------------------------------------- preference training on the hedge pairs
 
-def dpo_runs(sft_model, tok, pairs: list[dict], prompts: list[str], references: list[str],
-             sft_weights=(0.0, 1.0), steps: int = 10, lr: float = 5e-5, beta: float = 0.1, batch_size: int = 4,
-             seed: int = 0, max_new_tokens: int = 40, hedge: str = HEDGE, sft_answers: list[str] | None = None,
-             eval_pairs: list[dict] | None = None) -> dict:
-    """DPO from SFT_MODEL (the frozen reference; a copy is trained each time) on PAIRS, once per weight of
-    SFT_WEIGHTS (``preference.train_dpo(sft_weight=w)``: 0 is plain DPO), same steps, batches and seed; then
-    greedy answers to PROMPTS, measured by ``behaviour`` against REFERENCES and judged by ``rule_win_rate``
-    against SFT's answers (SFT_ANSWERS if already computed).
+def compare(answers: dict, references: list[str], moves: dict | None = None, hedge: str = HEDGE) -> dict:
+    """The lesson's table of models trained on the hedge pairs. ANSWERS: {name: greedy answers to the held-out
+    prompts}, the starting SFT model first; REFERENCES: the clean answers; MOVES: {name: (chosen_move,
+    rejected_move)}, ``preference.logratio_moves`` of each trained model (the first entry moved 0 by definition).
 
-    Returns {name: {"answers", **behaviour, "win_vs_sft", "log" (train_dpo's), "seconds", "sft_weight"}}
-    with "SFT" first, then "DPO" (weight 0) and "DPO + SFT term (w)". With EVAL_PAIRS (held-out
-    ``hedge_pairs``), each run also has "chosen_move" and "rejected_move": the mean change of log pi(chosen)
-    and log pi(rejected) from SFT_MODEL's, in nats (0 for SFT).
+    Returns {name: {"answers", **behaviour, "win_vs_sft": ``rule_win_rate`` against the first entry's answers
+    (0.5 for itself), and "chosen_move", "rejected_move" when MOVES has them}} in ANSWERS' order.
     """
-    import copy
-    import time
-
-    from .evaluate import answer
-    from .preference import pair_logps, train_dpo
-
-    if not prompts or len(prompts) != len(references):
-        raise ValueError(f"need one reference per prompt (and at least one); got {len(prompts)} and {len(references)}.")
-    sft_answers = answer(sft_model, tok, prompts, max_new_tokens=max_new_tokens) if sft_answers is None else sft_answers
-    runs = {"SFT": {"answers": sft_answers, **behaviour(sft_answers, references, hedge), "win_vs_sft": 0.5,
-                    "log": None, "seconds": 0.0, "sft_weight": None}}
-    ref_logps = pair_logps(sft_model, tok, eval_pairs) if eval_pairs else None
-    if ref_logps is not None:
-        runs["SFT"].update(chosen_move=0.0, rejected_move=0.0)
-    for w in sft_weights:
-        policy = copy.deepcopy(sft_model).requires_grad_(True)
-        t0 = time.perf_counter()
-        log = train_dpo(policy, sft_model, tok, pairs, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
-                        seed=seed, sft_weight=w)
-        seconds = time.perf_counter() - t0
-        ans = answer(policy, tok, prompts, max_new_tokens=max_new_tokens)
-        name = "DPO" if not w else f"DPO + SFT term ({w:g})"
-        runs[name] = {"answers": ans, **behaviour(ans, references, hedge),
-                      "win_vs_sft": rule_win_rate(ans, sft_answers, references, hedge)["win_rate"],
-                      "log": log, "seconds": seconds, "sft_weight": w}
-        if ref_logps is not None:
-            moved = [(p - r).mean().item() for p, r in zip(pair_logps(policy, tok, eval_pairs), ref_logps)]
-            runs[name].update(chosen_move=moved[0], rejected_move=moved[1])
-        del policy
-    return runs
+    if not answers:
+        raise ValueError("compare needs the answers of at least one model (the SFT model first).")
+    first, *_ = answers
+    out = {}
+    for name, ans in answers.items():
+        row = {"answers": ans, **behaviour(ans, references, hedge),
+               "win_vs_sft": 0.5 if name == first else rule_win_rate(ans, answers[first], references, hedge)["win_rate"]}
+        if moves is not None and name != first:
+            row["chosen_move"], row["rejected_move"] = moves[name]
+        elif moves is not None:
+            row["chosen_move"] = row["rejected_move"] = 0.0
+        out[name] = row
+    return out
 
 
 def describe_runs(runs: dict) -> str:
-    """``dpo_runs``' table: clean answers and exact match (Wilson intervals), exact match as written, the
-    rule judge's win rate against SFT, then McNemar of each DPO run against SFT on clean and on exact."""
+    """``compare``'s table: clean answers and exact match (Wilson intervals), exact match as written, the rule
+    judge's win rate against the first model, the log-probability moves, then McNemar of each later model
+    against the first on clean and on exact."""
     from .stats import describe_mcnemar, describe_share, mcnemar
 
-    lines = [f"{'':<24}{'clean (no hedge)':<30}{'exact match (value)':<30}{'as written':<12}win vs SFT (rule)"]
+    first, *rest = runs
+    moves = all("chosen_move" in r for r in runs.values())
+    lines = [f"{'':<16}{'clean (no hedge)':<31}{'exact match (value)':<31}{'as written':<12}{'win vs ' + first:<12}"
+             + ("log pi moved: chosen, rejected" if moves else "")]
     for name, r in runs.items():
         n = r["n"]
-        lines.append(f"{name:<24}{describe_share(sum(r['clean_rows']), n):<30}{describe_share(sum(r['right_rows']), n):<30}"
-                     f"{r['exact_raw']:<12.0%}{r['win_vs_sft']:.0%}")
-    sft = runs["SFT"]
-    for name, r in runs.items():
-        if name == "SFT":
-            continue
-        if "chosen_move" in r:
-            lines.append(f"{name}: log pi(chosen) moved {r['chosen_move']:+.2f} nats, log pi(rejected) "
-                         f"{r['rejected_move']:+.2f} (mean over the held-out pairs); loss "
-                         f"{r['log']['loss'][0]:.3f} -> {r['log']['loss'][-1]:.3f} in {len(r['log']['loss'])} steps")
-        lines.append(f"{name} vs SFT, clean:  " + describe_mcnemar(mcnemar(sft["clean_rows"], r["clean_rows"]), "SFT", name))
-        lines.append(f"{name} vs SFT, exact:  " + describe_mcnemar(mcnemar(sft["right_rows"], r["right_rows"]), "SFT", name))
+        lines.append(f"{name:<16}{describe_share(sum(r['clean_rows']), n):<31}{describe_share(sum(r['right_rows']), n):<31}"
+                     f"{r['exact_raw']:<12.0%}{r['win_vs_sft']:<12.0%}"
+                     + (f"{r['chosen_move']:+.1f}, {r['rejected_move']:+.1f} nats" if moves else ""))
+    for name in rest:
+        for key, what in (("clean_rows", "clean"), ("right_rows", "exact")):
+            lines.append(f"{name} vs {first}, {what}:  " + describe_mcnemar(
+                mcnemar(runs[first][key], runs[name][key]), first, name))
     return "\n".join(lines)
 
 
 def plot_runs(runs: dict, ax=None):
-    """Bars of the share of clean answers and of exact match per model, with 95% Wilson intervals."""
+    """Bars of the share of clean answers and of exact match per model, with 95% Wilson intervals; the legend
+    sits outside the axes, so it covers no bar."""
     import matplotlib.pyplot as plt
 
     from .stats import share_interval
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3))
+        _, ax = plt.subplots(figsize=(8, 3))
     names = list(runs)
     for j, (key, label) in enumerate((("clean_rows", "clean (no hedge)"), ("right_rows", "exact match (value)"))):
         shares, errs = [], [[], []]
@@ -231,7 +209,7 @@ def plot_runs(runs: dict, ax=None):
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of held-out prompts")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return ax
 
 

@@ -85,12 +85,13 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
 
 def dpo_loss_curve(margins, betas) -> dict:
-    """The beta widget's data: DPO loss and gradient weight as functions of the log-ratio margin.
+    """DPO's loss, and how hard a pair still pushes, as functions of the log-ratio margin, for each beta.
 
-    margin m = [log pi_theta(y_w|x) - log pi_ref(y_w|x)] - [log pi_theta(y_l|x) - log pi_ref(y_l|x)].
-    For each beta: loss = -log sigma(beta * m), and the weight with which a pair pushes the
-    gradient, beta * sigma(-beta * m) (large while the pair is ordered wrongly, about 0 once
-    beta * m >> 1). Returns {"margin": [...], "loss": {beta: [...]}, "weight": {beta: [...]}}.
+    margin m = [log pi_theta(y_w|x) - log pi_ref(y_w|x)] - [log pi_theta(y_l|x) - log pi_ref(y_l|x)] (nats).
+    For each beta: loss = -log sigma(beta * m); its gradient with respect to m is -beta * sigma(-beta * m),
+    "weight"; "push" = sigma(-beta * m) is that gradient relative to the start (1/2 at m = 0, about 0 once
+    beta * m >> 1: the pair is satisfied and stops pulling the policy away from pi_ref).
+    Returns {"margin": [...], "loss": {beta: [...]}, "weight": {beta: [...]}, "push": {beta: [...]}}.
     """
     import torch
     import torch.nn.functional as F
@@ -103,22 +104,39 @@ def dpo_loss_curve(margins, betas) -> dict:
         raise ValueError("margins is empty: give the margins at which to evaluate the loss.")
     return {"margin": m.tolist(),
             "loss": {b: (-F.logsigmoid(b * m)).tolist() for b in betas},
-            "weight": {b: (b * torch.sigmoid(-b * m)).tolist() for b in betas}}
+            "weight": {b: (b * torch.sigmoid(-b * m)).tolist() for b in betas},
+            "push": {b: torch.sigmoid(-b * m).tolist() for b in betas}}
 
 
-def plot_dpo_loss_curve(curve: dict, ax=None):
-    """Plot ``dpo_loss_curve``'s output: loss against margin, one line per beta."""
+def plot_dpo_loss_curve(curve: dict, reached: dict | None = None, axes=None):
+    """``dpo_loss_curve``'s output in two panels, one line per beta: the loss and the push against the margin.
+
+    The loss axis stops at 1.5 (the loss is log 2 = 0.69 at m = 0), so the curves differ where margins
+    actually are. REACHED {beta: margin}: the mean margin a run at that beta reached, marked on both."""
+    import math
+
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    m = curve["margin"]
     for b, loss in curve["loss"].items():
-        ax.plot(curve["margin"], loss, label=f"beta={b:g}")
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("log-ratio margin  m = log-ratio(chosen) - log-ratio(rejected)")
-    ax.set_ylabel("DPO loss  -log sigma(beta m)")
-    ax.legend()
-    return ax
+        line, = axes[0].plot(m, loss, label=f"beta = {b:g}")
+        axes[1].plot(m, curve["push"][b], color=line.get_color())
+        if reached and b in reached:
+            x = reached[b]
+            axes[0].plot([x], [-math.log(1 / (1 + math.exp(-b * x)))], "o", color=line.get_color())
+            axes[1].plot([x], [1 / (1 + math.exp(b * x))], "o", color=line.get_color())
+    axes[0].set_ylim(0, 1.5)
+    axes[0].set_ylabel("DPO loss  -log sigma(beta m)")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_ylabel("push  sigma(-beta m)")
+    for ax in axes:
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(min(m), max(m))
+        ax.set_xlabel("log-ratio margin m (nats)")
+    axes[0].legend(fontsize=8, loc="upper right")
+    return axes
 
 
 # ----------------------------------------------------------------------------- data
@@ -513,69 +531,61 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
     return log
 
 
-def beta_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], beta: float, steps: int = 10,
-             lr: float = 1e-3, batch_size: int = 8, seed: int = 0, ref_logps=None) -> dict:
-    """A short DPO run from SFT_MODEL (copied; the original is the frozen reference) for one BETA.
+def logratio_moves(policy, tok, rows: list[dict], ref_logps) -> tuple[float, float]:
+    """How far POLICY moved the answers of ROWS from the reference: the mean over the pairs of
+    log pi_theta(y|x) - log pi_ref(y|x), in nats, for the chosen and for the rejected answers.
+    REF_LOGPS: ``pair_logps(ref, tok, rows)``. Returns (chosen_move, rejected_move)."""
+    pol = pair_logps(policy, tok, rows)
+    return tuple((p - r).mean().item() for p, r in zip(pol, ref_logps))
 
-    Returns {"beta", "log": train_dpo's log, "accuracy": held-out share with margin > 0,
-    "logratio_chosen": mean held-out log pi_theta/pi_ref of the chosen answers,
-    "logratio_rejected": the same for the rejected answers}: how far the policy moved, and where.
-    REF_LOGPS: ``pair_logps(sft_model, tok, eval_rows)``, if already computed (the reference never changes).
+
+TRL_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def dpo_metrics(policy, tok, rows: list[dict], ref_logps, beta: float = 0.1, sft_weight: float = 0.0) -> dict:
+    """What trl's DPOTrainer logs for ROWS taken as one batch, computed from scratch: {"loss", "rewards/chosen",
+    "rewards/rejected", "rewards/margins", "rewards/accuracies"} (trl's names; means over the pairs).
+
+    The rewards are ``dpo_loss``'s implicit rewards beta * (log pi_theta - log pi_ref); "rewards/accuracies" is the
+    share of pairs whose chosen reward is the larger. SFT_WEIGHT > 0 adds that many times
+    ``preference_losses.sft_term`` to the loss, as DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, w]).
+    REF_LOGPS: ``pair_logps(ref, tok, rows)`` (for a peft policy, the same model with its adapter off).
     """
-    import copy
+    import torch
 
-    beta = _check_beta(beta)
-    policy = copy.deepcopy(sft_model)
-    for p in policy.parameters():
-        p.requires_grad_(True)
-    log = train_dpo(policy, sft_model, tok, train_rows, beta=beta, steps=steps, lr=lr, batch_size=batch_size,
-                    seed=seed)
-    ref_c, ref_r = pair_logps(sft_model, tok, eval_rows) if ref_logps is None else ref_logps
-    pol_c, pol_r = pair_logps(policy, tok, eval_rows)
-    acc = preference_accuracy(policy, sft_model, tok, eval_rows, beta=beta, ref_logps=(ref_c, ref_r),
-                              policy_logps=(pol_c, pol_r))
-    return {"beta": beta, "log": log, "accuracy": acc["accuracy"],
-            "logratio_chosen": (pol_c - ref_c).mean().item(), "logratio_rejected": (pol_r - ref_r).mean().item()}
+    from .preference_losses import batch_lengths, dpo_sft_loss
 
-
-def beta_widget(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], betas=(0.01, 0.1, 0.5, 2.0),
-                beta: float = 0.1, steps: int = 10, lr: float = 1e-3):
-    """The beta widget: a slider over BETAS redraws the loss curves (``dpo_loss_curve``) with the chosen
-    beta highlighted; a button runs a short ``beta_run`` at that beta and prints what it measured."""
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    betas = sorted(_check_beta(b) for b in betas)
-    slider = w.SelectionSlider(options=betas, value=min(betas, key=lambda b: abs(b - beta)), description="beta",
-                               continuous_update=False)
-    button = w.Button(description=f"train {steps} steps")
-    plot_out, run_out = w.Output(), w.Output()
-    margins = [m / 2 for m in range(-60, 61)]
-
-    def redraw(*_):
-        with plot_out:
-            plot_out.clear_output(wait=True)
-            ax = plot_dpo_loss_curve(dpo_loss_curve(margins, betas))
-            for line, b in zip(ax.get_lines(), betas):
-                line.set_linewidth(3 if b == slider.value else 1)
-            plt.show()
-
-    def train(*_):
-        with run_out:
-            run_out.clear_output(wait=True)
-            print(describe_beta_run(beta_run(sft_model, tok, train_rows, eval_rows, slider.value, steps=steps, lr=lr)))
-
-    slider.observe(redraw, names="value")
-    button.on_click(train)
-    box = w.VBox([slider, plot_out, button, run_out])
-    redraw()
-    display(box)
-    return box
+    pairs = collate_pairs(tokenize_pairs(tok, rows), tok.pad_token_id)
+    device = next(policy.parameters()).device
+    was = policy.training
+    policy.eval()
+    with torch.no_grad():
+        chosen, rejected = (t.float().cpu() for t in batch_logps(policy, {k: v.to(device) for k, v in pairs.items()}))
+    policy.train(was)
+    loss, rc, rr = dpo_sft_loss(chosen, rejected, *ref_logps, batch_lengths(pairs)[0], beta=beta, sft_weight=sft_weight)
+    return {"loss": loss.item(), "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+            "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item()}
 
 
-def describe_beta_run(r: dict) -> str:
-    """One line about a ``beta_run`` result."""
-    return (f"beta={r['beta']:g}, {len(r['log']['loss'])} DPO steps: final loss {r['log']['loss'][-1]:.3f}, held-out "
-            f"accuracy {r['accuracy']:.0%}, mean log-ratio chosen {r['logratio_chosen']:+.2f}, "
-            f"rejected {r['logratio_rejected']:+.2f}")
+def describe_trl_log(log_history: list[dict], names=TRL_METRICS, rows: int = 4) -> str:
+    """A trl trainer's per-step log (``trainer.state.log_history``, logging_steps=1) as a table of NAMES: the first
+    step, the last, and evenly spaced steps between (ROWS in all)."""
+    logged = [r for r in log_history if "loss" in r and "step" in r]
+    if not logged:
+        raise ValueError("the log holds no training step: train with logging_steps=1.")
+    picks = sorted({round(i * (len(logged) - 1) / max(rows - 1, 1)) for i in range(rows)})
+    lines = [f"{'step':>5}" + "".join(f"{n:>20}" for n in names)]
+    for i in picks:
+        lines.append(f"{logged[i]['step']:>5}" + "".join(f"{logged[i][n]:>20.3f}" for n in names))
+    return "\n".join(lines)
+
+
+def describe_side_by_side(trl_metrics: dict, ours: dict, names=TRL_METRICS, prefix: str = "eval_") -> str:
+    """trl's metrics (as ``Trainer.evaluate`` returns them: PREFIX + name) beside labkit's (``dpo_metrics``), one
+    line each, with the absolute difference."""
+    lines = [f"{'':<22}{'trl':>12}{'labkit':>12}{'|difference|':>14}"]
+    for n in names:
+        a, b = trl_metrics[prefix + n], ours[n]
+        lines.append(f"{n:<22}{a:>12.6f}{b:>12.6f}{abs(a - b):>14.1e}")
+    return "\n".join(lines)
+

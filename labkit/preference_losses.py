@@ -62,6 +62,23 @@ def sft_term(policy_chosen_logps, chosen_lengths):
     return -policy_chosen_logps.sum() / tokens
 
 
+def dpo_sft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths,
+                 beta=0.1, sft_weight=1.0):
+    """DPO with an SFT term (RPO, Pang et al. 2024): ``dpo_loss`` plus SFT_WEIGHT times ``sft_term``, the NLL of
+    the chosen answers per token, as trl's DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, sft_weight]).
+
+    The four log-probabilities are (B,) sums over the answer tokens (``sequence_logps``), CHOSEN_LENGTHS (B,) the
+    chosen answers' tokens. DPO's term only widens the gap between chosen and rejected; the SFT term holds the
+    chosen answers' likelihood up while it does. Returns (loss, chosen_rewards, rejected_rewards) as dpo_loss.
+    """
+    from .preference import dpo_loss
+
+    sft_weight = guard.non_negative_float("sft_weight", sft_weight, "1.0", about="0: plain DPO")
+    loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                                      ref_rejected_logps, beta=beta)
+    return loss + sft_weight * sft_term(policy_chosen_logps, chosen_lengths), chosen_rewards, rejected_rewards
+
+
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              chosen_lengths, rejected_lengths, beta=0.1):
     """The IPO loss (Azar et al., 2023, eq. 17), length-normalised as trl's DPOTrainer(loss_type="ipo").
@@ -171,111 +188,112 @@ def pair_loss(loss: str, policy_logps, lengths, ref_logps=None, beta=None, gamma
     return orpo_loss(*policy_logps, *lengths, beta=beta)
 
 
-# ----------------------------------------------------------------------------- the same run, each loss
+# ----------------------------------------------------------------------------- each loss on a batch trl collated
 
-def family_run(sft_model, tok, train_rows: list[dict], eval_rows: list[dict], prompts: list[str],
-               losses=LOSSES, steps: int = 4, lr: float = 1e-4, batch_size: int = 4, seed: int = 0,
-               max_new_tokens: int = 24, betas: dict | None = None, gamma: float = 1.0, ref_logps=None,
-               ref_answers: list[str] | None = None) -> list[dict]:
-    """Train a copy of SFT_MODEL with each of LOSSES for the same STEPS, LR, batches and seed
-    (``labkit.preference.train_dpo(loss=...)``; SFT_MODEL is the frozen reference), and measure each
-    on the same held-out data. Returns one row per model, SFT first:
+def trl_batch_logps(model, batch: dict):
+    """Summed answer log-probabilities and answer lengths of a batch as a trl trainer collates it, under MODEL.
 
-    {"loss": "SFT" or the loss, "beta", "seconds" (training), "first_loss" and "final_loss" (training),
-     "accuracy": share of EVAL_ROWS whose DPO implicit-reward margin (log-ratio to SFT, chosen minus
-     rejected) is > 0, the same metric for every loss (0 for SFT: its margins are all 0), "ties": the share
-     of margins exactly 0 (1 for SFT), "right": that verdict per pair (for a paired test between two losses,
-     labkit.stats.mcnemar),
-     "avg_accuracy": share whose per-token average log pi(chosen) beats log pi(rejected)'s (reference-free),
-     "chosen_logp": mean summed log pi(chosen answer) over EVAL_ROWS, nats,
-     "answer_tokens": mean length in tokens of the greedy answers to PROMPTS (cut at MAX_NEW_TOKENS)}.
-
-    BETAS: {loss: beta}, default DEFAULT_BETA; GAMMA: SimPO's margin. REF_LOGPS: pair_logps(sft_model,
-    tok, eval_rows), and REF_ANSWERS: evaluate.answer(sft_model, tok, prompts, max_new_tokens), if already
-    computed.
+    DPOTrainer's batch: input_ids, attention_mask and completion_mask, chosen rows then rejected rows.
+    CPOTrainer's and ORPOTrainer's: chosen_input_ids, chosen_attention_mask, chosen_labels (-100 on the prompt),
+    and the same for rejected. Returns ((chosen (B,), rejected (B,)) log-probs, (chosen, rejected) lengths).
     """
-    import copy
-    import time
+    from .preference import batch_logps
+    from .sft import IGNORE_INDEX
 
-    from .preference import collate_pairs, pair_logps, preference_accuracy, tokenize_pairs, train_dpo
-    from .evaluate import answer
+    if "completion_mask" in batch:
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE_INDEX)
+        ours = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
+        return batch_logps(model, ours), batch_lengths(ours)
+    if "chosen_labels" not in batch:
+        raise ValueError(f"not a batch trl's DPO, CPO or ORPO trainer collates: its keys are {sorted(batch)}.")
+    logps, lengths = [], []
+    for side in ("chosen", "rejected"):
+        ids, mask, labels = (batch[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        from .preference import sequence_logps
 
-    losses = [guard.one_of("loss", name, LOSSES) for name in losses]
-    if not losses or not eval_rows or not prompts:
-        raise ValueError("family_run needs at least one loss, one held-out pair and one prompt.")
-    betas = {**DEFAULT_BETA, **(betas or {})}
-    lengths = batch_lengths(collate_pairs(tokenize_pairs(tok, eval_rows), tok.pad_token_id))
-    ref_logps = pair_logps(sft_model, tok, eval_rows) if ref_logps is None else ref_logps
-    ref_answers = answer(sft_model, tok, prompts, max_new_tokens=max_new_tokens) if ref_answers is None else ref_answers
-
-    def measure(name, logps, answers, **extra):
-        pref = preference_accuracy(None, None, tok, eval_rows, ref_logps=ref_logps, policy_logps=logps)
-        avg = ((logps[0] / lengths[0]) > (logps[1] / lengths[1])).float().mean().item()
-        n_tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-        return {"loss": name, "accuracy": pref["accuracy"], "ties": pref["ties"], "right": pref["right"],
-                "avg_accuracy": avg, "chosen_logp": logps[0].mean().item(),
-                "answer_tokens": sum(n_tokens) / len(n_tokens), **extra}
-
-    out = [measure("SFT", ref_logps, ref_answers, beta=None, seconds=0.0, first_loss=None, final_loss=None)]
-    for name in losses:
-        policy = copy.deepcopy(sft_model).requires_grad_(True)
-        t0 = time.perf_counter()
-        log = train_dpo(policy, None if name in REFERENCE_FREE else sft_model, tok, train_rows, beta=betas[name],
-                        steps=steps, lr=lr, batch_size=batch_size, seed=seed, loss=name, gamma=gamma)
-        seconds = time.perf_counter() - t0
-        out.append(measure(name, pair_logps(policy, tok, eval_rows),
-                           answer(policy, tok, prompts, max_new_tokens=max_new_tokens),
-                           beta=betas[name], seconds=seconds, first_loss=log["loss"][0], final_loss=log["loss"][-1]))
-        del policy
-    return out
+        logps.append(sequence_logps(logits, labels))
+        lengths.append(answer_lengths(labels))
+    return tuple(logps), tuple(lengths)
 
 
-def describe_family(rows: list[dict]) -> str:
-    """``family_run``'s rows as a plain-text table. A row whose every implicit-reward margin is exactly 0 (the SFT
-    row: it is the reference) shows "ties" as its accuracy: neither right nor wrong."""
-    head = (f"{'loss':<7}{'beta':>6}{'final loss':>12}{'accuracy':>10}{'avg-logp acc':>14}"
-            f"{'log pi(chosen)':>16}{'change':>9}{'answer tokens':>15}{'train s':>9}")
-    base = rows[0]["chosen_logp"]
-    lines = [head]
-    for r in rows:
-        beta = "" if r["beta"] is None else f"{r['beta']:g}"
-        final = "" if r["final_loss"] is None else f"{r['final_loss']:.3f}"
-        accuracy = "ties" if r.get("ties") == 1 else f"{r['accuracy']:.0%}"
-        lines.append(f"{r['loss']:<7}{beta:>6}{final:>12}{accuracy:>10}{r['avg_accuracy']:>14.0%}"
-                     f"{r['chosen_logp']:>16.2f}{r['chosen_logp'] - base:>+9.2f}{r['answer_tokens']:>15.1f}"
-                     f"{r['seconds']:>9.1f}")
-    return "\n".join(lines)
+def prompt_and_answer_nll(model, batch: dict):
+    """The NLL trl's ORPOTrainer adds (its comment: "computed over the full prompt and response"): the token
+    mean over the chosen rows' prompt and answer of an ORPO batch (the padding left out)."""
+    import torch.nn.functional as F
+
+    ids, mask = batch["chosen_input_ids"], batch["chosen_attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    labels = ids.masked_fill(mask == 0, -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
-def compare_with_dpo(rows: list[dict]) -> str:
-    """What ``family_run``'s ROWS show, one line per loss against DPO's row (which must be there):
-    held-out accuracy (beats / ties / does not beat DPO, with McNemar's exact p-value on the same pairs when
-    the rows carry per-pair verdicts), the move of log pi(chosen) from SFT, the greedy
-    answers' length, and the training loss from its first to its last batch (different batches: the two
-    are not the same pairs)."""
-    by = {r["loss"]: r for r in rows}
-    if "dpo" not in by or "SFT" not in by:
-        raise ValueError("compare_with_dpo needs family_run rows with the SFT and the dpo rows.")
-    sft, dpo = by["SFT"], by["dpo"]
-    lines = [f"SFT orders {sft['avg_accuracy']:.0%} of these pairs by per-token average log-prob already "
-             f"(the reference-free reward of SimPO and ORPO); greedy answers {sft['answer_tokens']:.1f} tokens"]
-    for r in rows:
-        if r is sft:
-            continue
-        if r is dpo:
-            verdict = "the baseline"
+def loss_on_trl_batch(loss: str, model, batch: dict, beta=None, gamma: float = 1.0) -> float:
+    """LOSS (one of LOSSES) from scratch on a BATCH trl collated, for MODEL (a peft model trained by trl: for
+    "dpo" and "ipo" its reference is the same model with the adapter switched off, as trl's is). BETA None:
+    DEFAULT_BETA[loss]; GAMMA: SimPO's margin. ORPO takes trl's NLL over prompt and answer. No gradient."""
+    import torch
+
+    loss = guard.one_of("loss", loss, LOSSES)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logps, lengths = trl_batch_logps(model, batch)
+        ref = None
+        if loss not in REFERENCE_FREE:
+            with model.disable_adapter():
+                ref, _ = trl_batch_logps(model, batch)
+        if loss == "orpo":
+            value = orpo_loss(*logps, *lengths, beta=DEFAULT_BETA["orpo"] if beta is None else beta,
+                              nll=prompt_and_answer_nll(model, batch))[0]
         else:
-            d = r["accuracy"] - dpo["accuracy"]
-            verdict = "beats DPO" if d > 0 else "ties with DPO" if d == 0 else "does not beat DPO"
-            if "right" in r and "right" in dpo and d != 0:  # the same pairs: McNemar's exact test
-                from .stats import mcnemar
+            value = pair_loss(loss, logps, lengths, ref, beta=beta, gamma=gamma)[0]
+    model.train(was)
+    return value.item()
 
-                p = mcnemar(r["right"], dpo["right"])["p_value"]
-                verdict += (f"; McNemar p = {p:.2g} on the same {len(r['right'])} pairs: "
-                            + ("unlikely to be chance" if p < 0.05 else "not distinguishable from chance"))
-        lines.append(f"{r['loss']}: held-out accuracy {r['accuracy']:.0%} ({verdict}); log pi(chosen) "
-                     f"{r['chosen_logp'] - sft['chosen_logp']:+.2f} nats from SFT; answers "
-                     f"{r['answer_tokens']:.1f} tokens; batch loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}")
-    if all(r["answer_tokens"] == sft["answer_tokens"] for r in rows):
-        lines.append("no loss changed the greedy answers' mean length in this run")
+
+# ----------------------------------------------------------------------------- what a step costs
+
+class ForwardCounter:
+    """Counts forward calls of MODELS ({name: module}) while active (a context manager): "passes", calls over a
+    whole sequence (a training or scoring forward, a generation's prefill), and "decode", generation's one-token
+    calls with a cache. ``counts`` is {name: {"passes": n, "decode": n}}."""
+
+    def __init__(self, models: dict):
+        self.models = models
+        self.counts = {name: {"passes": 0, "decode": 0} for name in models}
+        self._handles = []
+
+    def __enter__(self):
+        for name, module in self.models.items():
+            def hook(_module, args, kwargs, name=name):
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                one_token = ids is not None and ids.dim() == 2 and ids.shape[1] == 1
+                self.counts[name]["decode" if one_token else "passes"] += 1
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return False
+
+
+def weights_held(*modules) -> int:
+    """Parameters held by MODULES together, each tensor counted once (a peft model and its reference with the
+    adapter off share their base weights: one copy)."""
+    seen = {}
+    for m in modules:
+        for p in m.parameters():
+            seen[p.data_ptr()] = p.numel()
+    return sum(seen.values())
+
+
+def describe_costs(rows: dict) -> str:
+    """A table of what a training step costs: ROWS {method: {"weights", "passes", "decode", "seconds"}} (per step;
+    "decode": one-token generation calls)."""
+    lines = [f"{'':<8}{'weights held':>14}{'forward passes':>16}{'generation calls':>18}{'seconds':>9}   (per step)"]
+    for name, r in rows.items():
+        lines.append(f"{name:<8}{r['weights']:>14,}{r['passes']:>16g}{r['decode']:>18g}{r['seconds']:>9.2f}")
     return "\n".join(lines)

@@ -25,3 +25,31 @@ CLAIMS["14_forgetting"] = {
         lambda f: f["high_lr_exact"] >= 0.9 and f["high_lr_ppl_ratio"] < 1.1 and f["low_lr_exact"] == 0
         and f["low_lr_ppl_ratio"] < 1.01,
 }
+
+# lesson 09: trl's DPOTrainer with LoRA on the hedge pairs, from the SFT model that hedges (labkit.hedge)
+CLAIMS["09_dpo"] = {
+    "DPO + SFT term removes the hedge: clean answers rise by 30 points or more":
+        lambda f: f["rpo_clean"] - f["sft_clean"] >= 0.3,
+    "... and keeps the values: exact match is at least the SFT model's":
+        lambda f: f["rpo_exact"] >= f["sft_exact"],
+    "... and the rule judge prefers its answers to the SFT model's (win rate above 60%)":
+        lambda f: f["rpo_win_vs_sft"] > 0.6,
+    "plain DPO at the same steps breaks the answers: exact match falls by 20 points or more":
+        lambda f: f["dpo_exact"] <= f["sft_exact"] - 0.2,
+    "plain DPO lowers log pi(chosen) on held-out pairs; with the SFT term it rises":
+        lambda f: f["dpo_chosen_move"] < 0 < f["rpo_chosen_move"],
+    "the smaller beta, the larger the log-ratio margin after the same steps (beta 0.01, 0.1, 1)":
+        lambda f: f["margin_beta_0_01"] > f["margin_beta_0_1"] > f["margin_beta_1"],
+}
+
+# lesson 10: trl's DPO, IPO, SimPO and ORPO trainers with LoRA on the hedge pairs, the same steps (labkit.hedge)
+CLAIMS["10_beyond_dpo"] = {
+    "IPO and SimPO remove the hedge with no SFT term: clean answers 90% or more":
+        lambda f: min(f["ipo_clean"], f["simpo_clean"]) >= 0.9,
+    "... and keep the values: exact match within 5 points of the SFT model's, or above":
+        lambda f: min(f["ipo_exact"], f["simpo_exact"]) >= f["sft_exact"] - 0.05,
+    "plain DPO at the same steps breaks the answers: exact match falls by 20 points or more":
+        lambda f: f["dpo_exact"] <= f["sft_exact"] - 0.2,
+    "ORPO removes less of the hedge than IPO and SimPO in these steps":
+        lambda f: f["orpo_clean"] < min(f["ipo_clean"], f["simpo_clean"]),
+}

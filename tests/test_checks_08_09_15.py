@@ -1,6 +1,7 @@
 """The exercises of lessons 08, 09 and 15: plausible wrong answers fail, with a message that names the
 case and gives away none of the expected values; other right ways of writing them pass; the top-k
-cases have no near-ties. (That every reference passes is in test_exercises.py, for all exercises.)"""
+cases have no near-ties. (That every reference passes is in test_exercises.py, for all exercises; lesson
+10's IPO exercise is tested in test_preference_losses.py.)"""
 
 import copy
 import random
@@ -10,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from labkit import check as C
-from labkit import ppo, preference, rag
+from labkit import ppo, preference, preference_losses, rag
 from labkit.checks import lesson15
 
-NEW = ("reward_loss", "kl_penalised_rewards", "ppo_policy_loss", "sequence_logps", "dpo_loss", "top_k_retrieval")
+NEW = ("reward_loss", "kl_penalised_rewards", "ppo_policy_loss", "sequence_logps", "dpo_loss", "dpo_sft_loss",
+       "top_k_retrieval")
 
 
 pytestmark = pytest.mark.usefixtures("checker_env")
@@ -70,6 +72,14 @@ WRONG = [
     ("dpo_loss", "chosen and rejected swapped", lambda pc, pr, rc, rr, beta: preference.dpo_loss(pr, pc, rr, rc, beta)),
     ("dpo_loss", "rewards without beta", lambda pc, pr, rc, rr, beta: (
         preference.dpo_loss(pc, pr, rc, rr, beta)[0], pc - rc, pr - rr)),
+    ("dpo_sft_loss", "plain DPO, the SFT term left out", lambda pc, pr, rc, rr, nc, beta, w: preference.dpo_loss(
+        pc, pr, rc, rr, beta)),
+    ("dpo_sft_loss", "the NLL of the rejected answers", lambda pc, pr, rc, rr, nc, beta, w: (
+        lambda d: (d[0] - w * pr.sum() / nc.sum(), d[1], d[2]))(preference.dpo_loss(pc, pr, rc, rr, beta))),
+    ("dpo_sft_loss", "a mean over answers, not over tokens", lambda pc, pr, rc, rr, nc, beta, w: (
+        lambda d: (d[0] + w * (-(pc / nc).mean()), d[1], d[2]))(preference.dpo_loss(pc, pr, rc, rr, beta))),
+    ("dpo_sft_loss", "the weight left out", lambda pc, pr, rc, rr, nc, beta, w: preference_losses.dpo_sft_loss(
+        pc, pr, rc, rr, nc, beta, 1.0)),
     ("top_k_retrieval", "ascending order", lambda q, d, k: _cosine(q, d).topk(k, dim=-1, largest=False).indices),
     ("top_k_retrieval", "dot product, not cosine", lambda q, d, k: (q @ d.T).topk(k, dim=-1).indices),
     ("top_k_retrieval", "every document", lambda q, d, k: _cosine(q, d).argsort(dim=-1, descending=True)),
@@ -119,6 +129,9 @@ RIGHT = [
         lg[:, :-1].transpose(1, 2), lb[:, 1:], ignore_index=-100, reduction="none").sum(-1)),
     ("dpo_loss", "log of sigmoid via softplus", lambda pc, pr, rc, rr, beta: (
         F.softplus(-beta * ((pc - rc) - (pr - rr))).mean(), beta * (pc - rc), beta * (pr - rr))),
+    ("dpo_sft_loss", "softplus and a token-weighted NLL", lambda pc, pr, rc, rr, nc, beta, w: (
+        F.softplus(-beta * ((pc - rc) - (pr - rr))).mean() + w * (-(pc / nc) * nc / nc.sum()).sum(),
+        beta * (pc - rc), beta * (pr - rr))),
     ("top_k_retrieval", "dot product over the norms, argsort", lambda q, d, k: torch.argsort(
         (q @ d.T) / (q.norm(dim=-1, keepdim=True) * d.norm(dim=-1)), dim=-1, descending=True)[:, :k]),
     ("top_k_retrieval", "in float64", lambda q, d, k: _cosine(q.double(), d.double()).topk(k, dim=-1).indices),
@@ -136,7 +149,7 @@ def test_every_new_exercise_has_wrong_answers_here_and_is_registered_in_its_less
     assert {i for i, _, _ in WRONG} == set(NEW)
     assert {i: C.get(i).lesson for i in NEW} == {"reward_loss": "08", "kl_penalised_rewards": "08",
                                                  "ppo_policy_loss": "08", "sequence_logps": "09",
-                                                 "dpo_loss": "09", "top_k_retrieval": "15"}
+                                                 "dpo_loss": "09", "dpo_sft_loss": "09", "top_k_retrieval": "15"}
 
 
 def test_references_are_labkits_own_functions():
@@ -144,6 +157,7 @@ def test_references_are_labkits_own_functions():
     assert C.get("kl_penalised_rewards").reference is ppo.kl_penalised_rewards
     assert C.get("sequence_logps").reference is preference.sequence_logps
     assert C.get("dpo_loss").reference is preference.dpo_loss
+    assert C.get("dpo_sft_loss").reference is preference_losses.dpo_sft_loss
     assert C.get("top_k_retrieval").reference is rag.top_k
     # the PPO exercise is ppo_losses' policy term
     g = torch.Generator().manual_seed(0)

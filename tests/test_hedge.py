@@ -1,6 +1,6 @@
 """labkit.hedge: the mixed-quality data builder, the hedge pairs, the behaviour rule and the rule judge
-(lesson 09, section 6), and DPO's SFT term: by hand, equal to trl's DPOTrainer(loss_type=["sigmoid",
-"sft"]) after training, and what it does to a model that hedges."""
+(lessons 09 and 10), the table of trained models, and DPO's SFT term: by hand, equal to trl's
+DPOTrainer(loss_type=["sigmoid", "sft"]) after training, and what it does to a model that hedges."""
 
 import copy
 import json
@@ -167,31 +167,102 @@ def test_dpo_with_the_sft_term_equals_trl_sigmoid_plus_sft_after_training(base, 
 
 # ----------------------------------------------------------------------------- the shipped model that hedges
 
-def test_the_shipped_hedging_adapter_matches_its_script_and_its_report():
+def test_the_shipped_hedging_adapter_matches_its_script_and_its_report(base, tok):
+    """The adapter is what scripts/train_hedged_sft.py writes (its LoRA settings), and the behaviour its scores.json
+    reports is measured again here from the adapter itself, as the script measures it."""
+    from labkit import evaluate
+
     path = sft.adapter_dir("sft_hedged")
     report = json.loads((path / "scores.json").read_text())
     assert report["hedge"] == H and report["share_hedged"] == 0.5
     assert 0.2 <= report["clean"] <= 0.8, "the shipped SFT model must hedge some answers and not all"
     assert (path / "adapter_model.safetensors").stat().st_size < 1_000_000
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (report["r"], report["alpha"]) == (8, 16)
+    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"]), "preference.live_sft's seven projections"
+    model, _ = P.reference_model(base[0], tok, steps=0, adapter="sft_hedged")
+    ev = data.read_jsonl(report["eval_split"])[:report["n_eval"]]
+    answers = evaluate.answer(model, tok, [P.pair_texts(r, tok)["prompt"] for r in ev], max_new_tokens=40)
+    b = hedge.behaviour(answers, [r["chosen"] for r in ev])
+    assert (b["clean"], b["exact"], b["exact_raw"]) == pytest.approx((report["clean"], report["exact"], report["exact_raw"]))
     with pytest.raises(ValueError, match="adapter must be one of"):
         sft.adapter_dir("sft_typo")
 
 
+def _lora_dpo(model, tok, rows, loss_type, loss_weights=None, steps=10, lr=2e-3, tmp_path="/tmp/labkit_test_hedge"):
+    """Lesson 09's recipe: trl's DPOTrainer with a LoRA adapter (r=8) on a copy of MODEL."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    trainer = DPOTrainer(model=copy.deepcopy(model), processing_class=tok,
+                         train_dataset=Dataset.from_list(P.trl_pairs(rows, tok)),
+                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+                         args=DPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False, use_cpu=True,
+                                        dataloader_pin_memory=False, disable_tqdm=True, save_strategy="no",
+                                        logging_strategy="no", per_device_train_batch_size=4, seed=0, learning_rate=lr,
+                                        max_steps=steps, beta=0.1, loss_type=loss_type, loss_weights=loss_weights))
+    trainer.train()
+    return trainer.model
+
+
 @pytest.mark.slow
-def test_dpo_with_the_sft_term_removes_the_hedge_and_plain_dpo_breaks_the_answers(base, tok):
-    """Lesson 09's claim at reduced size: from the shipped hedging model, 10 steps at the lesson's lr."""
-    model, _ = base
-    hedged, _ = P.reference_model(model, tok, steps=0, adapter="sft_hedged")
+def test_dpo_with_the_sft_term_removes_the_hedge_and_plain_dpo_breaks_the_answers(base, tok, tmp_path):
+    """Lesson 09's claims at reduced size: from the shipped hedging model, trl's DPOTrainer with LoRA, 10 steps at the
+    lesson's learning rate, 20 held-out prompts."""
+    from labkit import env, evaluate
+
+    env.quiet()
+    hedged, _ = P.reference_model(base[0], tok, steps=0, adapter="sft_hedged")
     ev = data.read_jsonl("preferences_eval.jsonl")[:20]
-    prompts = [P.pair_texts(r, tok)["prompt"] for r in ev]
-    runs = hedge.dpo_runs(hedged, tok, hedge.hedge_pairs(data.read_jsonl("preferences_train.jsonl")[:80]), prompts,
-                          [r["chosen"] for r in ev], steps=10, lr=5e-5, seed=0)
-    sft_run, plain, rpo = runs["SFT"], runs["DPO"], runs["DPO + SFT term (1)"]
+    prompts, refs = [P.pair_texts(r, tok)["prompt"] for r in ev], [r["chosen"] for r in ev]
+    train = hedge.hedge_pairs(data.read_jsonl("preferences_train.jsonl")[:200])
+    models = {"DPO": _lora_dpo(hedged, tok, train, ["sigmoid"], tmp_path=tmp_path),
+              "DPO + SFT term": _lora_dpo(hedged, tok, train, ["sigmoid", "sft"], [1.0, 1.0], tmp_path=tmp_path)}
+    answers = {"SFT": evaluate.answer(hedged, tok, prompts, max_new_tokens=40),
+               **{n: evaluate.answer(m, tok, prompts, max_new_tokens=40) for n, m in models.items()}}
+    held = hedge.hedge_pairs(ev[:8])
+    ref = P.pair_logps(hedged, tok, held)
+    runs = hedge.compare(answers, refs, {n: P.logratio_moves(m, tok, held, ref) for n, m in models.items()})
+    sft_run, plain, rpo = runs["SFT"], runs["DPO"], runs["DPO + SFT term"]
     assert sft_run["clean"] <= 0.8
-    assert rpo["clean"] >= sft_run["clean"] + 0.2 and rpo["exact"] >= sft_run["exact"]
-    assert plain["exact"] < sft_run["exact"]
+    assert rpo["clean"] >= sft_run["clean"] + 0.3 and rpo["exact"] >= sft_run["exact"] and rpo["win_vs_sft"] > 0.6
+    assert plain["exact"] <= sft_run["exact"] - 0.2
+    assert plain["chosen_move"] < 0 < rpo["chosen_move"]
     text = hedge.describe_runs(runs)
-    assert "McNemar" in text and "DPO + SFT term (1)" in text
+    assert "McNemar" in text and "DPO + SFT term vs SFT, exact" in text
+
+
+def test_compare_judges_every_model_against_the_first():
+    refs = ["Risk: high", "memo", "$16", "payslip"]
+    answers = {"SFT": ["Risk: high" + H, "memo" + H, "$16", "payslip"],
+               "A": ["Risk: high", "memo", "$16", "payslip"],
+               "B": ["re re re", "memo", "$17", "receipt"]}
+    runs = hedge.compare(answers, refs, {"A": (0.5, -3.0), "B": (-4.0, -9.0)})
+    assert list(runs) == ["SFT", "A", "B"] and runs["SFT"]["win_vs_sft"] == 0.5
+    assert runs["A"]["win_vs_sft"] == 0.75, "two prompts won (the hedge gone), two tied"
+    assert runs["B"]["win_vs_sft"] == 0.25, "one won (the hedge gone), three lost (wrong values)"
+    assert runs["B"]["clean"] == 1.0 and runs["B"]["exact"] == 0.25, "broken answers count as clean: read exact too"
+    assert runs["SFT"]["chosen_move"] == 0 and runs["A"]["rejected_move"] == -3.0
+    text = hedge.describe_runs(runs)
+    assert "+0.5, -3.0 nats" in text and "B vs SFT, exact" in text
+    assert "nats" not in hedge.describe_runs(hedge.compare(answers, refs)), "no moves given, no moves column"
+    with pytest.raises(ValueError, match="at least one"):
+        hedge.compare({}, refs)
+
+
+def test_plot_runs_keeps_the_legend_off_the_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    refs = ["a", "b"]
+    runs = hedge.compare({"SFT": ["a" + H, "b"], "DPO": ["a", "b"]}, refs)
+    ax = hedge.plot_runs(runs)
+    legend = ax.get_legend()
+    ax.figure.canvas.draw()
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes_box.x1, "the legend sits to the right of the axes"
 
 
 @pytest.mark.slow

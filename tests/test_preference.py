@@ -96,10 +96,24 @@ def test_dpo_loss_curve_is_log2_at_zero_and_sharper_for_larger_beta():
         assert curve["loss"][b][0] > curve["loss"][b][1] > curve["loss"][b][2]
     assert curve["loss"][1.0][2] < curve["loss"][0.1][2], "a larger beta is satisfied sooner by the same margin"
     assert curve["weight"][1.0][2] < curve["weight"][1.0][0]
+    assert curve["push"][0.1][1] == pytest.approx(0.5) and curve["push"][1.0][2] < curve["push"][0.1][2] < 0.5
     with pytest.raises(ValueError, match="beta"):
         P.dpo_loss_curve([0], [0.1, -1])
     with pytest.raises(ValueError, match="margins"):
         P.dpo_loss_curve([], [0.1])
+
+
+def test_the_beta_plot_shows_where_the_curves_differ_and_marks_the_margins_reached():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    curve = P.dpo_loss_curve([m / 2 for m in range(-20, 161)], [0.01, 0.1, 1.0])
+    loss_ax, push_ax = P.plot_dpo_loss_curve(curve, reached={0.1: 30.0})
+    assert loss_ax.get_ylim() == (0, 1.5), "the loss axis stops where the curves still differ (log 2 = 0.69 at m = 0)"
+    assert push_ax.get_ylim()[1] <= 1.05 and len(loss_ax.get_legend().get_texts()) == 3
+    dots = [ln for ln in loss_ax.get_lines() if ln.get_marker() == "o"]
+    assert len(dots) == 1 and dots[0].get_xdata()[0] == 30.0
+    assert dots[0].get_ydata()[0] == pytest.approx(-math.log(1 / (1 + math.exp(-3.0))))
 
 
 # ----------------------------------------------------------------------------- data
@@ -218,6 +232,31 @@ def test_train_dpo_raises_the_margin_and_preference_accuracy_starts_at_zero(base
         P.train_dpo(policy, ref, tok, rows[:8], beta=-1)
 
 
+def test_rejected_kind_names_each_kind_of_bad_answer():
+    assert P.rejected_kind({"chosen": "Risk: low", "rejected": "I don't know."}) == "refusal"
+    assert P.rejected_kind({"chosen": "Risk: low", "rejected": "RISK: LOW RISK: LOW"}) == "shouting"
+    assert P.rejected_kind({"chosen": "The total is $1,234.", "rejected": "The total is $9,876."}) == "wrong values"
+    import random
+
+    # every refusal labkit.data writes is one of P.REFUSALS; a risk answer has no wrong-values variant
+    made = {data._bad_answer(random.Random(s), {"task": "risk", "output": "Risk: low"}) for s in range(60)}
+    kinds = {P.rejected_kind({"chosen": "Risk: low", "rejected": r}) for r in made}
+    assert kinds == {"refusal", "shouting"} and made - {"RISK: LOW RISK: LOW"} == set(P.REFUSALS)
+    shipped = [P.rejected_kind(r) for r in data.read_jsonl("preferences_train.jsonl")]
+    assert {k: shipped.count(k) > 50 for k in ("refusal", "shouting", "wrong values")} == dict.fromkeys(
+        ("refusal", "shouting", "wrong values"), True)
+
+
+def test_accuracy_by_kind_counts_positive_margins_per_kind():
+    rows = [{"chosen": "a", "rejected": "I don't know."}, {"chosen": "a", "rejected": "A A"},
+            {"chosen": "a", "rejected": "b"}, {"chosen": "c", "rejected": "d"}]
+    assert P.accuracy_by_kind(rows, [0.5, -1.0, 2.0, 0.0]) == {"refusal": (1, 1), "shouting": (0, 1),
+                                                               "wrong values": (1, 2)}, "a tie is not ranked right"
+    assert list(P.accuracy_by_kind(rows[2:], [1.0, 1.0])) == ["wrong values"], "kinds without pairs are left out"
+    with pytest.raises(ValueError, match="one margin per pair"):
+        P.accuracy_by_kind(rows, [1.0])
+
+
 def test_win_rate_counts_ties_as_half(tok, rows):
     rm, rtok = P.load_reward_model(device="cpu")
     prompts = [P.pair_texts(r, rtok)["prompt"] for r in rows[:4]]
@@ -227,22 +266,70 @@ def test_win_rate_counts_ties_as_half(tok, rows):
         P.win_rate(rm, rtok, prompts, answers, answers[:2])
 
 
-def test_beta_run_and_widget_report_a_short_run(base, tok, rows):
-    import matplotlib
+def test_dpo_metrics_are_trls_names_and_start_at_log2(base, tok, rows):
+    from labkit import preference_losses as L
 
-    matplotlib.use("Agg")
     model, _ = base
-    sft_model = copy.deepcopy(model).requires_grad_(False)
-    r = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-4, batch_size=4)
-    assert r["beta"] == 0.5 and len(r["log"]["loss"]) == 1
-    assert r["accuracy"] in (0, 0.25, 0.5, 0.75, 1), "a share of the 4 held-out pairs"
-    assert all(not p.requires_grad for p in sft_model.parameters()), "the reference stays frozen"
-    box = P.beta_widget(sft_model, tok, rows[:4], rows[4:8], betas=[0.1, 0.5], beta=0.5, steps=1)
-    assert box.children[0].value == 0.5
-    box.children[2].click()  # the Train button runs beta_run without a browser
-    assert "beta=0.5" in P.describe_beta_run(r)
-    with pytest.raises(ValueError, match="beta"):
-        P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0)
+    ref = P.pair_logps(model, tok, rows[:6])
+    m = P.dpo_metrics(model, tok, rows[:6], ref, beta=0.1)
+    assert list(m) == list(P.TRL_METRICS)
+    assert m["loss"] == pytest.approx(math.log(2), abs=1e-5) and m["rewards/accuracies"] == 0
+    assert m["rewards/chosen"] == pytest.approx(0, abs=1e-5) and m["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    batch = P.collate_pairs(P.tokenize_pairs(tok, rows[:6]), tok.pad_token_id)
+    nll = L.sft_term(ref[0], L.batch_lengths(batch)[0]).item()
+    with_sft = P.dpo_metrics(model, tok, rows[:6], ref, beta=0.1, sft_weight=0.5)
+    assert with_sft["loss"] == pytest.approx(math.log(2) + 0.5 * nll, abs=1e-4) and nll > 0
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.get_output_embeddings().weight.mul_(1.5)
+    c, r = P.logratio_moves(moved, tok, rows[:6], ref)
+    shifted = P.dpo_metrics(moved, tok, rows[:6], ref, beta=0.1)
+    assert shifted["rewards/chosen"] == pytest.approx(0.1 * c, abs=1e-4) and shifted["rewards/rejected"] == pytest.approx(0.1 * r, abs=1e-4)
+    assert P.logratio_moves(model, tok, rows[:6], ref) == (0.0, 0.0)
+
+
+def test_describe_side_by_side_and_the_trl_log():
+    trl = {"eval_loss": 0.5, "eval_rewards/chosen": 0.25, "eval_rewards/rejected": -1.0, "eval_rewards/margins": 1.25,
+           "eval_rewards/accuracies": 1.0}
+    ours = {"loss": 0.5000004, "rewards/chosen": 0.25, "rewards/rejected": -1.0, "rewards/margins": 1.25,
+            "rewards/accuracies": 1.0}
+    lines = P.describe_side_by_side(trl, ours).splitlines()
+    assert lines[0].split() == ["trl", "labkit", "|difference|"] and len(lines) == 6
+    assert lines[1].split() == ["loss", "0.500000", "0.500000", "4.0e-07"]
+    log = [{"loss": 0.69 - 0.01 * i, "step": i + 1, **{n: 0.1 * i for n in P.TRL_METRICS[1:]}} for i in range(10)]
+    table = P.describe_trl_log(log + [{"train_runtime": 1.0, "step": 10}], rows=4).splitlines()
+    assert [ln.split()[0] for ln in table[1:]] == ["1", "4", "7", "10"], "first, last and evenly between"
+    with pytest.raises(ValueError, match="logging_steps=1"):
+        P.describe_trl_log([{"train_runtime": 1.0}])
+
+
+@pytest.mark.slow
+def test_dpo_metrics_equal_trls_evaluate_with_a_lora_adapter(base, tok, rows, tmp_path):
+    """Lesson 09's check: with peft and no ref_model trl's reference is the adapter switched off, and its evaluate()
+    on held-out pairs in one batch gives dpo_metrics' numbers, plain and with the SFT term."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from labkit import env
+
+    env.quiet()
+    model, _ = base
+    held = data.read_jsonl("preferences_eval.jsonl")[:8]
+    ref = P.pair_logps(model, tok, held)
+    for loss_type, weights, w in ((["sigmoid"], None, 0.0), (["sigmoid", "sft"], [1.0, 0.5], 0.5)):
+        trainer = DPOTrainer(model=copy.deepcopy(model), processing_class=tok,
+                             train_dataset=Dataset.from_list(P.trl_pairs(rows[:12], tok)),
+                             eval_dataset=Dataset.from_list(P.trl_pairs(held, tok)),
+                             peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+                             args=DPOConfig(**{**_trl_common(tmp_path), "learning_rate": 2e-3}, beta=0.1,
+                                            per_device_eval_batch_size=8, loss_type=loss_type, loss_weights=weights))
+        trainer.train()
+        theirs = trainer.evaluate()
+        ours = P.dpo_metrics(trainer.model, tok, held, ref, beta=0.1, sft_weight=w)
+        assert abs(theirs["eval_loss"] - math.log(2)) > 1e-3, "the check must not be at the trivial start"
+        for name in P.TRL_METRICS:
+            assert ours[name] == pytest.approx(theirs["eval_" + name], abs=1e-5), name
 
 
 # ----------------------------------------------------------------------------- every model (tests/hub_models.py)

@@ -1,10 +1,10 @@
-"""labkit.preference_losses: IPO, SimPO and ORPO by hand on small tensors, and equal to trl's own
-trainers on the same batch after a few updates (DPOTrainer loss_type="ipo", the experimental
-CPOTrainer loss_type="simpo" and ORPOTrainer of trl 1.16)."""
+"""labkit.preference_losses: IPO, SimPO, ORPO and DPO with an SFT term by hand on small tensors; each loss
+equal to its trl trainer's on the same batch after a few updates with a LoRA adapter, as lesson 10 runs them
+(DPOTrainer loss_type="ipo", the experimental CPOTrainer loss_type="simpo" and ORPOTrainer of trl 1.16); the
+forward-call counter and the weights count of lesson 10's cost table."""
 
 import copy
 import math
-import warnings
 
 import pytest
 import torch
@@ -79,6 +79,16 @@ def test_orpo_loss_by_hand_is_nll_plus_the_odds_ratio_term():
     assert given.item() == pytest.approx((want - nll + 2.0).item(), abs=1e-6), "a given NLL replaces the default"
 
 
+def test_dpo_sft_loss_is_dpo_plus_the_weighted_nll_of_the_chosen_answers():
+    loss, c, r = L.dpo_sft_loss(PC, PR, RC, RR, NC, beta=0.1, sft_weight=0.5)
+    dpo, dc, dr = P.dpo_loss(PC, PR, RC, RR, beta=0.1)
+    assert loss.item() == pytest.approx(dpo.item() + 0.5 * 15 / 6), "NLL = (3 + 12) / (2 + 4) tokens"
+    assert torch.equal(c, dc) and torch.equal(r, dr), "the SFT term leaves the implicit rewards alone"
+    assert L.dpo_sft_loss(PC, PR, RC, RR, NC, beta=0.1, sft_weight=0.0)[0].item() == pytest.approx(dpo.item())
+    with pytest.raises(ValueError, match="sft_weight"):
+        L.dpo_sft_loss(PC, PR, RC, RR, NC, sft_weight=-1.0)
+
+
 def test_log1mexp_is_accurate_on_both_sides_of_its_branch():
     x = torch.tensor([-1e-8, -0.1, -0.6931, -0.7, -5.0, -40.0], dtype=torch.float64)
     assert torch.allclose(L.log1mexp(x.float()).double(), torch.log(1 - torch.exp(x)), rtol=1e-5)
@@ -127,191 +137,99 @@ def test_train_dpo_takes_a_loss_and_the_reference_free_ones_need_no_ref(base, to
         P.train_dpo(policy, model, tok, rows[:8], loss="kto", steps=1)
 
 
-def test_family_run_trains_each_loss_the_same_way(base, tok, rows):
-    model, _ = base
-    sft_model = copy.deepcopy(model).requires_grad_(False)
-    prompts = [P.pair_texts(r, tok)["prompt"] for r in rows[8:10]]
-    out = L.family_run(sft_model, tok, rows[:8], rows[8:12], prompts, losses=("dpo", "simpo"), steps=1,
-                       lr=1e-3, batch_size=4, max_new_tokens=4)
-    assert [r["loss"] for r in out] == ["SFT", "dpo", "simpo"]
-    assert out[0]["accuracy"] == 0 and out[0]["ties"] == 1, "SFT against itself: every margin is 0"
-    assert len(out[1]["right"]) == 4 and sum(out[1]["right"]) / 4 == out[1]["accuracy"]
-    assert out[1]["final_loss"] == pytest.approx(math.log(2), abs=1e-5), "one DPO step: the loss of step 0"
-    from labkit.evaluate import answer
-
-    sft_answers = answer(sft_model, tok, prompts, max_new_tokens=4)
-    want = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in sft_answers) / 2
-    assert out[0]["answer_tokens"] == want > 0, "the SFT row measures the SFT model's own greedy answers"
-    assert all(not p.requires_grad for p in sft_model.parameters()), "the SFT model is left as it was"
-    table = L.describe_family(out)
-    assert table.splitlines()[0].startswith("loss") and len(table.splitlines()) == 4
-    assert table.splitlines()[1].split()[1] == "ties" and table.splitlines()[2].split()[4].endswith("%")
-    with pytest.raises(ValueError, match="loss must be one of"):
-        L.family_run(sft_model, tok, rows[:8], rows[8:12], prompts, losses=("kto",))
-
-
-def test_describe_family_shows_ties_by_the_rows_margins_not_its_name():
-    def row(loss, accuracy, ties):
-        return {"loss": loss, "beta": 0.1, "final_loss": 0.5, "accuracy": accuracy, "ties": ties, "avg_accuracy": 1.0,
-                "chosen_logp": -1.0, "answer_tokens": 5.0, "seconds": 1.0}
-
-    lines = L.describe_family([row("SFT", 0.0, 1.0), row("dpo", 0.0, 1.0), row("ipo", 0.75, 0.0)]).splitlines()
-    assert lines[2].split()[3] == "ties", "a trained loss whose margins all stayed 0 is ties too"
-    assert lines[3].split()[3] == "75%"
-    assert L.describe_family([row("SFT", 0.5, 0.25)]).splitlines()[1].split()[3] == "50%"
-
-
 # ----------------------------------------------------------------------------- equal to trl
 
 def _trl_common(tmp_path):
-    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3, max_steps=3,
+    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=2e-3, max_steps=3,
                 bf16=False, report_to="none", dataloader_pin_memory=False, disable_tqdm=True, save_strategy="no",
                 logging_strategy="no", use_cpu=True, seed=0)
 
 
-def _sides(batch, side):
-    return {"input_ids": batch[f"{side}_input_ids"], "attention_mask": batch[f"{side}_attention_mask"],
-            "labels": batch[f"{side}_labels"]}
-
-
-def _logps_and_lengths(model, batch):
-    """Our sequence_logps and answer_lengths on a batch as trl's CPO / ORPO trainers collate it."""
-    out = {}
-    for side in ("chosen", "rejected"):
-        b = _sides(batch, side)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        out[side] = (P.sequence_logps(logits, b["labels"]), L.answer_lengths(b["labels"]), logits)
-    return out
-
-
 @pytest.mark.slow
-def test_ipo_loss_equals_trl_dpo_trainer_ipo_after_training(base, tok, rows, tmp_path):
+def test_each_loss_equals_its_trl_trainer_with_a_lora_adapter_and_costs_what_lesson_10_counts(base, tok, rows, tmp_path):
+    """Lesson 10's section 2 and 4: each trainer with a LoRA adapter, a few updates, then one batch as it collates it:
+    trl's compute_loss equals loss_on_trl_batch (the reference of DPO and IPO being the adapter switched off; ORPO's
+    NLL over prompt and answer, as trl's). DPO and IPO call the model twice per step, SimPO and ORPO once."""
     from datasets import Dataset
+    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from labkit import env
 
     env.quiet()
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
     model, _ = base
-    policy, ref = copy.deepcopy(model), copy.deepcopy(model)
-    trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok,
-                         args=DPOConfig(**_trl_common(tmp_path), beta=0.1, loss_type=["ipo"]),
-                         train_dataset=Dataset.from_list(P.trl_pairs(rows[:12], tok)))
-    trainer.train()
-    examples = [trainer.train_dataset[i] for i in range(4)]
-    batch = trainer.data_collator(examples)
-    mine = P.collate_pairs(P.tokenize_pairs(tok, rows[:4]), tok.pad_token_id)
-    assert torch.equal(mine["input_ids"], batch["input_ids"]), "our tokens are trl's"
-    policy.eval()
-    with torch.no_grad():
-        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
-        ours, _, _ = L.ipo_loss(*P.batch_logps(policy, mine), *P.batch_logps(ref, mine), *L.batch_lengths(mine),
-                                beta=0.1)
-    start = (1 / (2 * 0.1)) ** 2  # policy == ref: h = 0, loss = 25
-    assert abs(trl_loss - start) > 1e-2, "the check must not be at the trivial 25 of step 0"
-    assert ours.item() == pytest.approx(trl_loss, abs=1e-5)
+    common = _trl_common(tmp_path)
+    recipes = {"dpo": (DPOTrainer, DPOConfig(**common, beta=0.1), 0.1, 2),
+               "ipo": (DPOTrainer, DPOConfig(**common, beta=0.1, loss_type=["ipo"]), 0.1, 2),
+               "simpo": (CPOTrainer, CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0), 2.0, 1),
+               "orpo": (ORPOTrainer, ORPOConfig(**common, beta=0.1), 0.1, 1)}
+    ds = Dataset.from_list(P.trl_pairs(rows[:12], tok))
+    for name, (Trainer, args, beta, calls_per_step) in recipes.items():
+        trainer = Trainer(model=copy.deepcopy(model), args=args, processing_class=tok, train_dataset=ds,
+                          peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        with L.ForwardCounter({"m": trainer.model.get_base_model()}) as calls:
+            trainer.train()
+        assert calls.counts["m"] == {"passes": 3 * calls_per_step, "decode": 0}, name
+        assert L.weights_held(trainer.model) == sum(p.numel() for p in trainer.model.parameters())
+        assert L.weights_held(trainer.model) < 1.1 * sum(p.numel() for p in model.parameters()), "one copy, not two"
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        trainer.model.eval()
+        with torch.no_grad():
+            theirs = trainer.compute_loss(trainer.model, dict(batch)).item()
+        ours = L.loss_on_trl_batch(name, trainer.model, batch, beta=beta)
+        assert ours == pytest.approx(theirs, abs=1e-5), name
+        start = {"dpo": math.log(2), "ipo": 25.0}.get(name)
+        if start is not None:
+            assert abs(theirs - start) > 1e-3, f"{name}: the check must not be at the trivial start"
+        if name == "simpo":
+            mine = P.tokenize_pairs(tok, rows[:4])
+            got = [[x for x in row if x != -100] for row in batch["chosen_labels"].tolist()]
+            assert got == [[x for x in p["chosen"]["labels"] if x != -100] for p in mine], "the same answer tokens"
+        if name == "orpo":
+            with torch.no_grad():
+                logps, lengths = L.trl_batch_logps(trainer.model, batch)
+                answer_only = L.orpo_loss(*logps, *lengths, beta=0.1)[0].item()
+            assert abs(answer_only - theirs) > 1e-3, "trl's NLL (prompt and answer) differs from the answer-only one"
 
 
-@pytest.mark.slow
-def test_simpo_loss_equals_trl_cpo_trainer_simpo_after_training(base, tok, rows, tmp_path):
-    from datasets import Dataset
+def test_loss_on_trl_batch_names_a_batch_it_cannot_read(base):
+    with pytest.raises(ValueError, match="not a batch trl"):
+        L.trl_batch_logps(base[0], {"input_ids": torch.zeros(2, 3, dtype=torch.long)})
+    with pytest.raises(ValueError, match="loss must be one of"):
+        L.loss_on_trl_batch("kto", base[0], {})
 
-    from labkit import env
 
-    env.quiet()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+def test_forward_counter_tells_passes_from_generation_steps(base, tok):
     model, _ = base
-    policy = copy.deepcopy(model)
-    trainer = CPOTrainer(model=policy, processing_class=tok,
-                         args=CPOConfig(**_trl_common(tmp_path), loss_type="simpo", cpo_alpha=0.0, beta=2.0,
-                                        simpo_gamma=1.0),
-                         train_dataset=Dataset.from_list(P.trl_pairs(rows[:12], tok)))
-    trainer.train()
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    policy.eval()
+    other = copy.deepcopy(model)
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    with L.ForwardCounter({"a": model, "b": other}) as calls:
+        with torch.no_grad():
+            model(input_ids=ids)
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert calls.counts == {"a": {"passes": 2, "decode": 3}, "b": {"passes": 0, "decode": 0}}, "prefill + 3 steps"
     with torch.no_grad():
-        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
-        s = _logps_and_lengths(policy, batch)
-        ours, _, _ = L.simpo_loss(s["chosen"][0], s["rejected"][0], s["chosen"][1], s["rejected"][1],
-                                  beta=2.0, gamma=1.0)
-    mine = P.tokenize_pairs(tok, rows[:4])
-    got = [[t for t in row if t != -100] for row in batch["chosen_labels"].tolist()]
-    assert got == [[t for t in p["chosen"]["labels"] if t != -100] for p in mine], "the same answer tokens"
-    assert ours.item() == pytest.approx(trl_loss, abs=1e-5)
-    assert trl_loss > 1e-4, "a loss that is not already 0"
+        model(input_ids=ids)
+    assert calls.counts["a"]["passes"] == 2, "the hooks are gone after the block"
 
 
-@pytest.mark.slow
-def test_orpo_loss_equals_trl_orpo_trainer_after_training(base, tok, rows, tmp_path):
-    """trl 1.16's ORPOTrainer (trl.experimental.orpo) takes the NLL over the prompt *and* the answer
-    (its comment: "orpo chosen nll loss is computed over the full prompt and response"); labkit's
-    default is the answer only, as SFT in lesson 06. Given trl's NLL, orpo_loss gives trl's loss."""
-    from datasets import Dataset
+def test_weights_held_counts_a_shared_tensor_once(base):
+    from peft import LoraConfig, get_peft_model
 
-    from labkit import env
-
-    env.quiet()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     model, _ = base
-    policy = copy.deepcopy(model)
-    trainer = ORPOTrainer(model=policy, processing_class=tok, args=ORPOConfig(**_trl_common(tmp_path), beta=0.1),
-                          train_dataset=Dataset.from_list(P.trl_pairs(rows[:12], tok)))
-    trainer.train()
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-    policy.eval()
-    with torch.no_grad():
-        trl_loss = trainer.compute_loss(policy, dict(batch)).item()
-        s = _logps_and_lengths(policy, batch)
-        b = _sides(batch, "chosen")
-        whole = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)  # prompt and answer, as trl
-        logits = s["chosen"][2]
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), whole[:, 1:].flatten())
-        ours, _, _ = L.orpo_loss(s["chosen"][0], s["rejected"][0], s["chosen"][1], s["rejected"][1], beta=0.1,
-                                 nll=nll)
-        answer_only, _, _ = L.orpo_loss(s["chosen"][0], s["rejected"][0], s["chosen"][1], s["rejected"][1], beta=0.1)
-    assert ours.item() == pytest.approx(trl_loss, abs=1e-5)
-    assert abs(answer_only.item() - trl_loss) > 1e-3, "the two NLLs differ: the test can tell them apart"
+    n = sum(p.numel() for p in model.parameters())
+    pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    lora = sum(p.numel() for name, p in pm.named_parameters() if "lora_" in name)
+    assert L.weights_held(pm) == L.weights_held(pm, pm) == n + lora > n
+    assert L.weights_held(model, copy.deepcopy(model)) == 2 * n
+    text = L.describe_costs({"DPO": {"weights": n, "passes": 2, "decode": 0, "seconds": 0.5}})
+    assert f"{n:,}" in text and text.splitlines()[1].split()[2:] == ["2", "0", "0.50"]
 
 
-def test_compare_with_dpo_says_plainly_which_loss_does_not_beat_dpo():
-    def row(loss, acc, logp=-1.0):
-        return {"loss": loss, "accuracy": acc, "avg_accuracy": 1.0, "chosen_logp": logp, "answer_tokens": 5.0,
-                "first_loss": 0.7, "final_loss": 0.2, "beta": 0.1, "seconds": 1.0}
-
-    text = L.compare_with_dpo([row("SFT", 0), row("dpo", 0.8), row("ipo", 0.9, -0.5), row("simpo", 0.8),
-                               row("orpo", 0.6)])
-    lines = text.splitlines()
-    assert "100%" in lines[0] and lines[1].startswith("dpo:") and "baseline" in lines[1]
-    assert "(beats DPO)" in lines[2] and "+0.50 nats" in lines[2]
-    assert "(ties with DPO)" in lines[3] and "(does not beat DPO)" in lines[4]
-    assert lines[-1] == "no loss changed the greedy answers' mean length in this run"
-    longer = L.compare_with_dpo([row("SFT", 0), row("dpo", 0.8), {**row("ipo", 0.9), "answer_tokens": 7.0}])
-    assert "no loss changed" not in longer and "7.0 tokens" in longer
-    with pytest.raises(ValueError, match="dpo"):
-        L.compare_with_dpo([row("SFT", 0), row("ipo", 0.9)])
-
-
-def test_compare_with_dpo_gives_mcnemars_p_value_on_the_same_pairs():
-    def row(loss, right):
-        return {"loss": loss, "accuracy": sum(right) / len(right), "right": right, "avg_accuracy": 1.0,
-                "chosen_logp": -1.0, "answer_tokens": 5.0, "first_loss": 0.7, "final_loss": 0.2, "beta": 0.1,
-                "seconds": 1.0}
-
-    dpo = [True] * 30 + [False] * 10
-    close = [True] * 31 + [False] * 9             # one more pair right: chance
-    far = [True] * 40                             # ten more pairs right, none lost: p = 2 / 2**10
-    lines = L.compare_with_dpo([row("SFT", [False] * 40), row("dpo", dpo), row("ipo", close),
-                                row("simpo", far), row("orpo", dpo)]).splitlines()
-    assert "beats DPO; McNemar p = 1 on the same 40 pairs: not distinguishable from chance" in lines[2]
-    assert f"McNemar p = {2 / 2 ** 10:.2g} on the same 40 pairs: unlikely to be chance" in lines[3]
-    assert "(ties with DPO)" in lines[4] and "McNemar" not in lines[4]
-
-
-# ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson09.py)
+# ----------------------------------------------------------------------------- the exercise (labkit/checks/lesson10.py)
 
 def _ipo(pc, pr, rc, rr, nc, nr, beta, normalise=True, target=None):
     sc, sr = (pc - rc), (pr - rr)
@@ -345,16 +263,8 @@ def test_the_ipo_exercise_fails_plausible_wrong_answers(name, wrong):
 def test_the_ipo_exercise_passes_labkits_and_another_right_way():
     from labkit import check as C
 
-    assert C.get("ipo_loss").reference is L.ipo_loss and C.get("ipo_loss").lesson == "09"
+    assert C.get("ipo_loss").reference is L.ipo_loss and C.get("ipo_loss").lesson == "10"
     for seed in range(4):
         assert C.check("ipo_loss", lambda *a: _ipo(*a), seed=seed).passed
-    assert C.quiz("q09_ipo_vs_dpo", "b").passed and not C.quiz("q09_ipo_vs_dpo", "a").passed
-
-
-def test_beta_run_given_the_reference_log_probs_gives_the_same_result(base, tok, rows):
-    model, _ = base
-    sft_model = copy.deepcopy(model).requires_grad_(False)
-    ref = P.pair_logps(sft_model, tok, rows[4:8])
-    a = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-3, batch_size=4)
-    b = P.beta_run(sft_model, tok, rows[:4], rows[4:8], beta=0.5, steps=1, lr=1e-3, batch_size=4, ref_logps=ref)
-    assert a["logratio_rejected"] != 0 and a == b
+    assert C.quiz("q10_ipo_vs_dpo", "b").passed and not C.quiz("q10_ipo_vs_dpo", "a").passed
+    assert C.get("q10_ipo_vs_dpo").lesson == C.get("q10_reference_cost").lesson == "10"

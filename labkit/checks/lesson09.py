@@ -1,5 +1,5 @@
-"""Lesson 09 (DPO): a sequence's log-probability from logits and labels, the DPO loss, the IPO loss;
-one interview question on the preference-loss family."""
+"""Lesson 09 (DPO): a sequence's log-probability from logits and labels, the DPO loss, DPO with an SFT
+term; one interview question on what the SFT term does."""
 
 from __future__ import annotations
 
@@ -93,49 +93,58 @@ exercise(id="dpo_loss", lesson=LESSON, title="The DPO loss and its implicit rewa
 
 
 # ---------------------------------------------------------------------------------------------
-# ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-#          chosen_lengths, rejected_lengths, beta)
+# dpo_sft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+#              chosen_lengths, beta, sft_weight)
 
 
-def _ipo_inputs(rng_or_seed, n, beta, same_policy=False, unit_lengths=False):
-    """_logps' four (n,) log-probabilities, answer lengths (n,) long (1 with UNIT_LENGTHS) and BETA."""
+def _sft_inputs(rng_or_seed, n, beta, sft_weight, unit_lengths=False):
+    """_logps' four (n,) log-probabilities, the chosen answers' lengths (n,) long, BETA and SFT_WEIGHT."""
     rng = _rng(rng_or_seed)
-    d = _logps(rng, n, beta, same_policy=same_policy)
+    d = _logps(rng, n, beta)
     beta = d.pop("beta")
     g = torch.Generator().manual_seed(rng.randrange(2**31))
-    for side in ("chosen", "rejected"):
-        d[f"{side}_lengths"] = torch.ones(n, dtype=torch.long) if unit_lengths else torch.randint(1, 30, (n,), generator=g)
-    d["beta"] = beta
+    d["chosen_lengths"] = torch.ones(n, dtype=torch.long) if unit_lengths else torch.randint(1, 30, (n,), generator=g)
+    d["beta"], d["sft_weight"] = beta, sft_weight
     return d
 
 
-exercise(id="ipo_loss", lesson=LESSON, title="The IPO loss: a target margin instead of -log sigma",
-         signature="ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, "
-                   "chosen_lengths, rejected_lengths, beta)",
-         reference=preference_losses.ipo_loss,
-         public=lambda: [Case(_ipo_inputs(1, 2, 0.5, same_policy=True), "the policy still equals the reference",
-                              hint="every log-ratio is 0 here, so h = 0 and each pair's loss is (0 - 1/(2 beta))^2"),
-                         Case(_ipo_inputs(2, 4, 0.1, unit_lengths=True), "answers of one token each",
-                              hint="h = chosen log-ratio - rejected log-ratio; the loss is the mean of "
-                                   "(h - 1/(2 beta))^2, a square, not -log sigma"),
-                         Case(_ipo_inputs(3, 3, 0.5), "answers of different lengths",
-                              hint="divide each answer's log-ratio by its own length (tokens) before the "
-                                   "difference, as trl's DPOTrainer(loss_type='ipo') does")],
-         hidden=lambda rng: [Case(_ipo_inputs(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0])))
-                             for _ in range(5)],
-         compare=sequence(loss=_TENSOR, chosen_logratios=_TENSOR, rejected_logratios=_TENSOR),
-         hint="s_w = (policy_chosen_logps - ref_chosen_logps) / chosen_lengths, s_l likewise; "
-              "loss = mean of (s_w - s_l - 1/(2 beta))^2; return (loss, s_w, s_l)")
+exercise(id="dpo_sft_loss", lesson=LESSON, title="DPO with an SFT term",
+         signature="dpo_sft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, "
+                   "chosen_lengths, beta, sft_weight)",
+         reference=preference_losses.dpo_sft_loss,
+         public=lambda: [Case(_sft_inputs(1, 3, 0.1, 0.0), "sft_weight 0: plain DPO",
+                              hint="with sft_weight = 0 this is exactly dpo_loss"),
+                         Case(_sft_inputs(2, 4, 0.1, 1.0, unit_lengths=True), "answers of one token each",
+                              hint="add sft_weight times the negative log-likelihood of the CHOSEN answers (not the "
+                                   "rejected ones): minus their log-probabilities"),
+                         Case(_sft_inputs(3, 3, 0.5, 0.5), "chosen answers of different lengths",
+                              hint="the SFT term is a mean per token over the whole batch: minus the sum of the chosen "
+                                   "log-probabilities divided by the total number of chosen tokens")],
+         hidden=lambda rng: [Case(_sft_inputs(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.5, 1.0]),
+                                              rng.choice([0.25, 0.5, 1.0, 2.0]))) for _ in range(5)],
+         compare=sequence(loss=_TENSOR, chosen_rewards=_TENSOR, rejected_rewards=_TENSOR),
+         hint="loss = dpo_loss(...)[0] + sft_weight * (-policy_chosen_logps.sum() / chosen_lengths.sum()); the rewards "
+              "are dpo_loss's, unchanged by the SFT term")
 
 
 # ---------------------------------------------------------------------------------------------
 # Interview quiz
 
-question(id="q09_ipo_vs_dpo", lesson=LESSON, kind="choice", answer_hash="53d064366ad97b540a5d2bf6",
-         text="Interview: the preference pairs are deterministic (the chosen answer is always the right one). "
-              "Why might you train with IPO rather than DPO?",
-         choices=("IPO needs no reference model in memory",
-                  "DPO's -log sigma keeps pushing the margin towards infinity on such pairs (its gradient only "
-                  "vanishes in that limit); IPO's squared loss stops at a target margin 1/(2 tau)",
-                  "IPO averages over tokens, so each step is cheaper than DPO's"),
-         hint="where is each loss's minimum, as a function of the margin?")
+question(id="q09_sft_term", lesson=LESSON, kind="choice", answer_hash="5b19ce43bf9727905bbe6de2",
+         text="Interview: on pairs whose chosen answer is a prefix of the rejected one (a clean answer against the same "
+              "answer followed by a hedge), plain DPO removed the hedge but broke the answers, and adding an SFT term "
+              "fixed it. Why?",
+         choices=("The SFT term multiplies beta, so each DPO update is smaller and the policy cannot move far from pi_ref",
+                  "Plain DPO never reads pi_ref's log-probabilities, so nothing in its loss ties the policy to the SFT "
+                  "model it started from",
+                  "DPO asks only for a wider gap, and pushing the rejected answer down also lowers the tokens it shares "
+                  "with the chosen one; the NLL term holds the chosen answers up",
+                  "The SFT term also trains on the rejected answers, so the model learns the hedge as a separate "
+                  "sentence it can leave out"),
+         feedback={"a": "The SFT term leaves beta alone: it is a separate loss, the NLL of the chosen answers, added "
+                        "with its own weight; beta is in DPO's term only.",
+                   "b": "DPO does read pi_ref: each answer's implicit reward is beta * log(pi_theta / pi_ref). What "
+                        "fails is what the loss asks for, a wider gap, not a missing reference.",
+                   "d": "The SFT term is the NLL of the chosen answers only; the rejected answers appear in DPO's term "
+                        "alone."},
+         hint="which answer tokens do the two answers share, and what does the DPO loss say about them?")
