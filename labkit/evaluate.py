@@ -195,6 +195,7 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
 
     stop = stop_token_ids(tok, model)
     cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
+    cut += [t for t in tok.convert_ids_to_tokens(stop) if t in tok.all_special_tokens]  # any special stop id
     device = next(model.parameters()).device
     was_training, side = model.training, tok.padding_side
     model.eval()

@@ -6,14 +6,27 @@ a GROUP of G answers to the same prompt and uses the group itself as the baselin
 1. sample G answers per prompt (``sample_group``) and score each with a reward function;
 2. advantages: each answer's reward minus its group's mean, divided by the group's std
    (``group_advantages``; Dr. GRPO leaves the std out); every token of an answer gets its answer's value;
-3. loss: the clipped importance ratio pi_theta / pi_old times the advantage, plus beta times the k3
-   estimate of KL(pi_theta || pi_ref) (``kl_k3``), averaged per sequence (GRPO) or per token
-   (DAPO, Dr. GRPO) (``grpo_loss``);
+3. loss (``grpo_loss``): per token, -min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)
+   with ratio = pi_theta / pi_old, plus beta times the k3 estimate of KL(pi_theta || pi_ref)
+   (``kl_k3``), then an average over tokens;
 4. a few optimiser updates on that batch (``grpo_step``).
 
-The formulas are trl 1.16's GRPOTrainer's, and tests/test_grpo.py checks that they give its loss.
-Shapes: N = B prompts x G answers (the G answers of a prompt are consecutive rows), P prompt tokens
-(left-padded), T answer tokens (right-padded after the stop token).
+``grpo_loss``'s options, all trl 1.16's:
+- clipping removes the gradient once the ratio has moved past the bound in the direction the advantage
+  pushes; DAPO's "clip-higher" (epsilon_high > epsilon_low) leaves rare tokens more room to grow;
+- the KL term is weighted by the (unclipped) ratio because the tokens were sampled from pi_old, not
+  pi_theta, which makes its gradient the unbiased one (DeepSeek-V3.2; trl's use_bias_correction_kl=True);
+  kl_times_ratio=False gives the original GRPO's plain k3 term;
+- importance_sampling_level "sequence" (GSPO): one ratio per answer, exp of its mean log-ratio;
+- loss_type, how the token losses are averaged: "grpo" takes each answer's mean, then the mean over
+  answers (a long answer counts as much as a short one, so each of its tokens counts less: a length
+  bias, which trl's documentation warns about); "dapo" and "bnpo" divide the sum over all answer tokens
+  by their number (every token counts the same; trl's two differ only when a generation batch is split
+  into micro-batches; "dapo" is trl's default); "dr_grpo" divides by N * max_completion_length, a constant.
+
+tests/test_grpo.py checks that the formulas give trl's loss (labkit.grpo_trl). Shapes: N = B prompts x
+G answers (the G answers of a prompt are consecutive rows), P prompt tokens (left-padded), T answer
+tokens (right-padded after the stop token).
 """
 
 from __future__ import annotations
@@ -35,15 +48,24 @@ SCALES = ("group", "batch", "none")
 # ----------------------------------------------------------------------------- the pieces
 
 def group_advantages(rewards, group_size: int, scale="group", eps: float = 1e-4):
-    """Group-normalised advantages: (r - mean of its group) / (std of its group + eps).
+    """Each answer's reward minus its group's mean, divided by the group's std (+ eps).
 
-    rewards: (N,) with N = B * group_size, the group_size answers of each prompt consecutive.
-    scale: "group" (or True): divide by each group's std, as GRPO does; "none" (or False): do not
-    (Dr. GRPO: the std gives groups that are almost all right or all wrong the largest weights);
-    "batch": divide by the std of the whole batch. The std is the unbiased one (divides by G - 1)
-    and eps = 1e-4, both as in trl. A group whose rewards are all equal gets advantage 0: it
-    carries no signal about which answer is better. Returns (N,) float.
+    rewards: (N,), N = B * group_size, the group_size answers of a prompt consecutive. scale: "group"
+    (GRPO), "none" (Dr. GRPO: no std) or "batch" (the whole batch's std). The std is the unbiased one and
+    eps = 1e-4, as in trl. A group whose rewards are all equal gets 0: it carries no signal. Returns (N,).
     """
+    r, scale = _check_advantage_args(rewards, group_size, scale)
+    groups = r.view(-1, group_size)
+    adv = (groups - groups.mean(1, keepdim=True)).flatten()
+    if scale == "group":
+        adv = adv / (groups.std(1).repeat_interleave(group_size) + eps)
+    elif scale == "batch":
+        adv = adv / (r.std() + eps)
+    return adv
+
+
+def _check_advantage_args(rewards, group_size, scale):
+    """rewards as a flat float tensor and scale as one of SCALES (True/False: "group"/"none"), or a ValueError."""
     scale = {True: "group", False: "none"}.get(scale, scale)
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES} (or True / False); got scale={scale!r}.")
@@ -54,13 +76,7 @@ def group_advantages(rewards, group_size: int, scale="group", eps: float = 1e-4)
     if r.numel() == 0 or r.numel() % group_size:
         raise ValueError(f"got {r.numel()} rewards, not a positive multiple of group_size={group_size}: "
                          f"give group_size rewards for each prompt.")
-    groups = r.view(-1, group_size)
-    adv = (groups - groups.mean(1, keepdim=True)).flatten()
-    if scale == "group":
-        adv = adv / (groups.std(1).repeat_interleave(group_size) + eps)
-    elif scale == "batch":
-        adv = adv / (r.std() + eps)
-    return adv
+    return r, scale
 
 
 def kl_k3(logps, ref_logps):
@@ -79,33 +95,44 @@ def _check_epsilon(name, value) -> float:
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, beta: float = 0.0,
-              epsilon_low: float = 0.2, epsilon_high: float | None = None, loss_type: str = "grpo",
+              epsilon_low: float = 0.2, epsilon_high: float | None = None, loss_type: str = "dapo",
               max_completion_length: int | None = None, importance_sampling_level: str = "token",
               kl_times_ratio: bool = True):
-    """The GRPO loss, masked to the answer tokens, and two metrics.
+    """GRPO's loss over the answer tokens, as trl 1.16 computes it (see the module docstring for each option).
 
-    logps: (N, T) log pi_theta of the sampled tokens (with gradient); old_logps: (N, T) the same under
-    the policy that sampled them (pi_old, no gradient); ref_logps: (N, T) under pi_ref (only read when
-    beta > 0; may be None then); advantages: (N,) from ``group_advantages``; completion_mask: (N, T).
-
-    Per token: ratio = exp(logps - old_logps); loss = -min(ratio * A, clip(ratio, 1 - epsilon_low,
-    1 + epsilon_high) * A) + beta * kl_k3(logps, ref_logps) * ratio. Clipping removes the gradient once
-    the ratio has moved past the bound in the direction the advantage pushes (DAPO's "clip-higher":
-    epsilon_high > epsilon_low leaves rare tokens more room to grow). The KL term is weighted by the
-    (unclipped) ratio because the tokens were sampled from pi_old, not pi_theta: that makes its
-    gradient the unbiased one of KL(pi_theta || pi_ref) (DeepSeek-V3.2; trl 1.16's default
-    use_bias_correction_kl=True). kl_times_ratio=False gives the original GRPO's plain k3 term.
-    importance_sampling_level "sequence" (GSPO) uses one ratio per answer: exp of the mean log-ratio.
-
-    Then the average over tokens, as loss_type says:
-      "grpo":    mean over each answer's tokens, then mean over answers (long answers count as much as
-                 short ones, so each of their tokens counts less: a length bias);
-      "bnpo", "dapo": sum over all answer tokens / number of answer tokens (each token counts the same;
-                 trl's two differ only when a generation batch is split into micro-batches);
-      "dr_grpo": sum over all answer tokens / (N * max_completion_length), a constant.
-    Returns (loss: scalar, {"kl": mean KL term per answer token (0 if beta = 0), "clip_frac": share of
-    answer tokens (of answers, at the sequence level) whose ratio was clipped}), as floats.
+    logps, old_logps, ref_logps: (N, T) log-probs of the sampled tokens under pi_theta (with gradient),
+    pi_old (the sampler) and pi_ref (read only when beta > 0); advantages: (N,); completion_mask: (N, T).
+    Returns (loss: scalar, {"kl", "clip_frac"}: 0-d tensors without gradient).
     """
+    eps_low, eps_high, beta = _check_loss_args(logps, old_logps, ref_logps, advantages, completion_mask, beta,
+                                               epsilon_low, epsilon_high, loss_type, max_completion_length,
+                                               importance_sampling_level)
+    mask = completion_mask.to(logps.dtype)
+    log_ratio = logps - old_logps
+    if importance_sampling_level == "sequence":  # GSPO: one ratio per answer
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
+    kl = torch.zeros_like(logps)
+    if beta != 0.0:  # weighted by the ratio: the tokens came from pi_old (trl's use_bias_correction_kl)
+        kl = kl_k3(logps, ref_logps) * (ratio if kl_times_ratio else 1.0)
+        per_token = per_token + beta * kl
+    if loss_type == "grpo":  # each answer's mean, then the mean over answers
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type in ("bnpo", "dapo"):  # every answer token of the batch counts the same
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    else:  # "dr_grpo": a constant divisor
+        loss = (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
+    clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    n = mask.sum().clamp(min=1.0)
+    clip_frac = clipped.float().mean() if importance_sampling_level == "sequence" else (clipped * mask).sum() / n
+    return loss, {"kl": ((kl * mask).sum() / n).detach(), "clip_frac": clip_frac.detach()}
+
+
+def _check_loss_args(logps, old_logps, ref_logps, advantages, completion_mask, beta, epsilon_low, epsilon_high,
+                     loss_type, max_completion_length, importance_sampling_level):
+    """``grpo_loss``'s arguments checked: returns (epsilon_low, epsilon_high, beta) as floats, or a ValueError."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}; got loss_type={loss_type!r}.")
     if importance_sampling_level not in ("token", "sequence"):
@@ -124,28 +151,7 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, completion_mask, beta: fl
     if beta != 0.0 and (ref_logps is None or ref_logps.shape != logps.shape):
         raise ValueError("beta > 0 needs ref_logps, the (N, T) log-probs of pi_ref; got "
                          f"{None if ref_logps is None else tuple(ref_logps.shape)}.")
-    mask = completion_mask.to(logps.dtype)
-    log_ratio = logps - old_logps
-    if importance_sampling_level == "sequence":
-        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-    ratio = torch.exp(log_ratio)
-    adv = advantages.unsqueeze(1)
-    per_token = -torch.min(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
-    kl = torch.zeros_like(logps)
-    if beta != 0.0:
-        kl = kl_k3(logps, ref_logps) * (ratio if kl_times_ratio else 1.0)
-        per_token = per_token + beta * kl
-    if loss_type == "grpo":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    elif loss_type in ("bnpo", "dapo"):
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
-    else:
-        loss = (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
-    clipped = (((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))).to(mask.dtype)
-    n = mask.sum().clamp(min=1.0)
-    clip_frac = clipped.mean() if importance_sampling_level == "sequence" else (clipped * mask).sum() / n
-    metrics = {"kl": ((kl * mask).sum() / n).item(), "clip_frac": clip_frac.item()}
-    return loss, metrics
+    return eps_low, eps_high, beta
 
 
 def completion_logps(lm, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
@@ -238,9 +244,10 @@ def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 
     ``sample_group`` (N per prompt, at TEMPERATURE, at most MAX_ROWS answers per generate call), both
     stopped by labkit.chat's stop tokens. pass@k is the unbiased estimate (``pass_at_k``) averaged over
     the prompts, for each k in KS (k <= N). Returns {"greedy", "pass": {k: pass@k}, "correct": right
-    samples per prompt, "length": mean sampled answer tokens, "stray": share of samples that hold a
-    special token other than the stop (labkit.rewards.stray_special: the answer did not end its turn),
-    "right_then_stray": share of samples that begin with the gold answer and then hold such a token,
+    samples per prompt, "length": mean sampled answer tokens, "stray": share of samples that did not
+    end their turn: they hold a special token other than the template's turn end and EOS
+    (labkit.rewards.stray_special), or stopped at one (labkit.rewards.stop_at_special_tokens),
+    "right_then_stray": share of samples that begin with the gold answer and then hold or stop at such a token,
     "greedy_right": per prompt, "greedy_answers", "samples": the N samples of the first prompt}.
     """
     from .chat import stop_token_ids
@@ -268,8 +275,9 @@ def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 
             correct += [int(sum(scores[j * n:(j + 1) * n])) for j in range(len(chunk))]
             lengths += roll["completion_mask"].sum(1).tolist()
             golds = [g for g in chunk_gold for _ in range(n)]
-            stray += [stray_special(tok, t) for t in roll["texts"]]
-            right_stray += [stray_special(tok, t) and t.strip().startswith(g.strip()) for t, g in zip(roll["texts"], golds)]
+            strays = [stray_special(tok, t) or e for t, e in zip(roll["texts"], _ended_elsewhere(tok, roll))]
+            stray += strays
+            right_stray += [s and t.strip().startswith(g.strip()) for s, t, g in zip(strays, roll["texts"], golds)]
             first = roll["texts"][:n] if first is None else first
     finally:
         lm.train(was_training)
@@ -279,71 +287,94 @@ def evaluate(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 
             "greedy_right": [bool(x) for x in right], "greedy_answers": greedy, "samples": first}
 
 
+def _ended_elsewhere(tok, roll) -> list[bool]:
+    """Per sampled answer: did it stop at a special token that is not the template's turn end nor EOS?"""
+    from .chat import stop_token_ids
+
+    template = torch.tensor(stop_token_ids(tok), device=roll["input_ids"].device)
+    answer = roll["input_ids"][:, roll["prompt_len"]:]
+    lengths = roll["completion_mask"].sum(1)
+    last = answer.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    special = torch.tensor(tok.all_special_ids, device=last.device)
+    return ((lengths > 0) & torch.isin(last, special) & ~torch.isin(last, template)).tolist()
+
+
 # ----------------------------------------------------------------------------- one step, and a run
 
 def grpo_step(lm, ref, opt, tok, prompts: list[str], reward_fn, stop_ids: list[int], group_size: int = 8,
               beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
-              loss_type: str = "grpo", scale="group", max_new_tokens: int = 16, temperature: float = 1.0,
+              loss_type: str = "dapo", scale="group", max_new_tokens: int = 16, temperature: float = 1.0,
               num_iterations: int = 1, seed: int = 0, params=None, micro_batch: int | None = 16) -> dict:
-    """One GRPO step on a batch of PROMPTS: sample, score, then NUM_ITERATIONS updates of LM by OPT.
+    """One GRPO step on PROMPTS: sample a group per prompt, score it, then NUM_ITERATIONS updates of LM by OPT.
 
-    reward_fn(prompts, completions) -> N floats, prompts repeated as in ``sample_group``. REF: the frozen
-    pi_ref (needed when beta > 0; with beta = 0 and a REF the KL is still measured, not trained on; None:
-    neither). With num_iterations = 1, pi_old is pi_theta itself (ratio 1, but its gradient is still
-    the policy gradient); with more, later updates reuse the same samples and the clipping starts to
-    matter. MICRO_BATCH: answers per forward and backward pass (None: all N at once); each chunk's loss
-    is weighted by its share of the batch's normaliser (answers, or answer tokens for bnpo/dapo), so
-    the gradient is the whole batch's, while memory holds one chunk's activations.
-    Returns {"reward": mean reward, "reward_std", "zero_std_frac": share of groups whose rewards were
-    all equal, "length": mean answer tokens, "loss", "kl", "clip_frac" (of the last update), "prompts"
-    (each repeated group_size times), "texts", "rewards"}.
+    reward_fn(prompts, completions) -> N floats. REF: the frozen pi_ref (None: no KL; with beta = 0 the KL
+    is measured, not trained on). Returns {"reward", "zero_std_frac": groups whose rewards were all equal,
+    "length", "loss", "kl", "clip_frac" (of the last update), "prompts", "texts", "rewards"}.
     """
     guard.positive_int("num_iterations", num_iterations)
-    params = params if params is not None else [p for p in lm.parameters() if p.requires_grad]
     was_training = lm.training
     lm.eval()
     roll = sample_group(lm, tok, prompts, group_size, stop_ids, max_new_tokens, temperature, seed)
-    rewards = [float(r) for r in reward_fn(roll["prompts"], roll["texts"])]
-    if len(rewards) != len(roll["texts"]):
-        raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(roll['texts'])} completions.")
-    device = roll["input_ids"].device
-    r = torch.tensor(rewards, dtype=torch.float32, device=device)
+    r = _score(reward_fn, roll)
     adv = group_advantages(r, group_size, scale)
-    ids, attn, mask, P = roll["input_ids"], roll["attention_mask"], roll["completion_mask"], roll["prompt_len"]
-    chunks = _chunks(len(adv), micro_batch)
-    with torch.no_grad():
-        def logps_of(model):
-            return torch.cat([completion_logps(model, ids[c], attn[c], P, temperature) for c in chunks])
-        old = logps_of(lm) if num_iterations > 1 else None
-        ref_logps = logps_of(ref) if ref is not None else None
+    with torch.no_grad():  # pi_old is the sampler: only needed when the batch is reused
+        old = _logps(lm, roll, temperature, micro_batch) if num_iterations > 1 else None
+        ref_logps = _logps(ref, roll, temperature, micro_batch) if ref is not None else None
     lm.train()
-    m = mask.float()
-    tokens = m.sum().clamp(min=1.0)
     for _ in range(num_iterations):
         opt.zero_grad(set_to_none=True)
-        loss, kl, clipped = 0.0, 0.0, 0.0
-        for c in chunks:
-            logps = completion_logps(lm, ids[c], attn[c], P, temperature)
-            part, metrics = grpo_loss(logps, logps.detach() if old is None else old[c],
-                                      None if ref_logps is None else ref_logps[c], adv[c], mask[c], beta,
-                                      epsilon_low, epsilon_high, loss_type, max_new_tokens)
-            chunk_tokens = m[c].sum().clamp(min=1.0)
-            share = chunk_tokens / tokens if loss_type in ("bnpo", "dapo") else (c.stop - c.start) / len(adv)
-            (part * share).backward()
-            loss += (part * share).item()
-            if beta == 0 and ref_logps is not None:  # not in the loss, but measured: how far pi_theta has gone
-                metrics["kl"] = ((kl_k3(logps.detach(), ref_logps[c]) * m[c]).sum() / chunk_tokens).item()
-            kl += metrics["kl"] * (chunk_tokens / tokens).item()
-            clipped += metrics["clip_frac"] * (chunk_tokens / tokens).item()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        stats = _backward(lm, roll, adv, old, ref_logps, temperature, micro_batch,
+                          beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high, loss_type=loss_type,
+                          max_completion_length=max_new_tokens)
+        torch.nn.utils.clip_grad_norm_(params or [p for p in lm.parameters() if p.requires_grad], 1.0)
         opt.step()
-    metrics = {"kl": kl, "clip_frac": clipped}
     lm.train(was_training)
     groups = r.view(-1, group_size)
-    return {"reward": r.mean().item(), "reward_std": r.std().item() if r.numel() > 1 else 0.0,
-            "zero_std_frac": (groups.std(1) < 1e-8).float().mean().item(),
-            "length": mask.sum(1).float().mean().item(), "loss": loss, **metrics,
-            "prompts": roll["prompts"], "texts": roll["texts"], "rewards": rewards}
+    return {"reward": r.mean().item(), "zero_std_frac": (groups.std(1) < 1e-8).float().mean().item(),
+            "length": roll["completion_mask"].sum(1).float().mean().item(), **stats,
+            "prompts": roll["prompts"], "texts": roll["texts"], "rewards": r.tolist()}
+
+
+def _score(reward_fn, roll) -> torch.Tensor:
+    """reward_fn on a ``sample_group`` result: (N,) float32 on the samples' device, or a ValueError."""
+    rewards = [float(x) for x in reward_fn(roll["prompts"], roll["texts"])]
+    if len(rewards) != len(roll["texts"]):
+        raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(roll['texts'])} completions.")
+    return torch.tensor(rewards, dtype=torch.float32, device=roll["input_ids"].device)
+
+
+def _logps(model, roll, temperature, micro_batch, chunks=None):
+    """``completion_logps`` of MODEL on a ``sample_group`` result, MICRO_BATCH answers at a time: (N, T)."""
+    ids, attn, P = roll["input_ids"], roll["attention_mask"], roll["prompt_len"]
+    return torch.cat([completion_logps(model, ids[c], attn[c], P, temperature)
+                      for c in chunks or _chunks(len(ids), micro_batch)])
+
+
+def _backward(lm, roll, adv, old, ref_logps, temperature, micro_batch, **loss_kwargs) -> dict:
+    """The gradient of ``grpo_loss`` over the whole batch, MICRO_BATCH answers per forward and backward pass.
+
+    Each chunk's loss is weighted by its share of the batch's normaliser (answers, or answer tokens for
+    bnpo/dapo), so the gradient is the whole batch's while memory holds one chunk's activations. With
+    beta = 0 and a REF, the KL is measured (not trained on). Returns {"loss", "kl", "clip_frac"} as floats.
+    """
+    mask = roll["completion_mask"]
+    m = mask.float()
+    tokens, n = m.sum().clamp(min=1.0), len(adv)
+    per_token = loss_kwargs["loss_type"] in ("bnpo", "dapo")
+    loss = kl = clipped = torch.zeros((), device=adv.device)
+    for c in _chunks(n, micro_batch):
+        logps = _logps(lm, roll, temperature, micro_batch, [c])
+        part, metrics = grpo_loss(logps, logps.detach() if old is None else old[c],
+                                  None if ref_logps is None else ref_logps[c], adv[c], mask[c], **loss_kwargs)
+        chunk_tokens = m[c].sum().clamp(min=1.0)
+        share = chunk_tokens / tokens if per_token else (c.stop - c.start) / n
+        (part * share).backward()
+        loss = loss + (part * share).detach()
+        if loss_kwargs["beta"] == 0 and ref_logps is not None:  # not in the loss, but measured
+            metrics["kl"] = (kl_k3(logps.detach(), ref_logps[c]) * m[c]).sum() / chunk_tokens
+        kl = kl + metrics["kl"] * chunk_tokens / tokens
+        clipped = clipped + metrics["clip_frac"] * chunk_tokens / tokens
+    return {"loss": loss.item(), "kl": kl.item(), "clip_frac": clipped.item()}
 
 
 @dataclass
@@ -401,6 +432,45 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     return log
 
 
+def sft_control(model, tok, rows: list[dict], steps: int, batch_size: int, lr: float, seed: int = 0,
+                micro_batch: int | None = 16) -> list[float]:
+    """The control a GRPO run is measured against: more SFT of MODEL (every trainable weight, in place) on the
+    gold answers of ROWS ({"prompt", "completion"}), STEPS updates of BATCH_SIZE rows each, at LR.
+
+    labkit.sft.train's recipe (the same batches, AdamW, gradients clipped at 1.0, the loss the mean over the
+    batch's answer tokens), with each batch's gradient summed over MICRO_BATCH rows at a time, so memory holds
+    a micro-batch's activations, not a batch's. Returns the loss per update; MODEL is left in eval mode.
+    """
+    import torch.nn.functional as F
+
+    from .sft import batches, tokenize_all
+    from .train import check_steps, optimizer
+
+    steps = check_steps(steps)
+    params, opt = optimizer(model, lr, seed)
+    data = batches(tokenize_all(tok, rows), batch_size, tok.pad_token_id, seed)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = {k: v.to(device) for k, v in next(data).items()}
+        labels = batch["labels"][:, 1:]
+        n = (labels != -100).sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for c in _chunks(len(labels), micro_batch):
+            logits = model(input_ids=batch["input_ids"][c], attention_mask=batch["attention_mask"][c]).logits[:, :-1]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels[c].reshape(-1),
+                                   ignore_index=-100, reduction="sum") / n
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(total)
+    model.eval()
+    return losses
+
+
 # ----------------------------------------------------------------------------- for the lesson: weights, curves, a short run
 
 def token_weights(lengths: list[int], advantages, loss_type: str = "grpo", max_completion_length: int | None = None):
@@ -424,37 +494,26 @@ def token_weights(lengths: list[int], advantages, loss_type: str = "grpo", max_c
     return -logps.grad * mask
 
 
-def sharpening(before: dict, after: dict, n: int) -> dict:
-    """Did RL sharpen what the model already had, or reach questions it could not answer? From two
-    ``evaluate`` results (same prompts, N samples each).
-
-    Returns {"pass1": (before, after), "passn": (before, after), "never": questions with no right answer
-    among the N samples before, "reached": of those, questions with one after, "greedy_had": of the
-    reached, those the model's greedy answer already got right before, "slope": pass@N - pass@(N/2)
-    before (still rising: a larger N would have found more), "verdict": a sentence}.
-    """
-    if len(before["correct"]) != len(after["correct"]):
-        raise ValueError("before and after must score the same prompts.")
-    b, a = pass_curve(before["correct"], n), pass_curve(after["correct"], n)
-    never = [i for i, c in enumerate(before["correct"]) if c == 0]
-    reached = [i for i in never if after["correct"][i] > 0]
-    greedy_had = [i for i in reached if before["greedy_right"][i]]
-    slope = b[n] - b[max(1, n // 2)]
-    out = {"pass1": (b[1], a[1]), "passn": (b[n], a[n]), "never": len(never), "reached": len(reached),
-           "greedy_had": len(greedy_had), "slope": slope}
-    new = len(reached) - len(greedy_had)
-    if a[1] - b[1] < 0.05 and not reached:
-        verdict = "RL changed little here: pass@1 did not move by 5 points and no new question was reached."
-    elif new == 0:
-        verdict = (f"sharpening: every question answered now that no sample answered before was already answered by "
-                   f"the greedy answer of the SFT model, so RL made the first sample give what the model could "
-                   f"already produce (pass@1 {100 * (a[1] - b[1]):+.0f} points, pass@{n} {100 * (a[n] - b[n]):+.0f}).")
-    else:
-        verdict = (f"{new} question(s) were answered neither by any of the {n} samples nor greedily before, and are now: "
-                   f"a skill RL added, or answers rarer than 1 in {n} (pass@k of the SFT model still rose by "
-                   f"{100 * slope:.0f} points from k = {max(1, n // 2)} to {n}; more samples would tell).")
-    out["verdict"] = verdict
-    return out
+def scores_table(evals: dict, ks) -> str:
+    """A table of ``evaluate`` results on the same held-out prompts, one column per model: EVALS = {label:
+    result}, the first the start. Rows: greedy accuracy, pass@k for each k in KS, how many of the questions
+    that none of the start's samples answered each model answers with at least one sample, the share of
+    samples that did not end their turn, and the mean answer length."""
+    names = list(evals)
+    if not names or any(len(e["correct"]) != len(evals[names[0]]["correct"]) for e in evals.values()):
+        raise ValueError("scores_table needs at least one result, all on the same prompts.")
+    never = [i for i, c in enumerate(evals[names[0]]["correct"]) if c == 0]
+    width = max(12, *(len(n) + 2 for n in names))
+    rows = [("greedy accuracy", [f"{e['greedy']:.0%}" for e in evals.values()])]
+    rows += [(f"pass@{k} (T = 1)", [f"{e['pass'][k]:.0%}" for e in evals.values()]) for k in ks]
+    rows += [(f"of the {len(never)} no start sample answered", [f"{sum(e['correct'][i] > 0 for i in never)}"
+                                                              for e in evals.values()]),
+             ("did not end its turn", [f"{e['stray']:.0%}" for e in evals.values()]),
+             ("answer length (tokens)", [f"{e['length']:.1f}" for e in evals.values()])]
+    label = max(len(r[0]) for r in rows) + 2
+    lines = [" " * label + "".join(f"{n:>{width}}" for n in names)]
+    lines += [f"{name:<{label}}" + "".join(f"{v:>{width}}" for v in values) for name, values in rows]
+    return "\n".join(lines)
 
 
 def kl_estimates(logps, ref_logps, n: int = 4000, seed: int = 0) -> dict:

@@ -9,6 +9,11 @@ arrive as keyword arguments, so a dataset column named "gold" is enough):
   way to earn it is the right answer.
 - ``format_reward``: 1 if the answer has the gold answer's FORMAT ("$" and an amount, "Risk: " and a
   level), whatever its value. A proxy that is cheaper to satisfy than the task: RL games it.
+- ``contains_reward``: 1 if the gold answer appears anywhere in the answer. Gamed by listing every
+  amount of the receipt (lesson 11's exercise).
+
+``stop_at_special_tokens`` ends an answer at its first special token, so that a score measures the
+value written, not whether the model ended its turn with the right token.
 
 The questions (``make_task``, ``split``) come from labkit.corpus, like every dataset of the course,
 in the instruction format {"task", "instruction", "input", "output"}; the held-out ones share no
@@ -132,6 +137,16 @@ def format_reward(prompts, completions, gold, **kwargs) -> list[float]:
     return [float(re.fullmatch(answer_format(g), c.strip()) is not None) for c, g in zip(completions, gold)]
 
 
+def contains_reward(prompts, completions, gold, **kwargs) -> list[float]:
+    """1.0 where the gold answer appears anywhere in a completion ("The total is $22." for "$22"); else 0.0.
+
+    Lenient, and gameable: an answer that lists every amount of the receipt is paid in full without
+    finding the total. Same arguments as ``exact_reward``.
+    """
+    _check_lengths(completions, gold)
+    return [float(g.strip() in c) for c, g in zip(completions, gold)]
+
+
 def with_gold(reward, gold_of: dict):
     """REWARD as labkit.grpo calls a reward: fn(prompts, completions), each prompt's gold answer looked up
     in GOLD_OF {prompt: gold answer}."""
@@ -149,3 +164,18 @@ def stray_special(tok, text: str) -> bool:
 
     stops = set(stop_strings(tok))
     return any(s and s not in stops and s in text for s in tok.all_special_tokens)
+
+
+def stop_at_special_tokens(model, tok):
+    """MODEL with every special token of TOK among its generation config's stop ids (after the ones it had).
+
+    An answer then ends at its first special token: one that writes a template marker (<|user|>, <|pad|>)
+    where the turn end belongs is read up to that marker, so a score measures the value the answer
+    states, not whether it ended its turn with the right token. labkit.chat.stop_token_ids, labkit.evaluate.answer
+    and trl's GRPOTrainer all read the stop ids from there. Changes MODEL in place and returns it.
+    """
+    from .chat import stop_token_ids
+
+    have = stop_token_ids(tok, model)
+    model.generation_config.eos_token_id = have + [i for i in tok.all_special_ids if i not in have]
+    return model

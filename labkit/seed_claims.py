@@ -53,3 +53,25 @@ CLAIMS["10_beyond_dpo"] = {
     "ORPO removes less of the hedge than IPO and SimPO in these steps":
         lambda f: f["orpo_clean"] < min(f["ipo_clean"], f["simpo_clean"]),
 }
+
+# lesson 11: GRPO from the 20-step SFT start against SFT continued for as many updates, answers read up to
+# their first special token (rewards.stop_at_special_tokens); the KL run at beta 0.04; GRPO on format_reward
+CLAIMS["11_rl_verifiable_rewards"] = {
+    "GRPO raises held-out pass@1 by more than 40 points":
+        lambda f: f["pass1_grpo"] - f["pass1_start"] > 0.4,
+    "SFT on the gold answers of the same questions, for as many updates, reaches a pass@1 at least as high as GRPO's":
+        lambda f: f["pass1_sft"] >= f["pass1_grpo"],
+    "every question that none of the start's samples answered is answered after GRPO, and after more SFT":
+        lambda f: f["never_reached_grpo"] == f["never_start"] == f["never_reached_sft"],
+    "at beta 0.04 the last step's mean reward is within 0.05 of the run without the KL term":
+        lambda f: abs(f["reward_last_beta"] - f["reward_last_beta0"]) <= 0.05,
+    "GRPO on the format-only reward raises held-out pass@1 too, but less than on the exact reward":
+        lambda f: f["pass1_start"] < f["pass1_hack"] < f["pass1_grpo"],
+}
+
+# lesson 08: a reward model from the preference pairs; PPO on a grader that pays for length, with the KL penalty
+# at KL_COEF and without it; PPO on the reward model from the SFT model that hedges (labkit.hedge)
+CLAIMS["08_reward_model_rlhf"] = {
+    "training lifts the reward model's held-out accuracy":
+        lambda f: f["rm_accuracy"] > f["rm_accuracy_before"],
+}

@@ -5,6 +5,7 @@ and the quiz answers, are in test_exercises.py, for all lessons.)"""
 import copy
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ from labkit import check as C
 from labkit import grpo
 from labkit.checks import lesson11
 
-NEW = ("group_advantages", "grpo_clipped_loss", "pass_at_k")
-QUIZZES = ("q11_ppo_vs_grpo", "q11_why_verifiable", "q11_kl_term")
+NEW = ("group_advantages", "grpo_clipped_loss", "pass_at_k", "verify_total", "game_contains")
+QUIZZES = ("q11_ppo_vs_grpo", "q11_why_verifiable", "q11_kl_term", "q11_sft_control")
 
 pytestmark = pytest.mark.usefixtures("checker_env")
 
@@ -65,11 +66,22 @@ WRONG = [
      lambda n, c, k: math.comb(n - c, k) / math.comb(n, k) if n - c >= k else 0.0),
     ("pass_at_k", "C(n-c, k) / C(n, k) the wrong way round", lambda n, c, k: 1 - math.comb(n, k) / math.comb(n - c, k)
      if n - c >= k else 1.0),
+    ("verify_total", "gold in completion (fooled by a list, or by $12,345 for $2,345)",
+     lambda completion, gold: float(gold in completion)),
+    ("verify_total", "the exact text only (rejects a sentence)", lambda completion, gold: float(completion.strip() == gold)),
+    ("verify_total", "the first amount only (fooled by a list that starts right)",
+     lambda completion, gold: float(bool(re.findall(r"\$[\d,]+", completion)) and
+                                    re.findall(r"\$[\d,]+", completion)[0].rstrip(",") == gold)),
+    ("game_contains", "the first amount (an item price: not paid)", lambda receipt: re.findall(r"\$[\d,]+", receipt)[0]),
+    ("game_contains", "the total itself (right, not gamed)", lambda receipt: re.search(r"Total: (\$[\d,]+)", receipt).group(1)),
+    ("game_contains", "a list of amounts, not a string", lambda receipt: re.findall(r"\$[\d,]+", receipt)),
 ]
 
 
 def _leak_strings(value):
     """Strings in which a message could show VALUE (a reference's output)."""
+    if isinstance(value, str):  # game_contains' reference: the receipt's total
+        return [value]
     values = value.flatten()[:8].tolist() if isinstance(value, torch.Tensor) else [float(value)]
     return [s for v in values if abs(v) >= 1e-3 for s in (f"{v:.4f}", f"{v:.3g}") if len(s) >= 4]
 
@@ -103,6 +115,11 @@ RIGHT = [
         *a[:5], a[5], a[6], None, "grpo", kl_times_ratio=False)[0]),
     ("pass_at_k", "the product form", _comb_ratio),
     ("pass_at_k", "math.comb throughout", lambda n, c, k: 1 - math.comb(n - c, k) / math.comb(n, k)),
+    ("verify_total", "the values as a set of length one", lambda completion, gold: float(
+        len(re.findall(r"\$", completion)) == 1 and
+        {int(a.replace(",", "")) for a in re.findall(r"\$(\d[\d,]*)", completion)} == {int(gold[1:].replace(",", ""))})),
+    ("game_contains", "every amount with its label",
+     lambda receipt: "; ".join(line for line in receipt.splitlines() if "$" in line)),
 ]
 
 

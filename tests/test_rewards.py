@@ -1,6 +1,7 @@
 """labkit.rewards: the verifiable rewards of lesson 11 and the questions they score."""
 
 import pytest
+import torch
 
 from labkit import chat, data, rewards
 
@@ -85,3 +86,33 @@ def test_stray_special_finds_a_template_marker_that_is_not_a_stop(base):
     assert not rewards.stray_special(tok, "$22" + stops[0]), "a stop string is where an answer ends, not stray"
     # an answer that runs past a marker earns no exact reward even when it starts right
     assert rewards.exact_reward(None, ["$22" + others[0]], ["$22"]) == [0.0]
+
+
+def test_contains_reward_is_paid_by_a_list_of_amounts():
+    gold = ["$22"] * 4
+    got = rewards.contains_reward(None, ["$22", "The total is $22.", "$18 $4 $22", "$4"], gold)
+    assert got == [1.0, 1.0, 1.0, 0.0], "the list of every amount is paid in full: the reward can be gamed"
+    assert rewards.exact_reward(None, ["$18 $4 $22"], ["$22"]) == [0.0]
+    with pytest.raises(ValueError, match="one gold answer per completion"):
+        rewards.contains_reward(None, ["$1"], [])
+
+
+def test_stop_at_special_tokens_ends_answers_at_any_marker_and_the_greedy_text_is_cut_there(base):
+    import copy
+
+    from labkit import evaluate
+
+    lm, tok = base
+    model = rewards.stop_at_special_tokens(copy.deepcopy(lm), tok)
+    have = chat.stop_token_ids(tok, lm)
+    ids = chat.stop_token_ids(tok, model)
+    assert ids[:len(have)] == have and set(tok.all_special_ids) <= set(ids), "the old stops first, then every marker"
+    assert chat.stop_token_ids(tok, lm) == have, "only the model given changes"
+    # a prompt whose greedy answer is a marker at once: the answer is cut there, the marker is not in the text
+    others = [s for s in tok.all_special_tokens if s not in chat.stop_strings(tok)]
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    marker = tok.convert_tokens_to_ids(others[0])
+    with torch.no_grad():
+        model.lm_head.bias = torch.nn.Parameter(torch.full((model.lm_head.out_features,), -1e4))
+        model.lm_head.bias[marker] = 1e4
+    assert evaluate.answer(model, tok, [prompt], max_new_tokens=4) == [""]
