@@ -541,6 +541,7 @@ def plot_grpo(logs: dict, axes=None, tracked: str | None = None):
     """Reward, KL to pi_ref and answer length per step, one line per run: logs = {label: GRPOLog}.
     TRACKED: also draw log.tracked[TRACKED] (dashed, on the reward panel) for the runs that have it."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -554,6 +555,7 @@ def plot_grpo(logs: dict, axes=None, tracked: str | None = None):
                                 "answer length (tokens)")):
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
     return axes
 
