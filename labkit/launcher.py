@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             skip_bitsandbytes()
         scale.check_config(cfg)
         try:
-            scale.check_fsdp_device(env.pick_device(cfg.device))
+            scale.check_fsdp_device(scale.process_device(cfg.device))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -173,32 +173,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_device(nproc: int) -> str:
-    """"cuda" when there is a GPU for each of NPROC processes, else "cpu" (two processes cannot share
-    the one GPU of a laptop or of Colab)."""
-    import torch
+def failure(returncode: int, output: str, cmd) -> Exception:
+    """The exception for a launched run that ended with RETURNCODE: ConfigError with the script's own message
+    when a rank printed "error: ..." (a config the script refused; a launcher such as torchrun then adds
+    pages of its own report, which would bury it), else RuntimeError naming the first exception a rank
+    raised, then the end of OUTPUT."""
+    import re
 
-    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= nproc else "cpu"
+    lines = output.splitlines()
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if errors:
+        return ConfigError(errors[0])
+    raised = [line.strip() for line in lines if re.match(r"(\[rank\d+\]:)?\s*[\w.]*(Error|Exception): \S", line)
+              and "torch.distributed.elastic" not in line]
+    # the rank that failed first, not the ones whose connection to it then broke (gloo: "remote worker")
+    raised.sort(key=lambda line: "remote worker" in line or "Connection closed by peer" in line)
+    first = f"{raised[0]}\n" if raised else ""
+    return RuntimeError(f"the training run failed (exit {returncode}): {first}{' '.join(map(str, cmd))}\n{output[-3000:]}")
 
 
 def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = None, config=DEFAULT_CONFIG,
         threads_per_process: int = 1, timeout: float = 600, workdir=None) -> dict:
     """Run the training script in fresh processes and return its log (the dict labkit.scale.train returns).
 
-    launcher: None picks "python" for one process and "torchrun" for more. The device is CUDA when
-    there is a GPU for every process, else the CPU (OVERRIDES may set it). Output files go to
-    WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
+    launcher: None picks "python" for one process and "torchrun" for more. The device is the config's
+    (default "auto": CUDA when there is a GPU for every process, else the CPU; labkit.scale.process_device).
+    Output files go to WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
     The log gets "command" (what ran; shown_command prints it without this machine's paths), "workdir"
-    and "wall_seconds" (start-up included). A failed run raises
-    RuntimeError with the end of its output.
+    and "wall_seconds" (start-up included). A config the script refuses (exit status 2) raises
+    ConfigError with the script's own "error: ..." message; any other failure raises RuntimeError with
+    the end of the output. The processes return freed memory to the system at once (glibc's
+    MALLOC_TRIM_THRESHOLD_=0): a rank's resident memory stays about 100 MB lower, which lets a notebook
+    run two ranks and the launcher within a laptop's memory.
     """
     launcher = launcher or ("python" if nproc == 1 else "torchrun")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="labkit_scale_"))
     overrides = {"output_dir": str(workdir / "adapter"), "log_file": str(workdir / "log.json"), "log_every": 0,
-                 "device": run_device(nproc), **(overrides or {})}
+                 **(overrides or {})}
     cmd = launch_command(nproc, config, overrides, launcher)
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process), "TOKENIZERS_PARALLELISM": "false",
-                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+                   "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
+                   "MALLOC_TRIM_THRESHOLD_": "0"}
     root = str(Path(__file__).resolve().parents[1])
     environment["PYTHONPATH"] = root + os.pathsep + environment.get("PYTHONPATH", "") if environment.get(
         "PYTHONPATH") else root
@@ -206,8 +221,7 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"the training run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+        raise failure(proc.returncode, proc.stdout + proc.stderr, cmd)
     log = json.loads(Path(overrides["log_file"]).read_text())
     log["command"] = cmd
     log["workdir"] = str(workdir)

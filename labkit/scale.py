@@ -94,7 +94,9 @@ class TrainConfig:
     target_modules: list[str] = _knob([], "layers to adapt (none: every linear layer, by the model's own names)")
     precision: str = _knob("fp32", '"bf16": bf16 weights and autocast')
     load_in_4bit: bool = _knob(False, "QLoRA: NF4 base weights (bitsandbytes), via labkit.qlora")
-    device: str = _knob("auto", '"auto", "cpu", "cuda"')
+    gradient_checkpointing: bool = _knob(False, "keep only each layer's input for backward and recompute the rest "
+                                                "(less activation memory, about a third more compute)")
+    device: str = _knob("auto", '"auto" (CUDA when there is a GPU for every process, else the CPU), "cpu", "cuda"')
     threads: int = _knob(0, "torch threads per process (0: leave torch's default)")
     output_dir: str = _knob("out/sft_lora", "the adapter folder (rank 0 writes it, atomically)")
     log_file: str = _knob("out/sft_lora_log.json", "losses, tokens and each rank's adapter fingerprint")
@@ -230,8 +232,9 @@ def accumulation_steps(global_batch: int, world_size: int, micro_batch: int) -> 
 # ----------------------------------------------------------------------------- data: the same global batch everywhere
 
 def load_pairs(cfg: TrainConfig, tok) -> list[dict]:
-    """The training rows of CFG as {"prompt", "completion"} pairs (instruction rows go through the chat
-    template with labkit.data.to_prompt_completion; prompt/completion rows are taken as they are)."""
+    """The training rows of CFG as {"prompt", "completion", "task"} pairs (instruction rows go through the
+    chat template with labkit.data.to_prompt_completion; prompt/completion rows are taken as they are;
+    "task" is the row's task family, None when it has none)."""
     from .data import to_prompt_completion
 
     path = data_path(cfg.data)
@@ -245,9 +248,9 @@ def load_pairs(cfg: TrainConfig, tok) -> list[dict]:
     pairs = []
     for i, r in enumerate(rows):
         if "prompt" in r and "completion" in r:
-            pairs.append({"prompt": r["prompt"], "completion": r["completion"]})
+            pairs.append({"prompt": r["prompt"], "completion": r["completion"], "task": r.get("task")})
         elif "instruction" in r and "output" in r:
-            pairs.append(to_prompt_completion(r, tok))
+            pairs.append({**to_prompt_completion(r, tok), "task": r.get("task")})
         else:
             raise ConfigError(f"{path}, row {i}: expected instruction/input/output or prompt/completion keys, "
                               f"got {sorted(r)}.")
@@ -346,6 +349,50 @@ def normalisation_check(model, batch: dict, world_size: int = 2, accum_steps: in
             "grad_diff_tokens": rel(g_tok), "grad_diff_naive": rel(g_naive)}
 
 
+def rank_losses(token_losses: list):
+    """The loss each rank backpropagates so that DDP's average of the ranks' gradients is the gradient of
+    the mean over ALL the step's trained tokens (what train_step does with num_items_in_batch).
+
+    token_losses: one 1-D float tensor per rank, that rank's per-token losses (trained tokens only; a rank
+    may hold none). Returns an (N,) tensor: rank k's summed token losses / T x N, with T the trained
+    tokens of all N ranks (DDP divides the summed gradients by N, the factor N undoes it). Their mean is
+    the global token mean; the naive recipe, each rank's own mean, is not unless every T_k is equal.
+    """
+    import torch
+
+    if not token_losses:
+        raise ValueError("rank_losses needs one tensor of token losses per rank.")
+    n, total = len(token_losses), sum(t.numel() for t in token_losses)
+    if total == 0:
+        raise ValueError("no rank holds a trained token: the step has no loss.")
+    return torch.stack([t.sum() for t in token_losses]) / total * n
+
+
+def most_uneven_step(log: dict) -> dict:
+    """The step of a launched run's LOG (labkit.scale.train's) whose ranks held the most unequal numbers of
+    trained tokens (largest max / min), read back from what each rank recorded: {"step" (from 1),
+    "ranks": [{"rank", "families": {task family: examples}, "tokens", "loss_sum", "mean": its own token
+    mean}], "token_mean": all token losses / all trained tokens (the whole batch's loss), "naive_mean":
+    the mean of the ranks' own means}. Pure arithmetic on the log: the losses are those of the step's
+    weights, the same for both means."""
+    ranks = log["ranks"]
+    if len(ranks) < 2:
+        raise ValueError("most_uneven_step needs the log of a run on 2 or more processes.")
+    steps = len(ranks[0]["tokens"])
+    step = max(range(steps), key=lambda i: max(r["tokens"][i] for r in ranks) / max(1, min(r["tokens"][i] for r in ranks)))
+    rows = []
+    for r in ranks:
+        families: dict = {}
+        for f in r.get("families", [[]] * steps)[step]:
+            families[f] = families.get(f, 0) + 1
+        n, total = r["tokens"][step], r["loss_sums"][step]
+        rows.append({"rank": r["rank"], "families": families, "tokens": n, "loss_sum": total,
+                     "mean": total / n if n else float("nan")})
+    all_tokens = sum(r["tokens"] for r in rows)
+    return {"step": step + 1, "ranks": rows, "token_mean": sum(r["loss_sum"] for r in rows) / all_tokens,
+            "naive_mean": sum(r["mean"] for r in rows) / len(rows)}
+
+
 def disable_model_dropout(model) -> int:
     """Set the base model's own dropout to 0 (nn.Dropout layers, and attention_dropout rates of attention
     modules); LoRA's lora_dropout is kept. Returns how many were above 0 (GPT-2: resid, embd and attn
@@ -379,6 +426,23 @@ def _fingerprint(model) -> str:
             h.update(name.encode())
             h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def process_device(device: str = "auto") -> str:
+    """The device of this process of a launched group (WORLD_SIZE, LOCAL_WORLD_SIZE from the launcher):
+    DEVICE as labkit.env.pick_device resolves it, except that "auto" in a group of several processes means
+    CUDA only when this machine has a GPU for each of its processes, else the CPU (two processes cannot
+    share the one GPU of a laptop or of Colab, and several processes on Apple MPS are not supported)."""
+    from .env import pick_device
+
+    picked = pick_device(device)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if device == "auto" and local > 1 and picked != "cpu":
+        import torch
+
+        if picked != "cuda" or torch.cuda.device_count() < local:
+            return "cpu"
+    return picked
 
 
 def check_fsdp_device(device: str) -> None:
@@ -431,11 +495,14 @@ def _load_model(cfg: TrainConfig, device: str, accelerator):
                                       device_map={"": place})
         torch.manual_seed(cfg.seed)
         model = qlora.prepare_qlora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                    target_modules=lora_targets(cfg, model))
+                                    target_modules=lora_targets(cfg, model),
+                                    gradient_checkpointing=cfg.gradient_checkpointing)
     else:
         model, tok = models.load_base(cfg.model, device=device, dtype=dtype)
         model = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha,
                              dropout=cfg.lora_dropout, target_modules=lora_targets(cfg, model))
+        if cfg.gradient_checkpointing:  # non-reentrant: the frozen embeddings need no requires_grad trick
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tok
 
 
@@ -486,7 +553,8 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
 
     Every rank returns {"losses": global token-mean loss per step (the same on every rank),
     "tokens": trained tokens per step over all ranks, "ranks": [one record per rank: "tokens" and
-    "loss_sums" it saw, "adapter_sha256" of its own copy of the adapter], "world_size",
+    "loss_sums" it saw per step, "families": the task family of each of its examples per step,
+    "adapter_sha256" of its own copy of the adapter], "gradient_checkpointing", "world_size",
     "accum_steps", "train_seconds", ...}. Rank 0 saves the adapter to cfg.output_dir (atomically)
     and writes the log to cfg.log_file.
     """
@@ -495,12 +563,12 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
     from accelerate.utils import gather_object
 
     from . import adapters, env, sft
-    from .env import pick_device
+    from .train import epoch_order
 
     check_config(cfg)
     env.quiet()
     try:
-        device = pick_device(cfg.device)
+        device = process_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if device == "mps" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -531,12 +599,16 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         model, opt = accelerator.prepare(model, opt)
         model.train()
-        stream = sft.batches(features, cfg.global_batch, tok.pad_token_id, cfg.seed)
-        losses, tokens, my_tokens, my_sums = [], [], [], []
+        collate = sft.PadCollator(tok.pad_token_id)
+        order = epoch_order(len(features), cfg.global_batch, cfg.seed)  # labkit.sft.batches' order
+        share = cfg.global_batch // world  # this rank's rows of each global batch (micro_batches)
+        losses, tokens, my_tokens, my_sums, my_families = [], [], [], [], []
         t0 = time.perf_counter()
         for step in range(cfg.steps):
+            chosen = next(order)
+            my_families.append([pairs[i].get("task") for i in chosen[rank * share:(rank + 1) * share]])
             parts = [{k: v.to(accelerator.device) for k, v in b.items()}
-                     for b in micro_batches(next(stream), world, rank, accum)]
+                     for b in micro_batches(collate([features[i] for i in chosen]), world, rank, accum)]
             s = train_step(model, opt, accelerator, parts, cfg.loss_normalisation)
             losses.append(s["loss"])
             tokens.append(s["tokens"])
@@ -546,7 +618,7 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
                 out(f"step {step + 1:>4}/{cfg.steps}  loss {losses[-1]:.4f}  ({tokens[-1]} trained tokens)")
         seconds = time.perf_counter() - t0
         fsdp = accelerator.distributed_type.name == "FSDP"
-        record = {"rank": rank, "tokens": my_tokens, "loss_sums": my_sums,
+        record = {"rank": rank, "tokens": my_tokens, "loss_sums": my_sums, "families": my_families,
                   "adapter_sha256": None if fsdp else _fingerprint(accelerator.unwrap_model(model)),
                   "threads": torch.get_num_threads()}
         everyone = gather_object([record])
@@ -555,6 +627,7 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
                "global_batch": cfg.global_batch, "device": device, "distributed_type": accelerator.distributed_type.name,
                "backend": getattr(accelerator.state, "backend", None), "precision": cfg.precision,
                "load_in_4bit": cfg.load_in_4bit, "loss_normalisation": cfg.loss_normalisation, "target_modules": targets,
+               "gradient_checkpointing": bool(getattr(accelerator.unwrap_model(model), "is_gradient_checkpointing", False)),
                "model_dropout_disabled": dropout_off,
                "losses": losses, "tokens": tokens, "ranks": sorted(everyone, key=lambda r: r["rank"]),
                "train_seconds": seconds, "adapter": str(Path(cfg.output_dir)),

@@ -109,6 +109,49 @@ def test_fsdp_config_is_refused_on_cpu_with_a_clear_error(tmp_path):
     assert "only on GPUs" in proc.stderr and not (tmp_path / "x").exists()
 
 
+def test_a_refused_config_surfaces_the_scripts_own_message():
+    """torchrun buries a rank's "error: ..." line under pages of its own report; run() raises ConfigError
+    with the script's message, and RuntimeError with the end of the output for anything else."""
+    report = "error: global_batch=6 is not divisible by world_size x micro_batch = 4 x 1 = 4; use ...\n" + "x" * 5000
+    exc = launcher.failure(1, report, ["torchrun"])
+    assert isinstance(exc, scale.ConfigError) and str(exc).startswith("global_batch=6 is not divisible")
+    other = launcher.failure(1, "Traceback ...\nValueError: boom", ["python", "-m", "labkit.launcher"])
+    assert type(other) is RuntimeError and "exit 1" in str(other) and "ValueError: boom" in str(other)
+
+
+@pytest.mark.slow
+def test_run_raises_the_scripts_error_for_a_batch_plan_that_cannot_split(tmp_path):
+    """Lesson 16's exercise: a global batch that does not split over the processes stops with the fix named."""
+    with pytest.raises(scale.ConfigError, match=r"global_batch=6 is not divisible by world_size x micro_batch = 2 x 2"):
+        launcher.run(2, {"global_batch": 6, "micro_batch": 2, "steps": 1}, workdir=tmp_path)
+
+
+CRASHING_RANK = textwrap.dedent("""
+    import os, sys, time
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 broke on purpose")
+    dist.barrier()  # rank 0 waits for a rank that will never come
+""")
+
+
+@pytest.mark.slow
+def test_a_rank_that_crashes_stops_the_whole_run(tmp_path, monkeypatch):
+    """One rank raising while the other waits in a collective: the launcher ends the group, and run()
+    raises with the crashed rank's message instead of hanging until its timeout."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(CRASHING_RANK)
+    monkeypatch.setattr(launcher, "launch_command", lambda nproc, config, overrides, name: [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(worker)])
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="rank 1 broke on purpose"):
+        launcher.run(2, {}, workdir=tmp_path, timeout=240)
+    assert time.perf_counter() - t0 < 200
+
+
 # ----------------------------------------------------------------------------- shipped launcher files
 
 def test_accelerate_configs_parse():

@@ -192,9 +192,72 @@ def test_uneven_batch_skips_batches_whose_micro_batches_split_evenly():
     even = [feat(3)] * 8
     with pytest.raises(ValueError, match="first 5 global batches"):
         scale.uneven_batch(even, 4, 0, max_batches=5)
-    batch, skipped = scale.uneven_batch(even[:4] + [feat(1)] * 4, 4, 0, seed=0)
+    mixed = even[:4] + [feat(1)] * 4
+    batch, skipped = scale.uneven_batch(mixed, 4, 0, seed=0)
     counts = [scale.supervised_tokens(b["labels"]) for r in (0, 1) for b in scale.micro_batches(batch, 2, r, 1)]
-    assert len(set(counts)) == 2 and isinstance(batch["input_ids"], torch.Tensor) and skipped >= 0
+    assert len(set(counts)) == 2 and isinstance(batch["input_ids"], torch.Tensor)
+    # the batches it skipped are the even ones before the first uneven one, worked out from the order alone
+    from labkit.train import epoch_order
+
+    order = epoch_order(len(mixed), 4, 0)
+    halves = [[sum(len(mixed[i]["input_ids"]) - 2 for i in rows[h * 2:h * 2 + 2]) for h in (0, 1)]
+              for rows in (next(order) for _ in range(20))]
+    assert skipped == next(i for i, (a, b) in enumerate(halves) if a != b)
+    assert sorted(counts) == sorted(halves[skipped])
+
+
+def test_most_uneven_step_reads_each_ranks_share_from_the_log():
+    """Lesson 16's section 3 reads the trap off a launched run's log: the step with the most unequal
+    trained tokens, each rank's task families, the token mean and the naive mean of the ranks' means."""
+    log = {"ranks": [{"rank": 0, "tokens": [10, 30, 12], "loss_sums": [20.0, 60.0, 24.0],
+                      "families": [["a", "a"], ["dti", "dti"], ["a", "b"]]},
+                     {"rank": 1, "tokens": [10, 10, 12], "loss_sums": [10.0, 40.0, 12.0],
+                      "families": [["a", "a"], ["risk", "risk"], ["b", "b"]]}]}
+    u = scale.most_uneven_step(log)
+    assert u["step"] == 2
+    assert [r["families"] for r in u["ranks"]] == [{"dti": 2}, {"risk": 2}]
+    assert [r["mean"] for r in u["ranks"]] == [2.0, 4.0]
+    assert u["token_mean"] == pytest.approx(100 / 40) and u["naive_mean"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="2 or more processes"):
+        scale.most_uneven_step({"ranks": log["ranks"][:1]})
+
+
+def test_auto_device_of_a_group_is_cuda_only_with_a_gpu_for_every_process(monkeypatch):
+    import torch
+
+    from labkit import env
+
+    monkeypatch.setattr(env, "pick_device", lambda device: "cpu" if device == "cpu" else "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert scale.process_device("auto") == "cpu"  # two processes cannot share the one GPU
+    assert scale.process_device("cuda") == "cuda"  # asked for explicitly: the user's choice stands
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert scale.process_device("auto") == "cuda"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert scale.process_device("auto") == "cuda"
+    monkeypatch.setattr(env, "pick_device", lambda device: "mps")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert scale.process_device("auto") == "cpu"  # several processes on Apple MPS are not supported
+
+
+def test_gradient_checkpointing_is_on_when_asked_and_changes_no_loss(tmp_path):
+    """The memory table of lesson 16 assumes gradient checkpointing for 7B and 70B; the script turns it on
+    with gradient_checkpointing: true, and the losses are those of the run without it (it recomputes the
+    same activations)."""
+    logs = {}
+    for on in (False, True):
+        cfg = scale.load_config(None, {**QUICK, "steps": 2, "micro_batch": 4, "device": "cpu", "threads": 1,
+                                       "log_every": 0, "gradient_checkpointing": on,
+                                       "output_dir": str(tmp_path / f"a{on}"), "log_file": str(tmp_path / f"a{on}.json")})
+        logs[on] = scale.train(cfg, out=lambda line: None)
+    assert logs[True]["gradient_checkpointing"] is True and logs[False]["gradient_checkpointing"] is False
+    assert logs[True]["losses"] == pytest.approx(logs[False]["losses"], abs=1e-5)
+    assert logs[True]["ranks"][0]["families"][0] == logs[False]["ranks"][0]["families"][0]
 
 
 def test_token_normalisation_holds_for_each_hub_style_model(hub_model):
@@ -278,6 +341,16 @@ def test_two_processes_match_one_process_and_accumulation(tmp_path):
     assert r0["adapter_sha256"] == r1["adapter_sha256"]
     assert r0["tokens"] != r1["tokens"] and [a + b for a, b in zip(r0["tokens"], r1["tokens"])] == two["tokens"]
     assert two["tokens"] == one["tokens"] == accum["tokens"]
+    # each rank logs the task family of each of its examples: together, the global batch of that step
+    from labkit import models
+    from labkit.train import epoch_order
+
+    tok = models.load_tokenizer("bundled")
+    families = [p["task"] for p in scale.load_pairs(scale.load_config(None, QUICK), tok)]
+    order = epoch_order(len(families), 8, 0)
+    for step in range(QUICK["steps"]):
+        assert r0["families"][step] + r1["families"][step] == [families[i] for i in next(order)]
+    assert one["ranks"][0]["families"] == [a + b for a, b in zip(r0["families"], r1["families"])]
     for run in (accum, two):
         assert len(run["losses"]) == QUICK["steps"]
         assert max(abs(a - b) for a, b in zip(run["losses"], one["losses"])) < LOSS_TOLERANCE
@@ -343,7 +416,18 @@ def test_bf16_and_4bit_under_ddp_on_cpu(tmp_path):
                     workdir=tmp_path)
     assert run["precision"] == "bf16" and run["load_in_4bit"] and run["world_size"] == 2
     assert run["ranks"][0]["adapter_sha256"] == run["ranks"][1]["adapter_sha256"]
-    assert all(0 < loss < 20 for loss in run["losses"])
+    # step 1 (B = 0: the base model) is the first global batch's loss: the 4-bit bf16 model computes it
+    # close to the float32 model (within NF4 and bf16 rounding), not merely some finite number
+    from labkit import models, sft
+
+    model, tok = models.load_base(device="cpu")
+    cfg = scale.load_config(None, {**QUICK, "micro_batch": 4})
+    batch = next(sft.batches(sft.tokenize_all(tok, scale.load_pairs(cfg, tok), cfg.max_length), 8, tok.pad_token_id, 0))
+    import torch
+
+    with torch.no_grad():
+        fp32 = model(**batch).loss.item()
+    assert run["losses"][0] == pytest.approx(fp32, rel=0.05) and run["losses"][0] != fp32
 
 
 FSDP2_WORKER = textwrap.dedent("""
@@ -394,3 +478,25 @@ def test_torch_fsdp2_itself_shards_on_cpu_with_gloo(tmp_path):
     assert two[0]["losses"] == two[1]["losses"]
     # equal-length rows, so the mean of the two halves' means is the whole batch's mean
     assert max(abs(a - b) for a, b in zip(two[0]["losses"], one["losses"])) < LOSS_TOLERANCE
+
+
+# ----------------------------------------------------------------------------- lesson 16's exercise
+
+def test_rank_losses_average_to_the_global_token_mean_and_its_check_catches_the_naive_recipe(checker_env):
+    import torch
+
+    from labkit import check as C
+
+    ranks = [torch.tensor([4.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([])]
+    losses = scale.rank_losses(ranks)
+    assert losses.mean().item() == pytest.approx(7 / 4) and losses.tolist() == pytest.approx([3.0, 2.25, 0.0])
+    with pytest.raises(ValueError, match="no rank holds a trained token"):
+        scale.rank_losses([torch.tensor([]), torch.tensor([])])
+    wrong = {"each rank's own mean (naive)": lambda t: torch.stack([x.mean() for x in t]),
+             "the global count without the factor N": lambda t: torch.stack([x.sum() for x in t]) / sum(x.numel() for x in t),
+             "its own count times N": lambda t: torch.stack([x.sum() / x.numel() * len(t) for x in t])}
+    for name, fn in wrong.items():
+        result = C.check("rank_losses", fn)
+        assert not result.passed and "problem:" in result.message, name
+    right = lambda t: torch.stack([x.sum() for x in t]) * len(t) / torch.cat(list(t)).numel()  # noqa: E731
+    assert C.check("rank_losses", right).passed
