@@ -1,6 +1,6 @@
 """Run every notebook at its defaults and record wall time and peak kernel memory.
 
-    python scripts/bench_notebooks.py                   # all notebooks -> bench/notebooks.{md,json}
+    python scripts/bench_notebooks.py                   # all notebooks -> bench/notebooks.{md,json}, docs/instructor.md's table
     python scripts/bench_notebooks.py notebooks/00_welcome.ipynb -p N_PROBE=10
 
 Given notebooks replace their rows in bench/notebooks.json and keep the others (rows of notebooks
@@ -113,6 +113,52 @@ def bench_model_load() -> dict:
     return row
 
 
+INSTRUCTOR_DOC = ROOT / "docs" / "instructor.md"
+BENCH_START, BENCH_END = "<!-- bench: scripts/bench_notebooks.py -->", "<!-- /bench -->"
+
+
+def instructor_bench_block(data: dict) -> str:
+    """The timing table of docs/instructor.md, from DATA (bench/notebooks.json as a dict): when and on
+    what the bench ran, one row per benched notebook with its own date and load, and the totals."""
+    meta, rows = data.get("meta", {}), data.get("rows", [])
+    cpus, load = meta.get("cpus"), meta.get("load_avg_1m") or [None, None]
+    limit_s, limit_mb = meta.get("time_limit_s"), meta.get("memory_limit_mb")
+    lines = [f"Written by `scripts/bench_notebooks.py` from `bench/notebooks.json` (last bench {meta.get('date', '?')}, "
+             f"{cpus} CPUs, {meta.get('machine', '?')}, Python {meta.get('python', '?')}; load average {load[0]} at "
+             f"its start, {load[-1]} at its end). Each row keeps the date and the load of its own run.", ""]
+    busy = [r for r in rows if cpus and (r.get("load_avg_1m") or 0) > cpus]
+    if busy:
+        lines += [f"{len(busy)} of the {len(rows)} rows ran while the machine was busy (load above its {cpus} CPUs): "
+                  "their wall times are inflated, so plan with the kernel CPU column and rerun `make bench` on a "
+                  "quiet machine.", ""]
+    within = f"within {limit_s:g} s and {limit_mb} MB" if limit_s and limit_mb else "within the contract"
+    lines += [f"| notebook | benched | load (1 min) | wall time (s) | kernel CPU (s) | peak memory (MB) | {within} | status |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = r.get("within_memory_limit") and r.get("within_time_limit")
+        lines.append(f"| {r['notebook']} | {r.get('date', '?')} | {r.get('load_avg_1m', '?')} | {r['wall_s']:.1f} "
+                     f"| {r['kernel_cpu_s']:.1f} | {r['peak_rss_mb']:,} | {'yes' if ok else 'NO'} | {r.get('error') or 'ok'} |")
+    if rows:
+        wall, cpu = sum(r["wall_s"] for r in rows), sum(r["kernel_cpu_s"] for r in rows)
+        lines += ["", f"Together the {len(rows)} benched notebooks took {wall:.0f} s of wall time ({wall / 60:.1f} min) "
+                      f"and {cpu:.0f} s of kernel CPU. A lesson with no row has no bench result yet: run `make bench`."]
+    return "\n".join(lines)
+
+
+def instructor_with_bench(text: str, data: dict) -> str:
+    """TEXT (docs/instructor.md) with its bench block replaced by instructor_bench_block(DATA)."""
+    if BENCH_START not in text or BENCH_END not in text:
+        raise ValueError(f"docs/instructor.md has no {BENCH_START} ... {BENCH_END} markers for the timing table.")
+    head, rest = text.split(BENCH_START, 1)
+    _, tail = rest.split(BENCH_END, 1)
+    return f"{head}{BENCH_START}\n{instructor_bench_block(data)}\n{BENCH_END}{tail}"
+
+
+def write_instructor(bench_file: Path = ROOT / "bench" / "notebooks.json", doc: Path = INSTRUCTOR_DOC) -> None:
+    """Rewrite the timing table in docs/instructor.md from BENCH_FILE."""
+    doc.write_text(instructor_with_bench(doc.read_text(), json.loads(bench_file.read_text())))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
@@ -176,6 +222,7 @@ def main() -> None:
         from labkit import syllabus
 
         syllabus.write()
+        write_instructor(args.out / "notebooks.json")  # and the workshop guide's timing table
     print("\n".join(lines))
     over = [r["notebook"] for r in rows if r["notebook"] in new and not (r["within_memory_limit"] and r["within_time_limit"])]
     if over:
