@@ -1,0 +1,675 @@
+"""Lesson 07's runs: the data sweep (how much, how clean, duplicates, leaks, data written by a model),
+its held-out verdicts, what the lesson prints about them and the learning-curve figure.
+
+One run ("cell") trains a fresh copy of the base model with trl's SFTTrainer (completion-only loss, the
+settings of ``config``) on the rows the cell names, for a number of steps, then scores the held-out rows
+(``heldout``: the eval and test splits, 80 per task family) by ``greedy_exact``. ``plan`` lists the
+cells of the shipped sweep; ``scripts/data_curve.py`` runs them and writes
+labkit/assets/results/data_curve.json, which ``result_for`` loads for the bundled model (any other
+model gets a small live sweep, ``live_plan``, and a line saying so).
+
+A cell's result: {"name", "kind", "steps", "rows" (training rows), "loss_first", "loss_last",
+"right": "0110..." (one character per held-out row, in ``heldout`` order), "seconds"} plus what its kind
+adds (the leaked rows' indices, the teacher's agreement, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+
+from .. import data, dataprep, guard
+from ..corpus import applicant, money
+
+RESULT = "data_curve"                              # labkit/assets/results/data_curve.json
+SCRIPT = "scripts/data_curve.py"
+SIZES = (25, 50, 100, 200, 400, 800)              # training examples, every family in turn
+BUDGET = 100                                       # steps of the fixed compute budget: one pass over 800 rows
+BATCH = 8
+EPOCHS = 1                                         # the fixed number of passes of the other curve
+LR = 3e-4
+NOISE = (0.1, 0.3)
+NOISE_SIZES = (800,)                               # noisy sets, compared with clean ones of this size
+SMALL_CLEAN = 200                                  # and with this many clean rows
+N_LEAK = 100                                       # held-out rows copied into the leak cell's training rows
+N_DISTILL = 400                                    # new, unlabelled inputs the teacher labels
+DISTILL_SEED = 7007
+N_ENTITIES, PER_ENTITY = 150, 3
+
+
+# ----------------------------------------------------------------------------- data
+
+def heldout(n: int | None = None) -> list[dict]:
+    """The held-out rows every cell is scored on: instructions_eval then instructions_test (400 rows,
+    80 per family, families in turn), or the first N."""
+    rows = data.read_jsonl("instructions_eval.jsonl") + data.read_jsonl("instructions_test.jsonl")
+    return rows if n is None else rows[:n]
+
+
+def pool() -> list[dict]:
+    """The training pool: instructions_train.jsonl (1,200 rows, families in turn, so the first N hold
+    N/5 of each)."""
+    return data.read_jsonl("instructions_train.jsonl")
+
+
+def new_inputs(n: int = N_DISTILL, seed: int = DISTILL_SEED) -> list[dict]:
+    """N examples whose questions are in no split of the course: the unlabelled inputs a teacher labels
+    (their gold answers are kept only to measure the teacher)."""
+    taken = {data._key(r) for name in ("train", "eval", "test") for r in data.read_jsonl(f"instructions_{name}.jsonl")}
+    return data.make_instructions(n, seed, exclude=taken)
+
+
+def with_duplicates(rows: list[dict], copied: int, times: int, seed: int = 0) -> list[dict]:
+    """ROWS plus TIMES - 1 extra copies of COPIED of them (chosen at random), shuffled: a scraped set in
+    which a few items repeat many times."""
+    rng = random.Random(seed)
+    extra = [dict(r) for r in rng.sample(rows, copied) for _ in range(times - 1)]
+    out = [dict(r) for r in rows] + extra
+    rng.shuffle(out)
+    return out
+
+
+_NEAR = ("Page 1 of 1", "Scanned copy", "Received by email", "Copy for the file")
+
+
+def scraped(rows: list[dict], exact: int, near: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """ROWS with planted duplicates, shuffled: EXACT copies that differ only in case and spacing, and NEAR
+    copies with a line added to the input (a scan stamp). Returns (rows, truth) with truth {"exact": [(i,
+    j)], "near": [(i, j)]}: pairs of indices in the returned rows, j the planted copy of i."""
+    rng = random.Random(seed)
+    picked = rng.sample(range(len(rows)), exact + near)
+    copies = []
+    for k, i in enumerate(picked):
+        r = dict(rows[i])
+        if k < exact:
+            r["instruction"] = "  " + r["instruction"].upper() + " "
+            r["input"] = r["input"].replace("\n", " \n")
+        else:
+            r["input"] = r["input"] + "\n" + rng.choice(_NEAR)
+        copies.append((i, r, "exact" if k < exact else "near"))
+    order = list(range(len(rows) + len(copies)))
+    rng.shuffle(order)
+    where = {old: new for new, old in enumerate(order)}
+    out: list[dict] = [None] * len(order)  # type: ignore[list-item]
+    for i, r in enumerate(rows):
+        out[where[i]] = dict(r)
+    truth: dict[str, list] = {"exact": [], "near": []}
+    for k, (i, r, kind) in enumerate(copies):
+        j = where[len(rows) + k]
+        out[j] = r
+        truth[kind].append((where[i], j))
+    return out, truth
+
+
+_PHRASES = {"risk": ("Rate the risk of this loan as low, medium or high.",
+                     "How risky is this loan: low, medium or high?",
+                     "Give the risk of this borrower's loan: low, medium or high."),
+            "dti": ("Calculate the debt-to-income ratio for this mortgage applicant.",
+                    "What is this borrower's debt-to-income ratio?",
+                    "Work out the debt-to-income ratio of this applicant.")}
+
+
+def entity_rows(n_entities: int = N_ENTITIES, per_entity: int = PER_ENTITY, seed: int = 11) -> list[dict]:
+    """PER_ENTITY rows about each of N_ENTITIES applicants (risk for even ones, dti for odd ones): the same
+    facts asked with another wording and the lines in another order, as a loan file is asked again.
+    Each row has "entity": the applicant's number."""
+    rng = random.Random(seed)
+    out = []
+    for e in range(n_entities):
+        a = applicant(rng)
+        task = "risk" if e % 2 == 0 else "dti"
+        lines = [f"Borrower: {a['name']}", f"Monthly income: {money(a['income'])}", f"Monthly debts: {money(a['debts'])}"]
+        if task == "risk":
+            lines += [f"Credit score: {a['credit']}", f"Debt-to-income ratio: {round(100 * a['dti'])}%"]
+            output = f"Risk: {a['risk']}"
+        else:
+            pct = round(100 * a["debts"] / a["income"])
+            output = f"The debt-to-income ratio is {money(a['debts'])} / {money(a['income'])} = {pct}%."
+        for k in range(per_entity):
+            body = lines[:1] + rng.sample(lines[1:], len(lines) - 1)
+            out.append({"task": task, "instruction": _PHRASES[task][k % 3], "input": "\n".join(body),
+                        "output": output, "entity": e})
+    return out
+
+
+def split_rows(rows: list[dict], by: str, test_share: float = 1 / 3, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, test) of ROWS: by="row" shuffles the rows, by="entity" the entities (an entity's rows all
+    land on one side). The test side holds round(TEST_SHARE * len(ROWS)) rows either way."""
+    guard.one_of("by", by, ("row", "entity"))
+    rng = random.Random(seed)
+    n_test = round(test_share * len(rows))
+    if by == "row":
+        order = rng.sample(range(len(rows)), len(rows))
+        test = set(order[:n_test])
+    else:
+        entities = sorted({r["entity"] for r in rows})
+        rng.shuffle(entities)
+        test, k = set(), 0
+        while len(test) < n_test:
+            test |= {i for i, r in enumerate(rows) if r["entity"] == entities[k]}
+            k += 1
+    return [r for i, r in enumerate(rows) if i not in test], [r for i, r in enumerate(rows) if i in test]
+
+
+# ----------------------------------------------------------------------------- training and scoring
+
+def config(output_dir: str, steps: int, lr: float = LR, seed: int = 0, device: str = "cpu"):
+    """The SFTConfig of every cell (the one lesson 07 spells out): batch 8, a constant learning rate, no
+    warm-up or weight decay, completion-only loss, quiet and CPU-safe (labkit.sft.sft_config)."""
+    from ..sft import sft_config
+
+    return sft_config(output_dir, steps=steps, lr=lr, batch_size=BATCH, seed=seed, device=device)
+
+
+def train(base, tok, rows: list[dict], steps: int, lr: float = LR, seed: int = 0, device: str = "cpu"):
+    """A fresh copy of BASE fine-tuned (every weight) on ROWS for STEPS steps with trl's SFTTrainer.
+    Returns (model in eval mode, losses per step)."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from ..chat import for_trl
+    from ..sft import loss_recorder
+
+    pairs = [for_trl(tok, data.to_prompt_completion(r, tok)) for r in rows]
+    recorder = loss_recorder()
+    with tempfile.TemporaryDirectory(prefix="labkit_data_") as out:
+        trainer = SFTTrainer(model=copy.deepcopy(base), args=config(out, steps, lr, seed, device),
+                             train_dataset=Dataset.from_list(pairs), processing_class=tok, callbacks=[recorder])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return trainer.model.eval(), recorder.losses
+
+
+def greedy_exact(model, tok, rows: list[dict], targets: list[str] | None = None, batch_size: int = 16) -> list[bool]:
+    """For each of ROWS, would greedy decoding write exactly its answer (TARGETS[i], default the row's
+    output) and stop? One forward pass per batch instead of generation (teacher forcing): right when every
+    answer token is the model's argmax after the tokens before it, and the turn end (or an EOS) after
+    them. evaluate.score's verdicts on generated text are the same (tests/test_lessons_data.py)."""
+    import torch
+
+    from ..chat import stop_token_ids
+    from ..sft import PadCollator, tokenize_example
+
+    targets = [r["output"] for r in rows] if targets is None else targets
+    stops = set(stop_token_ids(tok, model))
+    feats = [tokenize_example(tok, **data.to_prompt_completion({**r, "output": t}, tok)) for r, t in zip(rows, targets)]
+    collate, device, out = PadCollator(tok.pad_token_id), next(model.parameters()).device, []
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            chunk = feats[i:i + batch_size]
+            batch = collate([{k: f[k] for k in ("input_ids", "attention_mask", "labels")} for f in chunk])
+            pred = model(input_ids=batch["input_ids"].to(device),
+                         attention_mask=batch["attention_mask"].to(device)).logits.argmax(-1).cpu()
+            for j, f in enumerate(chunk):
+                out.append(_forced_ok(f["input_ids"], pred[j].tolist(), f["prompt_length"], stops))
+    return out
+
+
+def _forced_ok(ids: list[int], pred: list[int], start: int, stops: set[int]) -> bool:
+    for t in range(start, len(ids)):
+        if ids[t] in stops:
+            return pred[t - 1] in stops
+        if pred[t - 1] != ids[t]:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+def plan(sizes=SIZES, budget: int = BUDGET, epochs: int = EPOCHS, noise=NOISE, noise_sizes=NOISE_SIZES,
+         n_distill: int = N_DISTILL, n_entities: int = N_ENTITIES, n_heldout: int | None = None) -> list[dict]:
+    """The cells of the sweep, in the order they run. Every cell but the fixed-epoch curve trains BUDGET
+    steps. The two curves share their largest point when BUDGET steps are EPOCHS passes over it
+    ("same_as"). The "teacher" cell labels the distillation inputs and must run before the students. The
+    leak copies at most half of N_HELDOUT held-out rows into training."""
+    sizes = sorted(sizes)
+    cells = [{"name": f"budget_{n}", "kind": "curve", "n": n, "steps": budget} for n in sizes]
+    for n in sizes:
+        steps = math.ceil(epochs * n / BATCH)
+        cell = {"name": f"epochs_{n}", "kind": "curve", "n": n, "steps": steps}
+        cells.append({**cell, "same_as": f"budget_{n}"} if steps == budget else cell)
+    cells += [{"name": f"noise{round(100 * rate)}_{n}", "kind": "noise", "n": n, "rate": rate, "steps": budget}
+              for n in noise_sizes for rate in noise]
+    mid = sizes[len(sizes) // 2]
+    cells += [{"name": "duplicates", "kind": "duplicates", "n": mid, "copied": mid // 4, "times": 5, "steps": budget},
+              {"name": "leak", "kind": "leak", "n": mid, "leaked": min(N_LEAK, mid // 2, (n_heldout or N_LEAK * 2) // 2),
+               "steps": budget},
+              {"name": "entity_row", "kind": "entity", "by": "row", "entities": n_entities, "steps": budget},
+              {"name": "entity_entity", "kind": "entity", "by": "entity", "entities": n_entities, "steps": budget},
+              {"name": "teacher", "kind": "teacher", "n": n_distill}]
+    cells += [{"name": f"distill_{labels}", "kind": "distill", "labels": labels, "n": n_distill, "steps": budget}
+              for labels in ("gold", "teacher", "verified")]
+    return cells
+
+
+def live_plan(steps: int, sizes=(25, 100), n_distill: int = 40, n_entities: int = 24,
+              n_heldout: int | None = None) -> list[dict]:
+    """A small sweep for a model the shipped one says nothing about: the same kinds of cells, fewer and
+    smaller, STEPS steps each (the fixed-epoch curve keeps its own steps)."""
+    return plan(sizes=sizes, budget=steps, noise=(0.3,), noise_sizes=(max(sizes),), n_distill=n_distill,
+                n_entities=n_entities, n_heldout=n_heldout)
+
+
+def training_rows(cell: dict, teacher: dict | None = None, held: list[dict] | None = None) -> list[dict]:
+    """The rows CELL trains on. TEACHER: the "teacher" cell's result (for the distillation students);
+    HELD: the held-out rows (the leak cell copies its first ones into training)."""
+    kind, rows = cell["kind"], pool()
+    if kind == "curve":
+        return rows[:cell["n"]]
+    if kind == "noise":
+        return dataprep.add_noise(rows[:cell["n"]], cell["rate"], seed=cell["n"], pool=rows)[0]
+    if kind == "duplicates":
+        return with_duplicates(rows[:cell["n"]], cell["copied"], cell["times"])
+    if kind == "leak":
+        return rows[:cell["n"]] + [dict(r) for r in (held or heldout())[:cell["leaked"]]]
+    if kind == "entity":
+        return split_rows(entity_rows(cell["entities"]), cell["by"])[0]
+    if kind == "distill":
+        inputs = new_inputs(cell["n"])
+        if cell["labels"] == "gold":
+            return inputs
+        labelled = [{**r, "output": a} for r, a in zip(inputs, teacher["answers"]) if a.strip()]  # no empty label
+        return labelled if cell["labels"] == "teacher" else [r for r in labelled if dataprep.verify(r, r["output"])]
+    raise ValueError(f"unknown cell kind {kind!r}")
+
+
+def verdict_string(verdicts) -> str:
+    return "".join("1" if v else "0" for v in verdicts)
+
+
+def run_teacher(base, tok, cell: dict, held: list[dict], model=None, teacher=None) -> dict:
+    """The "teacher" cell: TEACHER (default: preference.reference_model, the shipped sft_lora adapter merged
+    for the bundled model, a live SFT for another) answers the N new inputs and the held-out rows by greedy
+    generation."""
+    from ..evaluate import answer
+    from ..preference import reference_model
+
+    t0 = time.perf_counter()
+    what = "the SFT model given"
+    if teacher is None:
+        teacher, what = reference_model(base, tok, steps=0, model=model)
+    inputs = new_inputs(cell["n"])
+    prompts = [data.to_prompt_completion(r, tok)["prompt"] for r in inputs + held]
+    answers = answer(teacher, tok, prompts, batch_size=32)
+    return {"name": cell["name"], "kind": "teacher", "teacher": what, "answers": answers[:len(inputs)],
+            "heldout_answers": answers[len(inputs):], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def teacher_wrong(held: list[dict], answers: list[str]) -> list[int]:
+    """The held-out rows whose teacher answer is wrong and not empty (an answer a student can copy)."""
+    return [i for i, (r, a) in enumerate(zip(held, answers)) if a != r["output"] and a.strip()]
+
+
+def run_cell(base, tok, cell: dict, held: list[dict], teacher: dict | None = None, lr: float = LR, seed: int = 0,
+             device: str = "cpu", model=None, teacher_model=None) -> dict:
+    """Train CELL's rows and score it: the held-out rows HELD (an entity cell: its own test rows). TEACHER:
+    the "teacher" cell's result, for a student; TEACHER_MODEL: the model a "teacher" cell asks.
+    Returns the cell's result (see the module's docstring)."""
+    if cell["kind"] == "teacher":
+        return run_teacher(base, tok, cell, held, model=model, teacher=teacher_model)
+    t0 = time.perf_counter()
+    rows = training_rows(cell, teacher, held)
+    if rows:
+        trained, losses = train(base, tok, rows, cell["steps"], lr, seed, device)
+    else:  # a verifier that kept no label (a model that has not learned the task): the student is the base
+        trained, losses = base.eval(), []
+    out = {**cell, "rows": len(rows), "loss_first": losses[0] if losses else None,
+           "loss_last": sum(losses[-5:]) / len(losses[-5:]) if losses else None}
+    if cell["kind"] == "entity":
+        test = split_rows(entity_rows(cell["entities"]), cell["by"])[1]
+        out.update(right=verdict_string(greedy_exact(trained, tok, test)), tasks="".join(r["task"][0] for r in test))
+    else:
+        out["right"] = verdict_string(greedy_exact(trained, tok, held))
+    if cell["kind"] == "distill":
+        wrong = teacher_wrong(held, teacher["heldout_answers"])
+        copies = greedy_exact(trained, tok, [held[i] for i in wrong], [teacher["heldout_answers"][i] for i in wrong])
+        out.update(kept=len(rows), teacher_wrong=wrong, copies_teacher=verdict_string(copies))
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def settings(cells: list[dict], n_heldout: int, lr: float = LR, seed: int = 0) -> dict:
+    """What a result was computed with (recorded in it, and compared when a cached cell is reused)."""
+    return {"cells": [c["name"] for c in cells], "n_heldout": n_heldout, "batch": BATCH, "lr": lr, "seed": seed,
+            "epochs": EPOCHS, "sizes": sorted({c["n"] for c in cells if c["kind"] == "curve"}),
+            "budget": max(c["steps"] for c in cells if c["kind"] == "curve")}
+
+
+def sweep(base, tok, cells: list[dict], n_heldout: int | None = None, lr: float = LR, seed: int = 0,
+          device: str = "cpu", model=None, teacher_model=None, log=None) -> dict:
+    """Run CELLS one after another (the teacher before its students; a "same_as" cell copies the cell it
+    names) and return the result: {"settings", "heldout_tasks": one letter per held-out row, "cells":
+    {name: cell result}}. scripts/data_curve.py runs the shipped sweep this way, in several processes."""
+    held = heldout(n_heldout)
+    done: dict[str, dict] = {}
+    for cell in sorted(cells, key=lambda c: (c["kind"] == "distill", "same_as" in c)):
+        if "same_as" in cell:
+            done[cell["name"]] = {**done[cell["same_as"]], **cell}
+        else:
+            done[cell["name"]] = run_cell(base, tok, cell, held, done.get("teacher"), lr, seed, device, model,
+                                          teacher_model)
+        if log:
+            log(describe_cell(done[cell["name"]]))
+    return assemble(done, cells, held, settings(cells, len(held), lr, seed))
+
+
+def assemble(done: dict, cells: list[dict], held: list[dict], about: dict) -> dict:
+    return {"settings": about, "heldout_tasks": "".join(r["task"][0] for r in held),
+            "cells": {c["name"]: done[c["name"]] for c in cells}}
+
+
+def describe_cell(res: dict) -> str:
+    if res["kind"] == "teacher":
+        return f"teacher: {len(res['answers'])} + {len(res['heldout_answers'])} answers in {res['seconds']} s"
+    if res["loss_first"] is None:
+        return f"{res['name']}: no rows to train on, the base model scores {res['right'].count('1')}/{len(res['right'])}"
+    return (f"{res['name']}: {res['rows']} rows, {res['steps']} steps, loss {res['loss_first']:.3f} -> "
+            f"{res['loss_last']:.3f}, exact {res['right'].count('1')}/{len(res['right'])}, {res.get('seconds', 0)} s")
+
+
+# ----------------------------------------------------------------------------- the shipped result, or a live one
+
+def load_result() -> dict:
+    """The shipped sweep of the bundled model (labkit/assets/results/data_curve.json)."""
+    from ..tuning import load_results
+
+    return load_results(RESULT)
+
+
+def result_for(model, base, tok, steps: int = 0, n_heldout: int | None = None, teacher=None, log=None) -> tuple[dict, str]:
+    """The sweep lesson 07 reads, and a line saying where it comes from.
+
+    STEPS == 0 and the bundled MODEL: the shipped sweep. Any other model (labkit.models.shipped_or_live:
+    models.LIVE_STEPS steps), or STEPS > 0: live_plan(STEPS) trained here on BASE, scored on the first
+    N_HELDOUT held-out rows, with TEACHER (a model) labelling the distillation inputs."""
+    from ..models import shipped_or_live
+
+    steps, note = shipped_or_live(steps, model, "data sweep (scripts/data_curve.py)", "CURVE_STEPS")
+    if steps == 0:
+        res = load_result()
+        ctx = res["context"]
+        return res, (f"shipped: {len(res['cells'])} runs by {res['made_by']} on the bundled model, "
+                     f"{ctx['date']}, {ctx['wall_seconds'] / 3600:.1f} h on a shared {ctx['cpus']}-core CPU")
+    res = sweep(base, tok, live_plan(steps, n_heldout=n_heldout), n_heldout, model=model, teacher_model=teacher, log=log)
+    line = f"LIVE: a small sweep of {len(res['cells'])} runs, {steps} steps each, trained here"
+    return res, (note + "\n" + line if note else line)
+
+
+# ----------------------------------------------------------------------------- reading it
+
+FAMILIES = {"e": "extract", "c": "classify", "r": "risk", "d": "dti", "q": "qa"}
+
+
+def by_family(right: str, tasks: str) -> dict:
+    """{task: (right, n)} from a verdict string and the matching task letters."""
+    out: dict = {}
+    for ok, t in zip(right, tasks):
+        k, n = out.get(FAMILIES[t], (0, 0))
+        out[FAMILIES[t]] = (k + (ok == "1"), n + 1)
+    return out
+
+
+def curve(res: dict, regime: str = "budget") -> dict:
+    """{family (and "all"): [(n examples, right, scored)]} of one curve: regime "budget" or "epochs"."""
+    guard.one_of("regime", regime, ("budget", "epochs"))
+    out: dict = {}
+    cells = sorted((c for c in res["cells"].values() if c["kind"] == "curve" and c["name"].startswith(regime)),
+                   key=lambda c: c["n"])
+    for c in cells:
+        fam = by_family(c["right"], res["heldout_tasks"])
+        fam["all"] = (c["right"].count("1"), len(c["right"]))
+        for task, (k, n) in fam.items():
+            out.setdefault(task, []).append((c["n"], k, n))
+    return out
+
+
+def bend(points: list[tuple[int, int, int]]) -> int:
+    """Where a curve flattens: the smallest size whose Wilson 95% interval holds the score of every larger
+    size (more data than that changed the score by less than the uncertainty of one point)."""
+    from ..stats import share_interval
+
+    for i, (n, k, m) in enumerate(points):
+        low, high = share_interval(k, m)
+        if all(low <= kk / mm <= high for _, kk, mm in points[i + 1:]):
+            return n
+    return points[-1][0]
+
+
+def describe_curve(res: dict, regime: str = "budget") -> list[str]:
+    """One line per family: its exact match at each size and where it flattens (``bend``)."""
+    lines = []
+    for task, points in curve(res, regime).items():
+        at = bend(points)
+        cells = "  ".join(f"{k / m:4.0%}" for _, k, m in points)
+        last = points[-1][0]
+        where = f"still rising at {last:,}" if at == last else f"flat from {at:,} ({at // 5 if task != 'all' else at:,} of this family)"
+        if task == "all":
+            where = f"flat from {at:,}" if at != last else where
+        lines.append(f"{task:>9}  {cells}   {where}")
+    sizes = "  ".join(f"{n:>4}" for n, _, _ in next(iter(curve(res, regime).values())))
+    return [f"{'examples':>9}  {sizes}"] + lines
+
+
+def curve_figure(res: dict):
+    """Held-out exact match against training examples (log scale), one panel per family and one for all,
+    at the fixed compute budget (solid, with its Wilson 95% band) and at a fixed number of passes (dashed);
+    the dotted line marks where the budget curve flattens."""
+    from matplotlib.figure import Figure
+
+    from ..stats import share_interval
+
+    budget, epochs = curve(res, "budget"), curve(res, "epochs")
+    fig = Figure(figsize=(13, 6.4), dpi=80)
+    about = res["settings"]
+    for i, task in enumerate(list(FAMILIES.values()) + ["all"]):
+        ax = fig.add_subplot(2, 3, i + 1)
+        pts = budget[task]
+        xs = [n for n, _, _ in pts]
+        ci = [share_interval(k, m) for _, k, m in pts]
+        ax.fill_between(xs, [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci], color="C0", alpha=0.15, lw=0)
+        ax.plot(xs, [100 * k / m for _, k, m in pts], "o-", color="C0", label=f"budget: {about['budget']} steps each")
+        ep = epochs.get(task, [])
+        ax.plot([n for n, _, _ in ep], [100 * k / m for _, k, m in ep], "s--", color="C1",
+                label=f"{about['epochs']} pass(es) over the data")
+        ax.axvline(bend(pts), color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(n) for n in xs], fontsize=8)
+        ax.minorticks_off()
+        ax.set_ylim(-3, 103)
+        ax.set_title(f"{task} ({pts[0][2]} held-out)", fontsize=10)
+        ax.grid(alpha=0.3)
+        if i % 3 == 0:
+            ax.set_ylabel("held-out exact match (%)")
+        if i >= 3:
+            ax.set_xlabel("training examples (all families)")
+        if i == 0:
+            ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _share(k: int, n: int) -> str:
+    from ..stats import describe_share
+
+    return describe_share(k, n)
+
+
+def _cell_score(res: dict, name: str) -> tuple[int, int]:
+    right = res["cells"][name]["right"]
+    return right.count("1"), len(right)
+
+
+def describe_noise(res: dict) -> list[str]:
+    """Exact match with a share of wrong answers, against clean data of the same size and the smaller clean
+    set (McNemar on the same held-out rows)."""
+    from ..stats import describe_mcnemar, mcnemar
+
+    cells = res["cells"]
+    noisy = sorted((c for c in cells.values() if c["kind"] == "noise"), key=lambda c: (c["n"], c["rate"]))
+    lines = []
+    for c in noisy:
+        clean = _cell_score(res, f"budget_{c['n']}")
+        lines.append(f"{c['n']:>5} examples, {c['rate']:.0%} wrong: {_share(*_cell_score(res, c['name'])):<28}"
+                     f" clean: {_share(*clean)}")
+    small = SMALL_CLEAN if f"budget_{SMALL_CLEAN}" in cells else min(c["n"] for c in cells.values() if c["kind"] == "curve")
+    for c in noisy:
+        if f"budget_{c['n']}" in cells:
+            same = mcnemar([x == "1" for x in cells[f"budget_{c['n']}"]["right"]], [x == "1" for x in c["right"]])
+            lines.append(describe_mcnemar(same, f"{c['n']} clean", f"{c['n']} with {c['rate']:.0%} wrong"))
+        if c["n"] > small:
+            test = mcnemar([x == "1" for x in cells[f"budget_{small}"]["right"]], [x == "1" for x in c["right"]])
+            lines.append(describe_mcnemar(test, f"{small} clean", f"{c['n']} with {c['rate']:.0%} wrong"))
+    return lines
+
+
+def describe_duplicates(res: dict) -> list[str]:
+    """The duplicated set against the distinct rows it holds and against as many distinct rows as it has
+    (McNemar on the same held-out rows)."""
+    from ..stats import describe_mcnemar, mcnemar
+
+    cells, d = res["cells"], res["cells"]["duplicates"]
+    fewer, same_size = f"budget_{d['n']}", f"budget_{d['rows']}"
+    lines = [f"{d['n']} distinct rows: {_share(*_cell_score(res, fewer))}",
+             f"the same {d['n']} + {d['copied']} of them repeated to {d['times']} copies each ({d['rows']} rows): "
+             f"{_share(*_cell_score(res, 'duplicates'))}"]
+    if same_size in cells:
+        lines.append(f"{d['rows']} distinct rows: {_share(*_cell_score(res, same_size))}")
+    dup = [x == "1" for x in d["right"]]
+    for name in (fewer, same_size):
+        if name in cells:
+            other = [x == "1" for x in cells[name]["right"]]
+            lines.append(describe_mcnemar(mcnemar(dup, other), "duplicated", f"{cells[name]['n']} distinct"))
+    return lines
+
+
+def leak_check(res: dict, n: int = 13, threshold: float = 0.5) -> dict:
+    """The contamination check on the leak run: the share of each held-out row's word N-grams found in what
+    that run trained on (dataprep.ngram_overlap over question and answer), and the rows flagged at
+    THRESHOLD. Returns {"overlap": [float], "flagged": [bool], "leaked": [bool]} in held-out order."""
+    cell = res["cells"]["leak"]
+    held = heldout(len(res["heldout_tasks"]))
+    seen = [dataprep.question(r) + "\n" + r["output"] for r in training_rows(cell, held=held)]
+    overlap = dataprep.ngram_overlap([dataprep.question(r) + "\n" + r["output"] for r in held], seen, n)
+    return {"overlap": overlap, "flagged": [s >= threshold for s in overlap],
+            "leaked": [i < cell["leaked"] for i in range(len(held))]}
+
+
+def describe_leak(res: dict, check: dict) -> list[str]:
+    """The leak run's score on every held-out row (what a report would say), on the leaked and the other
+    rows, what the n-gram check flags, and the score on the rows it does not flag, next to the same-size
+    run without the leak."""
+    cell = res["cells"]["leak"]
+    right = [x == "1" for x in cell["right"]]
+    clean_run = [x == "1" for x in res["cells"][f"budget_{cell['n']}"]["right"]]
+    leaked, flagged = check["leaked"], check["flagged"]
+
+    def on(verdicts, keep):
+        picked = [v for v, k in zip(verdicts, keep) if k]
+        return _share(sum(picked), len(picked)) if picked else "no rows"
+
+    found = sum(f and lk for f, lk in zip(flagged, leaked))
+    false = sum(f and not lk for f, lk in zip(flagged, leaked))
+    unflagged = [not f for f in flagged]
+    return [f"trained on {cell['n']} training rows + {cell['leaked']} held-out rows (the leak)",
+            f"reported score, every held-out row:   {on(right, [True] * len(right))}",
+            f"  on the {sum(leaked)} leaked rows:            {on(right, leaked)}",
+            f"  on the {len(right) - sum(leaked)} other rows:             {on(right, [not x for x in leaked])}",
+            f"rows sharing at least one n-gram with training: {sum(x > 0 for x in check['overlap'])}",
+            f"n-gram check flags {sum(flagged)} rows: {found} of the {sum(leaked)} leaked, {false} others",
+            f"honest score, rows not flagged:       {on(right, unflagged)}",
+            f"same rows, the run without the leak:  {on(clean_run, unflagged)}"]
+
+
+def describe_entity(res: dict) -> list[str]:
+    """Random split against entity split: each run's score on its own test rows, per family."""
+    lines = []
+    for by, label in (("row", "random split (rows shuffled)"), ("entity", "entity split (applicants shuffled)")):
+        c = res["cells"][f"entity_{by}"]
+        fam = by_family(c["right"], c["tasks"])
+        parts = "   ".join(f"{t} {_share(k, n)}" for t, (k, n) in fam.items())
+        lines.append(f"{label:<36} {parts}")
+    return lines
+
+
+def distill_report(res: dict) -> dict:
+    """What the teacher's labels were worth: {"teacher": {family: (right, n)} on the new inputs,
+    "kept": verifier-kept count, "kept_right", "right", "n", "students": {labels: (right, n) held-out},
+    "copies": {labels: {family: (copied, teacher wrong)}}} (copied: the student writes the teacher's wrong
+    held-out answer exactly)."""
+    teacher = res["cells"]["teacher"]
+    inputs = new_inputs(len(teacher["answers"]))
+    ok = [a == r["output"] for r, a in zip(inputs, teacher["answers"])]
+    kept = [dataprep.verify(r, a) for r, a in zip(inputs, teacher["answers"])]
+    fam: dict = {}
+    for r, good in zip(inputs, ok):
+        k, n = fam.get(r["task"], (0, 0))
+        fam[r["task"]] = (k + good, n + 1)
+    out = {"teacher": fam, "right": sum(ok), "n": len(ok), "kept": sum(kept),
+           "kept_right": sum(k and g for k, g in zip(kept, ok)), "students": {}, "copies": {}}
+    for labels in ("gold", "teacher", "verified"):
+        c = res["cells"][f"distill_{labels}"]
+        out["students"][labels] = (c["right"].count("1"), len(c["right"]), c["rows"])
+        tasks = [res["heldout_tasks"][i] for i in c["teacher_wrong"]]
+        out["copies"][labels] = by_family(c["copies_teacher"], "".join(tasks)) if tasks else {}
+    return out
+
+
+def describe_distill(res: dict) -> list[str]:
+    r = distill_report(res)
+    fam = "  ".join(f"{t} {k}/{n}" for t, (k, n) in r["teacher"].items())
+    lines = [f"teacher's labels on {r['n']} new inputs: {_share(r['right'], r['n'])}   ({fam})",
+             f"verifier keeps {r['kept']}: {r['kept_right']} of them right; it drops "
+             f"{r['right'] - r['kept_right']} right and {r['n'] - r['right'] - (r['kept'] - r['kept_right'])} wrong labels",
+             "students, same inputs and steps, scored on the held-out rows:"]
+    for labels, (k, n, rows) in r["students"].items():
+        lines.append(f"  {labels + ' labels':<16} ({rows:>3} rows): {_share(k, n)}")
+    lines.append("held-out rows the teacher answers wrongly: the student writes the teacher's very answer on")
+    for labels, fams in r["copies"].items():
+        total = (sum(k for k, _ in fams.values()), sum(n for _, n in fams.values()))
+        parts = "  ".join(f"{t} {k}/{n}" for t, (k, n) in fams.items())
+        lines.append(f"  {labels + ' labels':<16} {total[0]}/{total[1]}   ({parts})")
+    return lines
+
+
+def describe_dedup(texts: list[str], truth: dict, kept: list[int], pairs: set[tuple[int, int]], n: int = 5) -> list[str]:
+    """What each method found of the planted copies (scraped's TRUTH): exact hashing (KEPT: the indices it
+    keeps) and MinHash LSH (PAIRS: index pairs it returned), and the pairs MinHash returned that are not
+    planted copies, with their true Jaccard similarity of word N-grams."""
+    dropped = set(range(len(texts))) - set(kept)
+    planted = {kind: {tuple(sorted(p)) for p in ps} for kind, ps in truth.items()}
+    lines = []
+    for kind, ps in planted.items():
+        by_hash = sum(max(p) in dropped for p in ps)
+        lines.append(f"{kind} copies planted: {len(ps):>3}   found by exact hashing {by_hash:>3}   by MinHash {len(ps & pairs):>3}")
+    other = sorted(pairs - planted["exact"] - planted["near"])
+
+    def jaccard(i, j):
+        a, b = dataprep.ngrams(texts[i], n), dataprep.ngrams(texts[j], n)
+        return len(a & b) / len(a | b)
+
+    extra = f" (true Jaccard {min(jaccard(*p) for p in other):.2f}-{max(jaccard(*p) for p in other):.2f})" if other else ""
+    lines.append(f"other pairs MinHash returned: {len(other)}{extra}; exact hashing dropped {len(dropped)} rows in all")
+    return lines
+
+
+def overlap_figure(check: dict, n: int, threshold: float):
+    """Histogram of the n-gram overlap of the leaked and the other held-out rows, with the threshold."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 2.8), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    bins = [i / 20 for i in range(21)]
+    for leaked, label, colour in ((False, "held-out rows not in training", "C0"), (True, "leaked rows", "C3")):
+        values = [s for s, lk in zip(check["overlap"], check["leaked"]) if lk == leaked]
+        ax.hist(values, bins=bins, color=colour, alpha=0.7, label=f"{label} ({len(values)})")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel=f"share of the row's word {n}-grams found in the training rows", ylabel="held-out rows")
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
