@@ -158,6 +158,8 @@ def gae(rewards, values, response_mask, gamma: float = 1.0, lam: float = 0.95):
 
 
 def masked_whiten(x, mask, eps: float = 1e-8):
+    """X shifted and scaled to mean 0 and variance 1 over the positions where MASK is 1 (0 elsewhere): PPO
+    whitens the advantages of a batch so that the step size does not depend on the reward's scale."""
     m = mask.float()
     mean = (x * m).sum() / m.sum()
     var = (((x - mean) ** 2) * m).sum() / m.sum()
@@ -195,6 +197,8 @@ class PPOConfig:
     ppo_epochs: int = 2         # passes over each rollout batch
     clip: float = 0.2
     vf_coef: float = 0.5
+    gamma: float = 1.0          # GAE's discount: 1, an answer is short and only its end is scored
+    lam: float = 0.95           # GAE's lambda
     temperature: float = 1.0
     seed: int = 0
 
@@ -208,6 +212,77 @@ class PPOLog:
     samples: list = field(default_factory=list)   # the first answer of each step
     seconds: float = 0.0
 
+    def add(self, out: dict) -> None:
+        """Append one ``ppo_step`` result."""
+        self.score.append(out["scores"].mean().item())
+        self.kl.append(out["kl"].sum(1).mean().item())
+        self.length.append(out["mask"].sum(1).float().mean().item())
+        self.clipfrac.append(out["clipfrac"])
+        self.samples.append(out["texts"][0])
+
+
+def reference_logits(ref, input_ids, attention_mask):
+    """REF's logits (B, L, V) for a left-padded batch, positions counted from the first real token."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+
+
+def ppo_step(policy, ref, tok, prompts: list[str], score_fn, cfg: PPOConfig, opt, schedule, step: int = 0) -> dict:
+    """One PPO step on PROMPTS (templated), maximising SCORE_FN(texts) -> one float per answer.
+
+    POLICY: a PolicyWithValueHead; REF: the frozen pi_ref; OPT, SCHEDULE: its optimizer and learning-rate
+    schedule. Returns {"scores" (B,), "kl" (B, T), "mask" (B, T), "clipfrac", "texts"}.
+    """
+    policy.eval()
+    roll = rollout(policy, tok, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 100_003 + step)
+    ids, attn, mask, P = roll["input_ids"], roll["attention_mask"], roll["response_mask"], roll["prompt_len"]
+    scores = torch.tensor(score_fn(roll["texts"]), dtype=torch.float32, device=ids.device)
+    with torch.no_grad():  # the rollout's numbers, fixed for the whole update
+        logits, values = policy(ids, attn)
+        old_logps, old_values = response_logps(logits, ids, P), values[:, P - 1:-1]
+        ref_logps = response_logps(reference_logits(ref, ids, attn), ids, P)
+        rewards, kl = kl_penalised_rewards(scores, old_logps, ref_logps, mask, cfg.kl_coef)
+        adv, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        adv = masked_whiten(adv, mask)
+    policy.train()
+    for _ in range(cfg.ppo_epochs):  # a few passes over the same answers, clipped
+        logits, values = policy(ids, attn)
+        losses = ppo_losses(response_logps(logits, ids, P), old_logps, adv, values[:, P - 1:-1], old_values,
+                            returns, mask, clip=cfg.clip)
+        opt.zero_grad(set_to_none=True)
+        (losses["policy"] + cfg.vf_coef * losses["value"]).backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        schedule.step()
+    return {"scores": scores, "kl": kl, "mask": mask, "clipfrac": losses["clipfrac"].item(), "texts": roll["texts"]}
+
+
+def _check_run(lm, prompts: list[str], cfg: PPOConfig) -> None:
+    if not prompts:
+        raise ValueError("train_ppo needs at least one prompt.")
+    for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs"):
+        guard.positive_int(name, getattr(cfg, name))
+    guard.non_negative_float("kl_coef", cfg.kl_coef, about="0 switches the penalty off")
+    if not any(p.requires_grad for p in lm.parameters()):
+        raise ValueError("the policy has no trainable parameters (a merged or frozen model?): call "
+                         "lm.requires_grad_(True) for full fine-tuning, or give it a LoRA adapter.")
+
+
+def _setup(lm, ref, cfg: PPOConfig):
+    """(policy with a value head, frozen reference, optimizer, warm-up schedule) for ``train_ppo``."""
+    from .train import disable_dropout
+
+    # the ratio pi_theta / pi_old must be 1 before an update: no dropout in the policy (GPT-2 has p = 0.1)
+    disable_dropout(lm)
+    ref = ref if ref is not None else copy.deepcopy(lm).requires_grad_(False)
+    ref.eval()  # used under no_grad only; its requires_grad flags are left as they are
+    policy = PolicyWithValueHead(lm).to(next(lm.parameters()).device)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    # Adam's first updates move every weight by about lr whatever the gradient's size; on a noisy
+    # policy gradient that alone can wreck a small model, so the learning rate warms up.
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / (cfg.warmup_steps * cfg.ppo_epochs)))
+    return policy, ref, opt, schedule
+
 
 def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None = None, ref=None,
               callback=None):
@@ -215,68 +290,20 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
 
     prompts: templated prompts; reward_fn(indices, texts) -> list of floats, where indices are the
     positions in PROMPTS of the answers TEXTS (so it can look up gold answers). REF: the frozen
-    reference (default: a copy of LM as it is now, i.e. the SFT model). Returns (policy, PPOLog).
+    reference (default: a copy of LM as it is now, i.e. the SFT model). Each step is ``ppo_step`` on
+    the next CONFIG.batch_size prompts. Returns (policy, PPOLog).
     """
     from .train import epoch_order
 
     cfg = config or PPOConfig()
-    if not prompts:
-        raise ValueError("train_ppo needs at least one prompt.")
-    for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs"):
-        v = getattr(cfg, name)
-        guard.positive_int(name, v)
-    guard.non_negative_float("kl_coef", cfg.kl_coef, about="0 switches the penalty off")
-    if not any(p.requires_grad for p in lm.parameters()):
-        raise ValueError("the policy has no trainable parameters (a merged or frozen model?): call "
-                         "lm.requires_grad_(True) for full fine-tuning, or give it a LoRA adapter.")
-    from .train import disable_dropout
-
-    # the ratio pi_theta / pi_old must be 1 before an update: no dropout in the policy (GPT-2 has p = 0.1)
-    disable_dropout(lm)
-    ref = ref if ref is not None else copy.deepcopy(lm).requires_grad_(False)
-    ref.eval()  # used under no_grad only; its requires_grad flags are left as they are
-    policy = PolicyWithValueHead(lm)
-    device = next(lm.parameters()).device
-    policy.to(device)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    # Adam's first updates move every weight by about lr whatever the gradient's size; on a noisy
-    # policy gradient that alone can wreck a small model, so the learning rate warms up.
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (cfg.warmup_steps * cfg.ppo_epochs)))
+    _check_run(lm, prompts, cfg)
+    policy, ref, opt, schedule = _setup(lm, ref, cfg)
     log = PPOLog()
     start = time.perf_counter()
     for step, idx in zip(range(cfg.steps), epoch_order(len(prompts), cfg.batch_size, cfg.seed)):
-        policy.eval()
-        roll = rollout(policy, tok, [prompts[i] for i in idx], cfg.max_new_tokens, cfg.temperature,
-                       seed=cfg.seed * 100_003 + step)
-        scores = torch.tensor(reward_fn(idx, roll["texts"]), dtype=torch.float32, device=device)
-        ids, attn, mask, P = roll["input_ids"], roll["attention_mask"], roll["response_mask"], roll["prompt_len"]
-        with torch.no_grad():
-            logits, values = policy(ids, attn)
-            old_logps = response_logps(logits, ids, P)
-            old_values = values[:, P - 1:-1]
-            ref_logits = ref(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-                             use_cache=False).logits
-            ref_logps = response_logps(ref_logits, ids, P)
-            rewards, kl = kl_penalised_rewards(scores, old_logps, ref_logps, mask, cfg.kl_coef)
-            adv, returns = gae(rewards, old_values, mask)
-            adv = masked_whiten(adv, mask)
-        policy.train()
-        for _ in range(cfg.ppo_epochs):
-            logits, values = policy(ids, attn)
-            losses = ppo_losses(response_logps(logits, ids, P), old_logps, adv, values[:, P - 1:-1], old_values,
-                                returns, mask, clip=cfg.clip)
-            loss = losses["policy"] + cfg.vf_coef * losses["value"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            warmup.step()
-        log.score.append(scores.mean().item())
-        log.kl.append(kl.sum(1).mean().item())
-        log.length.append(mask.sum(1).float().mean().item())
-        log.clipfrac.append(losses["clipfrac"].item())
-        log.samples.append(roll["texts"][0])
+        out = ppo_step(policy, ref, tok, [prompts[i] for i in idx], lambda texts: reward_fn(idx, texts), cfg,
+                       opt, schedule, step)
+        log.add(out)
         if callback is not None:
             callback(step, log)
     log.seconds = time.perf_counter() - start
@@ -285,42 +312,50 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
 
 
 def plot_ppo(logs: dict, axes=None):
-    """Reward-function score and KL to pi_ref per step, one line per run: logs = {label: PPOLog}."""
+    """Reward-function score, KL to pi_ref and answer length per PPO step (counted from 1, whole-number
+    ticks), one line per run: logs = {label: PPOLog}."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for label, log in logs.items():
-        axes[0].plot(log.score, label=label)
-        axes[1].plot(log.kl, label=label)
-        axes[2].plot(log.length, label=label)
-    for ax, title in zip(axes, ("score (reward function)", "KL(pi_theta || pi_ref) per answer", "answer length (tokens)")):
-        ax.set_title(title)
+        steps = range(1, len(log.score) + 1)
+        axes[0].plot(steps, log.score, label=label)
+        axes[1].plot(steps, log.kl, label=label)
+        axes[2].plot(steps, log.length, label=label)
+    for ax, title in zip(axes, ("score (reward function), sampled answers", "KL(pi_theta || pi_ref) per answer (nats)",
+                                "answer length (tokens)")):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO step")
-    axes[0].legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8)
     return axes
 
 
 # ----------------------------------------------------------------------------- a reward with a loophole
 
-def lenient_grader(answer: str, gold: str, words_bonus: float = 0.1) -> float:
+def lenient_grader(answer: str, gold: str, length_bonus: float = 0.05) -> float:
     """A deliberately flawed grader, the kind reward hacking exploits.
 
-    1 point if the gold answer appears anywhere in ANSWER (a lenient "contains" check), plus
-    WORDS_BONUS per word (graders, human or learned, tend to like longer answers). The intended
-    behaviour is the short exact answer; a policy can earn more by padding it.
+    1 point if the gold answer appears anywhere in ANSWER (a lenient "contains" check, case ignored), times
+    1 + LENGTH_BONUS for each character beyond the gold answer's own length: graders, human or learned, tend
+    to prefer longer answers. A wrong answer scores 0 however long; the intended answer is the gold one,
+    exactly, and the same answer made longer scores more.
     """
-    if words_bonus < 0:
-        raise ValueError(f"words_bonus must be >= 0; got words_bonus={words_bonus!r}.")
-    return float(gold.strip().lower() in answer.lower()) + words_bonus * len(answer.split())
+    if length_bonus < 0:
+        raise ValueError(f"length_bonus must be >= 0; got length_bonus={length_bonus!r}.")
+    right = gold.strip().lower() in answer.lower()
+    return float(right) * (1 + length_bonus * max(0, len(answer.strip()) - len(gold.strip())))
 
 
 def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int = 16) -> dict:
     """Greedy answers of MODEL to instruction ROWS, scored three ways.
 
     Returns {"exact": share equal to the reference answer, "right": that verdict per row (for a paired test
-    such as stats.mcnemar), "words": mean answer length in words, "rm_score": mean reward-model score (None
-    without RM), "answers": the answers}.
+    such as stats.mcnemar), "contains": share that hold the reference answer somewhere (case ignored, as
+    ``lenient_grader`` checks it), "words": mean answer length in words, "rm_score": mean reward-model score
+    (None without RM), "answers": the answers}.
     """
     from .data import to_prompt_completion
     from .evaluate import answer, exact_matches
@@ -331,7 +366,8 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     prompts = [to_prompt_completion(r, tok)["prompt"] for r in rows]
     got = answer(model, tok, prompts, max_new_tokens=max_new_tokens)
     right = exact_matches(got, [r["output"].strip() for r in rows], normalize=False)  # answers come stripped
-    out = {"exact": sum(right) / len(right), "right": right,
+    contains = [r["output"].strip().lower() in g.lower() for r, g in zip(rows, got)]
+    out = {"exact": sum(right) / len(right), "right": right, "contains": sum(contains) / len(rows),
            "words": sum(len(g.split()) for g in got) / len(rows), "rm_score": None, "answers": got}
     if rm is not None:
         out["rm_score"] = score_answers(rm, tok, prompts, got).mean().item()

@@ -374,6 +374,30 @@ def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[
     return win_rate_from_scores(ra.tolist(), rb.tolist(), prompts=prompts)["win_rate"]
 
 
+REFUSALS = ("I don't know.", "I cannot help with that.", "Please ask someone else.")  # labkit.data._bad_answer's
+
+
+def rejected_kind(row: dict) -> str:
+    """What is wrong with a course preference pair's rejected answer, as labkit.data makes them: "refusal" (one of
+    REFUSALS), "shouting" (the chosen answer upper-cased, twice) or "wrong values" (another amount or name)."""
+    if row["rejected"] in REFUSALS:
+        return "refusal"
+    up = row["chosen"].upper()
+    return "shouting" if row["rejected"] == f"{up} {up}" else "wrong values"
+
+
+def accuracy_by_kind(rows: list[dict], margins: list[float]) -> dict:
+    """{kind: (pairs ranked right, pairs)} over ROWS, a pair ranked right when its margin r_chosen - r_rejected
+    (``pairwise_accuracy``'s "margins", one per row) is positive; kinds as ``rejected_kind``, in a fixed order."""
+    if len(rows) != len(margins):
+        raise ValueError(f"need one margin per pair; got {len(margins)} margins for {len(rows)} pairs.")
+    out = {k: [0, 0] for k in ("refusal", "shouting", "wrong values")}
+    for r, m in zip(rows, margins):
+        out[rejected_kind(r)][0] += m > 0
+        out[rejected_kind(r)][1] += 1
+    return {k: (right, n) for k, (right, n) in out.items() if n}
+
+
 # ----------------------------------------------------------------------------- the SFT model preference training starts from
 
 def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, batch_size: int = 8,

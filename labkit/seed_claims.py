@@ -72,6 +72,19 @@ CLAIMS["11_rl_verifiable_rewards"] = {
 # lesson 08: a reward model from the preference pairs; PPO on a grader that pays for length, with the KL penalty
 # at KL_COEF and without it; PPO on the reward model from the SFT model that hedges (labkit.hedge)
 CLAIMS["08_reward_model_rlhf"] = {
-    "training lifts the reward model's held-out accuracy":
-        lambda f: f["rm_accuracy"] > f["rm_accuracy_before"],
+    "the reward model trained by trl ranks 80% or more of the held-out pairs right":
+        lambda f: f["rm_accuracy"] >= 0.8,
+    "without the KL penalty the grader's score rose more than with it, and the KL to pi_ref ended over twice as large":
+        lambda f: f["nokl_score_gain"] > f["kl_score_gain"] and f["nokl_kl"] > 2 * f["kl_kl"],
+    "without the penalty the answers at least doubled in length and exact match fell by 25 points or more, while "
+    "as many or more held the right rating":
+        lambda f: f["nokl_chars"] >= 2 * f["sft_chars"] and f["nokl_exact"] <= f["sft_exact"] - 0.25
+        and f["nokl_contains"] >= f["sft_contains"],
+    "with the penalty the answers stayed within 10% of pi_ref's length":
+        lambda f: abs(f["kl_chars"] / f["sft_chars"] - 1) <= 0.1,
+    "PPO on the reward model removed the hedge (clean answers from under 10% to 90% or more) and raised the "
+    "reward model's held-out score":
+        lambda f: f["hedge_sft_clean"] < 0.1 and f["rmppo_clean"] >= 0.9 and f["rmppo_heldout_rm_score_gain"] > 0,
+    "... but did not raise exact match of the value":
+        lambda f: f["rmppo_exact"] <= f["hedge_sft_exact"],
 }

@@ -14,7 +14,7 @@ from labkit import check as C
 from labkit import ppo, preference, preference_losses, rag
 from labkit.checks import lesson15
 
-NEW = ("reward_loss", "kl_penalised_rewards", "ppo_policy_loss", "sequence_logps", "dpo_loss", "dpo_sft_loss",
+NEW = ("reward_loss", "kl_penalised_rewards", "gae", "ppo_policy_loss", "sequence_logps", "dpo_loss", "dpo_sft_loss",
        "top_k_retrieval")
 
 
@@ -41,7 +41,40 @@ def _score_on_last_position(s, lp, rlp, m, beta):
     return rewards * m, kl
 
 
+def _gae_loop(r, v, m, gamma, lam, mask_values=True, backwards=True, lam_used=True):
+    """A GAE with one mistake switched on by a flag (the right one with every flag at its default)."""
+    mf = m.float()
+    v = v * mf if mask_values else v
+    adv, nxt_v, nxt_a = torch.zeros_like(r), torch.zeros_like(r[:, 0]), torch.zeros_like(r[:, 0])
+    order = reversed(range(r.shape[1])) if backwards else range(r.shape[1])
+    for t in order:
+        nv = v[:, t + 1] if not mask_values and t + 1 < r.shape[1] else nxt_v
+        delta = r[:, t] + gamma * nv - v[:, t]
+        nxt_a = (delta + gamma * (lam if lam_used else 1.0) * nxt_a) * mf[:, t]
+        adv[:, t], nxt_v = nxt_a, v[:, t]
+    return adv, (adv + v) * mf
+
+
+def _gae_by_sum(r, v, m, gamma, lam):
+    """GAE as the discounted sum of the one-step errors, with no recursion."""
+    mf = m.float()
+    v = v * mf
+    nxt = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], dim=1)
+    delta = (r + gamma * nxt - v) * mf
+    T = r.shape[1]
+    k = torch.arange(T)
+    weights = torch.where(k[None, :] >= k[:, None], (gamma * lam) ** (k[None, :] - k[:, None]).clamp(min=0).double(),
+                          torch.zeros((), dtype=torch.float64)).to(r.dtype)
+    adv = (delta @ weights.T) * mf
+    return adv, (adv + v) * mf
+
+
 WRONG = [
+    ("gae", "values read after the answer", lambda r, v, m, g, l: _gae_loop(r, v, m, g, l, mask_values=False)),
+    ("gae", "forwards instead of backwards", lambda r, v, m, g, l: _gae_loop(r, v, m, g, l, backwards=False)),
+    ("gae", "lambda ignored", lambda r, v, m, g, l: _gae_loop(r, v, m, g, l, lam_used=False)),
+    ("gae", "advantages returned as the returns", lambda r, v, m, g, l: (_gae_loop(r, v, m, g, l)[0],) * 2),
+    ("gae", "advantages only", lambda *a: _gae_loop(*a)[0]),
     ("reward_loss", "sign flipped", lambda c, r: -F.logsigmoid(r - c).mean()),
     ("reward_loss", "sum instead of mean", lambda c, r: -F.logsigmoid(c - r).sum()),
     ("reward_loss", "log of sigmoid overflows", lambda c, r: -torch.log(torch.sigmoid(c - r)).mean()),
@@ -120,6 +153,7 @@ def test_a_plausible_wrong_answer_fails_without_showing_the_expected_values(exer
 
 
 RIGHT = [
+    ("gae", "the discounted sum of the one-step errors", _gae_by_sum),
     ("reward_loss", "softplus", lambda c, r: F.softplus(r - c).mean()),
     ("kl_penalised_rewards", "a loop over rows", lambda s, lp, rlp, m, beta: (lambda kl: (torch.stack([
         -beta * kl[i] + F.one_hot(m[i].sum() - 1, m.shape[1]) * s[i] for i in range(len(s))]), kl))((lp - rlp) * m)),
@@ -147,7 +181,7 @@ def test_another_right_way_passes(exercise_id, name, right):
 
 def test_every_new_exercise_has_wrong_answers_here_and_is_registered_in_its_lesson():
     assert {i for i, _, _ in WRONG} == set(NEW)
-    assert {i: C.get(i).lesson for i in NEW} == {"reward_loss": "08", "kl_penalised_rewards": "08",
+    assert {i: C.get(i).lesson for i in NEW} == {"reward_loss": "08", "kl_penalised_rewards": "08", "gae": "08",
                                                  "ppo_policy_loss": "08", "sequence_logps": "09",
                                                  "dpo_loss": "09", "dpo_sft_loss": "09", "top_k_retrieval": "15"}
 
@@ -155,6 +189,7 @@ def test_every_new_exercise_has_wrong_answers_here_and_is_registered_in_its_less
 def test_references_are_labkits_own_functions():
     assert C.get("reward_loss").reference is preference.reward_loss
     assert C.get("kl_penalised_rewards").reference is ppo.kl_penalised_rewards
+    assert C.get("gae").reference is ppo.gae
     assert C.get("sequence_logps").reference is preference.sequence_logps
     assert C.get("dpo_loss").reference is preference.dpo_loss
     assert C.get("dpo_sft_loss").reference is preference_losses.dpo_sft_loss

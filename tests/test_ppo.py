@@ -48,6 +48,16 @@ def test_gae_ignores_tokens_after_the_answer():
     assert torch.allclose(adv, torch.tensor([[1.0, 1.0, 0.0]]))
 
 
+def test_masked_whiten_standardises_the_answer_tokens_only():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, -7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    w = ppo.masked_whiten(x, mask)
+    kept = w[mask.bool()]
+    assert kept.mean().item() == pytest.approx(0.0, abs=1e-6) and kept.var(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+    assert w[1, 1] == 0 and w[1, 2] == 0, "the 100 after the answer neither counts nor survives"
+    assert torch.allclose(kept, (torch.tensor([1.0, 2, 3, 4]) - 2.5) / torch.tensor([1.0, 2, 3, 4]).std(unbiased=False))
+
+
 def test_ppo_policy_loss_is_clipped():
     adv = torch.tensor([[1.0, -1.0]])
     mask = torch.ones(1, 2)
@@ -98,12 +108,15 @@ def test_rollout_masks_the_answer_up_to_the_stop_token(base, tok):
         ppo.rollout(policy, tok, prompts, temperature=0)
 
 
-def test_lenient_grader():
-    assert ppo.lenient_grader("Risk: low", "Risk: low") == pytest.approx(1.2)
-    assert ppo.lenient_grader("risk: LOW and more words", "Risk: low", words_bonus=0.0) == 1.0
-    assert ppo.lenient_grader("Risk: high", "Risk: low", words_bonus=0.5) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="words_bonus"):
-        ppo.lenient_grader("x", "y", words_bonus=-1)
+def test_lenient_grader_pays_a_right_answer_more_when_it_is_longer():
+    assert ppo.lenient_grader("Risk: low", "Risk: low") == 1.0, "the intended answer earns exactly 1"
+    assert ppo.lenient_grader(" risk: LOW and more", "Risk: low", length_bonus=0.1) == pytest.approx(1.9)
+    assert ppo.lenient_grader("Risk: low<|system|>", "Risk: low", length_bonus=0.05) == pytest.approx(1.5)
+    assert ppo.lenient_grader("Risk: high and many, many more words", "Risk: low", length_bonus=0.5) == 0.0, \
+        "a wrong answer earns nothing however long"
+    assert ppo.lenient_grader("Risk: low? Risk: high? Risk: medium?", "Risk: high") > 1, "the loophole of 'contains'"
+    with pytest.raises(ValueError, match="length_bonus"):
+        ppo.lenient_grader("x", "y", length_bonus=-1)
 
 
 def test_train_ppo_runs_logs_and_starts_at_zero_kl(base, tok):
@@ -119,6 +132,26 @@ def test_train_ppo_runs_logs_and_starts_at_zero_kl(base, tok):
         ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(kl_coef=-1))
     with pytest.raises(ValueError, match="steps"):
         ppo.train_ppo(copy.deepcopy(model), tok, prompts, lambda i, t: [0.0] * len(t), ppo.PPOConfig(steps=0))
+
+
+@pytest.mark.slow
+def test_ppo_raises_a_reachable_reward_and_the_kl_penalty_holds_the_policy_back(base, tok):
+    """The loop learns: rewarded for rating a loan "high" (which lesson 06's SFT model says for about a third of
+    them), PPO without the KL penalty says it more often, step after step; with a large penalty it moves much
+    less far from pi_ref (a KL several times smaller)."""
+    from labkit import preference
+
+    sft, _ = preference.reference_model(base[0], tok, steps=0)  # the shipped sft_lora adapter, merged
+    rows = [r for r in data.read_jsonl("instructions_train.jsonl") if r["task"] == "risk"][:32]
+    prompts = [data.to_prompt_completion(r, tok)["prompt"] for r in rows]
+    says_high = lambda idx, texts: [float("high" in t.lower()) for t in texts]  # noqa: E731
+    logs = {}
+    for beta in (0.0, 2.0):
+        cfg = ppo.PPOConfig(steps=8, batch_size=8, max_new_tokens=6, kl_coef=beta, lr=1e-4, seed=0)
+        _, logs[beta] = ppo.train_ppo(copy.deepcopy(sft).requires_grad_(True), tok, prompts, says_high, cfg, ref=sft)
+    free, held = logs[0.0], logs[2.0]
+    assert sum(free.score[-3:]) / 3 > sum(free.score[:3]) / 3 + 0.2, free.score
+    assert sum(held.kl[-3:]) < sum(free.kl[-3:]) / 3, (held.kl, free.kl)
 
 
 # ----------------------------------------------------------------------------- every model (tests/hub_models.py)

@@ -1,5 +1,5 @@
-"""Lesson 08 (reward model and RLHF): the Bradley-Terry loss, the KL-penalised per-token rewards and
-the clipped PPO objective."""
+"""Lesson 08 (reward model and RLHF): the Bradley-Terry loss, the KL-penalised per-token rewards,
+generalised advantage estimation and the clipped PPO objective."""
 
 from __future__ import annotations
 
@@ -86,6 +86,39 @@ exercise(id="kl_penalised_rewards", lesson=LESSON, title="Per-token rewards with
          compare=sequence(rewards=tensor(rtol=1e-5, atol=1e-6), kl=tensor(rtol=1e-5, atol=1e-6)),
          hint="kl = (logps - ref_logps) on answer tokens (0 elsewhere); rewards = -kl_coef * kl, plus the score "
               "on each row's last answer token; return (rewards, kl), both (B, T) float")
+
+
+# ---------------------------------------------------------------------------------------------
+# gae(rewards, values, response_mask, gamma, lam) -> (advantages, returns)
+
+
+def _gae_case(rng_or_seed, batch, T, gamma, lam, padded=True):
+    rng = _rng(rng_or_seed)
+    mask = _response_mask(rng, batch, T, padded)
+    # values beyond each answer are not 0: an implementation must not read them
+    return {"rewards": randn(rng, batch, T) * mask, "values": randn(rng, batch, T), "response_mask": mask,
+            "gamma": gamma, "lam": lam}
+
+
+exercise(id="gae", lesson=LESSON, title="Generalised advantage estimation",
+         signature="gae(rewards, values, response_mask, gamma, lam)",
+         reference=ppo.gae,
+         public=lambda: [Case(_gae_case(1, 1, 4, 1.0, 1.0, padded=False), "one answer, gamma = lam = 1",
+                              hint="with lam = 1 and gamma = 1 the advantage of token t is the sum of the rewards "
+                                   "from t to the end, minus V_t"),
+                         Case(_gae_case(2, 1, 5, 1.0, 0.5, padded=False), "lam = 0.5",
+                              hint="go backwards: delta_t = r_t + gamma * V_{t+1} - V_t, then "
+                                   "A_t = delta_t + gamma * lam * A_{t+1}, with V and A = 0 after the last token"),
+                         Case(_gae_case(3, 3, 6, 0.9, 0.95), "answers of different lengths",
+                              hint="after each row's last answer token V and A are 0: multiply the values by the "
+                                   "mask first, and keep advantages and returns 0 on padding")],
+         hidden=lambda rng: [Case(_gae_case(rng, rng.randint(1, 6), rng.randint(1, 12), rng.choice([0.9, 1.0]),
+                                            rng.choice([0.0, 0.5, 0.95, 1.0]), padded=rng.random() < 0.7))
+                             for _ in range(5)],
+         compare=sequence(advantages=tensor(rtol=1e-5, atol=1e-5), returns=tensor(rtol=1e-5, atol=1e-5)),
+         hint="loop t from the last position to the first: delta_t = r_t + gamma * V_{t+1} - V_t, "
+              "A_t = (delta_t + gamma * lam * A_{t+1}) * mask_t, with V_T = A_T = 0 and V masked; "
+              "returns = (A + V) * mask; return (advantages, returns), both (B, T)")
 
 
 # ---------------------------------------------------------------------------------------------
