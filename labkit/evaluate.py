@@ -102,8 +102,9 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False, temp
 def forward_times(models: dict, input_ids, repeats: int = 20, warmup: int = 3) -> dict:
     """Wall times of no-grad forward passes over INPUT_IDS (batch, seq) for each of MODELS ({name: model}).
 
-    The models take turns (round i times every model once, after WARMUP rounds), so a slow spell of the
-    machine (the OS, another process) falls on all of them alike and the per-round ratios stay fair; compare
+    The models take turns (round i times every model once, after WARMUP rounds, starting with the i-th model
+    so that none always runs first), so a slow spell of the machine (the OS, another process) falls on all of
+    them alike and the per-round ratios stay fair; compare
     two models by those ratios (stats.mean_interval of times[a][i] / times[b][i]), not by one median each.
     Returns {name: [seconds of round 1, ..., seconds of round REPEATS]}.
     """
@@ -116,8 +117,10 @@ def forward_times(models: dict, input_ids, repeats: int = 20, warmup: int = 3) -
         raise ValueError("forward_times needs at least one model, as {name: model}.")
     times = {name: [] for name in models}
     with torch.no_grad():
+        names = list(models)
         for i in range(warmup + repeats):
-            for name, model in models.items():
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                model = models[name]
                 t0 = time.perf_counter()
                 model(input_ids)
                 if i >= warmup:

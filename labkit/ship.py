@@ -269,21 +269,31 @@ def logit_agreement(model_a, model_b, batch: dict, rows_at_a_time: int = 16) -> 
     ROWS_AT_A_TIME rows at a time (the logits of a long batch are large).
     Returns {"max_diff": max |logits_a - logits_b|, "changed": share of positions whose most likely next
     token (the greedy choice) differs, "positions": how many positions were compared}.
+    MODEL_B may be a dict {name: model}: then each is compared with MODEL_A, whose logits are computed
+    once per part, and the result is {name: the dict above}.
     """
     import torch
 
     guard.positive_int("rows_at_a_time", rows_at_a_time)
-    worst, changed, positions = 0.0, 0, 0
+    many = isinstance(model_b, dict)
+    others = model_b if many else {None: model_b}
+    if not others:
+        raise ValueError("logit_agreement needs a model to compare, or a non-empty {name: model} dict.")
+    worst, changed, positions = dict.fromkeys(others, 0.0), dict.fromkeys(others, 0), 0
     with torch.no_grad():
         for i in range(0, batch["input_ids"].shape[0], rows_at_a_time):
             part = {k: v[i:i + rows_at_a_time] for k, v in batch.items()}
             real = part["attention_mask"].bool()
             a = model_a(**part).logits.float()[real]  # (real positions, vocab)
-            b = model_b(**part).logits.float()[real]
-            worst = max(worst, (a - b).abs().max().item())
-            changed += int((a.argmax(-1) != b.argmax(-1)).sum())
+            top_a = a.argmax(-1)
+            for name, m in others.items():
+                b = m(**part).logits.float()[real]
+                worst[name] = max(worst[name], (a - b).abs().max().item())
+                changed[name] += int((top_a != b.argmax(-1)).sum())
             positions += int(real.sum())
-    return {"max_diff": worst, "changed": changed / positions, "positions": positions}
+    out = {name: {"max_diff": worst[name], "changed": changed[name] / positions, "positions": positions}
+           for name in others}
+    return out if many else out[None]
 
 
 # ----------------------------------------------------------------------------- a 4-bit base (QLoRA)
@@ -330,11 +340,11 @@ def _lora_config_for(model, path):
     """The adapter's LoraConfig with fan_in_fan_out matching MODEL's target layers (Conv1D or not)."""
     from peft import LoraConfig
 
-    from .lora import _select, is_conv1d
+    from .lora import select_layers, is_conv1d
 
     cfg = LoraConfig.from_pretrained(str(path))
     if not isinstance(cfg.target_modules, str):  # a regular expression: peft's own matching decides
-        cfg.fan_in_fan_out = any(is_conv1d(m) for _, m in _select(model, sorted(cfg.target_modules)))
+        cfg.fan_in_fan_out = any(is_conv1d(m) for _, m in select_layers(model, sorted(cfg.target_modules)))
     cfg.inference_mode = True
     return cfg
 

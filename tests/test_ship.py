@@ -348,6 +348,10 @@ def test_logit_agreement_compares_real_positions_only(two, base):
     assert got["max_diff"] == pytest.approx((a - b).abs()[real].max().item())
     assert 0 < got["changed"] < 1
     assert ship.logit_agreement(pm, base[0], batch, rows_at_a_time=1) == pytest.approx(got)  # in parts: the same
+    both = ship.logit_agreement(pm, {"itself": pm, "base": base[0]}, batch, rows_at_a_time=3)  # several at once
+    assert both["itself"] == same and both["base"] == pytest.approx(got)
+    with pytest.raises(ValueError, match="non-empty"):
+        ship.logit_agreement(pm, {}, batch)
 
 
 def test_op_counts_show_what_a_mixed_batch_adds_in_every_adapted_layer(two):
