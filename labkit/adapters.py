@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import atomic, guard
-from .lora import _adaptable_layers, _check_hyperparameters, _select, needs_fan_in_fan_out
+from .lora import adaptable_layers, check_hyperparameters, select_layers, needs_fan_in_fan_out
 
 METHODS = ("lora", "dora", "ia3", "prompt")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,7 +34,7 @@ def targets(model, which: str = "all") -> list[str]:
     which="attention": the query and value projections (q_proj and v_proj), or the fused
     query-key-value layer where a family has one (GPT-2's c_attn).
     """
-    names = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in _adaptable_layers(model)
+    names = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in adaptable_layers(model)
                                if n.rsplit(".", 1)[-1] not in HEADS))
     if which == "all":
         if not names:
@@ -57,7 +57,7 @@ def check_targets(model, target_modules: Iterable[str]) -> list[str]:
     unknown names and the valid ones.
     """
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    _select(model, targets)
+    select_layers(model, targets)
     return targets
 
 
@@ -95,7 +95,7 @@ def config(method: str, model=None, r: int = 8, alpha: float = 16.0, dropout: fl
         # GPT-2's Conv1D stores W as (in, out): peft must transpose the update (it warns, then does it)
         conv = model is not None and needs_fan_in_fan_out(model, names)
     if method in ("lora", "dora"):
-        _check_hyperparameters(r, alpha, dropout)
+        check_hyperparameters(r, alpha, dropout)
         return LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                           use_dora=method == "dora", task_type=TaskType.CAUSAL_LM, fan_in_fan_out=conv)
     if method == "ia3":

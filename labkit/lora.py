@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 
-def _check_hyperparameters(r, alpha, dropout) -> None:
+def check_hyperparameters(r, alpha, dropout) -> None:
     """Raise a ValueError/TypeError that names the bad value and what would be valid."""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral):
         raise TypeError(f"r must be a positive integer such as 4, 8 or 16; got r={r!r} ({type(r).__name__}).")
@@ -61,7 +61,7 @@ class LoRALinear(nn.Module):
             raise TypeError(f"LoRALinear wraps an nn.Linear (or GPT-2's Conv1D); got {type(base).__name__}. "
                             f"Pick a Linear layer, e.g. model.model.layers[0].self_attn.q_proj.")
         self.fan_in_fan_out = is_conv1d(base)  # weight stored (in, out)
-        _check_hyperparameters(r, alpha, dropout)
+        check_hyperparameters(r, alpha, dropout)
         self.base = base
         self.r, self.alpha, self.rslora = int(r), float(alpha), bool(rslora)
         # rsLoRA (Kalajdzievski 2023): alpha/r shrinks the update as r grows, alpha/sqrt(r) keeps its
@@ -175,7 +175,7 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _adaptable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def adaptable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every nn.Linear, Conv1D and LoRALinear, skipping the layer inside a LoRALinear."""
     found, wrapped = [], set()
     for name, module in model.named_modules():
@@ -187,11 +187,11 @@ def _adaptable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _select(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, nn.Module]]:
+def select_layers(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, nn.Module]]:
     """The layers named by target_modules; a target that matches nothing is an error."""
     # Unlike peft, a plain string is one module name here, not a regular expression.
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    layers = _adaptable_layers(model)
+    layers = adaptable_layers(model)
     # Deduplicated last name components, in model order: "q_proj", "k_proj", ..., "lm_head".
     valid = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in layers))
     if not targets:
@@ -223,7 +223,7 @@ def block_layer(model: nn.Module, target: str, block: int = 0) -> tuple[str, nn.
     """(name, layer) of the layer named TARGET inside decoder block BLOCK, e.g. ("model.layers.0.self_attn.q_proj",
     q_proj) for a Llama or ("transformer.h.0.attn.c_attn", c_attn) for GPT-2. The block is the first
     integer in the layer's dotted name. Raises ValueError naming the blocks that exist."""
-    chosen = _select(model, [target])
+    chosen = select_layers(model, [target])
     blocks = {}
     for name, m in chosen:
         index = next((int(part) for part in name.split(".") if part.isdigit()), None)
@@ -238,13 +238,13 @@ def block_layer(model: nn.Module, target: str, block: int = 0) -> tuple[str, nn.
 def needs_fan_in_fan_out(model: nn.Module, target_modules: Iterable[str]) -> bool:
     """Are the layers TARGET_MODULES name GPT-2's Conv1D (weight stored (in, out))? Then peft's LoraConfig
     must say fan_in_fan_out=True, so that it merges (B A)^T, as LoRALinear does for a Conv1D."""
-    return any(is_conv1d(m.base if isinstance(m, LoRALinear) else m) for _, m in _select(model, target_modules))
+    return any(is_conv1d(m.base if isinstance(m, LoRALinear) else m) for _, m in select_layers(model, target_modules))
 
 
 def layer_shapes(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[int, int]]:
     """(out_features, in_features) of every layer target_modules names, as the notation's W (d_out, d_in):
     a Conv1D (stored (in, out)) is reported the same way as the nn.Linear it stands for."""
-    return [tuple(reversed(_in_out(m))) for _, m in _select(model, target_modules)]
+    return [tuple(reversed(_in_out(m))) for _, m in select_layers(model, target_modules)]
 
 
 def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, alpha: float,
@@ -255,8 +255,8 @@ def inject_lora(model: nn.Module, target_modules: Iterable[str], r: int, alpha: 
     its last dotted components). The model is changed in place, as peft's inject_adapter_in_model.
     Works on a meta-device model too (A and B are then created on meta, allocating nothing).
     """
-    _check_hyperparameters(r, alpha, dropout)
-    chosen = _select(model, target_modules)
+    check_hyperparameters(r, alpha, dropout)
+    chosen = select_layers(model, target_modules)
     already = [name for name, m in chosen if isinstance(m, LoRALinear)]
     if already:
         raise ValueError(f"{already} already have LoRA; inject into a fresh copy of the model instead.")
@@ -275,8 +275,8 @@ def count_lora_params(model: nn.Module, r: int, target_modules: Iterable[str]) -
     Reads only layer sizes, so it works on a model built under `with torch.device("meta"):` (a 7B
     model then costs no memory) and on a model that already has LoRA.
     """
-    _check_hyperparameters(r, 1.0, 0.0)
-    return sum(r * sum(_in_out(m)) for _, m in _select(model, target_modules))
+    check_hyperparameters(r, 1.0, 0.0)
+    return sum(r * sum(_in_out(m)) for _, m in select_layers(model, target_modules))
 
 
 def _in_out(m: nn.Module) -> tuple[int, int]:

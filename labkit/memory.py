@@ -22,7 +22,7 @@ import numbers
 
 from . import guard
 from .adapters import DEFAULT_TARGETS
-from .quant import DYNAMIC_BLOCKSIZES, NF4_BLOCKSIZES, _check_blocksize
+from .quant import DYNAMIC_BLOCKSIZES, NF4_BLOCKSIZES, check_blocksize
 
 
 # -----------------------------------------------------------------------------
@@ -37,10 +37,10 @@ def bits_per_parameter(blocksize: int = 64, double_quant: bool = False, blocksiz
     4 + 8/64 + 32/(64*256) = 4.127 bits. (The one offset per tensor and the shared codebooks are
     a few bytes per tensor and are left out.)
     """
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    check_blocksize(blocksize, NF4_BLOCKSIZES)
     if not double_quant:
         return 4 + 32 / blocksize
-    _check_blocksize(blocksize2, DYNAMIC_BLOCKSIZES)
+    check_blocksize(blocksize2, DYNAMIC_BLOCKSIZES)
     return 4 + 8 / blocksize + 32 / (blocksize * blocksize2)
 
 

@@ -73,10 +73,10 @@ def linear_weights(model, which: str = "all") -> dict:
     so the blocks of 64 run along the same rows here as in bitsandbytes.
     """
     from .adapters import targets
-    from .lora import _select, is_conv1d
+    from .lora import select_layers, is_conv1d
 
     out = {}
-    for name, m in _select(model, targets(model, which)):
+    for name, m in select_layers(model, targets(model, which)):
         w = m.weight.detach().float().cpu()
         out[name] = w.T.contiguous() if is_conv1d(m) else w
     return out

@@ -141,7 +141,7 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, code: torch.
     return values * absmax.reshape(-1).float().repeat_interleave(blocksize)[: values.numel()]
 
 
-def _check_blocksize(blocksize, valid) -> None:
+def check_blocksize(blocksize, valid) -> None:
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in valid:
         raise ValueError(f"blocksize must be one of {valid} (what bitsandbytes supports), "
                          f"got {blocksize!r}.")
@@ -191,7 +191,7 @@ def quantize_4bit(w: torch.Tensor, quant_type: str = "nf4",
     """
     code = _check_quant_type(quant_type)
     _check_float(w, "w")
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    check_blocksize(blocksize, NF4_BLOCKSIZES)
     return quantize_blockwise(w.detach().reshape(-1).float(), code.to(w.device), blocksize)
 
 
@@ -203,7 +203,7 @@ def dequantize_4bit(codes: torch.Tensor, absmax: torch.Tensor, shape, quant_type
     Returns: float32 tensor of SHAPE.
     """
     code = _check_quant_type(quant_type)
-    _check_blocksize(blocksize, NF4_BLOCKSIZES)
+    check_blocksize(blocksize, NF4_BLOCKSIZES)
     shape = torch.Size(shape)
     _check_codes(codes, absmax, shape.numel(), blocksize, n_codes=16)
     return dequantize_blockwise(codes, absmax, code.to(codes.device), blocksize).reshape(shape)
@@ -286,7 +286,7 @@ def double_quantize(absmax: torch.Tensor,
       absmax2: (ceil(n_blocks / blocksize),) float32, the largest |absmax - offset| of each block.
     """
     _check_float(absmax, "absmax")
-    _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
+    check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
     absmax = absmax.detach().reshape(-1).float()
     offset = absmax.mean()
     q_absmax, absmax2 = quantize_blockwise(absmax - offset, DYNAMIC_CODE.to(absmax.device), blocksize)
@@ -303,7 +303,7 @@ def double_dequantize(q_absmax: torch.Tensor, absmax2: torch.Tensor, offset: flo
     its CPU C kernel sometimes picks the neighbouring code for a value within a hair of a midpoint
     (see tests/test_quant.py).
     """
-    _check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
+    check_blocksize(blocksize, DYNAMIC_BLOCKSIZES)
     n_blocks = q_absmax.numel() if isinstance(q_absmax, torch.Tensor) else -1
     _check_codes(q_absmax, absmax2, n_blocks, blocksize, n_codes=256)
     values = dequantize_blockwise(q_absmax, absmax2, DYNAMIC_CODE.to(q_absmax.device), blocksize)

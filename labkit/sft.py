@@ -26,8 +26,7 @@ import random
 from dataclasses import dataclass
 
 from . import guard
-
-IGNORE_INDEX = -100  # the label value torch's cross-entropy (and every HF model) skips
+from .train import IGNORE_INDEX, check_steps, epoch_order, fit, optimizer
 
 
 def completion_labels(input_ids, prompt_length: int):
@@ -162,7 +161,6 @@ def batches(features: list[dict], batch_size: int, pad_token_id: int, seed: int 
     """Endless shuffled, padded batches from tokenised FEATURES (each epoch a new order)."""
     if not features:
         raise ValueError("no training examples were given.")
-    from .train import epoch_order
 
     collate = PadCollator(pad_token_id)
     for chosen in epoch_order(len(features), batch_size, seed):
@@ -177,7 +175,6 @@ def train(model, tok, pairs: list[dict], steps: int = 100, lr: float = 1e-3, bat
     pairs: [{"prompt", "completion"}]; returns the training loss per step. CALLBACK(step, loss), if
     given, is called after each step (for live plots and evaluation during training).
     """
-    from .train import check_steps, fit, optimizer
 
     steps = check_steps(steps)
     params, opt = optimizer(model, lr, seed)

@@ -8,7 +8,8 @@ checks its inputs so a bad knob gives a clear error instead of a traceback from 
 from __future__ import annotations
 
 from . import guard
-from .sft import IGNORE_INDEX
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy (and every HF model) skips
 
 
 def check_lr(lr) -> float:

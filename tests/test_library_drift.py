@@ -51,10 +51,13 @@ def course_sources() -> list[tuple[str, str]]:
 
 
 def notebook_cell_python(cell) -> str:
-    """A code cell's source with IPython's `!shell` and `%magic` lines blanked (kept as lines, so the
-    line numbers still match)."""
+    """A code cell's source with IPython's `!shell` and `%magic` lines replaced by `pass` at their
+    indentation (kept as lines, so the line numbers still match and an `if` around one still parses)."""
     src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-    return "\n".join("" if line.lstrip().startswith(("!", "%")) else line for line in src.splitlines())
+    def plain(line: str) -> str:
+        body = line.lstrip()
+        return line[: len(line) - len(body)] + "pass" if body.startswith(("!", "%")) else line
+    return "\n".join(plain(line) for line in src.splitlines())
 
 
 @dataclasses.dataclass

@@ -32,11 +32,11 @@ from .answers import answer_hash, quiz
 from .compare import describe_inputs, integer, mapping, number, sequence, tensor, text
 from .grade import check
 from .record import progress, progress_path
-from .registry import Case, Question, exercise, exercises, get, question, quizzes, randn
+from .registry import Case, Question, as_rng, exercise, exercises, get, question, quizzes, randn
 from .result import Result
 
 __all__ = ["check", "quiz", "progress",  # the learner's three
-           "Case", "exercise", "question", "randn",  # what a lesson module in labkit/checks/ registers
+           "Case", "exercise", "question", "randn", "as_rng",  # what a lesson module in labkit/checks/ registers
            "tensor", "number", "integer", "text", "sequence", "mapping",  # its comparators
            "exercises", "quizzes", "get", "answer_hash", "Question", "Result",  # lookups (cli, interview, tests)
            "describe_inputs", "progress_path"]

@@ -122,6 +122,12 @@ def get(exercise_id: str) -> Exercise | Question:
     return EXERCISES.get(exercise_id) or QUESTIONS[exercise_id]
 
 
+def as_rng(rng_or_seed) -> random.Random:
+    """RNG_OR_SEED itself when it is a random.Random, else a random.Random seeded with it (a case
+    generator takes either)."""
+    return rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
+
+
 def randn(rng: random.Random, *shape, dtype=None, scale: float = 1.0):
     """A standard-normal tensor of SHAPE, times SCALE, drawn from a torch generator seeded by RNG
     (for a lesson's hidden cases)."""

@@ -3,18 +3,13 @@ term; one interview question on what the SFT term does."""
 
 from __future__ import annotations
 
-import random
 
 import torch
 
 from labkit import preference, preference_losses
-from labkit.check import Case, exercise, question, randn, sequence, tensor
+from labkit.check import Case, as_rng, exercise, question, randn, sequence, tensor
 
 LESSON = "09"
-
-
-def _rng(rng_or_seed):
-    return rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -24,7 +19,7 @@ def _rng(rng_or_seed):
 def _lm_batch(rng_or_seed, batch, seq, vocab, prompt=0, pad_tail=0):
     """logits (batch, seq, vocab) and labels (batch, seq): -100 on the first PROMPT tokens of every row
     and on the last PAD_TAIL tokens of the first row (a shorter, right-padded answer)."""
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     logits = randn(rng, batch, seq, vocab, scale=2.0)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     labels = torch.randint(0, vocab, (batch, seq), generator=g)
@@ -58,9 +53,9 @@ exercise(id="sequence_logps", lesson=LESSON, title="Log-probability of each answ
 # dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
 
 
-def _logps(rng_or_seed, n, beta, same_policy=False):
+def random_logps(rng_or_seed, n, beta, same_policy=False):
     """Four (n,) sequence log-probabilities (negative, as for answers of a few tokens) and BETA."""
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     ref_c, ref_r = -randn(rng, n).abs() * 20 - 1, -randn(rng, n).abs() * 20 - 1
     if same_policy:
         pol_c, pol_r = ref_c.clone(), ref_r.clone()
@@ -75,16 +70,16 @@ _TENSOR = tensor(rtol=1e-5, atol=1e-6)
 exercise(id="dpo_loss", lesson=LESSON, title="The DPO loss and its implicit rewards",
          signature="dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)",
          reference=preference.dpo_loss,
-         public=lambda: [Case(_logps(1, 1, 0.5, same_policy=True), "the policy still equals the reference",
+         public=lambda: [Case(random_logps(1, 1, 0.5, same_policy=True), "the policy still equals the reference",
                               hint="the implicit reward of an answer is beta * (its policy log-prob - its "
                                    "reference log-prob): 0 for both answers here"),
-                         Case(_logps(2, 4, 0.1), "four pairs, beta 0.1",
+                         Case(random_logps(2, 4, 0.1), "four pairs, beta 0.1",
                               hint="each answer's reward is beta * (policy log-prob - reference log-prob); the "
                                    "loss is -log sigma(chosen_rewards - rejected_rewards), averaged over the pairs"),
-                         Case(_logps(3, 3, 2.0), "beta 2",
+                         Case(random_logps(3, 3, 2.0), "beta 2",
                               hint="multiply the log-ratios by beta before the sigmoid, and return the rewards "
                                    "with beta in them too")],
-         hidden=lambda rng: [Case(_logps(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0, 2.0])))
+         hidden=lambda rng: [Case(random_logps(rng, rng.randint(1, 16), rng.choice([0.05, 0.1, 0.3, 0.5, 1.0, 2.0])))
                              for _ in range(5)],
          compare=sequence(loss=_TENSOR, chosen_rewards=_TENSOR, rejected_rewards=_TENSOR),
          hint="chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps), the same for rejected; "
@@ -98,9 +93,9 @@ exercise(id="dpo_loss", lesson=LESSON, title="The DPO loss and its implicit rewa
 
 
 def _sft_inputs(rng_or_seed, n, beta, sft_weight, unit_lengths=False):
-    """_logps' four (n,) log-probabilities, the chosen answers' lengths (n,) long, BETA and SFT_WEIGHT."""
-    rng = _rng(rng_or_seed)
-    d = _logps(rng, n, beta)
+    """random_logps' four (n,) log-probabilities, the chosen answers' lengths (n,) long, BETA and SFT_WEIGHT."""
+    rng = as_rng(rng_or_seed)
+    d = random_logps(rng, n, beta)
     beta = d.pop("beta")
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     d["chosen_lengths"] = torch.ones(n, dtype=torch.long) if unit_lengths else torch.randint(1, 30, (n,), generator=g)

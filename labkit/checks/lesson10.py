@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from labkit import preference_losses
-from labkit.check import Case, exercise, question, sequence, tensor
-from labkit.checks.lesson09 import _logps, _rng
+from labkit.check import Case, as_rng, exercise, question, sequence, tensor
+from labkit.checks.lesson09 import random_logps
 
 LESSON = "10"
 
@@ -20,9 +20,9 @@ _TENSOR = tensor(rtol=1e-5, atol=1e-6)
 
 
 def _ipo_inputs(rng_or_seed, n, beta, same_policy=False, unit_lengths=False):
-    """_logps' four (n,) log-probabilities, answer lengths (n,) long (1 with UNIT_LENGTHS) and BETA."""
-    rng = _rng(rng_or_seed)
-    d = _logps(rng, n, beta, same_policy=same_policy)
+    """random_logps' four (n,) log-probabilities, answer lengths (n,) long (1 with UNIT_LENGTHS) and BETA."""
+    rng = as_rng(rng_or_seed)
+    d = random_logps(rng, n, beta, same_policy=same_policy)
     beta = d.pop("beta")
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     for side in ("chosen", "rejected"):

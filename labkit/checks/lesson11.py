@@ -10,13 +10,9 @@ import re
 import torch
 
 from labkit import corpus, grpo, rewards
-from labkit.check import Case, exercise, number, question, randn, tensor
+from labkit.check import Case, as_rng, exercise, number, question, randn, tensor
 
 LESSON = "11"
-
-
-def _rng(rng_or_seed):
-    return rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -25,7 +21,7 @@ def _rng(rng_or_seed):
 
 def _binary(rng_or_seed, groups, G, tie=True):
     """0/1 rewards for GROUPS groups of G; with TIE the first group is all equal (its advantages are 0)."""
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     rows = [[float(rng.random() < 0.4) for _ in range(G)] for _ in range(groups)]
     for row in rows[1 if tie else 0:]:  # every other group has a right and a wrong answer
         row[0], row[-1] = 1.0, 0.0
@@ -72,7 +68,7 @@ def _mask(rng, N, T, padded=True):
 
 
 def _loss_case(rng_or_seed, N, T, beta, epsilon, spread=0.5, padded=True):
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     old = -randn(rng, N, T).abs() * 2
     mask = _mask(rng, N, T, padded)
     # log-ratios of +-spread: ratios from about 0.6 to 1.6, many beyond 1 +- epsilon

@@ -3,23 +3,18 @@ what the ZeRO stages split."""
 
 from __future__ import annotations
 
-import random
 
 import torch
 
 from labkit import scale
-from labkit.check import Case, exercise, question, tensor
+from labkit.check import Case, as_rng, exercise, question, tensor
 
 LESSON = "16"
 
 
-def _rng(rng_or_seed):
-    return rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
-
-
 def _ranks(rng_or_seed, counts):
     """One tensor of per-token losses per rank, with COUNTS[k] trained tokens on rank k (losses 0.5-6)."""
-    rng = _rng(rng_or_seed)
+    rng = as_rng(rng_or_seed)
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     return {"token_losses": [0.5 + 5.5 * torch.rand(n, generator=g) for n in counts]}
 
