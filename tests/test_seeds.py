@@ -114,3 +114,20 @@ def test_a_shipped_spread_ran_at_the_lessons_current_defaults(path):
     names = [set(r["figures"]) for r in spread["runs"]]
     assert all(n == names[0] for n in names) and names[0]
     assert seeds.load(spread["lesson"]) == spread
+
+
+def _claimed_lessons():
+    from labkit.seed_claims import CLAIMS
+
+    return sorted(CLAIMS)
+
+
+@pytest.mark.parametrize("lesson", _claimed_lessons())
+def test_every_claim_a_lesson_prints_holds_at_every_shipped_seed(lesson):
+    """labkit/seed_claims.py's promise: a claim that does not hold at every seed of the shipped spread is not made."""
+    from labkit.seed_claims import CLAIMS
+
+    spread = seeds.load(lesson)
+    assert spread is not None, f"{lesson} makes claims over seeds but ships no spread: run {seeds.MADE_BY}"
+    for claim, rule in CLAIMS[lesson].items():
+        assert all(seeds.holds(spread, rule)), seeds.verdict(spread, claim, rule)
