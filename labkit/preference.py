@@ -17,71 +17,12 @@ from __future__ import annotations
 
 
 from . import guard
-from .sft import IGNORE_INDEX, tokenize_example
+from .preference_losses import (DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, batch_logps, check_beta,
+                                dpo_loss, dpo_sft_loss, pair_loss, reward_loss, sequence_logps, sft_term)
+from .sft import tokenize_example
 
-
-# ----------------------------------------------------------------------------- the three losses
-
-def _check_beta(beta) -> float:
-    return guard.positive_float("beta", beta, "0.1")
-
-
-def _check_same_shape(**tensors) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) != 1:
-        raise ValueError("these tensors must have the same shape: "
-                         + ", ".join(f"{n} {s}" for n, s in shapes.items()) + ".")
-
-
-def sequence_logps(logits, labels):
-    """Sum of log pi(token | prefix) over the tokens whose label is not -100.
-
-    logits: (B, T, V) float, the model's output for input_ids (B, T);
-    labels: (B, T) long, a copy of input_ids with -100 on tokens not to score (prompt, padding).
-    The logits at position t predict the token at t+1, so logits[:, :-1] are scored against
-    labels[:, 1:] (the one-token shift every causal LM loss makes). Returns (B,) float.
-    """
-    import torch
-
-    if logits.dim() != 3 or labels.dim() != 2 or tuple(logits.shape[:2]) != tuple(labels.shape):
-        raise ValueError(f"logits must be (batch, seq, vocab) and labels (batch, seq) with the same batch and seq; "
-                         f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}.")
-    logits, labels = logits[:, :-1, :], labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    safe = labels.masked_fill(~mask, 0)
-    token_logps = torch.gather(logits.float().log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
-
-
-def reward_loss(r_chosen, r_rejected):
-    """Bradley-Terry loss: mean over pairs of -log sigma(r_chosen - r_rejected).
-
-    r_chosen, r_rejected: (B,) rewards of the preferred and the other answer. Returns a scalar.
-    sigma(r_w - r_l) is the model's probability that the chosen answer wins, so this is the negative
-    log-likelihood of the observed preferences. Only differences of rewards matter.
-    """
-    import torch.nn.functional as F
-
-    _check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
-
-
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1):
-    """The DPO loss (Rafailov et al., 2023) and the implicit rewards it trains.
-
-    All four inputs are (B,) sequence log-probabilities (``sequence_logps``) of the chosen and the
-    rejected answers under the policy pi_theta and the frozen reference pi_ref.
-    The implicit reward of an answer is beta * (log pi_theta(y|x) - log pi_ref(y|x)); the loss is the
-    Bradley-Terry loss on those rewards: mean of -log sigma(chosen_reward - rejected_reward).
-    Returns (loss: scalar, chosen_rewards: (B,), rejected_rewards: (B,)); the rewards are detached.
-    """
-    beta = _check_beta(beta)
-    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-                      ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
-    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
-    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
-    loss = reward_loss(chosen_rewards, rejected_rewards)
-    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+# The losses (Bradley-Terry, DPO and its family) live in labkit.preference_losses; preference.dpo_loss,
+# preference.reward_loss, preference.sequence_logps and preference.batch_logps are the same functions.
 
 
 def dpo_loss_curve(margins, betas) -> dict:
@@ -96,7 +37,7 @@ def dpo_loss_curve(margins, betas) -> dict:
     import torch
     import torch.nn.functional as F
 
-    betas = [_check_beta(b) for b in betas]
+    betas = [check_beta(b) for b in betas]
     if not betas:
         raise ValueError("betas is empty: give at least one beta, e.g. [0.1].")
     m = torch.as_tensor(list(margins), dtype=torch.float64)
@@ -453,12 +394,6 @@ def live_sft(base, tok, steps: int, lr: float = 2e-3, seed: int = 0, batch_size:
 
 # ----------------------------------------------------------------------------- DPO from scratch
 
-def batch_logps(model, batch: dict):
-    """sequence_logps of every row of a ``collate_pairs`` batch under MODEL: returns (chosen (B,), rejected (B,))."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sequence_logps(logits, batch["labels"]).chunk(2)
-
-
 def pair_logps(model, tok, rows: list[dict], batch_size: int = 16):
     """Sequence log-probs of the chosen and rejected answers of ROWS under MODEL, no gradient.
 
@@ -493,7 +428,7 @@ def preference_accuracy(policy, ref, tok, rows: list[dict], beta: float = 0.1, r
     given, is ``pair_logps(ref, tok, rows)`` computed once (the reference never changes);
     POLICY_LOGPS likewise for the policy, when the caller already has them.
     """
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     ref_c, ref_r = ref_logps if ref_logps is not None else pair_logps(ref, tok, rows)
     pol_c, pol_r = policy_logps if policy_logps is not None else pair_logps(policy, tok, rows)
     _, rc, rr = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=beta)
@@ -519,12 +454,11 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
     """
     import torch
 
-    from .preference_losses import DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, pair_loss, sft_term
     from .train import check_lr, check_steps, disable_dropout, fit, optimizer
 
     loss = guard.one_of("loss", loss, LOSSES)
     sft_weight = guard.non_negative_float("sft_weight", sft_weight, about="0: the pair loss alone")
-    beta = _check_beta(DEFAULT_BETA[loss] if beta is None else beta)
+    beta = check_beta(DEFAULT_BETA[loss] if beta is None else beta)
     lr, steps = check_lr(lr), check_steps(steps)
     needs_ref = loss not in REFERENCE_FREE
     if needs_ref and ref is None:
@@ -577,7 +511,6 @@ def dpo_metrics(policy, tok, rows: list[dict], ref_logps, beta: float = 0.1, sft
     """
     import torch
 
-    from .preference_losses import batch_lengths, dpo_sft_loss
 
     pairs = collate_pairs(tokenize_pairs(tok, rows), tok.pad_token_id)
     device = next(policy.parameters()).device

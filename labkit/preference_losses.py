@@ -20,15 +20,83 @@ as ``dpo_loss`` does; a pair counts as ordered correctly when its chosen reward 
 from __future__ import annotations
 
 from . import guard
+from .train import IGNORE_INDEX
 
 LOSSES = ("dpo", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # they never read pi_ref: no reference forward pass
 
 
-def _check_same_shape(**tensors) -> None:
-    from .preference import _check_same_shape as check
+# ----------------------------------------------------------------------------- Bradley-Terry and DPO
 
-    check(**tensors)
+def check_beta(beta) -> float:
+    return guard.positive_float("beta", beta, "0.1")
+
+
+def _check_same_shape(**tensors) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError("these tensors must have the same shape: "
+                         + ", ".join(f"{n} {s}" for n, s in shapes.items()) + ".")
+
+
+def sequence_logps(logits, labels):
+    """Sum of log pi(token | prefix) over the tokens whose label is not -100.
+
+    logits: (B, T, V) float, the model's output for input_ids (B, T);
+    labels: (B, T) long, a copy of input_ids with -100 on tokens not to score (prompt, padding).
+    The logits at position t predict the token at t+1, so logits[:, :-1] are scored against
+    labels[:, 1:] (the one-token shift every causal LM loss makes). Returns (B,) float.
+    """
+    import torch
+
+    if logits.dim() != 3 or labels.dim() != 2 or tuple(logits.shape[:2]) != tuple(labels.shape):
+        raise ValueError(f"logits must be (batch, seq, vocab) and labels (batch, seq) with the same batch and seq; "
+                         f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}.")
+    logits, labels = logits[:, :-1, :], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~mask, 0)
+    token_logps = torch.gather(logits.float().log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+def reward_loss(r_chosen, r_rejected):
+    """Bradley-Terry loss: mean over pairs of -log sigma(r_chosen - r_rejected).
+
+    r_chosen, r_rejected: (B,) rewards of the preferred and the other answer. Returns a scalar.
+    sigma(r_w - r_l) is the model's probability that the chosen answer wins, so this is the negative
+    log-likelihood of the observed preferences. Only differences of rewards matter.
+    """
+    import torch.nn.functional as F
+
+    _check_same_shape(r_chosen=r_chosen, r_rejected=r_rejected)
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1):
+    """The DPO loss (Rafailov et al., 2023) and the implicit rewards it trains.
+
+    All four inputs are (B,) sequence log-probabilities (``sequence_logps``) of the chosen and the
+    rejected answers under the policy pi_theta and the frozen reference pi_ref.
+    The implicit reward of an answer is beta * (log pi_theta(y|x) - log pi_ref(y|x)); the loss is the
+    Bradley-Terry loss on those rewards: mean of -log sigma(chosen_reward - rejected_reward).
+    Returns (loss: scalar, chosen_rewards: (B,), rejected_rewards: (B,)); the rewards are detached.
+    """
+    beta = check_beta(beta)
+    _check_same_shape(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                      ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = reward_loss(chosen_rewards, rejected_rewards)
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def batch_logps(model, batch: dict):
+    """sequence_logps of every row of a ``collate_pairs`` batch under MODEL: returns (chosen (B,), rejected (B,))."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logps(logits, batch["labels"]).chunk(2)
+
+
+# ----------------------------------------------------------------------------- the family next to DPO
 
 
 def _check_lengths(**lengths) -> None:
@@ -41,8 +109,6 @@ def answer_lengths(labels):
     """Number of scored tokens per row: labels (B, T) with -100 on prompt and padding -> (B,) long.
 
     The tokens ``sequence_logps`` sums over (labels[:, 1:] that are not -100)."""
-    from .sft import IGNORE_INDEX
-
     return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
 
 
@@ -71,7 +137,6 @@ def dpo_sft_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, r
     chosen answers' tokens. DPO's term only widens the gap between chosen and rejected; the SFT term holds the
     chosen answers' likelihood up while it does. Returns (loss, chosen_rewards, rejected_rewards) as dpo_loss.
     """
-    from .preference import dpo_loss
 
     sft_weight = guard.non_negative_float("sft_weight", sft_weight, "1.0", about="0: plain DPO")
     loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
@@ -172,7 +237,6 @@ def pair_loss(loss: str, policy_logps, lengths, ref_logps=None, beta=None, gamma
     """One of LOSSES on a batch: POLICY_LOGPS and REF_LOGPS are (chosen (B,), rejected (B,)) summed
     log-probabilities, LENGTHS (chosen (B,), rejected (B,)) answer tokens. BETA None: DEFAULT_BETA[loss];
     GAMMA is SimPO's margin. Returns the loss's (loss, chosen_rewards, rejected_rewards)."""
-    from .preference import dpo_loss
 
     loss = guard.one_of("loss", loss, LOSSES)
     beta = DEFAULT_BETA[loss] if beta is None else beta
@@ -197,9 +261,6 @@ def trl_batch_logps(model, batch: dict):
     CPOTrainer's and ORPOTrainer's: chosen_input_ids, chosen_attention_mask, chosen_labels (-100 on the prompt),
     and the same for rejected. Returns ((chosen (B,), rejected (B,)) log-probs, (chosen, rejected) lengths).
     """
-    from .preference import batch_logps
-    from .sft import IGNORE_INDEX
-
     if "completion_mask" in batch:
         labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE_INDEX)
         ours = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
@@ -210,8 +271,6 @@ def trl_batch_logps(model, batch: dict):
     for side in ("chosen", "rejected"):
         ids, mask, labels = (batch[f"{side}_{k}"] for k in ("input_ids", "attention_mask", "labels"))
         logits = model(input_ids=ids, attention_mask=mask).logits
-        from .preference import sequence_logps
-
         logps.append(sequence_logps(logits, labels))
         lengths.append(answer_lengths(labels))
     return tuple(logps), tuple(lengths)

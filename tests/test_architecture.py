@@ -1,0 +1,89 @@
+"""labkit's architecture, checked from its source: no import cycle (lazy imports inside functions
+included: they hide a cycle, they do not remove it) and no private name used outside its module."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "labkit"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def internal_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, imported name or None) for every labkit import in PATH, at the top or inside a function."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if not module.startswith("labkit"):
+                continue
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                out.append((full, None) if full in MODULES else (module, alias.name))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names if a.name.startswith("labkit")]
+    return out
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {m: {t for t, _ in internal_imports(p) if t in MODULES and t != m} for m, p in MODULES.items()}
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_no_private_name_is_used_outside_its_module():
+    borrowed = [f"{m} uses {t}.{name}" for m, p in MODULES.items() for t, name in internal_imports(p)
+                if name and name.startswith("_") and not name.startswith("__") and t != m]
+    assert borrowed == []
