@@ -161,10 +161,143 @@ def test_copy_probe_shows_the_bundled_model_copies_after_the_passages_own_words(
     got = rag.copy_probe(model, tok, docs)
     assert list(got) == list(rag.COPY_CUES)
     own, label = got["the passage's own words: 'The <city> branch is managed by'"], got["a label: 'Manager:'"]
-    assert own >= 0.75 and label <= 0.25, got  # the mechanism lesson 15 explains: a cue that recurs
+    assert own >= 0.75 and label <= 0.25, got  # why lesson 15's led reader copies: a cue that recurs
     one = rag.copy_probe(model, tok, docs[:2], {"fee": ("fee", "\nA replacement card at the {city} branch costs")})
-    assert set(one) == {"fee"} and one["fee"] in (0.0, 0.5, 1.0)
+    fee_cue = "the passage's own words: 'A replacement card at the <city> branch costs'"
+    assert set(one) == {"fee"} and one["fee"] == 1.0 and got[fee_cue] >= 0.5, (one, got)  # measured 0.58
     with pytest.raises(ValueError, match="at least one note"):
         rag.copy_probe(model, tok, [])
     with pytest.raises(ValueError, match="fact kind must be one of"):
         rag.copy_probe(model, tok, docs[:1], {"x": ("city", "\nCity:")})
+
+
+def test_described_questions_name_no_city_and_only_notes_told_apart_by_their_history():
+    docs = rag.make_collection(seed=0)
+    assert all(d["opening"] in d["text"] for d in docs)
+    qs = rag.make_questions(docs, "described")
+    unique = [d for d in docs if [x["opening"] for x in docs].count(d["opening"]) == 1]
+    assert len(qs) == 2 * len(unique) < 2 * len(docs)  # this collection has notes that share a history
+    for q in qs:
+        doc = next(d for d in docs if d["id"] == q["doc_id"])
+        assert doc["city"] not in q["question"] and doc["opening"] in q["question"] and q["answer"] == doc[q["kind"]]
+
+
+def test_a_shorter_collection_is_a_prefix_of_the_whole_one():
+    """The shipped fact adapter learned make_collection(seed=0); lesson 15 with N_DOCS < 30 asks a prefix."""
+    whole = rag.make_collection(seed=0)
+    assert rag.make_collection(n=7, seed=0) == whole[:7]
+    rag._check_shipped_facts(whole[:7])
+    with pytest.raises(ValueError, match="give FT_STEPS a positive number"):
+        rag._check_shipped_facts(rag.make_collection(n=3, seed=1))
+
+
+def test_change_facts_gives_new_values_and_rewrites_each_note_once():
+    docs = rag.make_collection(n=6, seed=0)
+    changed = rag.change_facts(docs, 4, seed=0)
+    assert [c["changed"] for c in changed] == ["fee", "manager", "fee", "manager"]
+    for old, new in zip(docs, changed):
+        kind = new["changed"]
+        assert new[kind] != old[kind] and new[kind] in new["text"] and old[kind] not in new["text"]
+        other = rag.KINDS[1 - rag.KINDS.index(kind)]
+        assert new[other] == old[other] and new["id"] == old["id"]
+    assert rag.change_facts(docs, 4, seed=0) == changed and docs == rag.make_collection(n=6, seed=0)
+    with pytest.raises(ValueError, match="n must be"):
+        rag.change_facts(docs, 7)
+
+
+def test_score_answers_reads_the_value_of_led_and_bare_answers():
+    qs = [{"answer": "Ana Ruiz", "kind": "manager"}, {"answer": "$12", "kind": "fee"}, {"answer": "$5", "kind": "fee"}]
+    got = rag.score_answers(["managed by Ana Ruiz", "$12", "costs $50"], qs)
+    assert got["right"] == [True, True, False] and got["share"] == pytest.approx(2 / 3)
+    assert got["manager"] == 1.0 and got["fee"] == 0.5
+    assert "fee" not in rag.score_answers(["Ana Ruiz"], qs[:1])
+    with pytest.raises(ValueError, match="2 answers for 3 questions"):
+        rag.score_answers(["a", "b"], qs)
+
+
+def test_prompt_cost_counts_prompt_tokens_as_the_model_sees_them(base):
+    from labkit import chat
+
+    model, tok = base
+    doc = rag.make_collection(n=1)[0]
+    short = [rag.chat_prompt(tok, "Who manages the branch?")] * 3
+    long = [rag.chat_prompt(tok, rag.rag_message(doc, "Who manages the branch?"))] * 3
+    a, b = rag.prompt_cost(model, tok, short, repeats=1), rag.prompt_cost(model, tok, long, repeats=1)
+    assert a["tokens"] == len(chat.encode(tok, short[0])) and b["tokens"] == len(chat.encode(tok, long[0]))
+    assert b["tokens"] > 3 * a["tokens"] and a["read_ms"] > 0 and b["read_ms"] > 0
+    assert tok.padding_side == "right" and not model.training  # left as it found them
+    with pytest.raises(ValueError, match="at least one prompt"):
+        rag.prompt_cost(model, tok, [])
+
+
+@pytest.mark.slow
+def test_recall_at_k_counts_the_questions_whose_note_is_among_the_k_best():
+    docs = rag.make_collection(seed=0)
+    index = rag.Retriever()
+    index.add(docs)
+    for wording in ("test", "described"):
+        qs = rag.make_questions(docs, wording)
+        ranked = [[d["id"] for d, _ in index.search(q["question"], k=5)] for q in qs]
+        expected = {k: sum(q["doc_id"] in r[:k] for q, r in zip(qs, ranked)) / len(qs) for k in (1, 3, 5)}
+        assert rag.recall_at_k(index, qs, (5, 1, 3)) == pytest.approx(expected)
+    assert rag.recall_at_k(index, rag.make_questions(docs, "test"), (1,))[1] == 1.0  # the city names the note
+    assert rag.recall_at_k(index, rag.make_questions(docs, "described"), (1,))[1] < 0.5  # a year does not
+    with pytest.raises(ValueError, match="at least one question"):
+        rag.recall_at_k(index, [], (1,))
+
+
+@pytest.mark.slow
+def test_the_shipped_fact_adapter_memorised_its_trained_wording(base, load_script):
+    """Lesson 15's closed-book fine-tune, measured here rather than read from its scores.json: the adapter has
+    the script's settings, the trained wording is answered (the script recorded every fact), and each score
+    scores.json reports (all, per fact kind, both wordings) is what this run measures, within one answer."""
+    import copy
+    import json
+
+    model, tok = base
+    docs = rag.make_collection(seed=rag.FACT_COLLECTION_SEED)
+    path = rag.fact_adapter_dir()
+    report = json.loads((path / "scores.json").read_text())
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert {k: report[k] for k in rag.FACT_SETTINGS} == rag.FACT_SETTINGS
+    assert (config["r"], config["lora_alpha"]) == (report["r"], report["alpha"])
+    assert report["notes"] == len(docs) and report["collection_seed"] == rag.FACT_COLLECTION_SEED
+    tuned, how = rag.fact_adapter(copy.deepcopy(model), tok, docs, steps=0)
+    assert "shipped fact adapter" in how and "scripts/train_fact_adapter.py" in how
+    assert f"{report['steps']} steps" in how
+    exact = load_script("train_fact_adapter").exact
+    for wording, key in (("train", "trained_wording"), ("test", "new_wording")):
+        got = exact(tuned, tok, rag.make_questions(docs, wording))
+        for part in ("all", *rag.KINDS):
+            share = 1 / (len(docs) if part != "all" else 2 * len(docs))
+            assert got[part] == pytest.approx(report[key][part], abs=share + 1e-9), (wording, part, got)
+    assert report["trained_wording"]["all"] >= 0.95 > report["new_wording"]["all"]
+
+
+@pytest.mark.slow
+def test_fact_adapter_script_writes_a_loadable_adapter_and_its_scores(tmp_path, load_script):
+    import json
+
+    from labkit import adapters, models
+
+    out = tmp_path / "adapter"
+    report = load_script("train_fact_adapter").main(["--steps", "2", "--out", str(out), "--threads", "1"])
+    assert report["steps"] == 2 and report["notes"] == 30 and report["train_examples"] == 60
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "scores.json"]
+    saved = json.loads((out / "scores.json").read_text())
+    assert saved["steps"] == 2 and set(saved["new_wording"]) == {"all", *rag.KINDS}
+    model, _ = models.load_base(device="cpu")
+    assert adapters.load(model, out) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temporary folder may be left"
+
+
+def test_a_live_fact_adapter_for_another_model_says_so(hub_model, monkeypatch):
+    """Any Hub model: FT_STEPS = 0 trains live (models.shipped_or_live) with its own template and targets."""
+    from labkit import models
+
+    monkeypatch.setattr(models, "LIVE_STEPS", 2)  # the behaviour, not the training, is under test
+    _, folder = hub_model
+    model, tok = models.load_base(folder, device="cpu")
+    tuned, how = rag.fact_adapter(model, tok, rag.make_collection(n=2), steps=0, model=str(folder))
+    assert "trained here" in how and "is not the bundled model" in how and "FT_STEPS" in how

@@ -1,4 +1,5 @@
-"""Lesson 15 (fine-tuning vs RAG): the retriever's core, the top-k documents by cosine similarity."""
+"""Lesson 15 (fine-tuning vs RAG): the retriever's core, the top-k documents by cosine similarity; quizzes on
+what a memorised fact is and why a cited RAG answer can be wrong."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import torch
 
 from labkit import rag
-from labkit.check import Case, exercise, randn, tensor
+from labkit.check import Case, exercise, question, randn, tensor
 
 LESSON = "15"
 
@@ -68,3 +69,27 @@ exercise(id="top_k_retrieval", lesson=LESSON, title="Retrieval: the top-k docume
          hint="normalise queries and documents to length 1 (torch.nn.functional.normalize), take "
               "query_emb @ doc_emb.T, and keep the indices of the k largest per row, largest first "
               "(torch.topk); return a (Q, k) integer tensor")
+
+question(id="q15_trained_wording", lesson=LESSON, kind="choice", answer_hash="cb1fcbf33906e74cf3119527",
+         text="A LoRA fine-tune on one question per fact ('Who manages the Springfield branch?') answers every "
+              "fact right when asked in exactly that wording. What does that score show?",
+         choices=("the facts are in the weights, so the model will answer them however they are asked",
+                  "it memorised question-answer pairs; each other wording has to be measured",
+                  "the fine-tune was too short: a longer run would also answer the new wording"),
+         feedback={"a": "lesson 15 asked the same facts in new words and the same adapter got only part of them: "
+                        "a fact stored from one wording is not reachable from every other",
+                   "c": "a run that answers every trained question has already learned its data; a longer run "
+                        "trains on the same wording again, and the score says nothing about any other"},
+         hint="compare the fine-tune's two scores in section 3: trained wording and new wording")
+
+question(id="q15_cited_but_wrong", lesson=LESSON, kind="choice", answer_hash="8cb15753a1b2a748ef4ea519",
+         text="A RAG answer to 'Who manages the branch that was renovated in 2003?' is wrong, and its citation "
+              "names the Riverton note. What most likely happened?",
+         choices=("retrieval ranked another note first and the reader copied its value",
+                  "the reader failed to copy the value from the right note it was given",
+                  "the fact changed after the index was built, so the reader was given the note's old value"),
+         feedback={"b": "given the right note, the tuned reader copied the value for every question that named "
+                        "the city; the wrong citation points at the note it read, not at a copying error",
+                   "c": "a changed note is re-embedded with index.replace and read at once; and a stale note would "
+                        "still be the question's own note, cited correctly"},
+         hint="the question names no city: look at recall@1 for such questions in section 2")
