@@ -75,6 +75,19 @@ class MeanPoolClassifier(nn.Module):
         return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def _release_memory():
+    """Collect the models a loop dropped and hand freed heap back to the OS (glibc), so loading one
+    classifier after another (lesson 03 loads six) does not pile up the process's memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
 def load_classifier(labels, seed: int = 0, path: str | None = None, device: str = "cpu"):
     """(MeanPoolClassifier with a fresh head for LABELS, tokenizer); float32 on DEVICE."""
     from transformers import AutoModel, AutoTokenizer
@@ -83,6 +96,7 @@ def load_classifier(labels, seed: int = 0, path: str | None = None, device: str 
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be at least two distinct names; got {labels!r}.")
     path = path or encoder_path()
+    _release_memory()
     tok = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
     torch.manual_seed(seed)
