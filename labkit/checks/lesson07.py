@@ -130,8 +130,9 @@ question(id="q07_how_much", lesson=LESSON, kind="choice", answer_hash="3a646e7b3
                   "label a few hundred, train at several sizes on one budget and read the held-out curve per "
                   "task, then label more only for the tasks whose curve still rises",
                   "as many as the budget allows: more examples never lower the score"),
-         feedback={"a": "lesson 07's curves moved well below that: some task families were learned from a few "
-                        "hundred examples, others were still rising. The count depends on the task; measure it.",
+         feedback={"a": "lesson 07's overall curve was flat from 100 examples, one family was learned from its "
+                        "first 5 and one (a division) from none at any size: the count depends on the task and the "
+                        "model, so measure it.",
                    "c": "more rows cost labelling time and can bring wrong answers, repeats and leaked test rows "
                         "with them; past the bend of a family's curve they buy nothing the interval can see."})
 

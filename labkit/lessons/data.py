@@ -337,7 +337,7 @@ def settings(cells: list[dict], n_heldout: int, lr: float = LR, seed: int = 0) -
     """What a result was computed with (recorded in it, and compared when a cached cell is reused)."""
     return {"cells": [c["name"] for c in cells], "n_heldout": n_heldout, "batch": BATCH, "lr": lr, "seed": seed,
             "epochs": EPOCHS, "sizes": sorted({c["n"] for c in cells if c["kind"] == "curve"}),
-            "budget": max(c["steps"] for c in cells if c["kind"] == "curve")}
+            "budget": max((c["steps"] for c in cells if c["kind"] == "curve"), default=None)}
 
 
 def sweep(base, tok, cells: list[dict], n_heldout: int | None = None, lr: float = LR, seed: int = 0,
@@ -392,9 +392,10 @@ def result_for(model, base, tok, steps: int = 0, n_heldout: int | None = None, t
     steps, note = shipped_or_live(steps, model, "data sweep (scripts/data_curve.py)", "CURVE_STEPS")
     if steps == 0:
         res = load_result()
-        ctx = res["context"]
-        return res, (f"shipped: {len(res['cells'])} runs by {res['made_by']} on the bundled model, "
-                     f"{ctx['date']}, {ctx['wall_seconds'] / 3600:.1f} h on a shared {ctx['cpus']}-core CPU")
+        ctx, runs = res["context"], [c for c in res["cells"].values() if "same_as" not in c]
+        hours = sum(c["seconds"] for c in runs) / 3600
+        return res, (f"shipped: {len(runs)} runs by {res['made_by']} on the bundled model, {ctx['date']}, "
+                     f"{hours:.1f} h of runs (several at a time) on a shared {ctx['cpus']}-core CPU")
     res = sweep(base, tok, live_plan(steps, n_heldout=n_heldout), n_heldout, model=model, teacher_model=teacher, log=log)
     line = f"LIVE: a small sweep of {len(res['cells'])} runs, {steps} steps each, trained here"
     return res, (note + "\n" + line if note else line)
@@ -627,7 +628,9 @@ def describe_distill(res: dict) -> list[str]:
              f"{r['right'] - r['kept_right']} right and {r['n'] - r['right'] - (r['kept'] - r['kept_right'])} wrong labels",
              "students, same inputs and steps, scored on the held-out rows:"]
     for labels, (k, n, rows) in r["students"].items():
-        lines.append(f"  {labels + ' labels':<16} ({rows:>3} rows): {_share(k, n)}")
+        fam = by_family(res["cells"][f"distill_{labels}"]["right"], res["heldout_tasks"])
+        parts = "  ".join(f"{t} {kk}/{nn}" for t, (kk, nn) in fam.items())
+        lines.append(f"  {labels + ' labels':<16} ({rows:>3} rows): {_share(k, n):<28} ({parts})")
     lines.append("held-out rows the teacher answers wrongly: the student writes the teacher's very answer on")
     for labels, fams in r["copies"].items():
         total = (sum(k for k, _ in fams.values()), sum(n for _, n in fams.values()))
@@ -652,6 +655,10 @@ def describe_dedup(texts: list[str], truth: dict, kept: list[int], pairs: set[tu
         a, b = dataprep.ngrams(texts[i], n), dataprep.ngrams(texts[j], n)
         return len(a & b) / len(a | b)
 
+    for label, ps in (("found", planted["near"] & pairs), ("missed", planted["near"] - pairs)):
+        if ps:
+            js = [jaccard(*p) for p in ps]
+            lines.append(f"near copies MinHash {label}: true Jaccard of their {n}-grams {min(js):.2f}-{max(js):.2f}")
     extra = f" (true Jaccard {min(jaccard(*p) for p in other):.2f}-{max(jaccard(*p) for p in other):.2f})" if other else ""
     lines.append(f"other pairs MinHash returned: {len(other)}{extra}; exact hashing dropped {len(dropped)} rows in all")
     return lines
