@@ -75,7 +75,7 @@ def schemas(tools: dict | None = None) -> list[dict]:
     """The JSON schema of each function (transformers' get_json_schema: type hints + docstring)."""
     from transformers.utils import get_json_schema
 
-    return [get_json_schema(f) for f in (tools or TOOLS).values()]
+    return [get_json_schema(f) for f in (TOOLS if tools is None else tools).values()]
 
 
 # ----------------------------------------------------------------------------- parse, check, run
@@ -153,8 +153,18 @@ def call_text(name: str, arguments: dict) -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
 
 
+_SUPPORTS: dict[str, bool] = {}
+
+
 def supports_tools(tok) -> bool:
     """Does TOK's chat template render tools, tool calls and tool results (all three, without raising)?"""
+    key = str(getattr(tok, "chat_template", None))
+    if key not in _SUPPORTS:
+        _SUPPORTS[key] = _probe_tools(tok)
+    return _SUPPORTS[key]
+
+
+def _probe_tools(tok) -> bool:
     probe = [{"role": "user", "content": "Q"}, call_message("call_7Q", {"x": 1}),
              {"role": "tool", "name": "call_7Q", "content": "result_7Q"}]
     tool = {"type": "function", "function": {"name": "tool_7Q", "description": "d",
@@ -267,14 +277,14 @@ def final_value(text: str | None) -> str | None:
 
 # ----------------------------------------------------------------------------- the loop
 
-def run(model, tok, rows: list[dict], tools: dict | None = None, max_calls: int = 2, max_new_tokens: int = 64,
+def run(model, tok, rows: list[dict], tools: dict | None = None, max_calls: int = 2, max_new_tokens: int = 128,
         lie: dict | None = None) -> list[dict]:
     """Answer each ROW with tools, all rows in step: generate, run any call, feed its result back, generate
     again, until a final answer or MAX_CALLS calls. LIE {tool name: result} replaces what a tool returns.
     Per row: {"answer" (None if the cap was hit), "calls": dispatch() records, "conversation"}."""
     from .evaluate import answer
 
-    tools = tools or TOOLS
+    tools = TOOLS if tools is None else tools   # {}: no tools offered (the plain prompt)
     sch = schemas(tools)
     convs = [data.to_messages(r)[:1] for r in rows]
     out = [{"answer": None, "calls": [], "conversation": c} for c in convs]
@@ -305,3 +315,36 @@ def value_accuracy(results: list[dict], rows: list[dict]) -> list[bool]:
     """Per row: does the final answer end on the right value (final_value)?"""
     return [final_value(r["answer"]) is not None and final_value(r["answer"]) == final_value(row["output"])
             for r, row in zip(results, rows)]
+
+
+# ----------------------------------------------------------------------------- models
+
+ADAPTER = "tool_lora"   # the shipped adapter: scripts/train_tool_adapter.py
+
+
+def start_model(name, device: str = "cpu"):
+    """(model, tok, line): the model the lesson fine-tunes. The bundled model starts from lesson 06's shipped
+    SFT adapter, merged (it answers in the course's formats); any other MODEL starts as it is."""
+    from . import models, sft
+
+    model, tok = models.load_base(name, device=device)
+    if not models.is_bundled(name):
+        return model, tok, f"start: {name} as it is (lesson 06's shipped SFT adapter fits the bundled model only)"
+    model = sft.load_shipped_adapter(model)[0].merge_and_unload().eval()
+    return model, tok, "start: the bundled model with lesson 06's shipped SFT adapter, merged"
+
+
+def load_shipped(model):
+    """(peft model, report): START_MODEL's bundled model with the shipped tool adapter, and its scores.json."""
+    from . import adapters
+    from .models import ASSETS
+
+    path = ASSETS / "adapters" / ADAPTER
+    report = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}
+    return adapters.load(model, path).eval(), report
+
+
+def context_length(model) -> int:
+    """The longest sequence MODEL takes (Llama-style max_position_embeddings, GPT-2's n_positions)."""
+    cfg = model.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512))

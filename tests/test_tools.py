@@ -184,3 +184,42 @@ def test_fallback_for_templates_without_tools(tok):
         assert "<|user|>\n<tool_response>30%</tool_response>" in text and "debt_to_income" in text
     finally:
         tok.chat_template = old
+
+
+def test_no_tools_offered_is_the_plain_prompt(tok, monkeypatch):
+    import labkit.evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "answer", lambda m, t, prompts, max_new_tokens=48, **kw: seen.extend(prompts) or
+                        ["The debt-to-income ratio is $1,500 / $5,000 = 30%."] * len(prompts))
+    row = tools.dti_rows([data.DTI_EXAMPLE])[0]
+    out = tools.run(None, tok, [row], tools={})[0]
+    assert seen == [data.to_prompt_completion(row, tok)["prompt"]] and out["calls"] == []
+    # a call with no tools registered is refused, not run
+    assert not tools.dispatch({}, [], tools.call_text(*row["call"]))["ok"]
+
+
+def test_payment_rows_are_deterministic_and_respect_their_ranges():
+    a, b = tools.payment_rows(20, seed=3), tools.payment_rows(20, seed=3)
+    assert a == b and a != tools.payment_rows(20, seed=4)
+    far = tools.payment_rows(30, seed=1, amounts=(600, 990), terms=(5, 40))
+    assert all(600_000 <= tools.amount(r["call"][1]["loan_amount"]) <= 990_000 for r in far)
+    assert {r["call"][1]["years"] for r in far} <= {5, 40}
+
+
+@pytest.mark.slow
+def test_shipped_tool_adapter_scores_what_its_report_says():
+    """The shipped adapter, measured live through the tool loop on the script's held-out rows, gives the
+    figures in its scores.json (greedy decoding: at most one answer may flip with the thread count)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_tool_adapter", ROOT / "scripts" / "train_tool_adapter.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model, tok_, _ = tools.start_model("bundled")
+    tuned, report = tools.load_shipped(model)
+    live = script.scores(tuned, tok_, script.eval_rows(report["n_eval_per_task"]))
+    for task, b in report["by_task"].items():
+        assert abs(live[task]["right"] - b["right"]) <= 1, (task, live[task], b)
+        assert abs(live[task]["valid"] - b["valid"]) <= 1
+    assert report["by_task"]["dti"]["value"] > 0.9   # the lesson's claim: above 90% with the tool

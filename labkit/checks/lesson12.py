@@ -108,10 +108,10 @@ exercise(id="tool_labels", lesson=LESSON, title="The labels of a multi-turn tool
 question(id="q12_mask_tool", lesson=LESSON, kind="choice", answer_hash="c0198c9a11517b0c173effc8",
          text="Your tool-calling SFT data holds, per example, the user's question, the assistant's call, the tool's "
               "result and the assistant's final answer. Why do the tool result's tokens get the label -100?",
-         choices=("the tool writes them at inference, so training the model to predict them teaches it to invent "
-                  "results instead of calling the tool",
-                  "they are too short to matter: a few tokens change the loss by almost nothing",
-                  "trl refuses conversations in which a tool turn carries labels"),
+         choices=("the tool writes them at inference; learning to predict them teaches the model to invent results",
+                  "they are only a few tokens long, so a loss on them would change the gradient by almost nothing "
+                  "and only cost compute",
+                  "trl refuses to train on conversations in which a tool turn carries labels, so they must be -100"),
          feedback={"b": "length is not the reason: a loss on them teaches the model to write tool results itself, "
                         "which it must never do (a DTI result learned as text is the arithmetic it cannot do)",
                    "c": "trl masks whatever the template's generation markers leave out; nothing refuses labels on a "
@@ -121,10 +121,10 @@ question(id="q12_mask_tool", lesson=LESSON, kind="choice", answer_hash="c0198c9a
 question(id="q12_schema", lesson=LESSON, kind="choice", answer_hash="5733962f612fdaac55e8a732",
          text="get_json_schema turns a function's type hints and docstring into a JSON schema. What does the "
               "schema do in a tool loop?",
-         choices=("it makes the model's calls correct: a model given the schema cannot write a wrong argument",
-                  "it tells the model what it may call and how, in its prompt, and lets the dispatcher refuse a "
-                  "call whose arguments do not fit before anything runs",
-                  "it is sent to the tool, which reads its arguments from it"),
+         choices=("it constrains decoding, so a model given the schema in its prompt cannot write a call with a "
+                  "wrong argument name or type",
+                  "it tells the model what it may call and how; the dispatcher checks each call against it",
+                  "it is sent to the tool with each call, and the tool reads its arguments and their types from it"),
          feedback={"a": "the schema is text in the prompt; a model can still write a wrong type or name, which is "
                         "why the dispatcher checks the arguments against the schema",
                    "c": "the tool gets only the arguments; the schema goes to the model (through the chat template) "
@@ -135,10 +135,11 @@ question(id="q12_tool_or_data", lesson=LESSON, kind="choice", answer_hash="1d0e5
          text="A small model copies amounts from documents well but gets percentages wrong. You can spend a week "
               "on 10x more SFT data with worked percentages, or on teaching it a calculator tool. When is the "
               "tool the better choice?",
-         choices=("never: a tool adds latency, so a fine-tuned model that computes is always better",
-                  "only when the model has too few parameters to store the multiplication table",
-                  "when the skill is exact and checkable (arithmetic, dates, a lookup) and a function already does "
-                  "it: the model then only has to copy the inputs, which it can"),
+         choices=("never: a tool call adds a second generation and its latency, so a fine-tuned model that computes "
+                  "the value itself is always the better product",
+                  "only when the model has too few parameters to store the arithmetic it needs, as a small model "
+                  "of a few million parameters does",
+                  "when a function does the skill exactly and the model only has to copy the inputs, which it can"),
          feedback={"a": "the lesson's SFT model writes the DTI format perfectly and the value almost never: more "
                         "data for a skill the model lacks is slow and never exact, a call is exact at the cost of "
                         "one more generation",
