@@ -66,7 +66,7 @@ if str(ROOT) not in sys.path:
 
 KINDS = ("llama-chatml", "gpt2", "gemma-style")
 VOCAB_SIZE = 8192
-MAX_POSITIONS = 512
+MAX_POSITIONS = 1024  # Qwen-style tool prompts (JSON schemas) of lesson 12 need more than 512
 CACHE = ROOT / ".cache" / "hub_models"
 
 # ----------------------------------------------------------------------------- chat templates (Jinja source)
