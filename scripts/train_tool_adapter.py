@@ -47,6 +47,41 @@ def scores(model, tok, rows: list[dict]) -> dict:
     return by
 
 
+def control(args) -> dict:
+    """The control: as many steps of plain SFT on the same questions' written answers (no tool), same start
+    model, LoRA and settings, scored without tools: {task: {...}} as scores()."""
+    from labkit import adapters, data, tools
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok, _ = tools.start_model("bundled")
+    rows = (tools.dti_rows(data.read_jsonl("instructions_train.jsonl"))[:args.n_train]
+            + tools.payment_rows(args.n_train, seed=args.seed + 1))
+    pairs = [data.to_prompt_completion(r, tok) for r in rows]
+    lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=adapters.targets(model),
+                      task_type="CAUSAL_LM")
+    work = tempfile.mkdtemp(prefix="tool_control_")
+    config = SFTConfig(learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                       per_device_train_batch_size=args.batch, max_length=tools.context_length(model), bf16=False,
+                       use_cpu=True, dataloader_pin_memory=False, seed=args.seed, data_seed=args.seed,
+                       output_dir=work, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1,
+                       log_level="error", max_steps=args.steps, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=lora,
+                         train_dataset=Dataset.from_list(pairs).shuffle(seed=args.seed))
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    shutil.rmtree(work, ignore_errors=True)
+    from labkit import tools as t
+
+    rows = eval_rows()
+    out = t.run(trainer.model.eval(), tok, rows, tools={})
+    right = t.value_accuracy(out, rows)
+    return {task: {"n": sum(r["task"] == task for r in rows),
+                   "right": sum(ok for ok, r in zip(right, rows) if r["task"] == task)} for task in ("dti", "payment")}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150)
@@ -58,7 +93,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "labkit" / "assets" / "adapters" / "tool_lora"))
+    ap.add_argument("--control-only", action="store_true",
+                    help="train only the control (plain SFT, no tool) and add its scores to OUT/scores.json")
     args = ap.parse_args(argv)
+    if args.control_only:
+        from labkit import env
+
+        env.setup("cpu", seed=args.seed, threads=args.threads)
+        path = Path(args.out) / "scores.json"
+        report = json.loads(path.read_text())
+        report["control"] = {"what": f"{args.steps} steps of plain SFT on the written answers, no tool",
+                             "by_task": control(args)}
+        path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        print(json.dumps(report["control"], indent=1))
+        return report
 
     from labkit import adapters, data, env, tools
 

@@ -223,3 +223,5 @@ def test_shipped_tool_adapter_scores_what_its_report_says():
         assert abs(live[task]["right"] - b["right"]) <= 1, (task, live[task], b)
         assert abs(live[task]["valid"] - b["valid"]) <= 1
     assert report["by_task"]["dti"]["value"] > 0.9   # the lesson's claim: above 90% with the tool
+    control = report["control"]["by_task"]            # the same steps of plain SFT, no tool (--control-only)
+    assert all(control[t]["right"] < report["by_task"][t]["right"] for t in control)
