@@ -13,7 +13,8 @@ that a lesson runs to its end), never quality. The three kinds differ where real
                   none, ``<|im_start|>role\\n...<|im_end|>\\n`` per turn, ``<|im_start|>assistant\\n`` as the
                   generation prompt, no ``{% generation %}`` markers. No BOS token (as Qwen2.5); eos
                   ``<|im_end|>``, pad ``<|endoftext|>``; the tokenizer adds no special tokens; digits are
-                  split one by one (as SmolLM2's tokenizer does).
+                  split one by one (as SmolLM2's tokenizer does). Its template also has Qwen2.5's tool
+                  support (``CHATML_TOOLS_TEMPLATE``), which changes nothing for a conversation without tools.
 ``gpt2``          GPT2LMHeadModel: attention ``c_attn``/``c_proj`` and MLP ``c_fc``/``c_proj`` are transformers'
                   ``Conv1D`` (weight stored (in, out)). GPT-2's tokenizer conventions: ``<|endoftext|>`` is bos,
                   eos and unk and the last id of the vocabulary, there is NO pad token, add_prefix_space False,
@@ -65,7 +66,7 @@ if str(ROOT) not in sys.path:
 
 KINDS = ("llama-chatml", "gpt2", "gemma-style")
 VOCAB_SIZE = 8192
-MAX_POSITIONS = 512
+MAX_POSITIONS = 1024  # Qwen-style tool prompts (JSON schemas) of lesson 12 need more than 512
 CACHE = ROOT / ".cache" / "hub_models"
 
 # ----------------------------------------------------------------------------- chat templates (Jinja source)
@@ -75,6 +76,33 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
     "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# The same ChatML with Qwen2.5's tool support (tools in the system turn, <tool_call> in the assistant's turn,
+# results as <tool_response> in a user turn), Qwen2.5's branches verbatim; without tools it renders exactly as
+# CHATML_TEMPLATE (tests/test_hub_models.py checks it), so lessons without tools see SmolLM2's template.
+CHATML_TOOLS_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' }}{%- endif %}"
+    "{{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>\" }}{%- for tool in tools %}{{- \"\\n\" }}"
+    "{{- tool | tojson }}{%- endfor %}{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function "
+    "name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
+    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}{%- endif %}"
+    "{% for message in messages %}{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}{{- '<|im_start|>' + message['role'] }}"
+    "{%- if message['content'] %}{{- '\\n' + message['content'] }}{%- endif %}{%- for tool_call in message['tool_calls'] %}"
+    "{%- if tool_call['function'] is defined %}{%- set tool_call = tool_call['function'] %}{%- endif %}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' }}{{- tool_call['name'] }}{{- '\", \"arguments\": ' }}"
+    "{{- tool_call['arguments'] | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}{%- if (loop.index0 == 0) or (messages[loop.index0 - 1]['role'] != 'tool') %}"
+    "{{- '<|im_start|>user' }}{%- endif %}{{- '\\n<tool_response>\\n' }}{{- message['content'] }}"
+    "{{- '\\n</tool_response>' }}{%- if loop.last or (messages[loop.index0 + 1]['role'] != 'tool') %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{% else %}{% if loop.first and messages[0]['role'] != 'system' and not tools %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
@@ -103,7 +131,7 @@ SPECS = {
     "llama-chatml": dict(
         special=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], at_end=False, split_digits=True,
         bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, extra=["<|im_start|>", "<|im_end|>"],
-        stop=["<|im_end|>", "<|endoftext|>"], template=CHATML_TEMPLATE, add_bos=False,
+        stop=["<|im_end|>", "<|endoftext|>"], template=CHATML_TOOLS_TEMPLATE, add_bos=False,
         tokenizer_class="PreTrainedTokenizerFast",  # what Llama 3 ships; SmolLM2 says GPT2Tokenizer (see below)
     ),
     "gpt2": dict(

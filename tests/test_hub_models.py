@@ -79,7 +79,10 @@ def test_llama_chatml_is_smollm2s_template_without_bos(hub_models):
     assert render(tok, SYSTEM, True) == (
         "<|im_start|>system\nAnswer in one line.<|im_end|>\n<|im_start|>user\nWhat is the risk for Linda Garcia?"
         "<|im_end|>\n<|im_start|>assistant\nLow risk.<|im_end|>\n<|im_start|>assistant\n")
-    assert tok.chat_template == hm.CHATML_TEMPLATE
+    assert tok.chat_template == hm.CHATML_TOOLS_TEMPLATE  # SmolLM2's, plus Qwen2.5's tool branches
+    for conv, gen in ((USER, True), (USER, False), (SYSTEM, True), (SYSTEM, False)):  # no tools: SmolLM2's exactly
+        assert render(tok, conv, gen) == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen,
+                                                                 chat_template=hm.CHATML_TEMPLATE)
     assert tok.bos_token is None and tok.bos_token_id is None and lm.config.bos_token_id is None
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
     text = render(tok, USER, True)
