@@ -50,9 +50,33 @@ SPECIAL = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 # "\n" + " word" with its reply, and the model would be trained on a context it never sees when
 # asked to answer (trl warns about exactly this). A special token is a stable boundary.
 CHAT_TEMPLATE = (
+    # With tools= (lesson 12): a system turn lists each tool as a one-line signature (the bundled model's
+    # 512-token context has no room for full JSON schemas) and says how to call one; an assistant turn with
+    # tool_calls writes <tool_call>{"name": ..., "arguments": {...}}</tool_call> inside the generation
+    # markers; a tool result comes back as a user turn wrapped in <tool_response> (Qwen/Hermes' convention).
+    # Without tools every conversation renders exactly as before (tests/test_tools.py checks it).
+    "{% if tools %}{{ '<|system|>\\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ 'Tools:\\n' }}"
+    "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{{ f['name'] + '(' }}{% for name, p in f['parameters']['properties'].items() %}{{ name + ': ' + p['type'] }}"
+    "{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}{{ ') ' + f['description'] + '\\n' }}{% endfor %}"
+    "{{ 'Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.<|end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|assistant|>' }}{% generation %}{{ ' ' + message['content'] }}{{ '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>' }}{% generation %}"
+    "{% if message['tool_calls'] %}"
+    "{% if message['content'] %}{{ ' ' + message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] %}{% set f = call['function'] if call['function'] is defined else call %}"
+    "{{ ' <tool_call>{\"name\": \"' + f['name'] + '\", \"arguments\": ' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "{{ '}</tool_call>' }}{% endfor %}"
+    "{% else %}{{ ' ' + message['content'] }}{% endif %}"
+    "{{ '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|user|>\\n<tool_response>' + message['content'] + '</tool_response><|end|>\\n' }}"
     "{% else %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% endif %}"
