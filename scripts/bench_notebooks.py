@@ -170,6 +170,11 @@ def main() -> None:
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                        "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
         os.environ.setdefault(key, value)
+    # The executed copies show a learner's first run: progress() cells start from an empty progress file,
+    # not from the answers saved on the machine that benches.
+    import tempfile
+
+    os.environ["LABKIT_PROGRESS"] = os.path.join(tempfile.mkdtemp(prefix="labkit-bench-progress-"), "progress.json")
     params = {}
     for p in args.param:
         k, v = p.split("=", 1)
