@@ -104,7 +104,10 @@ def test_curve_counts_each_family_on_its_own_rows():
     assert c["extract"] == [(25, 1, 2), (50, 1, 2)] and c["dti"] == [(25, 0, 2), (50, 1, 2)]
     assert c["all"] == [(25, 2, 10), (50, 5, 10)]
     assert lesson.curve(_fake_result(), "epochs")["extract"] == [(25, 0, 2), (50, 2, 2)]
-    assert lesson.describe_curve(_fake_result())[0].split() == ["examples", "25", "50"]
+    assert lesson.describe_curve(_fake_result(), "budget")[0].split() == ["examples", "25", "50"]
+    both = lesson.describe_curve(_fake_result())
+    assert both[0].startswith("fixed budget, 150 steps") and both[1].split() == ["examples", "25", "50"]
+    assert "1 pass over the data (dashed):" in both and len(both) == 2 * len(lesson.describe_curve(_fake_result(), "epochs")) + 2
 
 
 @pytest.mark.slow

@@ -126,10 +126,9 @@ question(id="q07_curve_bend", lesson=LESSON, kind="number", answer_hash="898e77f
 question(id="q07_how_much", lesson=LESSON, kind="choice", answer_hash="3a646e7b3bd285e72845a31e",
          text="A team starts a fine-tune on a new extraction task and asks how many examples to label. "
               "What do you answer?",
-         choices=("10,000 or more: below that a fine-tune learns nothing useful",
-                  "label a few hundred, train at several sizes on one budget and read the held-out curve per "
-                  "task, then label more only for the tasks whose curve still rises",
-                  "as many as the budget allows: more examples never lower the score"),
+         choices=("10,000 or more: below that a fine-tune learns nothing useful, whatever the task or the model",
+                  "a few hundred, trained at several sizes on one budget; more where a family's curve rises",
+                  "as many as the budget allows: more examples never lower the score, so every extra row is safe"),
          feedback={"a": "lesson 07's overall curve was flat from 100 examples, one family was learned from its "
                         "first 5 and one (a division) from none at any size: the count depends on the task and the "
                         "model, so measure it.",
@@ -139,10 +138,9 @@ question(id="q07_how_much", lesson=LESSON, kind="choice", answer_hash="3a646e7b3
 question(id="q07_contamination", lesson=LESSON, kind="choice", answer_hash="944a81b90d0d01a0d73dd817",
          text="After a data refresh that added scraped rows, your fine-tune's held-out exact match jumps from "
               "55% to 80%. Nothing else changed. What do you do first?",
-         choices=("report 80%: the new data is simply better",
-                  "rerun with two more seeds to see whether the jump holds",
-                  "measure each held-out row's n-gram overlap with the new training rows and score the rows "
-                  "that share none with it"),
+         choices=("report 80%: the new data is simply better, and the refresh did not touch the held-out rows",
+                  "rerun with two more seeds to see whether the jump holds before you look at anything else",
+                  "measure each held-out row's n-gram overlap with the new rows; score the rows sharing none"),
          feedback={"a": "a jump that large from a data refresh is the signature of a leak: held-out rows copied "
                         "into training are answered from memory, and the score no longer measures generalisation.",
                    "b": "seeds measure the training run's noise; a leak is in the data, so every seed inherits "
@@ -152,8 +150,8 @@ question(id="q07_entity_split", lesson=LESSON, kind="choice", answer_hash="c9c40
          text="Your dataset holds three rows per customer (the same file asked three ways). A random 80/20 split "
               "of the rows scores 90%. How should you split to learn what a new customer would get?",
          choices=("by customer: all of a customer's rows on one side, so no test customer was seen in training",
-                  "a random split with a fixed seed, so the number is reproducible",
-                  "a random split after exact dedup, since the three rows are near-duplicates"),
+                  "a random split with a fixed seed, so that the 90% is reproducible from one run to the next",
+                  "a random split after exact dedup, since a customer's three rows are near-duplicates of each other"),
          feedback={"b": "a seed makes the split repeatable, not honest: most test customers still have their "
                         "other rows in training, whatever the seed.",
                    "c": "the three rows are worded differently, so exact dedup keeps all of them; the facts they "
@@ -162,10 +160,9 @@ question(id="q07_entity_split", lesson=LESSON, kind="choice", answer_hash="c9c40
 question(id="q07_noise_vs_size", lesson=LESSON, kind="choice", answer_hash="44fb124cef07eed14c2fbe1a",
          text="You can have 200 answers checked by an expert, or 800 from a cheaper source of which about 30% are "
               "wrong, for the same price. How do you choose?",
-         choices=("take the 800: with four times as many rows the model averages the wrong answers away",
-                  "take the 200: a share of wrong answers ruins a fine-tune whatever the size",
-                  "train both for the same steps and compare them on the same held-out rows with a paired test, "
-                  "per task family"),
+         choices=("take the 800: with four times as many rows, the model averages the wrong answers away",
+                  "take the 200: any share of wrong answers ruins a fine-tune, whatever the size of the set",
+                  "train both for the same steps; compare them on the same held-out rows with a paired test"),
          feedback={"a": "a wrong answer in the right format is a lesson like any other: the model cannot tell it "
                         "from a right one, and each wrong row pulls it towards its wrong value. Whether four times "
                         "the rows make up for that depends on the task: measure it.",

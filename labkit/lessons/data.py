@@ -441,14 +441,20 @@ def bend(points: list[tuple[int, int, int]]) -> int:
     return points[-1][0]
 
 
-def describe_curve(res: dict, regime: str = "budget") -> list[str]:
-    """One line per family: its exact match at each size and where it flattens (``bend``)."""
+def describe_curve(res: dict, regime: str | None = None) -> list[str]:
+    """One line per family: its exact match at each size and where it flattens (``bend``). REGIME "budget"
+    or "epochs" gives that curve's table; None gives both, each under a title (solid, then dashed)."""
+    if regime is None:
+        about = res["settings"]
+        passes = f"{about['epochs']} pass{'' if about['epochs'] == 1 else 'es'}"
+        return ([f"fixed budget, {about['budget']} steps each (solid):"] + describe_curve(res, "budget")
+                + [f"{passes} over the data (dashed):"] + describe_curve(res, "epochs"))
     lines = []
     for task, points in curve(res, regime).items():
         at = bend(points)
         cells = "  ".join(f"{k / m:4.0%}" for _, k, m in points)
         last = points[-1][0]
-        where = f"still rising at {last:,}" if at == last else f"flat from {at:,} ({at // 5 if task != 'all' else at:,} of this family)"
+        where = f"no plateau up to {last:,}" if at == last else f"flat from {at:,} ({at // 5 if task != 'all' else at:,} of this family)"
         if task == "all":
             where = f"flat from {at:,}" if at != last else where
         lines.append(f"{task:>9}  {cells}   {where}")
@@ -459,16 +465,18 @@ def describe_curve(res: dict, regime: str = "budget") -> list[str]:
 def curve_figure(res: dict):
     """Held-out exact match against training examples (log scale), one panel per family and one for all,
     at the fixed compute budget (solid, with its Wilson 95% band) and at a fixed number of passes (dashed);
-    the dotted line marks where the budget curve flattens."""
-    from matplotlib.figure import Figure
+    the dotted line marks where the budget curve flattens (none where it never does). A pyplot figure, closed
+    so that ``display`` shows it once."""
+    import matplotlib.pyplot as plt
 
     from ..stats import share_interval
 
     budget, epochs = curve(res, "budget"), curve(res, "epochs")
-    fig = Figure(figsize=(13, 6.4), dpi=80)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), dpi=80)
     about = res["settings"]
+    passes = f"{about['epochs']} pass{'' if about['epochs'] == 1 else 'es'}"
     for i, task in enumerate(list(FAMILIES.values()) + ["all"]):
-        ax = fig.add_subplot(2, 3, i + 1)
+        ax = axes.flat[i]
         pts = budget[task]
         xs = [n for n, _, _ in pts]
         ci = [share_interval(k, m) for _, k, m in pts]
@@ -476,8 +484,9 @@ def curve_figure(res: dict):
         ax.plot(xs, [100 * k / m for _, k, m in pts], "o-", color="C0", label=f"budget: {about['budget']} steps each")
         ep = epochs.get(task, [])
         ax.plot([n for n, _, _ in ep], [100 * k / m for _, k, m in ep], "s--", color="C1",
-                label=f"{about['epochs']} pass(es) over the data")
-        ax.axvline(bend(pts), color="grey", ls=":", lw=1)
+                label=f"{passes} over the data")
+        if bend(pts) != xs[-1]:
+            ax.axvline(bend(pts), color="grey", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xticks(xs, [str(n) for n in xs], fontsize=8)
         ax.minorticks_off()
@@ -491,6 +500,7 @@ def curve_figure(res: dict):
         if i == 0:
             ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -665,11 +675,11 @@ def describe_dedup(texts: list[str], truth: dict, kept: list[int], pairs: set[tu
 
 
 def overlap_figure(check: dict, n: int, threshold: float):
-    """Histogram of the n-gram overlap of the leaked and the other held-out rows, with the threshold."""
-    from matplotlib.figure import Figure
+    """Histogram of the n-gram overlap of the leaked and the other held-out rows, with the threshold (a pyplot
+    figure, closed so that ``display`` shows it once)."""
+    import matplotlib.pyplot as plt
 
-    fig = Figure(figsize=(7, 2.8), dpi=80)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = plt.subplots(figsize=(7, 2.8), dpi=80)
     bins = [i / 20 for i in range(21)]
     for leaked, label, colour in ((False, "held-out rows not in training", "C0"), (True, "leaked rows", "C3")):
         values = [s for s, lk in zip(check["overlap"], check["leaked"]) if lk == leaked]
@@ -679,4 +689,5 @@ def overlap_figure(check: dict, n: int, threshold: float):
     ax.legend(fontsize=8, loc="upper center")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    plt.close(fig)
     return fig
