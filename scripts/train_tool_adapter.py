@@ -50,11 +50,11 @@ def scores(model, tok, rows: list[dict]) -> dict:
 def control(args) -> dict:
     """The control: as many steps of plain SFT on the same questions' written answers (no tool), same start
     model, LoRA and settings, scored without tools: {task: {...}} as scores()."""
-    from labkit import adapters, data, tools
+    from labkit import adapters, data, sft, tools
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     model, tok, _ = tools.start_model("bundled")
     rows = (tools.dti_rows(data.read_jsonl("instructions_train.jsonl"))[:args.n_train]
@@ -63,11 +63,8 @@ def control(args) -> dict:
     lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=adapters.targets(model),
                       task_type="CAUSAL_LM")
     work = tempfile.mkdtemp(prefix="tool_control_")
-    config = SFTConfig(learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                       per_device_train_batch_size=args.batch, max_length=tools.context_length(model), bf16=False,
-                       use_cpu=True, dataloader_pin_memory=False, seed=args.seed, data_seed=args.seed,
-                       output_dir=work, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1,
-                       log_level="error", max_steps=args.steps, completion_only_loss=True)
+    config = sft.sft_config(work, steps=args.steps, lr=args.lr, batch_size=args.batch,
+                            max_length=tools.context_length(model), seed=args.seed)
     trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=lora,
                          train_dataset=Dataset.from_list(pairs).shuffle(seed=args.seed))
     trainer.remove_callback(PrinterCallback)
@@ -108,14 +105,14 @@ def main(argv=None) -> dict:
         print(json.dumps(report["control"], indent=1))
         return report
 
-    from labkit import adapters, data, env, tools
+    from labkit import adapters, data, env, sft, tools
 
     env.setup("cpu", seed=args.seed, threads=args.threads)
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     model, tok, _ = tools.start_model("bundled")
     schemas = tools.schemas()
@@ -126,11 +123,8 @@ def main(argv=None) -> dict:
     lora = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=adapters.targets(model),
                       task_type="CAUSAL_LM")
     work = tempfile.mkdtemp(prefix="tool_adapter_")
-    config = SFTConfig(learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                       per_device_train_batch_size=args.batch, max_length=tools.context_length(model), bf16=False,
-                       use_cpu=True, dataloader_pin_memory=False, seed=args.seed, data_seed=args.seed,
-                       output_dir=work, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1,
-                       log_level="error", max_steps=args.steps)
+    config = sft.sft_config(work, steps=args.steps, lr=args.lr, batch_size=args.batch,
+                            max_length=tools.context_length(model), seed=args.seed, completion_only=None)
     trainer = SFTTrainer(model=model, args=config, processing_class=tok, peft_config=lora,
                          train_dataset=Dataset.from_list([feats[i] for i in order]))
     trainer.remove_callback(PrinterCallback)
