@@ -480,7 +480,7 @@ def test_gguf_names_metadata_and_vocabulary_are_llama_cpp_s(merged_bundled, tmp_
 def test_q_and_k_rows_are_permuted_into_llama_cpp_s_interleaved_rope_pairs():
     heads, dim = 2, 8
     w = torch.arange(heads * dim * 3, dtype=torch.float32).reshape(heads * dim, 3).numpy()
-    p = ship._permute_qk(w, heads)
+    p = ship.permute_qk(w, heads)
     for h in range(heads):
         for i in range(dim // 2):
             # transformers pairs row i with row i + dim/2 (rotate_half); llama.cpp pairs rows 2i and 2i + 1

@@ -84,14 +84,32 @@ def run(job: Job, timeout: float) -> tuple[str, object]:
     return _run_in_child(job, timeout) if isolation() == "fork" else _run_in_thread(job, timeout)
 
 
+def memory_headroom_gb() -> float:
+    """The memory (GB) a check's child may allocate beyond the notebook's own: LABKIT_CHECK_MEMORY_GB if
+    set, else MEMORY_HEADROOM_GB. A value that is not a positive number is an error, not a silent
+    "no cap": a typo must not let a runaway allocation take the machine down."""
+    raw = os.environ.get("LABKIT_CHECK_MEMORY_GB", "").strip()
+    if not raw:
+        return MEMORY_HEADROOM_GB
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = float("nan")
+    if not 0 < gb < float("inf"):
+        raise ValueError(f"LABKIT_CHECK_MEMORY_GB must be a positive number of gigabytes (the memory a check may "
+                         f"allocate), not {raw!r}; unset it for the default {MEMORY_HEADROOM_GB:g}.")
+    return gb
+
+
 def _run_in_child(job, timeout):
     import multiprocessing as mp
 
+    headroom_gb = memory_headroom_gb()  # read here, where a bad value can be reported
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     with warnings.catch_warnings():  # Python 3.12+ warns about fork in a multi-threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
-        proc = ctx.Process(target=_child_main, args=(job, send), daemon=True)
+        proc = ctx.Process(target=_child_main, args=(job, send, headroom_gb), daemon=True)
         proc.start()
     send.close()
     deadline = time.monotonic() + timeout
@@ -119,7 +137,7 @@ def _run_in_child(job, timeout):
         recv.close()
 
 
-def _child_main(job, conn) -> None:  # pragma: no cover (runs in the child)
+def _child_main(job, conn, headroom_gb: float = MEMORY_HEADROOM_GB) -> None:  # pragma: no cover (runs in the child)
     try:
         # Nothing the candidate writes may reach the notebook: ipykernel forwards fds 1 and 2.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -129,7 +147,7 @@ def _child_main(job, conn) -> None:  # pragma: no cover (runs in the child)
         if "torch" in sys.modules:
             # The parent's OpenMP pool does not exist in a forked child: using it hangs.
             sys.modules["torch"].set_num_threads(1)
-        _limit_memory()
+        _limit_memory(headroom_gb)
         job(conn.send)
     except BaseException:
         pass
@@ -137,8 +155,8 @@ def _child_main(job, conn) -> None:  # pragma: no cover (runs in the child)
         os._exit(0)  # skip the kernel's atexit handlers and stream flushes, which belong to the parent
 
 
-def _limit_memory() -> None:  # pragma: no cover (runs in the child)
-    """Cap the child's address space at what it already has plus MEMORY_HEADROOM_GB, or half the free
+def _limit_memory(headroom_gb: float = MEMORY_HEADROOM_GB) -> None:  # pragma: no cover (runs in the child)
+    """Cap the child's address space at what it already has plus HEADROOM_GB, or half the free
     memory if that is less (Linux only), so a runaway allocation fails inside the child with an error
     instead of pushing the machine (and the learner's kernel) out of memory."""
     try:
@@ -146,7 +164,7 @@ def _limit_memory() -> None:  # pragma: no cover (runs in the child)
 
         with open("/proc/self/statm") as f:
             current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        headroom = float(os.environ.get("LABKIT_CHECK_MEMORY_GB") or MEMORY_HEADROOM_GB) * 2**30
+        headroom = headroom_gb * 2**30
         with open("/proc/meminfo") as f:  # and at most half of what the machine has free
             available = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
         headroom = min(headroom, available / 2)
