@@ -192,6 +192,29 @@ def failure(returncode: int, output: str, cmd) -> Exception:
     return RuntimeError(f"the training run failed (exit {returncode}): {first}{' '.join(map(str, cmd))}\n{output[-3000:]}")
 
 
+def _run_group(cmd, timeout: float, environment: dict) -> subprocess.CompletedProcess:
+    """subprocess.run(CMD) in its own process group; past TIMEOUT seconds (a rank that hangs) or on an
+    interrupt the whole group is killed, the launcher's ranks included (killing only the launcher leaves
+    them running), and a hang raises TimeoutError with the end of the output."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise TimeoutError(f"the training run did not finish within {timeout:g} s (a rank hung?) and every one "
+                               f"of its processes was stopped: {' '.join(map(str, cmd))}\n{(out + err)[-3000:]}") from None
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = None, config=DEFAULT_CONFIG,
         threads_per_process: int = 1, timeout: float = 600, workdir=None) -> dict:
     """Run the training script in fresh processes and return its log (the dict labkit.scale.train returns).
@@ -202,7 +225,8 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     The log gets "command" (what ran; shown_command prints it without this machine's paths), "workdir"
     and "wall_seconds" (start-up included). A config the script refuses (exit status 2) raises
     ConfigError with the script's own "error: ..." message; any other failure raises RuntimeError with
-    the end of the output. The processes return freed memory to the system at once (glibc's
+    the end of the output; a run past TIMEOUT seconds (a rank that hangs) is stopped, every rank with
+    it, and raises TimeoutError. The processes return freed memory to the system at once (glibc's
     MALLOC_TRIM_THRESHOLD_=0): a rank's resident memory stays about 100 MB lower, which lets a notebook
     run two ranks and the launcher within a laptop's memory.
     """
@@ -218,7 +242,7 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     environment["PYTHONPATH"] = root + os.pathsep + environment.get("PYTHONPATH", "") if environment.get(
         "PYTHONPATH") else root
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment)
+    proc = _run_group(cmd, timeout, environment)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise failure(proc.returncode, proc.stdout + proc.stderr, cmd)

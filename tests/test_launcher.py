@@ -144,12 +144,48 @@ def test_a_rank_that_crashes_stops_the_whole_run(tmp_path, monkeypatch):
     worker.write_text(CRASHING_RANK)
     monkeypatch.setattr(launcher, "launch_command", lambda nproc, config, overrides, name: [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(worker)])
-    import time
-
-    t0 = time.perf_counter()
+    # a hang would end in TimeoutError (launcher.run stops the group at its timeout), not this RuntimeError
     with pytest.raises(RuntimeError, match="rank 1 broke on purpose"):
         launcher.run(2, {}, workdir=tmp_path, timeout=240)
-    assert time.perf_counter() - t0 < 200
+
+
+HANGING_RUN = textwrap.dedent("""
+    import os, subprocess, sys, time
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a rank that never ends
+    open(sys.argv[1], "w").write(f"{os.getpid()} {rank.pid}")
+    print("started", flush=True)
+    rank.wait()
+""")
+
+
+def _gone(pid, seconds=10.0):
+    """PID has ended (no such process, or a zombie waiting to be reaped) within SECONDS."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_rank_that_hangs_is_stopped_at_the_timeout_with_every_process(tmp_path, monkeypatch):
+    """A run that never ends raises TimeoutError naming the timeout, with the output so far, and leaves no
+    process behind: the launcher's ranks are killed with it (killing only the launcher would orphan them)."""
+    worker, pids = tmp_path / "hang.py", tmp_path / "pids"
+    worker.write_text(HANGING_RUN)
+    monkeypatch.setattr(launcher, "launch_command", lambda nproc, config, overrides, name: [
+        sys.executable, str(worker), str(pids)])
+    with pytest.raises(TimeoutError, match=r"did not finish within 3 s \(a rank hung\?\)[\s\S]*started"):
+        launcher.run(1, {}, workdir=tmp_path, timeout=3)
+    parent, rank = map(int, pids.read_text().split())
+    assert _gone(parent) and _gone(rank), "a process of the run was left running"
 
 
 # ----------------------------------------------------------------------------- shipped launcher files
