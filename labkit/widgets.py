@@ -88,14 +88,14 @@ def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4
                 max_new_tokens: int = 16, eval_prompts=None, eval_gold=None):
     """Group size and KL coefficient sliders and a Train button: a short GRPO run and its curves.
 
-    The callback is labkit.grpo.short_run (a plain function of plain values); the plot is
-    labkit.grpo.plot_grpo and the line under it labkit.grpo.describe_run. Nothing runs until Train.
+    The callback is labkit.lessons.grpo.short_run (a plain function of plain values); the plot is
+    labkit.lessons.grpo.plot_grpo and the line under it labkit.lessons.grpo.describe_run. Nothing runs until Train.
     """
     import ipywidgets as w
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from .grpo import describe_run, plot_grpo, short_run
+    from .lessons.grpo import describe_run, plot_grpo, short_run
 
     if not prompts:
         raise ValueError("grpo_widget needs at least one training prompt.")

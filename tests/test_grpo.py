@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from labkit import grpo
+from labkit.lessons import grpo as lesson
 
 
 @pytest.fixture(scope="module")
@@ -358,16 +359,16 @@ def test_pass_curve_averages_pass_at_k_over_prompts():
 
 def test_token_weights_show_each_loss_types_divisor():
     """A right answer of 2 tokens and a wrong one of 6, advantages +1 / -1."""
-    g = grpo.token_weights([2, 6], [1.0, -1.0], "grpo")
+    g = lesson.token_weights([2, 6], [1.0, -1.0], "grpo")
     assert g.shape == (2, 6)
     assert g[0, :2].tolist() == pytest.approx([1 / 4] * 2) and g[0, 2:].tolist() == [0.0] * 4, "1 / (N * own length)"
     assert g[1].tolist() == pytest.approx([-1 / 12] * 6)
-    d = grpo.token_weights([2, 6], [1.0, -1.0], "dapo")
+    d = lesson.token_weights([2, 6], [1.0, -1.0], "dapo")
     assert d[0, :2].tolist() == pytest.approx([1 / 8] * 2) and d[1].tolist() == pytest.approx([-1 / 8] * 6)
-    r = grpo.token_weights([2, 6], [1.0, -1.0], "dr_grpo", max_completion_length=10)
+    r = lesson.token_weights([2, 6], [1.0, -1.0], "dr_grpo", max_completion_length=10)
     assert r[0, :2].tolist() == pytest.approx([1 / 20] * 2) and r[1].tolist() == pytest.approx([-1 / 20] * 6)
     with pytest.raises(ValueError, match="positive answer lengths"):
-        grpo.token_weights([0, 3], [1.0, -1.0])
+        lesson.token_weights([0, 3], [1.0, -1.0])
 
 
 def test_scores_table_counts_the_questions_the_start_never_answered_per_model():
@@ -376,7 +377,7 @@ def test_scores_table_counts_the_questions_the_start_never_answered_per_model():
                 "stray": stray, "length": 3.0}
 
     start = result([0, 0, 2, 4], 0.5, stray=0.25)
-    text = grpo.scores_table({"start": start, "GRPO": result([4, 0, 4, 4], 1.0), "more SFT": result([1, 3, 4, 4], 1.0)},
+    text = lesson.scores_table({"start": start, "GRPO": result([4, 0, 4, 4], 1.0), "more SFT": result([1, 3, 4, 4], 1.0)},
                              ks=(1, 4))
     lines = text.splitlines()
     assert lines[0].split() == ["start", "GRPO", "more", "SFT"]
@@ -387,40 +388,40 @@ def test_scores_table_counts_the_questions_the_start_never_answered_per_model():
     assert "of the 2 no start sample answered" in lines[4] and lines[4].split()[-3:] == ["0", "1", "2"]
     assert lines[5].split()[-3:] == ["25%", "0%", "0%"]
     with pytest.raises(ValueError, match="same prompts"):
-        grpo.scores_table({"a": start, "b": result([1], 1.0)}, ks=(1,))
+        lesson.scores_table({"a": start, "b": result([1], 1.0)}, ks=(1,))
 
 
 def test_kl_estimates_are_unbiased_and_k3_is_never_negative():
     p = torch.tensor([0.5, 0.3, 0.2]).log()
     q = torch.tensor([0.4, 0.4, 0.2]).log()
-    est = grpo.kl_estimates(p, q, n=20000, seed=1)
+    est = lesson.kl_estimates(p, q, n=20000, seed=1)
     exact = sum(a * math.log(a / b) for a, b in zip([0.5, 0.3, 0.2], [0.4, 0.4, 0.2]))
     assert est["exact"] == pytest.approx(exact, abs=1e-6)
     assert est["k1"] == pytest.approx(exact, abs=0.01) and est["k3"] == pytest.approx(exact, abs=0.01)
     assert est["k1_negative"] == pytest.approx(0.3, abs=0.02), "k1 < 0 exactly where p < q: token 1, 30% of samples"
     assert est["k3_std"] < est["k1_std"], "close distributions: k3 has the smaller variance"
-    assert grpo.kl_estimates(p, p)["exact"] == 0.0
+    assert lesson.kl_estimates(p, p)["exact"] == 0.0
     with pytest.raises(ValueError, match="same shape"):
-        grpo.kl_estimates(p, q[:2])
+        lesson.kl_estimates(p, q[:2])
 
 
 def test_evaluate_scores_greedy_and_samples_with_the_given_check(base, tok):
     lm, _ = base
     prompts = _prompts(tok, ["What is the risk?", "Who paid?", "Give the total."])
-    always = grpo.evaluate(lm, tok, prompts, ["x"] * 3, check=lambda p, c, g: [1.0] * len(c), n=4, ks=(1, 4),
+    always = lesson.greedy_and_pass_at_k(lm, tok, prompts, ["x"] * 3, check=lambda p, c, g: [1.0] * len(c), n=4, ks=(1, 4),
                            max_new_tokens=4, max_rows=8)
     assert always["greedy"] == 1.0 and always["pass"] == {1: 1.0, 4: 1.0} and always["correct"] == [4, 4, 4]
     assert len(always["samples"]) == 4 and len(always["greedy_answers"]) == 3 and 0 < always["length"] <= 4
     # right only for the first prompt's samples: the counts are per prompt, in order, across generate calls
-    first = grpo.evaluate(lm, tok, prompts, ["a", "b", "c"], check=lambda p, c, g: [float(x == "a") for x in g],
+    first = lesson.greedy_and_pass_at_k(lm, tok, prompts, ["a", "b", "c"], check=lambda p, c, g: [float(x == "a") for x in g],
                           n=4, ks=(1,), max_new_tokens=4, max_rows=4)
     assert first["correct"] == [4, 0, 0] and first["pass"][1] == pytest.approx(1 / 3)
     assert first["greedy_right"] == [True, False, False]
     assert not lm.training
     with pytest.raises(ValueError, match="from 1 to n=4"):
-        grpo.evaluate(lm, tok, prompts, ["x"] * 3, n=4, ks=(8,))
+        lesson.greedy_and_pass_at_k(lm, tok, prompts, ["x"] * 3, n=4, ks=(8,))
     with pytest.raises(ValueError, match="one gold answer per prompt"):
-        grpo.evaluate(lm, tok, prompts, ["x"], n=4)
+        lesson.greedy_and_pass_at_k(lm, tok, prompts, ["x"], n=4)
 
 
 def test_train_grpo_logs_tracked_scores_and_short_run_leaves_the_sft_model_alone(base, tok):
@@ -428,23 +429,23 @@ def test_train_grpo_logs_tracked_scores_and_short_run_leaves_the_sft_model_alone
     stops = list(range(0, len(tok), 10))
     prompts = _prompts(tok, ["What is the risk?", "Who paid?"])
     before = [p.detach().clone() for p in lm.parameters()]
-    r = grpo.short_run(lm, tok, prompts, lambda p, c: [float(len(c[i]) % 2) for i in range(len(c))],
+    r = lesson.short_run(lm, tok, prompts, lambda p, c: [float(len(c[i]) % 2) for i in range(len(c))],
                        group_size=2, beta=0.5, steps=2, batch_size=2, max_new_tokens=4,
                        eval_prompts=prompts, eval_gold=["x", "y"], check=lambda p, c, g: [1.0] * len(c))
     assert all(torch.equal(a, b) for a, b in zip(before, lm.parameters())), "pi_ref (the SFT model) is not trained"
     assert r["greedy_before"] == r["greedy_after"] == 1.0 and len(r["log"].reward) == 2
     assert r["policy"] is not lm
-    line = grpo.describe_run(r)
+    line = lesson.describe_run(r)
     assert line.startswith("G=2, beta=0.5, 2 steps") and "held-out greedy accuracy 100% -> 100%" in line
     policy = copy.deepcopy(lm).requires_grad_(True)
     log = grpo.train_grpo(policy, tok, prompts, lambda p, c: [0.0] * len(c), stops, steps=2, batch_size=2,
                           group_size=2, beta=0.0, max_new_tokens=4,
                           track={"ones": lambda p, c: [1.0] * len(c), "half": lambda p, c: [0.0, 1.0] * (len(c) // 2)})
     assert log.tracked == {"ones": [1.0, 1.0], "half": [0.5, 0.5]}
-    axes = grpo.plot_grpo({"run": log}, tracked="ones")
+    axes = lesson.plot_grpo({"run": log}, tracked="ones")
     assert len(axes) == 3 and len(axes[0].lines) == 2, "the reward and the tracked score"
     with pytest.raises(ValueError, match="beta"):
-        grpo.short_run(lm, tok, prompts, lambda p, c: [0.0] * len(c), beta=-1.0)
+        lesson.short_run(lm, tok, prompts, lambda p, c: [0.0] * len(c), beta=-1.0)
 
 
 def test_sft_control_is_sft_train_in_micro_batches(base, tok):

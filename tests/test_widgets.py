@@ -29,19 +29,19 @@ def test_explorer_builds_a_widget(base):
 
 def test_grpo_widget_trains_on_click_with_the_sliders_values(base, capsys, monkeypatch):
     """No browser: set the sliders, press the button from Python, read what the callback printed."""
-    from labkit import grpo
+    from labkit.lessons import grpo as lesson
 
     model, tok = base
     prompts = [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
                for u in ("What is the risk?", "Who paid?")]
     calls = []
-    real = grpo.short_run
+    real = lesson.short_run
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grpo, "short_run", spy)
+    monkeypatch.setattr(lesson, "short_run", spy)
     box = widgets.grpo_widget(model, tok, prompts, lambda p, c: [float(len(x) % 2) for x in c], group_sizes=(2, 4),
                               betas=(0.0, 0.3), group_size=4, beta=0.0, steps=1, batch_size=2, max_new_tokens=4)
     g, b, button, out = box.children
