@@ -63,11 +63,11 @@ def example_label(i: int, example: dict) -> str:
 def token_mask_viewer(tok, examples: list[dict], max_length: int = 256):
     """Pick an instruction example and a template; see each token coloured by whether it is trained on.
 
-    The callback is labkit.sft.mask_view(tok, example, template), a plain function returning HTML.
+    The callback is labkit.lessons.sft.mask_view(tok, example, template), a plain function returning HTML.
     """
     import ipywidgets as w
 
-    from .sft import MASK_TEMPLATES, mask_view
+    from .lessons.sft import MASK_TEMPLATES, mask_view
 
     if not examples:
         raise ValueError("token_mask_viewer needs at least one example.")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from labkit import data, evaluate, preference, sft, widgets
+from labkit.lessons import sft as lesson
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +218,9 @@ def test_marker_labels_train_after_the_marker(tok):
 
 def test_a_template_mismatch_masks_every_label_and_the_collator_names_it(tok):
     ex = data.read_jsonl("instructions_eval.jsonl")[0]
-    f = sft.mask_example(tok, ex, "marker '### Response:'", name="row 12")
+    f = lesson.mask_example(tok, ex, "marker '### Response:'", name="row 12")
     assert all(t == -100 for t in f["labels"]) and len(f["labels"]) > 10
-    good = sft.mask_example(tok, ex)
+    good = lesson.mask_example(tok, ex)
     with pytest.raises(ValueError, match="row 12 has no supervised token"):
         sft.PadCollator(tok.pad_token_id)([good, f])
 
@@ -227,37 +228,37 @@ def test_a_template_mismatch_masks_every_label_and_the_collator_names_it(tok):
 def test_a_marker_tokenised_alone_differs_in_context(tok):
     """'Answer:' after a newline is ' Answer:' to this tokenizer: searching for it alone finds nothing."""
     ex = data.read_jsonl("instructions_eval.jsonl")[1]
-    assert all(t == -100 for t in sft.mask_example(tok, ex, "plain text, marker 'Answer:'")["labels"])
+    assert all(t == -100 for t in lesson.mask_example(tok, ex, "plain text, marker 'Answer:'")["labels"])
     fixed = sft.marker_labels(tok, data.plain_text(ex), " Answer:")
     assert tok.decode([t for t in fixed["labels"] if t != -100]).strip() == ex["output"]
 
 
 def test_mask_html_colours_counts_and_warns(tok):
     ids = tok("<|assistant|> yes<|end|>")["input_ids"]
-    html = sft.mask_html(tok, ids, sft.completion_labels(ids, 1))
+    html = lesson.mask_html(tok, ids, sft.completion_labels(ids, 1))
     assert html.count("#b7e4b0") == len(ids) - 1 and html.count("#e6e6e6") == 1
     assert "&lt;|assistant|&gt;" in html and "<|assistant|>" not in html, "tokens must be escaped"
     assert f"<b>{len(ids) - 1}</b> of {len(ids)}" in html and "teaches nothing" not in html
-    assert "teaches nothing" in sft.mask_html(tok, ids, [-100] * len(ids))
+    assert "teaches nothing" in lesson.mask_html(tok, ids, [-100] * len(ids))
     with pytest.raises(ValueError, match="differ in length"):
-        sft.mask_rows(tok, ids, ids[:-1])
+        lesson.mask_rows(tok, ids, ids[:-1])
 
 
 def test_mask_view_callback_and_widget(tok):
     rows = data.read_jsonl("instructions_eval.jsonl")[:5]
-    views = {t: sft.mask_view(tok, rows[0], t) for t in sft.MASK_TEMPLATES}
+    views = {t: lesson.mask_view(tok, rows[0], t) for t in lesson.MASK_TEMPLATES}
     assert "teaches nothing" in views["marker '### Response:'"]
     assert "teaches nothing" not in views["chat template, completion only"]
-    assert "example: the completion is empty" in sft.mask_view(tok, {**rows[0], "output": ""})
+    assert "example: the completion is empty" in lesson.mask_view(tok, {**rows[0], "output": ""})
     with pytest.raises(ValueError, match="unknown template"):
-        sft.mask_example(tok, rows[0], "alpaca")
+        lesson.mask_example(tok, rows[0], "alpaca")
     box = widgets.token_mask_viewer(tok, rows)
     pick, template, out = box.children
     first = out.value
     template.value = "marker '### Response:'"
     assert out.value != first and "teaches nothing" in out.value
     pick.value = 3
-    assert out.value == sft.mask_view(tok, rows[3], "marker '### Response:'")
+    assert out.value == lesson.mask_view(tok, rows[3], "marker '### Response:'")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -367,7 +368,7 @@ def test_an_example_with_no_label_gives_nan_alone_and_nothing_in_a_batch(base):
     import math
 
     model, tok = base
-    good = sft.mask_example(tok, data.read_jsonl("instructions_eval.jsonl")[0])
+    good = lesson.mask_example(tok, data.read_jsonl("instructions_eval.jsonl")[0])
     empty = {**good, "labels": [-100] * len(good["labels"])}
     assert math.isnan(sft.batch_loss(model, [empty], tok.pad_token_id))
     alone = sft.batch_loss(model, [good], tok.pad_token_id)
@@ -498,14 +499,14 @@ def test_marker_recipes_mask_everything_on_every_model_and_say_why(any_tok):
     kind, tok = any_tok
     ex = data.read_jsonl("instructions_eval.jsonl")[1]
     for recipe in ("marker '### Response:'", "plain text, marker 'Answer:'"):
-        f = sft.mask_example(tok, ex, recipe)
+        f = lesson.mask_example(tok, ex, recipe)
         assert f["marker_found"] is False and all(t == -100 for t in f["labels"]), (kind, recipe)
-        view = sft.mask_view(tok, ex, recipe)
+        view = lesson.mask_view(tok, ex, recipe)
         assert "teaches nothing" in view and "not in the text&#x27;s tokens" in view
     plain = data.plain_text(ex)
     marker = sft.plain_marker(tok, plain)
     assert marker in plain and marker == ("Answer:" if kind == "bundled" else "Answer: ")
-    good = sft.mask_example(tok, ex)
+    good = lesson.mask_example(tok, ex)
     trained = tok.decode([i for i, lab in zip(good["input_ids"], good["labels"]) if lab != -100])
     assert chat.clean(tok, trained) == ex["output"] and chat.turn_end(tok) in trained
 
@@ -527,10 +528,10 @@ def test_the_viewer_is_truthful_when_the_template_contains_the_marker(any_tok):
                          "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
                          "{% if add_generation_prompt %}### Response:\n{% endif %}")
     ex = data.read_jsonl("instructions_eval.jsonl")[2]
-    f = sft.mask_example(tok, ex, "marker '### Response:'")
+    f = lesson.mask_example(tok, ex, "marker '### Response:'")
     assert f["marker_found"] is True
     assert tok.decode([t for t in f["labels"] if t != -100]).strip().startswith(ex["output"])
-    view = sft.mask_view(tok, ex, "marker '### Response:'")
+    view = lesson.mask_view(tok, ex, "marker '### Response:'")
     assert "found: trained on what follows" in view and "teaches nothing" not in view
 
 
