@@ -5,6 +5,9 @@ docstring shares with nbgrader are the ones labkit.exercise_notebooks strips."""
 import ast
 import json
 import pkgutil
+import subprocess
+import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -56,3 +59,15 @@ def test_the_markers_shared_with_nbgrader_are_the_ones_exercise_notebooks_strips
     top = nbs.stub_source("### BEGIN SOLUTION\nanswer = 'b'\n### END SOLUTION")
     assert top == "answer = ...  # YOUR ANSWER HERE" and "`NAME = ...  # YOUR ANSWER HERE`" in doc
     assert nbs.stub_source("### BEGIN SOLUTION\nsecret\n### END SOLUTION", markdown=True) in doc
+
+
+def test_the_suite_and_what_it_starts_record_progress_in_a_scratch_file():
+    """conftest points LABKIT_PROGRESS at a temporary file for the session: check() and quiz() in the suite,
+    and in every kernel or script it starts (they inherit the environment), record there, never in the
+    learner's own ~/.labkit/progress.json."""
+    path = C.progress_path()
+    assert path != Path.home() / ".labkit" / "progress.json"
+    assert Path(tempfile.gettempdir()).resolve() in path.resolve().parents
+    child = subprocess.run([sys.executable, "-c", "from labkit import check; print(check.progress_path())"],
+                           capture_output=True, text=True, timeout=120)
+    assert Path(child.stdout.strip()) == path, child.stderr[-2000:]
