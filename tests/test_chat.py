@@ -75,6 +75,7 @@ def test_the_generated_copy_probe_does_not_depend_on_a_decoded_leading_space(bas
     model, tok = base
     probe = corpus.copy_probe(12, seed=12345)
     plain = evaluate.copy_probe_score(model, tok, probe, generate=True)
-    assert plain["all"] >= 0.5, "the bundled model copies: this test needs it to"
+    # the model card's copy probe scores 1.0 (200 restatements); on these 12 it copies every one too
+    assert plain["all"] == 1.0 and all(plain["verdicts"]), plain
     assert evaluate.copy_probe_score(model, _StripsLeadingSpace(tok), probe, generate=True) == plain
-    assert evaluate.copy_probe_score(model, tok, probe, generate=False)["all"] >= 0.5
+    assert evaluate.copy_probe_score(model, tok, probe, generate=False) == plain
