@@ -21,10 +21,24 @@ def test_bad_widget_input_is_a_clear_error(base):
         widgets.sample_continuations(model, tok, "Hi", 0.5, n=0)
 
 
-def test_explorer_builds_a_widget(base):
+def test_explorer_shows_the_continuations_and_redraws_when_a_control_changes(base, capsys):
+    """Outside a kernel the Output widget does not capture: what redraw prints reaches stdout."""
+    from labkit import models
+
     model, tok = base
-    box = widgets.temperature_explorer(model, tok, "Once upon a time", n=1, max_new_tokens=5)
-    assert len(box.children) == 3
+    box = widgets.temperature_explorer(model, tok, "Once upon a time", n=2, max_new_tokens=5)
+    text, temp, _ = box.children
+    greedy = models.generate(model, tok, "Once upon a time", max_new_tokens=5)
+
+    def shown():  # the continuation lines printed since the last call
+        return [ln for ln in capsys.readouterr().out.replace("\x1b[2K", "").splitlines() if ln.startswith("[")]
+
+    assert shown() == [f"[1] Once upon a time{greedy}", f"[2] Once upon a time{greedy}"], "temperature 0: greedy, twice"
+    temp.value = 1.5
+    hot = widgets.sample_continuations(model, tok, "Once upon a time", 1.5, n=2, max_new_tokens=5)
+    assert shown() == [f"[{i + 1}] Once upon a time{s}" for i, s in enumerate(hot)]
+    text.value = ""
+    assert "prompt is empty" in capsys.readouterr().out, "a bad prompt is said in the widget, not raised"
 
 
 def test_grpo_widget_trains_on_click_with_the_sliders_values(base, capsys, monkeypatch):
