@@ -25,61 +25,6 @@ from .sft import tokenize_example
 # preference.reward_loss, preference.sequence_logps and preference.batch_logps are the same functions.
 
 
-def dpo_loss_curve(margins, betas) -> dict:
-    """DPO's loss, and how hard a pair still pushes, as functions of the log-ratio margin, for each beta.
-
-    margin m = [log pi_theta(y_w|x) - log pi_ref(y_w|x)] - [log pi_theta(y_l|x) - log pi_ref(y_l|x)] (nats).
-    For each beta: loss = -log sigma(beta * m); its gradient with respect to m is -beta * sigma(-beta * m),
-    "weight"; "push" = sigma(-beta * m) is that gradient relative to the start (1/2 at m = 0, about 0 once
-    beta * m >> 1: the pair is satisfied and stops pulling the policy away from pi_ref).
-    Returns {"margin": [...], "loss": {beta: [...]}, "weight": {beta: [...]}, "push": {beta: [...]}}.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    betas = [check_beta(b) for b in betas]
-    if not betas:
-        raise ValueError("betas is empty: give at least one beta, e.g. [0.1].")
-    m = torch.as_tensor(list(margins), dtype=torch.float64)
-    if m.numel() == 0:
-        raise ValueError("margins is empty: give the margins at which to evaluate the loss.")
-    return {"margin": m.tolist(),
-            "loss": {b: (-F.logsigmoid(b * m)).tolist() for b in betas},
-            "weight": {b: (b * torch.sigmoid(-b * m)).tolist() for b in betas},
-            "push": {b: torch.sigmoid(-b * m).tolist() for b in betas}}
-
-
-def plot_dpo_loss_curve(curve: dict, reached: dict | None = None, axes=None):
-    """``dpo_loss_curve``'s output in two panels, one line per beta: the loss and the push against the margin.
-
-    The loss axis stops at 1.5 (the loss is log 2 = 0.69 at m = 0), so the curves differ where margins
-    actually are. REACHED {beta: margin}: the mean margin a run at that beta reached, marked on both."""
-    import math
-
-    import matplotlib.pyplot as plt
-
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    m = curve["margin"]
-    for b, loss in curve["loss"].items():
-        line, = axes[0].plot(m, loss, label=f"beta = {b:g}")
-        axes[1].plot(m, curve["push"][b], color=line.get_color())
-        if reached and b in reached:
-            x = reached[b]
-            axes[0].plot([x], [-math.log(1 / (1 + math.exp(-b * x)))], "o", color=line.get_color())
-            axes[1].plot([x], [1 / (1 + math.exp(b * x))], "o", color=line.get_color())
-    axes[0].set_ylim(0, 1.5)
-    axes[0].set_ylabel("DPO loss  -log sigma(beta m)")
-    axes[1].set_ylim(0, 1.02)
-    axes[1].set_ylabel("push  sigma(-beta m)")
-    for ax in axes:
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlim(min(m), max(m))
-        ax.set_xlabel("log-ratio margin m (nats)")
-    axes[0].legend(fontsize=8, loc="upper right")
-    return axes
-
-
 # ----------------------------------------------------------------------------- data
 
 def pair_texts(row: dict, tok) -> dict:
@@ -207,18 +152,6 @@ def score_position(rm, input_ids):
     return (torch.arange(input_ids.shape[-1], device=input_ids.device) * keep).argmax(-1)
 
 
-def describe_scored_sequence(rm, tok, row: dict) -> str:
-    """One line saying where the reward model reads the score of ROW's chosen answer: the last tokens of
-    the sequence, the one read, and the pad token (true for whichever model is loaded)."""
-    import torch
-
-    ids = tokenize_pairs(tok, [row])[0]["chosen"]["input_ids"]
-    pos = int(score_position(rm, torch.tensor([ids]))[0])
-    tail = tok.convert_ids_to_tokens(ids[max(0, pos - 3):pos + 1])
-    return (f"a scored sequence ends with {tail}: the head reads token {pos} of {len(ids)}, "
-            f"{tail[-1]!r} (the pad token is {tok.pad_token!r})")
-
-
 def pair_rewards(rm, batch: dict):
     """Rewards of a ``collate_pairs`` batch: returns (r_chosen (B,), r_rejected (B,))."""
     out = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
@@ -298,21 +231,6 @@ def pairwise_accuracy(rm, tok, rows: list[dict]) -> dict:
         by_task.setdefault(r.get("task", "all"), []).append(m > 0)
     return {"accuracy": sum(m > 0 for m in margins) / len(margins),
             "by_task": {t: sum(v) / len(v) for t, v in by_task.items()}, "margins": margins}
-
-
-def win_rate(rm, tok, prompts: list[str], answers_a: list[str], answers_b: list[str]) -> float:
-    """Share of prompts where the reward model prefers answer A to answer B (a tie counts one half).
-
-    prompts: templated prompts; answers: the answers as generated and cut (labkit.evaluate.answer); each is
-    completed as the template writes it (labkit.chat.completion) before it is scored.
-    """
-    if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
-        raise ValueError(f"win_rate needs equally many prompts and answers, at least one; got {len(prompts)}, "
-                         f"{len(answers_a)}, {len(answers_b)}.")
-    from .evaluate import win_rate_from_scores
-
-    ra, rb = score_answers(rm, tok, prompts, answers_a), score_answers(rm, tok, prompts, answers_b)
-    return win_rate_from_scores(ra.tolist(), rb.tolist(), prompts=prompts)["win_rate"]
 
 
 REFUSALS = ("I don't know.", "I cannot help with that.", "Please ask someone else.")  # labkit.data._bad_answer's
@@ -522,27 +440,3 @@ def dpo_metrics(policy, tok, rows: list[dict], ref_logps, beta: float = 0.1, sft
     loss, rc, rr = dpo_sft_loss(chosen, rejected, *ref_logps, batch_lengths(pairs)[0], beta=beta, sft_weight=sft_weight)
     return {"loss": loss.item(), "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
             "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item()}
-
-
-def describe_trl_log(log_history: list[dict], names=TRL_METRICS, rows: int = 4) -> str:
-    """A trl trainer's per-step log (``trainer.state.log_history``, logging_steps=1) as a table of NAMES: the first
-    step, the last, and evenly spaced steps between (ROWS in all)."""
-    logged = [r for r in log_history if "loss" in r and "step" in r]
-    if not logged:
-        raise ValueError("the log holds no training step: train with logging_steps=1.")
-    picks = sorted({round(i * (len(logged) - 1) / max(rows - 1, 1)) for i in range(rows)})
-    lines = [f"{'step':>5}" + "".join(f"{n:>20}" for n in names)]
-    for i in picks:
-        lines.append(f"{logged[i]['step']:>5}" + "".join(f"{logged[i][n]:>20.3f}" for n in names))
-    return "\n".join(lines)
-
-
-def describe_side_by_side(trl_metrics: dict, ours: dict, names=TRL_METRICS, prefix: str = "eval_") -> str:
-    """trl's metrics (as ``Trainer.evaluate`` returns them: PREFIX + name) beside labkit's (``dpo_metrics``), one
-    line each, with the absolute difference."""
-    lines = [f"{'':<22}{'trl':>12}{'labkit':>12}{'|difference|':>14}"]
-    for n in names:
-        a, b = trl_metrics[prefix + n], ours[n]
-        lines.append(f"{n:<22}{a:>12.6f}{b:>12.6f}{abs(a - b):>14.1e}")
-    return "\n".join(lines)
-

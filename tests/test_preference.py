@@ -8,6 +8,7 @@ import torch
 
 from labkit import data
 from labkit import preference as P
+from labkit.lessons import preference as lesson
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_dpo_loss_rejects_mismatched_shapes():
 
 
 def test_dpo_loss_curve_is_log2_at_zero_and_sharper_for_larger_beta():
-    curve = P.dpo_loss_curve([-10, 0, 10], [0.1, 1.0])
+    curve = lesson.dpo_loss_curve([-10, 0, 10], [0.1, 1.0])
     assert curve["margin"] == [-10, 0, 10]
     for b in (0.1, 1.0):
         assert curve["loss"][b][1] == pytest.approx(math.log(2))
@@ -98,17 +99,17 @@ def test_dpo_loss_curve_is_log2_at_zero_and_sharper_for_larger_beta():
     assert curve["weight"][1.0][2] < curve["weight"][1.0][0]
     assert curve["push"][0.1][1] == pytest.approx(0.5) and curve["push"][1.0][2] < curve["push"][0.1][2] < 0.5
     with pytest.raises(ValueError, match="beta"):
-        P.dpo_loss_curve([0], [0.1, -1])
+        lesson.dpo_loss_curve([0], [0.1, -1])
     with pytest.raises(ValueError, match="margins"):
-        P.dpo_loss_curve([], [0.1])
+        lesson.dpo_loss_curve([], [0.1])
 
 
 def test_the_beta_plot_shows_where_the_curves_differ_and_marks_the_margins_reached():
     import matplotlib
 
     matplotlib.use("Agg")
-    curve = P.dpo_loss_curve([m / 2 for m in range(-20, 161)], [0.01, 0.1, 1.0])
-    loss_ax, push_ax = P.plot_dpo_loss_curve(curve, reached={0.1: 30.0})
+    curve = lesson.dpo_loss_curve([m / 2 for m in range(-20, 161)], [0.01, 0.1, 1.0])
+    loss_ax, push_ax = lesson.plot_dpo_loss_curve(curve, reached={0.1: 30.0})
     assert loss_ax.get_ylim() == (0, 1.5), "the loss axis stops where the curves still differ (log 2 = 0.69 at m = 0)"
     assert push_ax.get_ylim()[1] <= 1.05 and len(loss_ax.get_legend().get_texts()) == 3
     dots = [ln for ln in loss_ax.get_lines() if ln.get_marker() == "o"]
@@ -261,15 +262,6 @@ def test_accuracy_by_kind_counts_positive_margins_per_kind():
         P.accuracy_by_kind(rows, [1.0])
 
 
-def test_win_rate_counts_ties_as_half(tok, rows):
-    rm, rtok = P.load_reward_model(device="cpu")
-    prompts = [P.pair_texts(r, rtok)["prompt"] for r in rows[:4]]
-    answers = [r["chosen"] for r in rows[:4]]
-    assert P.win_rate(rm, rtok, prompts, answers, answers) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="equally many"):
-        P.win_rate(rm, rtok, prompts, answers, answers[:2])
-
-
 def test_dpo_metrics_are_trls_names_and_start_at_log2(base, tok, rows):
     from labkit import preference_losses as L
 
@@ -297,14 +289,14 @@ def test_describe_side_by_side_and_the_trl_log():
            "eval_rewards/accuracies": 1.0}
     ours = {"loss": 0.5000004, "rewards/chosen": 0.25, "rewards/rejected": -1.0, "rewards/margins": 1.25,
             "rewards/accuracies": 1.0}
-    lines = P.describe_side_by_side(trl, ours).splitlines()
+    lines = lesson.describe_side_by_side(trl, ours).splitlines()
     assert lines[0].split() == ["trl", "labkit", "|difference|"] and len(lines) == 6
     assert lines[1].split() == ["loss", "0.500000", "0.500000", "4.0e-07"]
     log = [{"loss": 0.69 - 0.01 * i, "step": i + 1, **{n: 0.1 * i for n in P.TRL_METRICS[1:]}} for i in range(10)]
-    table = P.describe_trl_log(log + [{"train_runtime": 1.0, "step": 10}], rows=4).splitlines()
+    table = lesson.describe_trl_log(log + [{"train_runtime": 1.0, "step": 10}], rows=4).splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["1", "4", "7", "10"], "first, last and evenly between"
     with pytest.raises(ValueError, match="logging_steps=1"):
-        P.describe_trl_log([{"train_runtime": 1.0}])
+        lesson.describe_trl_log([{"train_runtime": 1.0}])
 
 
 @pytest.mark.slow
@@ -383,7 +375,7 @@ def test_the_reward_head_reads_the_eos_that_ends_chosen_and_rejected(reward_mode
     ids = batch["input_ids"]
     if rtok.bos_token_id is not None and kind == "gemma-style":  # template and tokenizer both write <bos>
         assert (ids[:, 0] == rtok.bos_token_id).all() and (ids[:, 1] != rtok.bos_token_id).all()
-    assert "the head reads token" in P.describe_scored_sequence(rm, rtok, rows[0])
+    assert "the head reads token" in lesson.describe_scored_sequence(rm, rtok, rows[0])
 
 
 def test_score_texts_scores_the_sequence_the_reward_model_trains_on(reward_model, rows):
