@@ -20,7 +20,10 @@ def test_smoke_run_writes_json_and_table(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "gpu_qlora.json").read_text())
-    assert res["smoke"] is True and res["n_params"] > 0
+    # the tiny Llama (scripts/gpu_qlora.py's CONFIG_SMOKE), counted by hand: untied embedding and head, per
+    # block q, k, v, o (key/value 32 wide), gate, up, down and two RMSNorms, then the final norm
+    block = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 160 + 2 * 64
+    assert res["smoke"] is True and res["n_params"] == 2 * 512 * 64 + 2 * block + 64
     assert set(res["versions"]) >= {"torch", "transformers", "peft", "bitsandbytes", "cuda"}
     assert list(res["runs"]) == ["LoRA, bf16 weights", "QLoRA, NF4 + double quant", "QLoRA, NF4 + paged 8-bit AdamW"]
     bf16, nf4 = res["runs"]["LoRA, bf16 weights"], res["runs"]["QLoRA, NF4 + double quant"]
