@@ -7,6 +7,7 @@ import pytest
 
 from labkit import data, dataprep, models
 from labkit.lessons import data as lesson
+from labkit.lessons import data_report as report
 
 
 # ----------------------------------------------------------------------------- the data the cells train on
@@ -85,9 +86,9 @@ def test_with_duplicates():
 # ----------------------------------------------------------------------------- scoring and reading
 
 def test_bend_is_the_first_size_whose_interval_holds_every_larger_score():
-    assert lesson.bend([(25, 8, 80), (50, 21, 80), (100, 44, 80), (200, 60, 80), (400, 66, 80), (800, 69, 80)]) == 400
-    assert lesson.bend([(25, 0, 80), (50, 0, 80), (100, 0, 80)]) == 25, "flat at zero is flat"
-    assert lesson.bend([(25, 10, 80), (50, 40, 80), (100, 79, 80)]) == 100, "still rising: the last size"
+    assert report.bend([(25, 8, 80), (50, 21, 80), (100, 44, 80), (200, 60, 80), (400, 66, 80), (800, 69, 80)]) == 400
+    assert report.bend([(25, 0, 80), (50, 0, 80), (100, 0, 80)]) == 25, "flat at zero is flat"
+    assert report.bend([(25, 10, 80), (50, 40, 80), (100, 79, 80)]) == 100, "still rising: the last size"
 
 
 def _fake_result():
@@ -100,14 +101,14 @@ def _fake_result():
 
 
 def test_curve_counts_each_family_on_its_own_rows():
-    c = lesson.curve(_fake_result(), "budget")
+    c = report.curve(_fake_result(), "budget")
     assert c["extract"] == [(25, 1, 2), (50, 1, 2)] and c["dti"] == [(25, 0, 2), (50, 1, 2)]
     assert c["all"] == [(25, 2, 10), (50, 5, 10)]
-    assert lesson.curve(_fake_result(), "epochs")["extract"] == [(25, 0, 2), (50, 2, 2)]
-    assert lesson.describe_curve(_fake_result(), "budget")[0].split() == ["examples", "25", "50"]
-    both = lesson.describe_curve(_fake_result())
+    assert report.curve(_fake_result(), "epochs")["extract"] == [(25, 0, 2), (50, 2, 2)]
+    assert report.describe_curve(_fake_result(), "budget")[0].split() == ["examples", "25", "50"]
+    both = report.describe_curve(_fake_result())
     assert both[0].startswith("fixed budget, 150 steps") and both[1].split() == ["examples", "25", "50"]
-    assert "1 pass over the data (dashed):" in both and len(both) == 2 * len(lesson.describe_curve(_fake_result(), "epochs")) + 2
+    assert "1 pass over the data (dashed):" in both and len(both) == 2 * len(report.describe_curve(_fake_result(), "epochs")) + 2
 
 
 @pytest.mark.slow
@@ -162,12 +163,12 @@ def test_the_shipped_teacher_is_the_shipped_sft_model_and_its_wrong_rows_are_rec
 
 
 def test_every_reading_of_the_shipped_sweep_runs(shipped):
-    for describe in (lesson.describe_noise, lesson.describe_duplicates, lesson.describe_entity, lesson.describe_distill):
+    for describe in (report.describe_noise, report.describe_duplicates, report.describe_entity, report.describe_distill):
         assert describe(shipped)
-    check = lesson.leak_check(shipped, n=13, threshold=0.5)
+    check = report.leak_check(shipped, n=13, threshold=0.5)
     assert check["flagged"] == check["leaked"], "on the shipped leak, the 13-gram check at 0.5 finds exactly the leak"
-    assert lesson.describe_leak(shipped, check)
-    lesson.curve_figure(shipped)
+    assert report.describe_leak(shipped, check)
+    report.curve_figure(shipped)
 
 
 def test_the_shipped_sweep_is_the_bundled_models_only(hub_models, monkeypatch):
