@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from labkit import adapters, chat, data, evaluate, qlora, ship
+from labkit import adapters, chat, data, evaluate, qlora, sft, ship
 
 
 def _random_lora(model, names=("default",), r=4, alpha=8, seed=0, std=0.05):
@@ -159,7 +159,13 @@ def test_train_adapter_trains_a_copy(base):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rows = [r for r in data.read_jsonl("instructions_train.jsonl") if r["task"] == "risk"][:16]
     pm, losses = ship.train_adapter(model, tok, rows, steps=3, lr=1e-2, batch_size=4)
-    assert len(losses) == 3 and all(l > 0 for l in losses)
+    assert len(losses) == 3
+    # trained: the answers' loss on its own rows (all 16 in one batch, measured here) falls below the base's
+    pairs = [data.to_prompt_completion(r, tok) for r in rows]
+    feats = [sft.tokenize_example(tok, p["prompt"], p["completion"]) for p in pairs]
+    with torch.no_grad():
+        before_loss, after_loss = (sft.batch_loss(m, feats, tok.pad_token_id) for m in (model, pm))
+    assert after_loss < 0.5 * before_loss, (before_loss, after_loss)  # measured 6.33 -> 2.30
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(p.abs().sum() > 0 for n, p in pm.named_parameters() if "lora_B" in n)
 
@@ -186,6 +192,32 @@ def test_the_shipped_adapters_are_there_with_their_report(name):
     assert sorted(cfg["target_modules"]) == sorted(adapters.DEFAULT_TARGETS)
     assert cfg["base_model_name_or_path"] == "labkit/assets/base_model"
     assert (folder / "adapter_model.safetensors").stat().st_size < 2_000_000
+
+
+def _reproduce_report(base, tok, name, task):
+    """Re-measure what scripts/train_ship_adapters.py wrote into NAME's scores.json: the adapter's exact match
+    on TASK's held-out rows (greedy, evaluate.score) and the first training step's loss, from the script's own
+    settings (one step of ship.train_adapter: the step-1 loss is the base's, before any update)."""
+    from labkit.models import ASSETS
+
+    folder = ASSETS / "adapters" / name
+    report = json.loads((folder / "scores.json").read_text())
+    held = [r for r in data.read_jsonl("instructions_eval.jsonl") if r["task"] == task]
+    pm = ship.load_adapters(copy.deepcopy(base), {"default": folder})
+    got = evaluate.score(pm, tok, held)
+    assert got["exact"] == pytest.approx(report["by_task"][task]["exact"], abs=1 / len(held) + 1e-9), got["by_task"]
+    rows = [r for r in data.read_jsonl("instructions_train.jsonl") if report["task"] in ("all", r["task"])]
+    assert len(rows) == report["train_examples"]
+    _, losses = ship.train_adapter(base, tok, rows, steps=1, lr=report["lr"], r=report["r"], alpha=report["alpha"],
+                                   batch_size=report["batch"], seed=report["seed"])
+    assert losses[0] == pytest.approx(report["loss_first"], rel=1e-4)
+    return report
+
+
+@pytest.mark.parametrize("name", [pytest.param("task_classify", marks=pytest.mark.slow), "task_risk"])
+def test_the_shipped_task_adapters_reproduce_their_report(base, name):
+    model, tok = base
+    report = _reproduce_report(model, tok, name, name.removeprefix("task_"))  # measured: classify 1.0, risk 0.875
     assert report["exact"] > 0.5  # trained: the base model answers none of these exactly
 
 
@@ -213,6 +245,11 @@ def four_bit(bundled, tmp_path_factory):
     return base4, tok, path, ref
 
 
+def test_the_shipped_qlora_adapter_reproduces_its_report_on_the_4bit_base(four_bit):
+    base4, tok, _, _ = four_bit
+    _reproduce_report(base4, tok, "qlora_sft", "risk")  # measured: risk 0.925, the first loss 3.5788
+
+
 def test_the_right_4bit_merge_equals_the_4bit_model_with_its_adapter(four_bit):
     base4, tok, path, ref = four_bit
     batch = _batch(tok, _prompts(tok, 3))
@@ -224,7 +261,10 @@ def test_the_right_4bit_merge_equals_the_4bit_model_with_its_adapter(four_bit):
         assert ship.max_logit_difference(ref, base4, batch) < 1e-5  # the base was left untouched
     half = ship.merge_4bit(base4, path, "dequantize", dtype=torch.bfloat16)
     assert next(half.parameters()).dtype == torch.bfloat16
-    assert ship.max_logit_difference(ref, half, batch) < 2.0  # bfloat16 rounding, not a lost update
+    # bfloat16 rounding, not a lost update: as close as the float32 right merge cast to bfloat16 afterwards
+    cast = copy.deepcopy(right).to(torch.bfloat16)
+    # (measured 0.216 for both; the lost update of the requantizing merge is 1.85, which the old bound of 2.0 let pass)
+    assert ship.max_logit_difference(ref, half, batch) <= 1.5 * ship.max_logit_difference(ref, cast, batch) + 1e-3
 
 
 def test_the_wrong_4bit_merge_requantizes_and_loses_the_update(four_bit):
