@@ -29,7 +29,16 @@ def test_weight_updates_are_real_and_low_rank_friendly(base):
     dw = next(iter(dws.values()))
     assert dw.abs().max() > 0
     errs = lowrank.error_curve(dw, [1, 8, 64])
-    assert errs[0] > errs[1] > errs[2]
+    # the rank-8 error by hand: the truncated SVD rebuilt, its Frobenius distance relative to the update's norm
+    U, S, Vh = torch.linalg.svd(dw.double())
+    by_hand = torch.linalg.norm(dw.double() - U[:, :8] @ torch.diag(S[:8]) @ Vh[:8]) / torch.linalg.norm(dw.double())
+    assert errs[1] == pytest.approx(by_hand.item(), abs=1e-6)
+    # low-rank friendly: every update's energy sits in far fewer directions than a random matrix's of the same
+    # shape (measured for q_proj of block 0: rank 8 misses 63% vs 94%, rank 64 misses 24% vs 61%)
+    for name, d in dws.items():
+        noise = torch.randn(d.shape, generator=torch.Generator().manual_seed(0))
+        mine, chance = lowrank.error_curve(d, [8, 64]), lowrank.error_curve(noise, [8, 64])
+        assert mine[0] < 0.8 * chance[0] and mine[1] < 0.5 * chance[1], (name, mine, chance)
 
 
 @pytest.mark.parametrize("lr", [0, -1e-4, float("nan"), "3e-4"])
