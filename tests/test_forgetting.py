@@ -23,16 +23,44 @@ def test_eval_every_records_history_on_schedule():
         forgetting.EvalEvery(every=0, metrics={"m": len})
 
 
+def _perplexity_by_hand(model, tok, texts):
+    """exp(- total log-probability of each next token / tokens predicted), BOS first where the tokenizer has one:
+    written here from log_softmax, not with labkit.evaluate."""
+    import math
+
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for t in texts:
+            ids = ([tok.bos_token_id] if tok.bos_token is not None else []) + tok(t, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([ids[:257]])
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            total += logp.gather(1, ids[0, 1:, None]).sum().item()
+            count += ids.shape[1] - 1
+    return math.exp(-total / count)
+
+
 @pytest.mark.slow
-def test_run_sft_measures_forgetting_and_learning(base):
+def test_run_sft_measures_forgetting_and_learning(base, monkeypatch):
+    from labkit import evaluate
+
     model, tok = base
+    scored = []  # the models run_sft measures, in order: the base, then the trained copy
+    real = evaluate.perplexity
+    monkeypatch.setattr(evaluate, "perplexity", lambda m, t, texts, *a, **k: scored.append(m) or real(m, t, texts, *a, **k))
     rows = [r for r in data.read_jsonl("instructions_train.jsonl") if r["task"] == "classify"][:40]
     pairs = [data.to_prompt_completion(r, tok) for r in rows]
     general = [r["text"] for r in data.read_jsonl("general_train.jsonl")][:20]
     held = [r["text"] for r in data.read_jsonl("general_eval.jsonl")][:4]
     before = [p.detach().clone() for p in model.parameters()]
     res = forgetting.run_sft(model, tok, pairs, general, held, lr=2e-3, r=4, mix=0.1, steps=4, batch_size=4)
-    assert res["ppl_after"] != res["ppl_before"] and res["ppl_ratio"] == pytest.approx(res["ppl_after"] / res["ppl_before"])
+    assert res["ppl_ratio"] == pytest.approx(res["ppl_after"] / res["ppl_before"])
+    # before: the base model's; after: the trained copy's (an adapter, not the base again), both measured by hand
+    assert scored[0] is model and scored[1] is not model and hasattr(scored[1], "peft_config")
+    assert res["ppl_before"] == pytest.approx(_perplexity_by_hand(model, tok, held), rel=1e-5)
+    assert res["ppl_after"] == pytest.approx(_perplexity_by_hand(scored[1], tok, held), rel=1e-5)
+    assert abs(res["ppl_ratio"] - 1) > 1e-4, "4 steps at lr 2e-3 move the general-text perplexity (measured x0.99944)"
     assert res["alpha"] == 8 and res["exact"] is None and len(res["losses"]) == 4
     assert all((a == b).all() for a, b in zip(before, model.parameters()))  # the base is untouched
 
@@ -185,6 +213,11 @@ def test_run_grid_live_on_each_hub_style_model(hub_model):
                                      n_general_eval=2, n_eval=2)
     assert line == ""
     assert grid["model"] == str(folder) and grid["steps"] == 1 and len(grid["runs"]) == 2
-    assert {r["mix"] for r in grid["runs"]} == {0.0, 0.1} and all(r["ppl_ratio"] > 0 for r in grid["runs"])
+    assert {r["mix"] for r in grid["runs"]} == {0.0, 0.1}
+    # the "before" of every run is this model's own perplexity on the first 2 general_eval texts (by hand)
+    held = [r["text"] for r in data.read_jsonl("general_eval.jsonl")][:2]
+    for r in grid["runs"]:
+        assert r["ppl_before"] == pytest.approx(_perplexity_by_hand(base, tok, held), rel=1e-5), kind
+        assert r["ppl_ratio"] == pytest.approx(r["ppl_after"] / r["ppl_before"])
     assert forgetting.describe_grid(grid).startswith(f"measured live here on {folder}: task risk, 1 steps")
     assert [r["key"] for r in forgetting.remedies(grid["runs"])] == ["mix"]
