@@ -1,7 +1,7 @@
-"""`python -m labkit ...` is the `labkit` command (labkit.cli), for environments without the script on PATH."""
+"""`python -m labkit ...` is the `labkit` command (labkit.course.cli), for environments without the script on PATH."""
 
 import sys
 
-from .cli import main
+from .course.cli import main
 
 sys.exit(main())

@@ -28,7 +28,8 @@ class TemplateError(ValueError):
     """A chat template that cannot be used the way the course needs, with the model named."""
 
 
-def _model_name(tok) -> str:
+def model_name(tok) -> str:
+    """The name of the model a tokenizer belongs to, for error messages (its path, or its class)."""
     return getattr(tok, "name_or_path", "") or type(tok).__name__
 
 
@@ -41,15 +42,15 @@ def messages(user: str, answer: str | None = None, system: str | None = None) ->
     return conv
 
 
-def _render(tok, conv: list[dict], add_generation_prompt: bool) -> str:
+def render_chat(tok, conv: list[dict], add_generation_prompt: bool) -> str:
     if getattr(tok, "chat_template", None) is None:
-        raise TemplateError(f"the tokenizer of {_model_name(tok)!r} has no chat template; give it one "
+        raise TemplateError(f"the tokenizer of {model_name(tok)!r} has no chat template; give it one "
                             "(tok.chat_template = '...') or use a chat/instruct model.")
     try:
         return tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja's TemplateError, or raise_exception() inside the template
         roles = [m["role"] for m in conv]
-        raise TemplateError(f"the chat template of {_model_name(tok)!r} refused a conversation with roles {roles}: "
+        raise TemplateError(f"the chat template of {model_name(tok)!r} refused a conversation with roles {roles}: "
                             f"{exc}") from None
 
 
@@ -57,7 +58,7 @@ def render_prompt(tok, user: str | list[dict], system: str | None = None) -> str
     """The prompt the model answers: USER (a message, or a list of messages) rendered with the chat
     template and its generation prompt, e.g. ``...<|im_start|>assistant\\n``."""
     conv = messages(user, system=system) if isinstance(user, str) else list(user)
-    return _render(tok, conv, add_generation_prompt=True)
+    return render_chat(tok, conv, add_generation_prompt=True)
 
 
 def split(tok, conv: list[dict]) -> dict:
@@ -74,18 +75,18 @@ def split(tok, conv: list[dict]) -> dict:
     answer = conv[-1]["content"]
     if not isinstance(answer, str):
         raise ValueError(f"the assistant's answer must be a string; got {answer!r}.")
-    prompt = _render(tok, conv[:-1], add_generation_prompt=True)
-    full = _render(tok, conv, add_generation_prompt=False)
+    prompt = render_chat(tok, conv[:-1], add_generation_prompt=True)
+    full = render_chat(tok, conv, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise TemplateError(
-            f"the chat template of {_model_name(tok)!r} renders the conversation differently with and without "
+            f"the chat template of {model_name(tok)!r} renders the conversation differently with and without "
             f"the answer, so the prompt is not a prefix of the whole: prompt ends {prompt[-60:]!r}, the whole "
             f"conversation has {full[max(0, len(prompt) - 60):len(prompt) + 20]!r} there. Split it by hand or "
             "use another template.")
     completion, text = full[len(prompt):], answer.strip()
     end = completion.rfind(text) if text else 0  # an empty answer: the template's text alone (it teaches nothing)
     if end < 0:
-        raise TemplateError(f"the chat template of {_model_name(tok)!r} does not write the answer verbatim "
+        raise TemplateError(f"the chat template of {model_name(tok)!r} does not write the answer verbatim "
                             f"(looked for {text!r} in {completion!r}).")
     end += len(text)
     if completion[end:].strip():  # keep the turn end, drop the whitespace the template writes after it
@@ -172,7 +173,7 @@ def stop_token_ids(tok, model=None) -> list[int]:
         if isinstance(i, int) and i >= 0 and i not in out:
             out.append(i)
     if not out:
-        raise TemplateError(f"{_model_name(tok)!r} has no EOS token and its template no turn-end token: "
+        raise TemplateError(f"{model_name(tok)!r} has no EOS token and its template no turn-end token: "
                             "generation would never stop. Set tok.eos_token.")
     return out
 
@@ -242,7 +243,7 @@ def describe(tok, user: str = "Hello", answer: str = "Hi") -> dict:
     """
     pair = prompt_completion(tok, user, answer)
     conv = messages(user)
-    without, with_prompt = _render(tok, conv, False), _render(tok, conv, True)
+    without, with_prompt = render_chat(tok, conv, False), render_chat(tok, conv, True)
     generation = with_prompt[len(without):] if with_prompt.startswith(without) else with_prompt
     before, after = _probe(tok)
     bos, bos_id = getattr(tok, "bos_token", None), getattr(tok, "bos_token_id", None)

@@ -66,7 +66,7 @@ def _classify(rng: random.Random) -> dict:
             "input": text, "output": DOC_TYPES[kind]}
 
 
-def _risk(rng: random.Random) -> dict:
+def risk_row(rng: random.Random) -> dict:
     a = corpus.applicant(rng)
     pct = round(100 * a["dti"])
     text = (f"Borrower: {a['name']}\nMonthly income: {money(a['income'])}\nMonthly debts: {money(a['debts'])}\n"
@@ -97,10 +97,10 @@ def _qa(rng: random.Random) -> dict:
             "output": str(a["credit"])}
 
 
-GENERATORS = {"extract": _extract, "classify": _classify, "risk": _risk, "dti": _dti, "qa": _qa}
+GENERATORS = {"extract": _extract, "classify": _classify, "risk": risk_row, "dti": _dti, "qa": _qa}
 
 
-def _key(row: dict) -> str:
+def split_key(row: dict) -> str:
     """What must never be shared between splits: the question (instruction + input, or prompt, or text)."""
     return json.dumps([row.get("instruction"), row.get("input"), row.get("prompt"), row.get("text")])
 
@@ -116,8 +116,8 @@ def make_instructions(n: int, seed: int, exclude: set[str] | None = None) -> lis
     out: list[dict] = []
     while len(out) < n:
         ex = GENERATORS[TASKS[len(out) % len(TASKS)]](rng)
-        if _key(ex) not in seen:
-            seen.add(_key(ex))
+        if split_key(ex) not in seen:
+            seen.add(split_key(ex))
             out.append(ex)
     return out
 
@@ -209,8 +209,8 @@ def make_general_text(n: int, seed: int, exclude: set[str] | None = None) -> lis
     seen, out = set(exclude or ()), []
     while len(out) < n:
         row = {"text": corpus.general_text(rng)}
-        if _key(row) not in seen:
-            seen.add(_key(row))
+        if split_key(row) not in seen:
+            seen.add(split_key(row))
             out.append(row)
     return out
 
@@ -281,8 +281,8 @@ def make_intents(n: int, seed: int, templates: str, exclude: set[str] | None = N
     seen, out = set(exclude or ()), []
     while len(out) < n:
         row = _intent(rng, templates)
-        if _key(row) not in seen:
-            seen.add(_key(row))
+        if split_key(row) not in seen:
+            seen.add(split_key(row))
             out.append(row)
     return out
 
@@ -303,14 +303,14 @@ def _builders() -> dict:
         made["preferences"] = make_preferences(n // 2, 2000 + s, held["instructions"])
         for kind, rows in made.items():
             files[f"{kind}_{split}.jsonl"] = rows
-            held[kind] |= {_key(r) for r in rows}
+            held[kind] |= {split_key(r) for r in rows}
             if kind == "preferences":
-                held["instructions"] |= {_key({"instruction": r["prompt"].split("\n\n")[0], "input": r["prompt"].split("\n\n", 1)[1] if "\n\n" in r["prompt"] else ""}) for r in rows}
+                held["instructions"] |= {split_key({"instruction": r["prompt"].split("\n\n")[0], "input": r["prompt"].split("\n\n", 1)[1] if "\n\n" in r["prompt"] else ""}) for r in rows}
     files["domain_eval.jsonl"] = make_domain_text(100, 4002)
     held_intents: set[str] = set()
     for split, n, templates in (("test", 300, "heldout"), ("eval", 300, "heldout"), ("train", 480, "train")):
         files[f"intents_{split}.jsonl"] = make_intents(n, 5000 + SEEDS[split], templates, held_intents)
-        held_intents |= {_key(r) for r in files[f"intents_{split}.jsonl"]}
+        held_intents |= {split_key(r) for r in files[f"intents_{split}.jsonl"]}
     return files
 
 

@@ -193,7 +193,7 @@ def grid_for(model, base, tok, task: str, steps: int = 0, seed: int = 0, **kwarg
 
 
 def grid_figures(grid: dict) -> dict:
-    """The figures lesson 14 records from GRID (labkit.show.record_many; its claims over seeds read them):
+    """The figures lesson 14 records from GRID (labkit.course.show.record_many; its claims over seeds read them):
     the run that forgot most and whether it is the all-risky one (the highest lr and rank, no general data),
     the largest ratio among the other runs, the exact match of the low-lr small-rank runs against the others,
     and each remedy's g_safe / g_risky without the worst run."""

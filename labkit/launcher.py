@@ -13,7 +13,7 @@
 - `launch_command` and `run`: the same script on NPROC processes of this machine (python, torchrun or
   accelerate launch), from a notebook or a test, reading back the log rank 0 writes.
 
-(labkit.launch is something else: the Colab and Binder links of the lessons.)
+(labkit.course.links is something else: the Colab and Binder links of the lessons.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Its relative Frobenius error follows from the singular values s_1 >= s_2 >= ... 
 
 so one SVD gives the whole error-versus-rank curve. rank_report() puts that error next to what rank r
 costs (r * (d_in + d_out) trainable numbers per adapted layer, peft's trainable%); the sliders that
-call it are labkit.widgets.rank_widget (this module imports no widget code).
+call it are labkit.course.widgets.rank_widget (this module imports no widget code).
 
     dW = W_finetuned - W_base
     print(error_curve(dW, [1, 4, 16, 64]))
@@ -127,7 +127,7 @@ def smallest_rank(delta_w: torch.Tensor, max_error: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# What rank r costs and loses: the whole logic of labkit.widgets.rank_widget
+# What rank r costs and loses: the whole logic of labkit.course.widgets.rank_widget
 
 
 def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int,

@@ -45,7 +45,7 @@ def _example(task: str, rng: random.Random) -> dict:
     if task == "total":
         text, a = corpus.receipt(rng)
         return {"task": "qa", "instruction": TASKS["total"], "input": text, "output": money(a["total"])}
-    return data._risk(rng)
+    return data.risk_row(rng)
 
 
 def _check_task(task: str) -> str:
@@ -56,15 +56,15 @@ def _check_task(task: str) -> str:
 
 def make_task(task: str, n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
     """N distinct questions of TASK ("total" or "risk"), none whose question (instruction + input) is in
-    EXCLUDE (keys as labkit.data._key makes them). Deterministic in SEED."""
+    EXCLUDE (keys as labkit.data.split_key makes them). Deterministic in SEED."""
     _check_task(task)
     guard.positive_int("n", n)
     rng = random.Random(f"{task}/{seed}")
     seen, out = set(exclude or ()), []
     for _ in range(100 * n + 1000):
         row = _example(task, rng)
-        if data._key(row) not in seen:
-            seen.add(data._key(row))
+        if data.split_key(row) not in seen:
+            seen.add(data.split_key(row))
             out.append(row)
             if len(out) == n:
                 return out
@@ -72,8 +72,8 @@ def make_task(task: str, n: int, seed: int, exclude: set[str] | None = None) -> 
 
 
 def keys(rows: list[dict]) -> set[str]:
-    """The questions of ROWS (instruction + input), as the course compares splits (labkit.data._key)."""
-    return {data._key(r) for r in rows}
+    """The questions of ROWS (instruction + input), as the course compares splits (labkit.data.split_key)."""
+    return {data.split_key(r) for r in rows}
 
 
 def sft_keys() -> set[str]:

@@ -200,7 +200,7 @@ def render(tok, conv: list[dict], tool_schemas: list[dict] | None, add_generatio
         return tok.apply_chat_template(conv, tools=tool_schemas, tokenize=False,
                                        add_generation_prompt=add_generation_prompt)
     return chat.render_prompt(tok, plain_messages(conv, tool_schemas)) if add_generation_prompt else \
-        chat._render(tok, plain_messages(conv, tool_schemas), False)
+        chat.render_chat(tok, plain_messages(conv, tool_schemas), False)
 
 
 # ----------------------------------------------------------------------------- multi-turn labels
@@ -227,7 +227,7 @@ def conversation_labels(tok, conv: list[dict], tool_schemas, max_length: int = 5
 
 def _check_prefix(tok, full: str, prompt: str) -> None:
     if not full.startswith(prompt):
-        raise chat.TemplateError(f"the chat template of {chat._model_name(tok)!r} renders a tool conversation "
+        raise chat.TemplateError(f"the chat template of {chat.model_name(tok)!r} renders a tool conversation "
                                  "differently once it goes on, so its turns cannot be masked one by one.")
 
 

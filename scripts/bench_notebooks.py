@@ -5,7 +5,7 @@
 
 Given notebooks replace their rows in bench/notebooks.json and keep the others (rows of notebooks
 that no longer exist are dropped), so one lesson can be benched after a change. Each row keeps the
-hash of the notebook's code (labkit.contract.code_hash): tests/test_contract.py fails on a row whose
+hash of the notebook's code (labkit.course.contract.code_hash): tests/test_contract.py fails on a row whose
 notebook's code changed since it was benched.
 
 Peak memory is the largest resident set size (RSS) of the kernel process and its children, sampled
@@ -14,7 +14,7 @@ defaults; --memory-limit-mb, --time-limit-s): a notebook over either fails the r
 a notebook that raises. The load average is
 recorded too: on a shared machine wall times grow with it. The kernel's CPU time (user + system of
 the kernel and its children) grows much less, but not nothing: oversubscribed OpenMP threads spin. Executed copies go to bench/executed/
-(not committed); tests/test_launch.py reads bench/notebooks.json.
+(not committed); tests/test_links.py reads bench/notebooks.json.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def bench(path: Path, params: dict, out_dir: Path) -> dict:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.perf_counter() - t0
     sampler.stop()
-    from labkit.contract import code_hash
+    from labkit.course.contract import code_hash
 
     return {"notebook": path.name, "code_sha": code_hash(path), "date": datetime.date.today().isoformat(),
             "load_avg_1m": round(os.getloadavg()[0], 1), "wall_s": round(wall, 1), "kernel_cpu_s": round(sampler.cpu_s, 1),
@@ -182,7 +182,7 @@ def main() -> None:
             params[k] = ast.literal_eval(v)
         except (ValueError, SyntaxError):
             params[k] = v
-    from labkit import contract
+    from labkit.course import contract
 
     every = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     paths = args.notebooks or every
@@ -224,7 +224,7 @@ def main() -> None:
               for r in rows]
     (args.out / "notebooks.md").write_text("\n".join(lines) + "\n")
     if args.out.resolve() == (ROOT / "bench").resolve():  # the course map shows each lesson's run time
-        from labkit import syllabus
+        from labkit.course import syllabus
 
         syllabus.write()
         write_instructor(args.out / "notebooks.json")  # and the workshop guide's timing table

@@ -5,7 +5,7 @@
     python scripts/seed_spread.py notebooks/11_rl_verifiable_rewards.ipynb -p MODEL /path/to/model --out s.json
 
 Each run is the whole lesson under papermill (about a minute each on a 2-core CPU with the bundled model);
-the lesson reads the file back with labkit.seeds and prints the spread and its verdicts.
+the lesson reads the file back with labkit.course.seeds and prints the spread and its verdicts.
 """
 
 import argparse
@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from labkit import atomic, seeds  # noqa: E402
+from labkit import atomic  # noqa: E402
+from labkit.course import seeds  # noqa: E402
 
 
 def main(argv=None):

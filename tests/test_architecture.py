@@ -87,3 +87,50 @@ def test_no_private_name_is_used_outside_its_module():
     borrowed = [f"{m} uses {t}.{name}" for m, p in MODULES.items() for t, name in internal_imports(p)
                 if name and name.startswith("_") and not name.startswith("__") and t != m]
     assert borrowed == []
+
+
+def module_aliases(path: Path) -> dict[str, str]:
+    """{name bound in PATH: the labkit module it names} for `from labkit import data`-style imports."""
+    return {
+        (a.asname or a.name): f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod
+        for mod, a in _imported_aliases(path) if f"{mod}.{a.name}" in MODULES}
+
+
+def _imported_aliases(path: Path):
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else [])) if node.level else (node.module or "")
+            if module.startswith("labkit"):
+                yield from ((module, a) for a in node.names)
+
+
+def test_no_private_attribute_of_another_module_is_read():
+    """`data._key` from another module is a private name used outside its module, as `from .data import _key` is."""
+    borrowed = []
+    for m, p in MODULES.items():
+        aliases = module_aliases(p)
+        for node in ast.walk(ast.parse(p.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != m):
+                borrowed.append(f"{m} reads {aliases[node.value.id]}.{node.attr}")
+    assert borrowed == []
+
+
+def test_no_labkit_module_is_longer_than_500_lines():
+    """The library is the textbook: a file a learner can read in one sitting, one idea each."""
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}
+
+
+def test_every_labkit_package_is_installed():
+    """pyproject finds the packages (a hand-written list missed new ones); each folder with an __init__ is found."""
+    import setuptools
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = set(setuptools.find_packages(str(ROOT), include=config["include"]))
+    folders = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert folders <= found and "labkit.ship" in found and "labkit.course" in found

@@ -1,6 +1,6 @@
 """labkit.check, the package: it exports every name that notebooks, exercises, solutions and labkit
 import from it (so none of them changes when a module inside moves), and the solution markers its
-docstring shares with nbgrader are the ones labkit.exercise_notebooks strips."""
+docstring shares with nbgrader are the ones labkit.course.exercise_notebooks strips."""
 
 import ast
 import json
@@ -12,7 +12,7 @@ import types
 from pathlib import Path
 
 from labkit import check as C
-from labkit import exercise_notebooks as nbs
+from labkit.course import exercise_notebooks as nbs
 
 ROOT = Path(__file__).resolve().parents[1]
 

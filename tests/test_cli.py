@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from labkit import cli, models
+from labkit import models
+from labkit.course import cli
 
 
 def test_doctor_passes_here_and_reports_everything():
@@ -79,7 +80,7 @@ def test_installed_versions_are_the_pinned_ones():
 
 
 def test_labkit_command_is_installed():
-    out = subprocess.run([sys.executable, "-m", "labkit.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "labkit.course.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "doctor" in out.stdout
 
 

@@ -1,4 +1,4 @@
-"""The lesson contract (labkit.contract) on every notebook, and its rules on small made-up notebooks so
+"""The lesson contract (labkit.course.contract) on every notebook, and its rules on small made-up notebooks so
 that each rule is seen to fail."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import contract
+from labkit.course import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -73,7 +73,7 @@ def test_words_knobs_listings_and_machinery(tmp_path, monkeypatch):
     many = "\n".join(f"K{i} = {i}" for i in range(10))
     assert any("13 knobs" in f for f in contract.problems(_lesson(tmp_path, params="MODEL = 1\nDEVICE = 2\nSEED = 3\n" + many)))
     monkeypatch.setattr(contract, "MAX_LISTING_LINES", 10)
-    long_listing = contract.problems(_lesson(tmp_path, code="from labkit import seeds\nshow_source(seeds.run)"))
+    long_listing = contract.problems(_lesson(tmp_path, code="from labkit.course import seeds\nshow_source(seeds.run)"))
     assert any("more than 10" in f for f in long_listing)
     assert any("name a labkit function" in f for f in contract.problems(_lesson(tmp_path, code="f = print\nshow_source(f)")))
     seeds = contract.problems(_lesson(tmp_path, code="print(seeds.report(seeds.load('x'), {}, {}, {'c': lambda f: 1}))"))

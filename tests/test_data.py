@@ -21,13 +21,13 @@ def test_shipped_jsonl_files_are_in_sync_with_the_generators(tmp_path):
         assert shipped.read_text() == path.read_text(), f"{path.name} is stale: run `make data`"
 
 
-def _key(row):
+def split_key(row):
     return json.dumps({k: row[k] for k in sorted(row) if k != "output"}, sort_keys=True)
 
 
 @pytest.mark.parametrize("kind", ["instructions", "preferences", "general"])
 def test_train_eval_and_test_splits_are_disjoint(kind):
-    splits = {s: {_key(r) for r in data.read_jsonl(f"{kind}_{s}.jsonl")} for s in ("train", "eval", "test")}
+    splits = {s: {split_key(r) for r in data.read_jsonl(f"{kind}_{s}.jsonl")} for s in ("train", "eval", "test")}
     assert not splits["train"] & splits["eval"]
     assert not splits["train"] & splits["test"]
     assert not splits["eval"] & splits["test"]

@@ -17,7 +17,8 @@ import torch
 
 from labkit import check as C
 from labkit.check import grade
-from labkit import evaluate, exercise_notebooks as nbs, lora, memory, quant, sft
+from labkit import evaluate, lora, memory, quant, sft
+from labkit.course import exercise_notebooks as nbs
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -188,7 +189,7 @@ def test_unbalanced_markers_are_errors(src):
 
 @pytest.mark.parametrize("folder", ["solutions", "exercises"])
 def test_notebooks_have_no_outputs(folder):
-    # (their Colab badge and install cell: tests/test_launch.py, for every notebook)
+    # (their Colab badge and install cell: tests/test_links.py, for every notebook)
     for path in sorted((ROOT / folder).glob("*.ipynb")):
         cells = _nb(path)["cells"]
         for cell in cells:
@@ -222,7 +223,7 @@ def test_workshop_subset_holds_only_the_chosen_exercises(tmp_path):
 
 
 def test_cli_builds_a_workshop_and_checks_freshness(tmp_path, capsys):
-    from labkit import cli
+    from labkit.course import cli
 
     assert cli.main(["exercises", "workshop", "--only", "exact_match,q13_ppl_from_nll", "--out", str(tmp_path / "w")]) == 0
     assert nbs.section_ids(_nb(tmp_path / "w" / "13_evaluation_exercises.ipynb")) == ["exact_match", "q13_ppl_from_nll"]
@@ -238,7 +239,7 @@ def test_cli_builds_a_workshop_and_checks_freshness(tmp_path, capsys):
 
 
 def test_exercises_command_is_wired_into_the_labkit_command():
-    r = subprocess.run([sys.executable, "-m", "labkit.cli", "exercises", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "labkit.course.cli", "exercises", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "workshop" in r.stdout and "build" in r.stdout
 
 

@@ -48,7 +48,7 @@ def test_cli_reports_errors_with_exit_status_2(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")  # other ranks stay quiet
     assert launcher.main(["--check", "--lr", "0"]) == 2
     assert capsys.readouterr().err == ""
-    from labkit import cli
+    from labkit.course import cli
 
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv("RANK", "0")

@@ -40,13 +40,13 @@ def test_training_rows_of_each_kind():
     assert sorted(texts.count(t) for t in set(texts))[-50:] == [5] * 50
     leak = lesson.training_rows(cells["leak"], held=held)
     assert leak[:200] == pool[:200] and leak[200:] == held[:100]
-    assert len(held) == 400 and all(data._key(r) not in {data._key(p) for p in pool} for r in held)
+    assert len(held) == 400 and all(data.split_key(r) not in {data.split_key(p) for p in pool} for r in held)
 
 
 def test_new_inputs_are_in_no_split_and_the_first_n_are_the_same():
-    taken = {data._key(r) for s in ("train", "eval", "test") for r in data.read_jsonl(f"instructions_{s}.jsonl")}
+    taken = {data.split_key(r) for s in ("train", "eval", "test") for r in data.read_jsonl(f"instructions_{s}.jsonl")}
     rows = lesson.new_inputs(30)
-    assert not {data._key(r) for r in rows} & taken
+    assert not {data.split_key(r) for r in rows} & taken
     assert lesson.new_inputs(10) == rows[:10], "the lesson labels the first N_LABEL of the sweep's inputs"
 
 

@@ -92,11 +92,11 @@ def test_bad_inputs_are_readable_errors(kwargs, pattern):
 
 
 def test_lowrank_imports_no_widget_code():
-    """The idea (lesson 01's SVD) never imports the teaching floor: its sliders live in labkit.widgets."""
+    """The idea (lesson 01's SVD) never imports the teaching floor: its sliders live in labkit.course.widgets."""
     import subprocess
     import sys
 
-    code = ("import sys, labkit.lowrank; bad = [m for m in ('labkit.widgets', 'ipywidgets', 'matplotlib') "
+    code = ("import sys, labkit.lowrank; bad = [m for m in ('labkit.course.widgets', 'ipywidgets', 'matplotlib') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -101,14 +101,14 @@ def test_notebook_runs_with_papermill(path, tmp_path):
     injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert injected or not fast_parameters(path)
     _assert_quiet(nb)
-    from labkit.render import unbacked_figures
+    from labkit.course.render import unbacked_figures
 
     # at the fast parameters every figure differs from a default run: prose that copied one fails here
     assert not unbacked_figures(nb), (f"the prose states {unbacked_figures(nb)}, which no output of this run "
                                       "prints: let the prose read the outputs, or list a figure that is not the "
                                       "run's (a paper's, a version) in metadata.labkit.prose_constants")
-    from labkit import seeds
-    from labkit.render import recorded
+    from labkit.course import seeds
+    from labkit.course.render import recorded
 
     spread = seeds.load(path.stem)  # the shipped seed spread must hold every figure the lesson records now
     if spread is not None:

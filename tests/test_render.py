@@ -1,13 +1,13 @@
-"""`labkit render` and labkit.show.record: parameters in, executed notebooks and a summary page out."""
+"""`labkit render` and labkit.course.show.record: parameters in, executed notebooks and a summary page out."""
 
 import json
 
 import nbformat
 import pytest
 
-from labkit import render
-from labkit.cli import main
-from labkit.show import RECORD_MIME, name_of, record, record_many, recorded
+from labkit.course import render
+from labkit.course.cli import main
+from labkit.course.show import RECORD_MIME, name_of, record, record_many, recorded
 
 
 def _notebook(path, params_src, body_src, fast=None):
@@ -94,7 +94,7 @@ def test_labkit_render_runs_notebooks_with_parameters(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     a = _notebook(src / "01_a.ipynb", "R = 8\nSTEPS = 100\n",
-                  "from labkit.show import record\nrecord('r_times_steps', R * STEPS)", fast={"STEPS": 2})
+                  "from labkit.course.show import record\nrecord('r_times_steps', R * STEPS)", fast={"STEPS": 2})
     b = _notebook(src / "02_b.ipynb", "SEED = 0\n", "raise RuntimeError('boom')")
     out = tmp_path / "out"
     code = main(["render", str(a), str(b), "-p", "R=4", "--fast", "--out", str(out)])

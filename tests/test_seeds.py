@@ -1,4 +1,4 @@
-"""labkit.seeds: the spread of a lesson's recorded figures over seeds, its verdicts, whether a live run is
+"""labkit.course.seeds: the spread of a lesson's recorded figures over seeds, its verdicts, whether a live run is
 one of its rows; scripts/seed_spread.py end to end on a tiny notebook; the shipped spreads match their
 lessons (the defaults they ran at, at least three seeds)."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import seeds
+from labkit.course import seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def _tiny_notebook(path: Path):
     params = nbformat.v4.new_code_cell("SEED = 0\nSTEPS = 4\nNAME = 'demo'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "import random\nfrom labkit import show\nrng = random.Random(SEED)\n"
+        "import random\nfrom labkit.course import show\nrng = random.Random(SEED)\n"
         "show.record_many({'score': round(rng.random(), 4), 'steps': STEPS, 'name': NAME})")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -117,15 +117,15 @@ def test_a_shipped_spread_ran_at_the_lessons_current_defaults(path):
 
 
 def _claimed_lessons():
-    from labkit.seed_claims import CLAIMS
+    from labkit.course.seed_claims import CLAIMS
 
     return sorted(CLAIMS)
 
 
 @pytest.mark.parametrize("lesson", _claimed_lessons())
 def test_every_claim_a_lesson_prints_holds_at_every_shipped_seed(lesson):
-    """labkit/seed_claims.py's promise: a claim that does not hold at every seed of the shipped spread is not made."""
-    from labkit.seed_claims import CLAIMS
+    """labkit/course/seed_claims.py's promise: a claim that does not hold at every seed of the shipped spread is not made."""
+    from labkit.course.seed_claims import CLAIMS
 
     spread = seeds.load(lesson)
     assert spread is not None, f"{lesson} makes claims over seeds but ships no spread: run {seeds.MADE_BY}"

@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from labkit import data, evaluate, preference, sft, widgets
+from labkit import data, evaluate, preference, sft
+from labkit.course import widgets
 from labkit.lessons import sft as lesson
 
 

@@ -1,22 +1,22 @@
-"""labkit.syllabus: the course map shipped in the package and shown in README.md is the notebooks' and the
+"""labkit.course.syllabus: the course map shipped in the package and shown in README.md is the notebooks' and the
 bench's, and its parts follow the course's order."""
 
 from pathlib import Path
 
 import pytest
 
-from labkit import syllabus
+from labkit.course import syllabus
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_shipped_map_is_the_notebooks_and_the_bench():
-    assert syllabus.load() == syllabus.build(), "stale map: run `python -m labkit.syllabus --write`"
+    assert syllabus.load() == syllabus.build(), "stale map: run `python -m labkit.course.syllabus --write`"
 
 
 def test_the_readme_shows_the_map():
     text = (ROOT / "README.md").read_text()
-    assert syllabus.readme_with_map(text, syllabus.load()) == text, "run `python -m labkit.syllabus --write`"
+    assert syllabus.readme_with_map(text, syllabus.load()) == text, "run `python -m labkit.course.syllabus --write`"
 
 
 def test_parts_cover_every_lesson_number_in_order():

@@ -1,6 +1,7 @@
 import pytest
 
-from labkit import lowrank, widgets
+from labkit import lowrank
+from labkit.course import widgets
 from test_lowrank import LLAMA_PARAMS, LLAMA_QV, _known_spectrum  # tests/ is on sys.path (conftest)
 
 

@@ -19,7 +19,7 @@ in labkit/checks/ (one per lesson; see labkit/checks/__init__.py for how to add 
 
 What it shares with nbgrader: only the solution markers. A solutions notebook (solutions/) puts each
 answer between `### BEGIN SOLUTION` and `### END SOLUTION` lines, nbgrader's default delimiters, and
-labkit.exercise_notebooks strips each region into a stub as nbgrader's `generate_assignment` does (a
+labkit.course.exercise_notebooks strips each region into a stub as nbgrader's `generate_assignment` does (a
 function body becomes `raise NotImplementedError(...)` at its indentation; a top-level region becomes
 `NAME = ...  # YOUR ANSWER HERE`, a markdown one "_Your answer here._"). What it does not share: no
 nbgrader cell metadata (a section is a cell tagged `exercise:<id>`), no test cells in the notebook

@@ -57,7 +57,7 @@ def pool() -> list[dict]:
 def new_inputs(n: int = N_DISTILL, seed: int = DISTILL_SEED) -> list[dict]:
     """N examples whose questions are in no split of the course: the unlabelled inputs a teacher labels
     (their gold answers are kept only to measure the teacher)."""
-    taken = {data._key(r) for name in ("train", "eval", "test") for r in data.read_jsonl(f"instructions_{name}.jsonl")}
+    taken = {data.split_key(r) for name in ("train", "eval", "test") for r in data.read_jsonl(f"instructions_{name}.jsonl")}
     return data.make_instructions(n, seed, exclude=taken)
 
 

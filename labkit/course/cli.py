@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REQUIRED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets")
-CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 
 
 def read_pins(path: Path = CONSTRAINTS) -> dict[str, str]:
@@ -42,7 +42,7 @@ def _same_version(installed: str, pinned: str) -> bool:
 
 def doctor(out=print) -> int:
     """Print the environment report; return 0 when the course can run, 1 otherwise."""
-    from . import env
+    from .. import env
 
     env.quiet()
     problems: list[str] = []
@@ -74,7 +74,7 @@ def doctor(out=print) -> int:
     out(f"colab         {'yes' if info['colab'] else 'no'}")
     if info.get("torch") and info.get("transformers"):
         try:
-            from .models import BASE_MODEL_DIR, load_base
+            from ..models import BASE_MODEL_DIR, load_base
 
             t0 = time.perf_counter()
             model, tok = load_base(device="cpu")
@@ -98,7 +98,7 @@ def doctor(out=print) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the training script's own options (labkit.launcher.main)
-        from .launcher import main as train_main
+        from ..launcher import main as train_main
 
         return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="labkit", description="The labkit course helper.")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return doctor()
     if args.command == "data":
-        from .data import write_all
+        from ..data import write_all
 
         for p in write_all():
             print(p)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render":
         return render_command(args)
     if args.command == "links":
-        from .launch import repository_url, sync
+        from .links import repository_url, sync
 
         changed = sync(write=args.write)
         for rel in changed:
@@ -218,7 +218,7 @@ def exercises_command(args) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from . import check
+    from .. import check
 
     if args.action == "list":
         for i in check.exercises() + check.quizzes():

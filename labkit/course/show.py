@@ -1,5 +1,5 @@
 """Show labkit's own code in a notebook, so a lesson never pastes a copy that can drift, and
-record(name, value) for the metrics `labkit render` collects. (Launch links: labkit.launch.)"""
+record(name, value) for the metrics `labkit render` collects. (Launch links: labkit.course.links.)"""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _stored(value):
 def record(name: str, value) -> None:
     """Record a metric of this run, e.g. record("exact_match_after_sft", 0.42).
 
-    Stores it, invisibly, in the cell's output, so that `labkit render` (and labkit.render.recorded)
+    Stores it, invisibly, in the cell's output, so that `labkit render` (and labkit.course.render.recorded)
     can list it in the summary page. VALUE: a number, a bool or a short
     string; 0-d tensors and numpy scalars are converted with .item().
     """
@@ -72,7 +72,7 @@ def record_many(figures: dict) -> None:
 
     The output carries the figures under RECORD_MIME with an empty text/plain, so JupyterLab shows
     nothing, while `labkit render`, scripts/seed_spread.py and the tests read them back
-    (labkit.render.recorded). Recorded figures are maintainer machinery: what the learner reads is
+    (labkit.course.render.recorded). Recorded figures are maintainer machinery: what the learner reads is
     what the lesson prints."""
     checked = {name: _checked(name, value) for name, value in figures.items()}
     if not checked:

@@ -11,7 +11,7 @@ def sample_continuations(model, tok, prompt: str, temperature: float, n: int = 3
 
     Sample i uses seed + i, so the same slider position always shows the same texts.
     """
-    from .models import generate
+    from ..models import generate
 
     if not prompt:
         raise ValueError("prompt is empty: type a few words for the model to continue.")
@@ -67,7 +67,7 @@ def token_mask_viewer(tok, examples: list[dict], max_length: int = 256):
     """
     import ipywidgets as w
 
-    from .lessons.sft import MASK_TEMPLATES, mask_view
+    from ..lessons.sft import MASK_TEMPLATES, mask_view
 
     if not examples:
         raise ValueError("token_mask_viewer needs at least one example.")
@@ -95,7 +95,7 @@ def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from .lessons.grpo import describe_run, plot_grpo, short_run
+    from ..lessons.grpo import describe_run, plot_grpo, short_run
 
     if not prompts:
         raise ValueError("grpo_widget needs at least one training prompt.")
@@ -154,7 +154,7 @@ def rank_widget(delta_w, n_model_params: int, layer_shapes, max_rank: int = 64):
 
     import ipywidgets as w
 
-    from . import guard, lowrank
+    from .. import guard, lowrank
 
     max_rank = guard.positive_int("max_rank", max_rank, "64", about="the largest rank on the slider")
     s = lowrank.singular_values(delta_w)   # one SVD for the whole session

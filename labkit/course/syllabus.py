@@ -3,7 +3,7 @@
 One source for the map that README.md and lesson 00 show: labkit/assets/syllabus.json (inside the package,
 so lesson 00 can show it on Colab too), written from the notebooks' titles and bench/notebooks.json by
 
-    python -m labkit.syllabus --write      # also rewrites the map in README.md (between its map markers)
+    python -m labkit.course.syllabus --write      # also rewrites the map in README.md (between its map markers)
 
 scripts/bench_notebooks.py runs it after a bench; tests/test_syllabus.py fails when either is stale.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 PARTS = (("start", "00", "00"), ("adapters", "01", "05"), ("training objectives", "06", "12"),
          ("measuring and deciding", "13", "15"), ("production", "16", "17"), ("capstone", "18", "19"))
-ROOT = Path(__file__).resolve().parents[1]
-FILE = Path(__file__).parent / "assets" / "syllabus.json"
-README_START, README_END = "<!-- map: labkit.syllabus -->", "<!-- /map -->"
+ROOT = Path(__file__).resolve().parents[2]
+FILE = Path(__file__).resolve().parents[1] / "assets" / "syllabus.json"
+README_START, README_END = "<!-- map: labkit.course.syllabus -->", "<!-- /map -->"
 
 
 def part_of(number: str) -> str:
@@ -86,7 +86,7 @@ def readme_with_map(text: str, rows: list[dict]) -> str:
 def write(root: Path = ROOT) -> list[dict]:
     """Rewrite labkit/assets/syllabus.json and README.md's map from the notebooks and the bench."""
     rows = build(root)
-    FILE.write_text(json.dumps({"made_by": "python -m labkit.syllabus --write", "lessons": rows}, indent=1) + "\n")
+    FILE.write_text(json.dumps({"made_by": "python -m labkit.course.syllabus --write", "lessons": rows}, indent=1) + "\n")
     readme = root / "README.md"
     readme.write_text(readme_with_map(readme.read_text(), rows))
     return rows

@@ -7,7 +7,7 @@
 A parameter is injected (by papermill, after the cell tagged `parameters`) only into the notebooks whose
 parameters cell assigns it, so `-p FT_STEPS=10` changes the lessons that have FT_STEPS and no other.
 OUT gets the executed notebooks, optionally their HTML, summary.md (one row per notebook: status,
-wall time, what was injected, the metrics it recorded with labkit.show.record) and summary.json.
+wall time, what was injected, the metrics it recorded with labkit.course.show.record) and summary.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .show import RECORD_MIME
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 
 
@@ -57,7 +57,7 @@ def fast_parameters(nb: dict) -> dict:
 
 
 def recorded(nb: dict) -> dict:
-    """{name: value} of every labkit.show.record(...) in an executed notebook (a later record of a name wins)."""
+    """{name: value} of every labkit.course.show.record(...) in an executed notebook (a later record of a name wins)."""
     out = {}
     for cell in nb.get("cells", []):
         for o in cell.get("outputs", []):

@@ -1,8 +1,8 @@
-"""Verdicts over seeds: a lesson's key figures (labkit.show.record) from the same run at several seeds.
+"""Verdicts over seeds: a lesson's key figures (labkit.course.show.record) from the same run at several seeds.
 
 One run at one seed can say "PPO without the KL penalty hacks the reward" by luck. scripts/seed_spread.py
 runs a lesson with papermill at SEED = 0, 1 and 2 (every other parameter at its default), collects what
-the lesson recorded with ``labkit.show.record`` and saves it to labkit/assets/results/seeds_<lesson>.json.
+the lesson recorded with ``labkit.course.show.record`` and saves it to labkit/assets/results/seeds_<lesson>.json.
 The lesson then prints the spread next to its own live run, and whether a verdict held at each seed:
 
     spread = seeds.load("08_reward_model_rlhf")
@@ -27,7 +27,7 @@ MADE_BY = "scripts/seed_spread.py"
 
 def results_file(lesson: str) -> Path:
     """labkit/assets/results/seeds_<LESSON>.json (LESSON: the notebook's stem, e.g. "08_reward_model_rlhf")."""
-    return Path(__file__).parent / "assets" / "results" / f"seeds_{lesson}.json"
+    return Path(__file__).resolve().parents[1] / "assets" / "results" / f"seeds_{lesson}.json"
 
 
 def literal(text: str):
@@ -82,7 +82,7 @@ def run(notebook: str | Path, seeds=SEEDS, parameters: dict | None = None, out_d
                                 progress_bar=False, log_output=False)
             figures = recorded(nbformat.read(out, as_version=4))
             if not figures:
-                raise ValueError(f"{notebook.name} recorded no figure (labkit.show.record); nothing to compare.")
+                raise ValueError(f"{notebook.name} recorded no figure (labkit.course.show.record); nothing to compare.")
             runs.append({"seed": seed, "figures": figures})
             log(f"{notebook.stem} SEED={seed}: {len(figures)} figures in {time.perf_counter() - t0:.0f} s")
     return {"lesson": notebook.stem, "seeds": seeds, "parameters": params, "runs": runs, "made_by": MADE_BY}
@@ -178,7 +178,7 @@ def report(spread: dict | None, live: dict, namespace: dict, claims: dict) -> st
 
 
 def claims(lesson: str, model: str = "bundled") -> str:
-    """What a lesson prints about its seed spread: one line per claim of labkit.seed_claims.CLAIMS[LESSON],
+    """What a lesson prints about its seed spread: one line per claim of labkit.course.seed_claims.CLAIMS[LESSON],
     "holds at 3 of 3 seeds: <claim>" (the spread itself and its rules stay out of the learner's view). With
     another MODEL than the one the seeds ran on, one line saying the claims are the bundled model's."""
     from .seed_claims import CLAIMS

@@ -1,7 +1,7 @@
 """The lesson contract, its countable parts: what tests/test_contract.py checks on every notebook.
 
-    python -m labkit.contract                      # every lesson: words, knobs, listings, problems
-    python -m labkit.contract notebooks/09_dpo.ipynb
+    python -m labkit.course.contract                      # every lesson: words, knobs, listings, problems
+    python -m labkit.course.contract notebooks/09_dpo.ipynb
 
 Every lesson has one idea, named in its title ("# NN · Title") and stated in one sentence under it; the
 sections "What you will learn", "Recap" and "Exercises", in that order; at most 1,500 words of prose
@@ -30,7 +30,7 @@ SECTIONS = ("what you will learn", "recap", "exercises")
 # seed machinery that stays out of the learner's view: the lesson prints seeds.claims(...) only
 MACHINERY = ("seeds.report(", "seeds.table(", "seeds.verdict(", "seeds.compare_live(", "seeds.load(")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _nb(path) -> dict:

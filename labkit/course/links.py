@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BRANCH = "main"
 NOTEBOOK_DIRS = ("notebooks", "solutions", "exercises")
 

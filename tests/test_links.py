@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import launch
-from labkit.launch import BRANCH, binder_badge, binder_url, repo
+from labkit.course import links
+from labkit.course.links import BRANCH, binder_badge, binder_url, repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
@@ -21,7 +21,7 @@ def test_binder_url_opens_a_notebook_in_jupyterlab():
     assert binder_badge("notebooks/00_welcome.ipynb").startswith("[![Binder](https://mybinder.org/badge_logo.svg)](")
 
 
-NOTEBOOKS = [p for d in launch.NOTEBOOK_DIRS for p in sorted((ROOT / d).glob("*.ipynb"))]
+NOTEBOOKS = [p for d in links.NOTEBOOK_DIRS for p in sorted((ROOT / d).glob("*.ipynb"))]
 
 
 def _src(cell):
@@ -32,11 +32,11 @@ def test_the_repository_address_is_written_once_in_pyproject():
     import tomllib
 
     urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
-    assert launch.repository_url() == urls["Repository"].rstrip("/")
+    assert links.repository_url() == urls["Repository"].rstrip("/")
     assert repo() == urls["Repository"].rstrip("/").removeprefix("https://github.com/")
     written = [p.relative_to(ROOT).as_posix() for p in (ROOT / "labkit").rglob("*.py")
                if repo() in p.read_text()]
-    assert written == [], f"the address is written by hand in {written}: take it from labkit.launch"
+    assert written == [], f"the address is written by hand in {written}: take it from labkit.course.links"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -45,9 +45,9 @@ def test_every_notebook_has_its_own_colab_badge_and_the_generated_install_cell(p
     first code cell installs labkit from the repository and never touches Colab's torch."""
     cells = json.loads(path.read_text())["cells"]
     rel = path.relative_to(ROOT).as_posix()
-    assert launch.colab_badge(rel) in _src(cells[0]), f"the badge must open this very notebook ({rel})"
+    assert links.colab_badge(rel) in _src(cells[0]), f"the badge must open this very notebook ({rel})"
     first_code = next(c for c in cells if c["cell_type"] == "code")
-    assert _src(first_code) == launch.install_cell(), "run `labkit links --write`"
+    assert _src(first_code) == links.install_cell(), "run `labkit links --write`"
     args = _src(first_code).split("pip install", 1)[1]
     assert "torch" not in args, "never reinstall Colab's torch"
     assert not re.search(r"(^|\s)(-U|--upgrade|--force-reinstall)(\s|$)", args), "never upgrade Colab's packages"
@@ -56,17 +56,17 @@ def test_every_notebook_has_its_own_colab_badge_and_the_generated_install_cell(p
 def test_links_check_passes_and_a_new_address_regenerates_every_link(tmp_path, monkeypatch):
     import shutil
 
-    assert launch.sync() == [], "run `labkit links --write`"
-    for d in launch.NOTEBOOK_DIRS:
+    assert links.sync() == [], "run `labkit links --write`"
+    for d in links.NOTEBOOK_DIRS:
         shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("runs"))
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    text = (ROOT / "pyproject.toml").read_text().replace(launch.repository_url(), "https://github.com/a-fork/course")
+    text = (ROOT / "pyproject.toml").read_text().replace(links.repository_url(), "https://github.com/a-fork/course")
     (tmp_path / "pyproject.toml").write_text(text)
-    monkeypatch.setattr(launch, "ROOT", tmp_path)
+    monkeypatch.setattr(links, "ROOT", tmp_path)
     assert repo() == "a-fork/course"
-    stale = launch.sync(tmp_path)
+    stale = links.sync(tmp_path)
     assert len(stale) == len(NOTEBOOKS) + 1  # every notebook and the README
-    assert set(launch.sync(tmp_path, write=True)) == set(stale) and launch.sync(tmp_path) == []
+    assert set(links.sync(tmp_path, write=True)) == set(stale) and links.sync(tmp_path) == []
     nb = json.loads((tmp_path / "exercises" / NOTEBOOKS[-1].name).read_text())
     assert "https://colab.research.google.com/github/a-fork/course/blob/main/exercises/" in _src(nb["cells"][0])
     assert "git+https://github.com/a-fork/course" in "".join(_src(c) for c in nb["cells"])
