@@ -204,6 +204,21 @@ def clean(tok, text: str) -> str:
     return text.strip()
 
 
+def encode_prompts(tok, prompts: list[str], device="cpu") -> dict:
+    """PROMPTS (chat-formatted) as one left-padded batch {"input_ids", "attention_mask"} (batch, seq) on DEVICE.
+
+    Left padding puts every prompt's last token in the last column, where generate() continues it; BOS is
+    added only when the template did not already write it (adds_bos). The tokenizer's padding side is restored.
+    """
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = tok(list(prompts), return_tensors="pt", padding=True,
+                  add_special_tokens=all(adds_bos(tok, p) for p in prompts))
+    finally:
+        tok.padding_side = side
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
 def tokenizer_adds_bos(tok) -> bool:
     """Does the tokenizer itself put BOS in front of encoded text (Llama 2, Gemma), or not (GPT-2, Qwen)?"""
     bos = getattr(tok, "bos_token_id", None)

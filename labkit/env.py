@@ -141,17 +141,27 @@ def setup(device: str = "auto", seed: int = 0, offline: bool = True, threads: in
     return pick_device(device)
 
 
+PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets")
+
+
+def versions(packages=PACKAGES) -> dict:
+    """{package: installed version, or None when it is not installed}."""
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def describe() -> dict:
     """Versions, device and offline state, for the welcome lesson and `labkit doctor`."""
-    import importlib.metadata as md
     import platform
 
-    info = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets"):
-        try:
-            info[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            info[pkg] = None
+    info = {"python": platform.python_version(), **versions()}
     try:
         info["device"] = pick_device("auto")
     except Exception as exc:  # pragma: no cover - torch missing

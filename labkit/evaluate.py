@@ -194,21 +194,18 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
     import torch
 
     from .adapters import generate
-    from .chat import adds_bos, stop_strings, stop_token_ids
+    from .chat import encode_prompts, stop_strings, stop_token_ids
 
     stop = stop_token_ids(tok, model)
     cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
     cut += [t for t in tok.convert_ids_to_tokens(stop) if t in tok.all_special_tokens]  # any special stop id
     device = next(model.parameters()).device
-    was_training, side = model.training, tok.padding_side
+    was_training = model.training
     model.eval()
-    tok.padding_side = "left"
     out: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i:i + batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True,
-                      add_special_tokens=all(adds_bos(tok, p) for p in chunk)).to(device)
+            enc = encode_prompts(tok, prompts[i:i + batch_size], device)
             route = {} if adapter_names is None else {"adapter_names": list(adapter_names[i:i + batch_size])}
             with torch.no_grad():
                 gen = generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
@@ -220,7 +217,6 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
                     text = text.split(s)[0]
                 out.append(text.strip())
     finally:
-        tok.padding_side = side
         model.train(was_training)
     return out
 

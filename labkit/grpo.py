@@ -40,6 +40,7 @@ import torch
 
 from . import guard
 from . import ppo
+from .train import answer_lengths, check_lr, check_steps, epoch_order, optimizer
 
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
@@ -339,7 +340,6 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     """
     import copy
 
-    from .train import check_lr, check_steps, epoch_order
 
     lr, steps = check_lr(lr), check_steps(steps)
     if not prompts:
@@ -381,7 +381,6 @@ def sft_control(model, tok, rows: list[dict], steps: int, batch_size: int, lr: f
     import torch.nn.functional as F
 
     from .sft import batches, tokenize_all
-    from .train import check_steps, optimizer
 
     steps = check_steps(steps)
     params, opt = optimizer(model, lr, seed)
@@ -392,7 +391,7 @@ def sft_control(model, tok, rows: list[dict], steps: int, batch_size: int, lr: f
     for _ in range(steps):
         batch = {k: v.to(device) for k, v in next(data).items()}
         labels = batch["labels"][:, 1:]
-        n = (labels != -100).sum().clamp(min=1)
+        n = answer_lengths(batch["labels"]).sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for c in _chunks(len(labels), micro_batch):

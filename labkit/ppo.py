@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import guard
+from .chat import encode_prompts, stop_token_ids
 
 
 class PolicyWithValueHead(nn.Module):
@@ -49,28 +50,21 @@ class PolicyWithValueHead(nn.Module):
         return out.logits, self.value_head(out.hidden_states[-1].detach().float()).squeeze(-1)
 
 
-def stop_ids(tok, model=None) -> list[int]:
-    """Token ids that end an answer: the chat template's turn end and every EOS id (labkit.chat)."""
-    from .chat import stop_token_ids
-
-    return stop_token_ids(tok, model)
-
-
 def stop_at_turn_end(model, tok):
-    """MODEL with its generation config's eos_token_id holding every stop id (``stop_ids``): the ids it
+    """MODEL with its generation config's eos_token_id holding every stop id (labkit.chat.stop_token_ids): the ids it
     had, then the missing ones (the template's turn end). trl's GRPOTrainer and RLOOTrainer stop a
     completion at the tokenizer's EOS and at generation_config.eos_token_id only, so a model whose
     config lacks the turn end would write past it. Changes MODEL in place and returns it."""
     ids = model.generation_config.eos_token_id
     have = [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
-    model.generation_config.eos_token_id = have + [i for i in stop_ids(tok, model) if i not in have]
+    model.generation_config.eos_token_id = have + [i for i in stop_token_ids(tok, model) if i not in have]
     return model
 
 
 def rollout(policy, tok, prompts: list[str], max_new_tokens: int = 16, temperature: float = 1.0,
             seed: int = 0) -> dict:
     """Sample one answer per templated prompt from POLICY (a PolicyWithValueHead); see ``sample``."""
-    return sample(policy.lm, tok, prompts, stop_ids(tok, policy.lm), max_new_tokens, temperature, seed)
+    return sample(policy.lm, tok, prompts, stop_token_ids(tok, policy.lm), max_new_tokens, temperature, seed)
 
 
 def sample(lm, tok, prompts: list[str], stop_ids: list[int], max_new_tokens: int = 16, temperature: float = 1.0,
@@ -81,8 +75,6 @@ def sample(lm, tok, prompts: list[str], stop_ids: list[int], max_new_tokens: int
     tokens up to and including the stop token, "prompt_len": P, "texts": B answers cut at the stop}.
     Prompts are left-padded to P tokens; answers are right-padded to the longest, T <= max_new_tokens.
     """
-    from .chat import adds_bos
-
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for sampling; got temperature={temperature!r}.")
     stops = [int(i) for i in stop_ids]
@@ -90,13 +82,7 @@ def sample(lm, tok, prompts: list[str], stop_ids: list[int], max_new_tokens: int
         raise ValueError("stop_ids is empty: give the token ids that end an answer (the tokenizer's EOS and the "
                          "chat template's turn end, e.g. from the model's generation_config).")
     device = next(lm.parameters()).device
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True,
-                  add_special_tokens=all(adds_bos(tok, p) for p in prompts)).to(device)
-    finally:
-        tok.padding_side = side
+    enc = encode_prompts(tok, prompts, device)
     torch.manual_seed(seed)
     with torch.no_grad():
         seq = lm.generate(**enc, do_sample=True, temperature=temperature, top_k=None, top_p=None,

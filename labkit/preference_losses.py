@@ -20,7 +20,7 @@ as ``dpo_loss`` does; a pair counts as ordered correctly when its chosen reward 
 from __future__ import annotations
 
 from . import guard
-from .train import IGNORE_INDEX
+from .train import IGNORE_INDEX, answer_lengths
 
 LOSSES = ("dpo", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # they never read pi_ref: no reference forward pass
@@ -103,13 +103,6 @@ def _check_lengths(**lengths) -> None:
     for name, t in lengths.items():
         if (t <= 0).any():
             raise ValueError(f"{name} must count at least one answer token per pair; got {t.tolist()}.")
-
-
-def answer_lengths(labels):
-    """Number of scored tokens per row: labels (B, T) with -100 on prompt and padding -> (B,) long.
-
-    The tokens ``sequence_logps`` sums over (labels[:, 1:] that are not -100)."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
 
 
 def batch_lengths(batch: dict):

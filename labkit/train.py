@@ -56,20 +56,37 @@ def optimizer(model, lr, seed: int = 0, weight_decay: float = 0.0, what: str = "
     return params, torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def disable_dropout(model):
-    """Set every dropout layer of MODEL to p = 0, in place; returns MODEL.
+def answer_lengths(labels):
+    """Number of trained tokens per row: labels (B, T) with -100 on prompt and padding -> (B,) long.
+
+    A causal LM shifts labels by one inside the model, so the first position never counts; -100 never counts.
+    These are the tokens the loss averages over (and labkit.preference_losses.sequence_logps sums)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
+
+
+def disable_dropout(model, keep: str | None = None) -> int:
+    """Set MODEL's dropout to 0, in place: every nn.Dropout layer and the attention_dropout rate of attention
+    modules, except modules whose name contains KEEP (e.g. "lora_dropout"). Returns how many were above 0.
 
     Preference and RL training compare the trained model's log-probabilities with a reference's (DPO's
     log-ratio, PPO's ratio pi_theta / pi_old) and need both computed the same way: with dropout active
     in the trained model only (GPT-2 ships p = 0.1; Llama-style models have none), the ratio is not 1
-    and DPO's loss not log 2 before any update. trl's DPO and reward trainers do the same by default.
+    and DPO's loss not log 2 before any update; trl's DPO and reward trainers do the same by default.
+    Scaling out (labkit.scale) turns the base model's dropout off, keeping LoRA's, so that every layout of
+    a global batch (1 process, N processes, accumulation) computes the same gradient.
     """
     import torch.nn as nn
 
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    return model
+    n = 0
+    for name, m in model.named_modules():
+        if keep and keep in name:
+            continue
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        rate = getattr(m, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            m.attention_dropout, n = 0.0, n + 1
+    return n
 
 
 def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: int = 0):

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from labkit import data, ppo
+from labkit import chat, data, ppo
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_rollout_masks_the_answer_up_to_the_stop_token(base, tok):
     prompts = [data.to_prompt_completion(r, tok)["prompt"] for r in data.read_jsonl("instructions_eval.jsonl")[:3]]
     roll = ppo.rollout(policy, tok, prompts, max_new_tokens=6, seed=0)
     P, resp, mask = roll["prompt_len"], roll["input_ids"][:, roll["prompt_len"]:], roll["response_mask"]
-    stops = set(ppo.stop_ids(tok))
+    stops = set(chat.stop_token_ids(tok))
     for row, m in zip(resp.tolist(), mask.tolist()):
         n = sum(m)
         assert m == [1] * n + [0] * (len(m) - n), "the mask is one block at the start"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import launcher, scale
+from labkit import launcher, scale, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # small and quick: the two task families with short prompts, short sequences, a few steps
@@ -308,9 +308,10 @@ def test_the_scripts_runs_turn_the_base_models_dropout_off(hub_models):
     drops = [n for n, m in pm.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
     lora = [n for n in drops if "lora_dropout" in n]
     assert len(lora) == 4 * 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj in 2 blocks
-    assert scale.disable_model_dropout(pm) == len(drops) - len(lora) == 1 + 3 * 2  # embd; attn, resid, mlp
+    assert train.disable_dropout(pm, keep="lora_dropout") == len(drops) - len(lora) == 1 + 3 * 2  # embd; attn, resid, mlp
     assert {m.p for n, m in pm.named_modules() if isinstance(m, torch.nn.Dropout)} == {0.0, 0.05}
-    assert scale.disable_model_dropout(pm) == 0
+    assert train.disable_dropout(pm, keep="lora_dropout") == 0
+    assert train.disable_dropout(pm) == len(lora), "without KEEP, LoRA's dropout goes too (preference and RL training)"
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ Batches. Every step trains on GLOBAL_BATCH examples = world_size x micro_batch x
 Every rank draws the same global batch (same seed, as labkit.sft.batches draws them) and takes its
 own rows: rank r trains on micro-batches r*accum .. r*accum + accum - 1 of the step. So 1 process
 with accum 2 and 2 processes with accum 1 see exactly the same examples at each step; the base
-model's own dropout is off (disable_model_dropout: GPT-2 has p = 0.1), so they also compute the same
+model's own dropout is off (labkit.train.disable_dropout(model, keep="lora_dropout"): GPT-2 has p = 0.1), so they also compute the same
 function of them. LoRA goes on cfg.target_modules, or, when the config names none, on every linear
 layer of the model's blocks by the model's own names (lora_targets).
 
@@ -34,7 +34,7 @@ labkit.memory.per_gpu_memory.
 
 One file per idea (all names re-exported here, so `scale.train` etc. work as before):
     config.py   TrainConfig, load_config, check_config: the configuration and its checks
-    batches.py  the global batch split across ranks, loss normalisation, dropout off
+    batches.py  the global batch split across ranks, and the loss normalised over it
     run.py      train (one process or a launched group) and train_step
 """
 
@@ -60,7 +60,6 @@ from .batches import (  # the same global batch everywhere; the loss normalised 
     normalisation_check,
     rank_losses,
     most_uneven_step,
-    disable_model_dropout,
 )
 from .run import (  # train and train_step
     process_device,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ..train import IGNORE_INDEX
+from ..train import answer_lengths
 from .config import ConfigError, TrainConfig, data_path
 
 
@@ -44,9 +44,8 @@ def load_pairs(cfg: TrainConfig, tok) -> list[dict]:
 
 
 def supervised_tokens(labels) -> int:
-    """How many tokens a causal LM's loss counts in LABELS (batch, seq): labels are shifted by one
-    inside the model, so the first position never counts; -100 never counts."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    """How many tokens a causal LM's loss counts in LABELS (batch, seq), all rows together."""
+    return int(answer_lengths(labels).sum())
 
 
 def micro_batches(batch: dict, world_size: int, rank: int, accum_steps: int) -> list[dict]:
@@ -177,26 +176,3 @@ def most_uneven_step(log: dict) -> dict:
     all_tokens = sum(r["tokens"] for r in rows)
     return {"step": step + 1, "ranks": rows, "token_mean": sum(r["loss_sum"] for r in rows) / all_tokens,
             "naive_mean": sum(r["mean"] for r in rows) / len(rows)}
-
-
-def disable_model_dropout(model) -> int:
-    """Set the base model's own dropout to 0 (nn.Dropout layers, and attention_dropout rates of attention
-    modules); LoRA's lora_dropout is kept. Returns how many were above 0 (GPT-2: resid, embd and attn
-    p = 0.1; Llama-style models: none).
-
-    Why: with dropout every layout of a global batch (1 process, N processes, accumulation) draws its own
-    masks, so the layouts no longer compute the same gradient and cannot be compared; trl's preference
-    trainers turn it off for a similar reason (disable_dropout).
-    """
-    import torch
-
-    n = 0
-    for name, m in model.named_modules():
-        if "lora_dropout" in name:
-            continue
-        if isinstance(m, torch.nn.Dropout) and m.p > 0:
-            m.p, n = 0.0, n + 1
-        rate = getattr(m, "attention_dropout", None)
-        if isinstance(rate, float) and rate > 0:
-            m.attention_dropout, n = 0.0, n + 1
-    return n

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from .. import atomic
-from .batches import disable_model_dropout, load_pairs, micro_batches, supervised_tokens
+from ..train import disable_dropout
+from .batches import load_pairs, micro_batches, supervised_tokens
 from .config import ConfigError, TrainConfig, accumulation_steps, check_config
 
 
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
         model, tok = _load_model(cfg, device, accelerator)
         order = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, _ in model.named_modules()))
         targets = sorted(model.peft_config["default"].target_modules, key=order.index)  # in model order
-        dropout_off = disable_model_dropout(model)
+        dropout_off = disable_dropout(model, keep="lora_dropout")
         pairs = load_pairs(cfg, tok)
         try:
             features = sft.check_pairs(tok, pairs, cfg.max_length) if rank == 0 else \
@@ -232,7 +233,7 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
                "model_dropout_disabled": dropout_off,
                "losses": losses, "tokens": tokens, "ranks": sorted(everyone, key=lambda r: r["rank"]),
                "train_seconds": seconds, "adapter": str(Path(cfg.output_dir)),
-               "config": dataclasses.asdict(cfg), "versions": _versions()}
+               "config": dataclasses.asdict(cfg), "versions": env.versions(("torch", "transformers", "peft", "accelerate", "bitsandbytes"))}
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             adapters.save(unwrapped, cfg.output_dir, **({"state_dict": state} if fsdp else {}))
@@ -251,15 +252,3 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
         torch.set_num_threads(threads_before)  # a run inside a notebook leaves the kernel as it was
         if accelerator.num_processes > 1:
             accelerator.end_training()  # leaves the process group cleanly
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "transformers", "peft", "accelerate", "bitsandbytes"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out

@@ -31,7 +31,6 @@ from .merging import (  # adapters to ship; merge, save, reload without peft
     folder_size,
     RELOAD_CHILD,
     reload_without_peft,
-    encode_batch,
     max_logit_difference,
     logit_agreement,
     lora_config_for,

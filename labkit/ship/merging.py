@@ -176,20 +176,6 @@ def reload_without_peft(folder, batch: dict, prompts: list[str] = (), max_new_to
     return out
 
 
-def encode_batch(tok, prompts: list[str], device="cpu") -> dict:
-    """PROMPTS (chat-formatted) as one left-padded batch {"input_ids", "attention_mask"} (batch, seq),
-    BOS as labkit.chat.encode adds it: what evaluate.answer feeds generate()."""
-    from ..chat import adds_bos
-
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        enc = tok(list(prompts), return_tensors="pt", padding=True,
-                  add_special_tokens=all(adds_bos(tok, p) for p in prompts))
-    finally:
-        tok.padding_side = side
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
 def max_logit_difference(model_a, model_b, batch: dict) -> float:
     """max |logits_a - logits_b| over BATCH ({"input_ids", "attention_mask"}: (batch, seq)), in float32."""
     import torch
