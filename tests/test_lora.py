@@ -3,15 +3,14 @@
 import copy
 import math
 
+import peft  # required packages: a broken import must fail here, not turn into a skip
 import pytest
 import torch
+import transformers
 from torch import nn
 
 from labkit.lora import (LoRALinear, copy_from_peft, count_lora_params, inject_lora, load_from_peft,
                          merge_lora, trainable_summary, unmerge_lora)
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 
 SEED_LINE = "trainable params: 4,194,304 || all params: 6,742,609,920 || trainable%: 0.0622"
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
