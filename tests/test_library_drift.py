@@ -134,8 +134,8 @@ def problems_of(call: CallSite) -> list[str]:
         return out
     try:
         accepted = accepted_keywords(obj)
-    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
-        return out
+    except (TypeError, ValueError) as exc:  # no signature to read: say so instead of passing unchecked
+        return out + [f"{call.where}: {call.target}'s keywords cannot be checked ({type(exc).__name__}: {exc})"]
     if accepted is not None:
         out += [f"{call.where}: {call.target} does not accept {k}= (installed version)"
                 for k in call.keywords if k not in accepted and k not in RENAMED]

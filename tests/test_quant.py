@@ -298,12 +298,22 @@ def test_double_quantize_bad_inputs():
 # ----------------------------------------------------------------------------- FP4 and int4
 
 def bnb_int4_table():
-    """bitsandbytes 0.50.2's get_4bit_type("int4") fails (it divides an integer tensor in place);
-    its table is [7, 6, ..., 0, -0, ..., -7] / 7, which is what we compare with when it does."""
+    """bitsandbytes' int4 table. Its get_4bit_type("int4") raises in 0.50.2 (data.div_ on an integer tensor), so
+    the table is then rebuilt from bitsandbytes' own source: the list its "int4" branch assigns, divided by its
+    largest |value| as the function does (not a copy of the values written here, which could drift with it)."""
+    import ast
+    import inspect
+    import textwrap
+
     try:
         return bnbF.get_4bit_type("int4", device="cpu")
-    except RuntimeError:
-        return torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, -0, -1, -2, -3, -4, -5, -6, -7]) / 7
+    except RuntimeError as exc:
+        assert "can't be cast" in str(exc), exc  # that known bug, not some other failure
+    tree = ast.parse(textwrap.dedent(inspect.getsource(bnbF.get_4bit_type)))
+    (branch,) = [n for n in ast.walk(tree) if isinstance(n, ast.If) and isinstance(n.test, ast.Compare)
+                 and getattr(n.test.comparators[0], "value", None) == "int4"]
+    data = torch.tensor(ast.literal_eval(branch.body[0].value), dtype=torch.float32)
+    return data / data.abs().max()
 
 
 def test_fp4_and_int4_codes_equal_bitsandbytes_tables():
