@@ -108,3 +108,19 @@ def test_the_suite_never_writes_the_learners_progress_file():
 
     assert progress_path() != Path.home() / ".labkit" / "progress.json"
     assert "labkit-test-progress-" in str(progress_path())
+
+
+def test_the_suite_cannot_reach_the_network_but_this_machine_yes():
+    """conftest's guard: a connection to another machine fails the test that opens it (192.0.2.1 is TEST-NET-1,
+    reserved for documentation, so nothing is ever contacted), and conftest forces the offline variables."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        with pytest.raises(OSError, match="must not reach the network"):
+            s.connect(("192.0.2.1", 443))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        client.connect(server.getsockname())  # local connections (kernels, gloo) are allowed
+    assert all(os.environ[k] == "1" for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
