@@ -48,7 +48,7 @@ test-defaults: install  ## every lesson at its defaults under nbval, as a learne
 	$(OFFLINE) $(PY) -m pytest notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 test-models: install  ## every lesson with each locally built Hub-style model (tests/hub_models.py), at fast parameters
-	$(OFFLINE) $(PY) -m pytest tests/test_notebooks.py -m models -q
+	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests/test_notebooks.py -m models -q -n $(WORKERS)
 
 test-fast: install  ## unit tests only, no notebooks
 	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow and not models"

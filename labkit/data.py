@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from . import corpus
+from .chat import prompt_completion
 from .corpus import money
 
 DATA_DIR = Path(__file__).resolve().parent / "assets" / "data"
@@ -150,7 +151,6 @@ def to_prompt_completion(example: dict, tokenizer) -> dict:
     whitespace after the final turn end), so training on it matches what the model sees when asked;
     see ``labkit.chat.split``.
     """
-    from .chat import prompt_completion
 
     return prompt_completion(tokenizer, user_message(example), example["output"])
 
@@ -285,7 +285,6 @@ def make_intents(n: int, seed: int, templates: str, exclude: set[str] | None = N
             seen.add(split_key(row))
             out.append(row)
     return out
-
 
 
 # ----------------------------------------------------------------------------- files and loading

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 from . import atomic
+from .lora import check_hyperparameters
+from .memory import training_step_bytes
+from .train import check_steps, epoch_order, optimizer
 
 METHODS = ("head", "lora", "dora", "ia3", "prompt", "full")
 PEFT_METHODS = ("lora", "dora", "ia3", "prompt")
@@ -106,8 +109,6 @@ def load_classifier(labels, seed: int = 0, path: str | None = None, device: str 
 def peft_config(method: str, r: int = 8, alpha: float = 16.0, num_virtual_tokens: int = 8):
     """peft's config of an adapter METHOD ("lora", "dora", "ia3", "prompt") for MiniLM's encoder."""
     from peft import IA3Config, LoraConfig, PromptTuningConfig
-
-    from .lora import check_hyperparameters
 
     if method not in PEFT_METHODS:
         raise ValueError(f"Unknown PEFT method {method!r}; choose one of {PEFT_METHODS}.")
@@ -217,7 +218,6 @@ def accuracy(model, tok, texts: list[str], labels: list[int], batch_size: int = 
 def training_memory(model, tok, texts: list[str], labels: list[int]) -> dict:
     """Bytes held during one training step on a batch of TEXTS, counted tensor by tensor
     (labkit.memory.training_step_bytes): {"weights", "gradients", "optimizer", "activations", "total"}."""
-    from .memory import training_step_bytes
 
     enc = encode(tok, texts, device=_device(model))
     return training_step_bytes(model, lambda: nn.functional.cross_entropy(
@@ -230,7 +230,6 @@ def train(model, tok, texts: list[str], labels: list[int], steps: int = 60, lr: 
 
     seconds_per_step is the median wall time of a step (forward, backward, optimizer).
     """
-    from .train import check_steps, epoch_order, optimizer
 
     steps = check_steps(steps)
     if len(texts) != len(labels) or not texts:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 
 from . import guard
-
+from .adapters import generate
+from .chat import document_start, encode_prompts, stop_strings, stop_token_ids
+from .data import answer_format_ok, to_prompt_completion
 from .sft import IGNORE_INDEX
 
 
@@ -24,8 +26,6 @@ def perplexity(model, tok, texts: list[str], max_tokens: int = 256) -> float:
     mean is over all predicted tokens of all texts.
     """
     import torch
-
-    from .chat import document_start
 
     if not texts:
         raise ValueError("perplexity needs at least one text.")
@@ -59,8 +59,6 @@ def copy_probe_score(model, tok, probe: list[dict], generate: bool = False, temp
     must not run on into more digits. "verdicts": one bool per probe row, in order (for stats.mcnemar).
     """
     import torch
-
-    from .chat import document_start
 
     was_training = model.training
     model.eval()
@@ -193,9 +191,6 @@ def answer(model, tok, prompts: list[str], max_new_tokens: int = 48, batch_size:
     adapter_names: for a peft MODEL, the adapter of each prompt (peft's mixed batches; labkit.ship)."""
     import torch
 
-    from .adapters import generate
-    from .chat import encode_prompts, stop_strings, stop_token_ids
-
     stop = stop_token_ids(tok, model)
     cut = stop_strings(tok) + ([tok.pad_token] if tok.pad_token else [])
     cut += [t for t in tok.convert_ids_to_tokens(stop) if t in tok.all_special_tokens]  # any special stop id
@@ -238,7 +233,6 @@ def score(model, tok, examples, max_new_tokens: int = 48, batch_size: int = 16) 
     answered exactly (for a paired test of two models on the same examples, labkit.stats.mcnemar)}. The DTI task also
     gets "value": the share whose final percentage is right whatever the wording (dti_value).
     """
-    from .data import answer_format_ok, to_prompt_completion
 
     rows = list(examples)
     if not rows:
@@ -365,7 +359,6 @@ def format_validity(tasks, answers: list[str]) -> float:
 
     tasks: one task name for all answers, or a list with one task per answer.
     """
-    from .data import answer_format_ok
 
     tasks = [tasks] * len(answers) if isinstance(tasks, str) else list(tasks)
     if len(tasks) != len(answers):

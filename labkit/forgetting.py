@@ -21,7 +21,8 @@ import copy
 import math
 import time
 
-from . import guard
+from . import adapters, data, evaluate, guard, sft
+from .models import ASSETS, BASE_MODEL_DIR, BUNDLED, shipped_or_live
 
 
 def check_fraction(mix) -> float:
@@ -77,7 +78,6 @@ def run_sft(base, tok, task_pairs: list[dict], general_train: list[str], general
     "ppl_after", "ppl_ratio", "exact", "format", "seconds", "losses"}; exact/format are
     labkit.evaluate.score on EVAL_EXAMPLES (None when none are given). BASE is not modified.
     """
-    from . import adapters, evaluate, sft
 
     alpha = 2 * r if alpha is None else alpha
     pairs = sft.mix_general(task_pairs, sft.general_rows(tok, general_train), check_fraction(mix), seed)
@@ -106,8 +106,6 @@ def is_bundled(model) -> bool:
     """Is MODEL (a lesson's MODEL parameter) the course's bundled model ("bundled", None, or its folder)?"""
     from pathlib import Path
 
-    from .models import BASE_MODEL_DIR, BUNDLED
-
     if model is None or str(model) == BUNDLED:
         return True
     p = Path(str(model)).expanduser()
@@ -118,8 +116,6 @@ def load_grid(file: str = GRID_FILE) -> dict:
     """The shipped grid (labkit/assets/results/forgetting_grid.json, or FILE there): the bundled model's,
     measured by scripts/forgetting_grid.py. Its "model" is "bundled" (the script wrote none before it took --model)."""
     import json
-
-    from .models import ASSETS
 
     grid = json.loads((ASSETS / "results" / file).read_text())
     grid.setdefault("model", "bundled")
@@ -140,8 +136,6 @@ def run_grid(base, tok, task: str = "classify", steps: int = 120, lrs=(2e-3, 2e-
     """
     import itertools
     import os
-
-    from . import data
 
     steps = guard.positive_int("steps", steps, about="SFT steps per run")
     task_pairs = [data.to_prompt_completion(r, tok) for r in data.read_jsonl("instructions_train.jsonl")
@@ -177,7 +171,6 @@ def grid_for(model, base, tok, task: str, steps: int = 0, seed: int = 0, **kwarg
     the line (models.shipped_or_live) says so. STEPS > 0: trained live at STEPS steps a run on BASE and TOK
     (run_grid, with TASK, SEED and KWARGS).
     """
-    from .models import shipped_or_live
 
     live_steps, line = shipped_or_live(steps, model, "forgetting grid", "GRID_STEPS")
     if live_steps == 0:
@@ -292,7 +285,6 @@ def load_seed_grids() -> list[dict]:
     (forgetting_grid_seed1.json, ...: scripts/forgetting_grid.py --seed N --out ...), ordered by seed.
     Only grids with the shipped grid's settings (task, steps, knobs, evaluation sizes) count: a file
     made with other settings is a ValueError that names it, never silently mixed in."""
-    from .models import ASSETS
 
     def knobs(grid):
         return sorted((r["lr"], r["r"], r["mix"]) for r in grid["runs"])

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import guard
-from . import ppo
+from . import guard, ppo
+from .sft import batches, tokenize_all
 from .train import answer_lengths, check_lr, check_steps, epoch_order, optimizer
 
 
@@ -340,7 +340,6 @@ def train_grpo(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], step
     """
     import copy
 
-
     lr, steps = check_lr(lr), check_steps(steps)
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt.")
@@ -379,8 +378,6 @@ def sft_control(model, tok, rows: list[dict], steps: int, batch_size: int, lr: f
     a micro-batch's activations, not a batch's. Returns the loss per update; MODEL is left in eval mode.
     """
     import torch.nn.functional as F
-
-    from .sft import batches, tokenize_all
 
     steps = check_steps(steps)
     params, opt = optimizer(model, lr, seed)

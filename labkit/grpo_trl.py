@@ -25,6 +25,8 @@ import tempfile
 import torch
 
 from . import grpo
+from .chat import for_trl
+from .env import quiet
 
 LEVELS = (("token", True), ("sequence", True), ("token", False))  # (importance_sampling_level, kl_times_ratio)
 
@@ -144,9 +146,6 @@ def compare(lm, tok, prompts: list[str], reward_fn, stop_ids: list[int], group_s
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from .chat import for_trl
-    from .env import quiet
 
     quiet()
     if not prompts:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import random
 import re
 
+from .evaluate import exact_matches, pairwise_win_rate
+from .stats import describe_mcnemar, describe_share, mcnemar, share_interval
+
 HEDGE = " I am not sure about this, so please check it."
 WINDOW = 3  # consecutive words of the hedge that mark an answer as hedged
 
@@ -106,7 +109,6 @@ def behaviour(answers: list[str], references: list[str], hedge: str = HEDGE) -> 
     the answers with the hedge cut off (the value), "exact_raw": exact match of the answers as written,
     "n", and per row "clean_rows", "right_rows" (for McNemar, labkit.stats.mcnemar)}.
     """
-    from .evaluate import exact_matches
 
     if len(answers) != len(references) or not answers:
         raise ValueError(f"need one answer per reference (and at least one); got {len(answers)} and {len(references)}.")
@@ -123,7 +125,6 @@ def rule_prefers(first: str, second: str, reference: str, hedge: str = HEDGE) ->
 
     The right value (exact match of the stripped answer with REFERENCE) comes first; between answers
     equally right or wrong, the one without the hedge is better."""
-    from .evaluate import exact_matches
 
     key = [(exact_matches([strip_hedge(a, hedge)], [reference])[0], not hedged(a, hedge)) for a in (first, second)]
     return 1.0 if key[0] > key[1] else 0.0 if key[0] < key[1] else 0.5
@@ -132,7 +133,6 @@ def rule_prefers(first: str, second: str, reference: str, hedge: str = HEDGE) ->
 def rule_win_rate(answers_a: list[str], answers_b: list[str], references: list[str], hedge: str = HEDGE) -> dict:
     """Win rate of system A over B under ``rule_prefers``, one reference per prompt: evaluate.pairwise_win_rate
     asked in both orders (the rule has no position bias, so "first_position_rate" is 0.5)."""
-    from .evaluate import pairwise_win_rate
 
     if len(references) != len(answers_a):
         raise ValueError(f"need one reference per answer; got {len(references)} and {len(answers_a)}.")
@@ -169,7 +169,6 @@ def describe_runs(runs: dict) -> str:
     """``compare``'s table: clean answers and exact match (Wilson intervals), exact match as written, the rule
     judge's win rate against the first model, the log-probability moves, then McNemar of each later model
     against the first on clean and on exact."""
-    from .stats import describe_mcnemar, describe_share, mcnemar
 
     first, *rest = runs
     moves = all("chosen_move" in r for r in runs.values())
@@ -191,8 +190,6 @@ def plot_runs(runs: dict, ax=None):
     """Bars of the share of clean answers and of exact match per model, with 95% Wilson intervals; the legend
     sits outside the axes, so it covers no bar."""
     import matplotlib.pyplot as plt
-
-    from .stats import share_interval
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3))
@@ -226,7 +223,6 @@ def judge_policies(judged: dict, references: list[str], hedge: str = HEDGE) -> d
 def describe_policies(table: dict) -> str:
     """``judge_policies``' table: clean answers and exact match of the value (Wilson intervals) and the
     held-out reward-model score per policy, then McNemar of each later policy against the first."""
-    from .stats import describe_mcnemar, describe_share, mcnemar
 
     lines = [f"{'':<28}{'clean (no hedge)':<30}{'exact match (value)':<30}RM score (held-out)"]
     for name, r in table.items():

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import re
 
-from .data import TASKS, answer_format_ok
+from .data import answer_format_ok, TASKS
+from .encoder import encoder_path
+from .train import check_lr, check_steps
 
 # The instruction each task family's prompts start with (labkit.data's generators).
 _TASK_OF_INSTRUCTION = (("Extract ", "extract"), ("What kind of document", "classify"), ("Rate the risk", "risk"),
@@ -132,8 +134,6 @@ class EmbeddingJudge:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from .encoder import encoder_path
-
         path = path or encoder_path()
         self.tok = AutoTokenizer.from_pretrained(path)
         self.encoder = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False).eval()
@@ -163,8 +163,6 @@ class EmbeddingJudge:
     def fit(self, pairs: list[dict], steps: int = 200, lr: float = 0.05) -> list[float]:
         """Train the head on preference PAIRS ({"prompt", "chosen", "rejected"}); returns the losses."""
         import torch
-
-        from .train import check_lr, check_steps
 
         lr, steps = check_lr(lr), check_steps(steps)
         if not pairs:

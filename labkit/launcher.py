@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import scale
-from .scale import CONFIG_DIR, DEFAULT_CONFIG, ConfigError
+from . import env, scale
+from .scale import CONFIG_DIR, ConfigError, DEFAULT_CONFIG
 
 LAUNCHERS = ("python", "torchrun", "accelerate")
 
@@ -78,7 +78,6 @@ def skip_bitsandbytes() -> bool:
 
 def main(argv=None) -> int:
     """The training script (scripts/train_sft.py, `labkit train`, python -m labkit.launcher): parse, check, train."""
-    from . import env
 
     env.quiet()  # before peft imports bitsandbytes, whose import logs a line
     try:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from . import guard
+from .lora import summary_line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +169,6 @@ def rank_report(delta_w: torch.Tensor, r: int, alpha: float, n_model_params: int
 
 def format_report(rep: dict, n_model_params: int) -> str:
     """The report as the lines the widget prints (peft's trainable line included)."""
-    from .lora import summary_line
 
     return (f"r = {rep['r']}, alpha = {rep['alpha']:g}, scaling = alpha/r = {rep['scaling']:g}\n"
             f"{summary_line(rep['trainable'], n_model_params + rep['trainable'])}\n"

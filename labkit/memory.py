@@ -22,7 +22,8 @@ import numbers
 
 from . import guard
 from .adapters import DEFAULT_TARGETS
-from .quant import DYNAMIC_BLOCKSIZES, NF4_BLOCKSIZES, check_blocksize
+from .lora import count_lora_params
+from .quant import check_blocksize, DYNAMIC_BLOCKSIZES, NF4_BLOCKSIZES
 
 
 # -----------------------------------------------------------------------------
@@ -239,8 +240,6 @@ def llama_sizes(names=tuple(LLAMA_SHAPES), r: int = 64, target_modules=DEFAULT_T
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .lora import count_lora_params
 
     bad = [n for n in names if n not in LLAMA_SHAPES]
     if bad:

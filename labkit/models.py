@@ -11,6 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from .chat import document_start
+from .env import is_offline, pick_device, pick_dtype
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BASE_MODEL_DIR = ASSETS / "base_model"
 BUNDLED = "bundled"
@@ -107,8 +110,6 @@ def load_base(model: str | os.PathLike | None = None, device: str = "auto", dtyp
     """
     from transformers import AutoModelForCausalLM
 
-    from .env import is_offline, pick_device, pick_dtype
-
     name = resolve(model)
     local = Path(name).exists()
     if local:
@@ -149,7 +150,6 @@ def generate(model, tok, prompt: str, max_new_tokens: int = 40, temperature: flo
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
-    from .chat import document_start
 
     device = next(model.parameters()).device
     ids = tok(prompt, add_special_tokens=False)["input_ids"]

@@ -24,6 +24,10 @@ import torch.nn as nn
 
 from . import guard
 from .chat import encode_prompts, stop_token_ids
+from .data import to_prompt_completion
+from .evaluate import answer, exact_matches
+from .preference import score_answers
+from .train import disable_dropout, epoch_order
 
 
 class PolicyWithValueHead(nn.Module):
@@ -256,7 +260,6 @@ def _check_run(lm, prompts: list[str], cfg: PPOConfig) -> None:
 
 def _setup(lm, ref, cfg: PPOConfig):
     """(policy with a value head, frozen reference, optimizer, warm-up schedule) for ``train_ppo``."""
-    from .train import disable_dropout
 
     # the ratio pi_theta / pi_old must be 1 before an update: no dropout in the policy (GPT-2 has p = 0.1)
     disable_dropout(lm)
@@ -279,7 +282,6 @@ def train_ppo(lm, tok, prompts: list[str], reward_fn, config: PPOConfig | None =
     reference (default: a copy of LM as it is now, i.e. the SFT model). Each step is ``ppo_step`` on
     the next CONFIG.batch_size prompts. Returns (policy, PPOLog).
     """
-    from .train import epoch_order
 
     cfg = config or PPOConfig()
     _check_run(lm, prompts, cfg)
@@ -343,9 +345,6 @@ def evaluate_policy(model, tok, rows: list[dict], rm=None, max_new_tokens: int =
     ``lenient_grader`` checks it), "words": mean answer length in words, "rm_score": mean reward-model score
     (None without RM), "answers": the answers}.
     """
-    from .data import to_prompt_completion
-    from .evaluate import answer, exact_matches
-    from .preference import score_answers
 
     if not rows:
         raise ValueError("evaluate_policy needs at least one example.")

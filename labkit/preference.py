@@ -17,9 +17,26 @@ from __future__ import annotations
 
 
 from . import guard
-from .preference_losses import (DEFAULT_BETA, LOSSES, REFERENCE_FREE, batch_lengths, batch_logps, check_beta,
-                                dpo_loss, dpo_sft_loss, pair_loss, reward_loss, sequence_logps, sft_term)
-from .sft import tokenize_example
+from .adapters import add
+from .chat import completion, encode, for_trl, messages, split
+from .data import read_jsonl, to_prompt_completion
+from .models import load_tokenizer, resolve, shipped_or_live
+from .preference_losses import (
+    batch_lengths,
+    batch_logps,
+    check_beta,
+    DEFAULT_BETA,
+    dpo_loss,
+    dpo_sft_loss,
+    LOSSES,
+    pair_loss,
+    REFERENCE_FREE,
+    reward_loss,
+    sequence_logps,
+    sft_term,
+)
+from .sft import load_shipped_adapter, PadCollator, tokenize_example, train
+from .train import check_lr, check_steps, disable_dropout, epoch_order, fit, optimizer
 
 # The losses (Bradley-Terry, DPO and its family) live in labkit.preference_losses; preference.dpo_loss,
 # preference.reward_loss, preference.sequence_logps and preference.batch_logps are the same functions.
@@ -34,7 +51,6 @@ def pair_texts(row: dict, tok) -> dict:
     each answer as the template completes the prompt (answer and turn end, labkit.chat.split)}: the
     same completion strings SFT trained on (labkit.data.to_prompt_completion).
     """
-    from .chat import messages, split
 
     for key in ("prompt", "chosen", "rejected"):
         if not isinstance(row.get(key), str):
@@ -51,7 +67,6 @@ def trl_pairs(rows: list[dict], tok) -> list[dict]:
     """ROWS as trl's RewardTrainer and DPOTrainer should get them: ``pair_texts`` with the prompt as
     ``labkit.chat.for_trl`` gives it (trl encodes prompt + answer with the tokenizer's defaults, which
     would add a second BOS after a template's own, Gemma's), so trl's token ids are ``tokenize_pairs``'."""
-    from .chat import for_trl
 
     return [for_trl(tok, pair_texts(r, tok)) for r in rows]
 
@@ -78,7 +93,6 @@ def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict:
 
     Returns {"input_ids", "attention_mask", "labels"}, each (2B, T), right-padded.
     """
-    from .sft import PadCollator
 
     if not pairs:
         raise ValueError("no pairs to collate.")
@@ -89,7 +103,6 @@ def pair_batches(pairs: list[dict], batch_size: int, pad_token_id: int, seed: in
     """Endless ``collate_pairs`` batches of BATCH_SIZE tokenised pairs: the pairs in a random order
     (seeded), reshuffled each time fewer than a batch are left. The reward model's and DPO's trainers
     draw from it."""
-    from .train import epoch_order
 
     for idx in epoch_order(len(pairs), batch_size, seed):
         yield collate_pairs([pairs[i] for i in idx], pad_token_id)
@@ -115,8 +128,6 @@ def load_reward_model(model: str | None = None, device: str = "cpu"):
     import logging
 
     from transformers import AutoModelForSequenceClassification
-
-    from .models import load_tokenizer, resolve
 
     tok = load_tokenizer(model)
     name = resolve(model)
@@ -165,7 +176,6 @@ def train_reward_model(rm, tok, rows: list[dict], steps: int = 60, lr: float = 3
 
     CALLBACK(step, loss), if given, runs after each step.
     """
-    from .train import check_steps, disable_dropout, fit, optimizer
 
     steps = check_steps(steps)
     disable_dropout(rm)  # as trl's RewardTrainer does by default
@@ -185,9 +195,6 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
     (``tokenize_pairs``); padding is on the right.
     """
     import torch
-
-    from .chat import encode
-    from .sft import PadCollator
 
     if len(prompts) != len(completions):
         raise ValueError(f"prompts and completions must have the same length; got {len(prompts)} and "
@@ -209,7 +216,6 @@ def score_texts(rm, tok, prompts: list[str], completions: list[str], batch_size:
 def score_answers(rm, tok, prompts: list[str], answers: list[str], batch_size: int = 32):
     """Reward of each (templated prompt, answer) as a (N,) float tensor: ANSWERS are plain answers, as
     generated and cut (labkit.evaluate.answer), completed as the template writes them (labkit.chat.completion)."""
-    from .chat import completion
 
     return score_texts(rm, tok, prompts, [completion(tok, a) for a in answers], batch_size)
 
@@ -273,12 +279,9 @@ def reference_model(base, tok, steps: int = 0, lr: float = 2e-3, seed: int = 0, 
     """
     import copy
 
-    from .models import shipped_or_live
-
     knob = {"sft_lora": "SFT_STEPS", "sft_hedged": "HEDGE_SFT_STEPS"}.get(adapter, "steps")
     steps, note = shipped_or_live(steps, model, f"SFT adapter {adapter}", knob)
     if steps == 0:
-        from .sft import load_shipped_adapter
 
         pm, report = load_shipped_adapter(copy.deepcopy(base), adapter)
         what = (f"the shipped SFT adapter {adapter} ({report.get('steps', 800)} steps), merged")
@@ -297,10 +300,6 @@ def live_sft(base, tok, steps: int, lr: float = 2e-3, seed: int = 0, batch_size:
     seven projections) trained STEPS steps with completion-only loss on ROWS (default
     instructions_train.jsonl). Returns the peft model (scripts/train_hedged_sft.py saves its adapter)."""
     import copy
-
-    from .adapters import add
-    from .data import read_jsonl, to_prompt_completion
-    from .sft import train
 
     rows = read_jsonl("instructions_train.jsonl") if rows is None else rows
     # add() seeds LoRA's random A, so the same SEED gives the same model whatever ran before
@@ -372,8 +371,6 @@ def train_dpo(policy, ref, tok, rows: list[dict], beta: float | None = None, ste
     """
     import torch
 
-    from .train import check_lr, check_steps, disable_dropout, fit, optimizer
-
     loss = guard.one_of("loss", loss, LOSSES)
     sft_weight = guard.non_negative_float("sft_weight", sft_weight, about="0: the pair loss alone")
     beta = check_beta(DEFAULT_BETA[loss] if beta is None else beta)
@@ -428,7 +425,6 @@ def dpo_metrics(policy, tok, rows: list[dict], ref_logps, beta: float = 0.1, sft
     REF_LOGPS: ``pair_logps(ref, tok, rows)`` (for a peft policy, the same model with its adapter off).
     """
     import torch
-
 
     pairs = collate_pairs(tokenize_pairs(tok, rows), tok.pad_token_id)
     device = next(policy.parameters()).device

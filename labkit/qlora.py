@@ -22,6 +22,11 @@ import json
 from pathlib import Path
 
 from . import quant
+from .adapters import config, targets
+from .env import pick_device
+from .lora import is_conv1d, select_layers
+from .memory import stored_bits_per_weight
+from .models import load_base
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -72,8 +77,6 @@ def linear_weights(model, which: str = "all") -> dict:
     integration transposes it before quantising (the Linear4bit that replaces a Conv1D holds (out, in)),
     so the blocks of 64 run along the same rows here as in bitsandbytes.
     """
-    from .adapters import targets
-    from .lora import select_layers, is_conv1d
 
     out = {}
     for name, m in select_layers(model, targets(model, which)):
@@ -155,8 +158,6 @@ def load_4bit(model=None, device: str = "auto", compute_dtype: str = "auto", dou
     Embeddings, norms and the LM head stay in their dtype (float32 on CPU, as bitsandbytes leaves
     them). The model is ready to train: CPU repacking is off (see disable_cpu_repacking).
     """
-    from .env import pick_device
-    from .models import load_base
 
     dev = pick_device(device)
     if dev == "mps":
@@ -185,8 +186,6 @@ def prepare_qlora(model, r: int = 8, alpha: float = 16, target_modules=None, dro
     Returns the peft model (only the adapters train).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from .adapters import config
 
     if not linear4bit_modules(model):
         raise ValueError("the model has no 4-bit layers; load it with labkit.qlora.load_4bit first.")
@@ -275,8 +274,6 @@ def double_quant_against_bitsandbytes(w, blocksize: int = 64) -> dict:
     """
     import bitsandbytes.functional as bnbF
     import torch
-
-    from .memory import stored_bits_per_weight
 
     w = w.detach()
     _, absmax = quant.quantize_nf4(w, blocksize)

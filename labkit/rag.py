@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import random
 
-from . import guard
+from . import adapters, guard, sft
+from .chat import adds_bos, encode, prompt_completion, render_prompt
 from .corpus import CITIES, FIRST_NAMES, LAST_NAMES, money
+from .encoder import encoder_path
+from .models import ASSETS, shipped_or_live
 
 KINDS = ("manager", "fee")
 WORDINGS = {
@@ -114,14 +117,12 @@ def few_shot_message(examples: list[dict], question: str) -> str:
 
 def chat_prompt(tok, message: str) -> str:
     """MESSAGE rendered by the chat template as a user turn, ready for the assistant's answer."""
-    from .chat import render_prompt
 
     return render_prompt(tok, message)
 
 
 def sft_pair(tok, message: str, answer: str) -> dict:
     """A {"prompt", "completion"} pair from the model's chat template, as labkit.data.to_prompt_completion."""
-    from .chat import prompt_completion
 
     return prompt_completion(tok, message, answer)
 
@@ -201,8 +202,6 @@ def prompt_cost(model, tok, prompts: list[str], batch_size: int = 16, repeats: i
 
     import torch
 
-    from .chat import adds_bos, encode
-
     if not prompts:
         raise ValueError("prompt_cost needs at least one prompt.")
     device = next(model.parameters()).device
@@ -238,7 +237,6 @@ FACT_SETTINGS = {"r": 16, "alpha": 32, "lr": 5e-3, "batch_size": 16}
 
 
 def fact_adapter_dir():
-    from .models import ASSETS
 
     return ASSETS / "adapters" / FACT_ADAPTER
 
@@ -252,7 +250,6 @@ def fact_training_pairs(tok, docs: list[dict]) -> list[dict]:
 def train_fact_adapter(base, tok, docs: list[dict], steps: int, seed: int = 0, **settings):
     """(peft model, losses): a fresh LoRA adapter on BASE (labkit.adapters.add; BASE is wrapped in place)
     trained STEPS steps with labkit.sft.train on fact_training_pairs(DOCS). SETTINGS override FACT_SETTINGS."""
-    from . import adapters, sft
 
     cfg = {**FACT_SETTINGS, **settings}
     pm = adapters.add(base, "lora", seed=seed, r=cfg["r"], alpha=cfg["alpha"])
@@ -277,9 +274,6 @@ def fact_adapter(base, tok, docs: list[dict], steps: int = 0, model="bundled", s
     model: trained live (labkit.models.shipped_or_live; the description says so). steps > 0: trained here.
     """
     import json
-
-    from . import adapters
-    from .models import shipped_or_live
 
     steps, note = shipped_or_live(steps, model, "fact adapter", "FT_STEPS")
     if steps == 0:
@@ -335,8 +329,6 @@ class Retriever:
     def __init__(self, path: str | None = None, max_length: int = 128):
         import torch
         from transformers import AutoModel, AutoTokenizer
-
-        from .encoder import encoder_path
 
         path = path or encoder_path()
         self.tok = AutoTokenizer.from_pretrained(path)
@@ -416,8 +408,6 @@ def copy_probe(model, tok, docs: list[dict], cues: dict | None = None, max_new_t
     note's value}. A small model copies a value when the words just before it in the passage come back
     (an induction-style copy); asked by other words it has no such cue and writes what it saw most."""
     import torch
-
-    from .chat import encode
 
     cues = COPY_CUES if cues is None else cues
     if not docs:

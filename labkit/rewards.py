@@ -25,9 +25,10 @@ from __future__ import annotations
 import random
 import re
 
-from . import guard
-from . import corpus, data
+from . import corpus, data, guard
+from .chat import stop_strings, stop_token_ids
 from .corpus import money
+from .evaluate import exact_matches
 
 TASKS = {
     # the receipt question of the qa family: copy the total from the receipt ("$1,234")
@@ -109,7 +110,6 @@ def exact_reward(prompts, completions, gold, **kwargs) -> list[float]:
     cut at the stop token (an answer that wrote another special token instead of stopping keeps it,
     and is wrong); gold: N gold answers. Returns N floats.
     """
-    from .evaluate import exact_matches
 
     _check_lengths(completions, gold)
     if not completions:
@@ -160,7 +160,6 @@ def with_gold(reward, gold_of: dict):
 def stray_special(tok, text: str) -> bool:
     """Does TEXT (an answer cut at the stop tokens) contain a special token of TOK other than the stop
     strings, e.g. the bundled model's <|assistant|>? Such an answer did not end its turn."""
-    from .chat import stop_strings
 
     stops = set(stop_strings(tok))
     return any(s and s not in stops and s in text for s in tok.all_special_tokens)
@@ -174,7 +173,6 @@ def stop_at_special_tokens(model, tok):
     states, not whether it ended its turn with the right token. labkit.chat.stop_token_ids, labkit.evaluate.answer
     and trl's GRPOTrainer all read the stop ids from there. Changes MODEL in place and returns it.
     """
-    from .chat import stop_token_ids
 
     have = stop_token_ids(tok, model)
     model.generation_config.eos_token_id = have + [i for i in tok.all_special_ids if i not in have]

@@ -26,7 +26,10 @@ import random
 from dataclasses import dataclass
 
 from . import guard
-from .train import IGNORE_INDEX, check_steps, epoch_order, fit, optimizer
+from .chat import encode, for_trl
+from .data import read_jsonl
+from .models import ASSETS
+from .train import check_steps, epoch_order, fit, IGNORE_INDEX, optimizer
 
 
 def completion_labels(input_ids, prompt_length: int):
@@ -78,7 +81,6 @@ def tokenize_example(tok, prompt: str, completion: str, max_length: int = 256, n
     if not isinstance(completion, str) or not _strip_special(tok, completion).strip():
         raise ValueError(f"{name}: the completion is empty (nothing but spaces and special tokens: "
                          f"{completion!r}); there is nothing to learn from it. Drop the example or give it an answer.")
-    from .chat import encode
 
     if not completion.endswith(tok.eos_token):
         completion = completion + tok.eos_token
@@ -194,8 +196,6 @@ def check_pairs(tok, pairs: list[dict], max_length: int = 256) -> list[dict]:
     """
     import warnings
 
-    from .chat import encode
-
     feats, cut = [], []
     for i, row in enumerate(pairs):
         f = tokenize_example(tok, row["prompt"], row["completion"], max_length, name=f"example {i}")
@@ -245,7 +245,6 @@ def general_rows(tok, texts: list[str] | None = None) -> list[dict]:
     """General TEXTS as SFT rows: the prompt is the document start (the tokenizer's BOS, if it has one)
     and every text token is trained on, as in pretraining. TEXTS defaults to the course's general_train."""
     if texts is None:
-        from .data import read_jsonl
 
         texts = [r["text"] for r in read_jsonl("general_train.jsonl")]
     return [{"prompt": tok.bos_token or "", "completion": t} for t in texts]
@@ -305,7 +304,6 @@ def sft_trainer(model, tok, pairs: list[dict], config=None, peft_config=None, ca
     if config is None:
         config_kwargs.setdefault("output_dir", tempfile.mkdtemp(prefix="labkit_sft_"))
         config = sft_config(**config_kwargs)
-    from .chat import for_trl
 
     check_pairs(tok, pairs, config.max_length)
     recorder = loss_recorder()
@@ -347,7 +345,6 @@ def marker_labels(tok, text: str, response_marker: str, max_length: int = 256, n
     Returns {"input_ids", "attention_mask", "labels", "prompt_length", "name", "marker" (RESPONSE_MARKER),
     "marker_found"}; prompt_length is len(input_ids) when the marker was not found.
     """
-    from .chat import encode
 
     ids = encode(tok, text)[:max_length]
     marker = tok(response_marker, add_special_tokens=False)["input_ids"]
@@ -445,7 +442,6 @@ SHIPPED_SFT = {"sft_lora": "scripts/train_sft_adapter.py", "sft_hedged": "script
 def adapter_dir(name: str = "sft_lora"):
     """Where a shipped SFT adapter lives: "sft_lora" (lesson 06's, scripts/train_sft_adapter.py) or
     "sft_hedged" (lesson 09's model that hedges, scripts/train_hedged_sft.py)."""
-    from .models import ASSETS
 
     guard.one_of("adapter", name, tuple(SHIPPED_SFT))
     return ASSETS / "adapters" / name

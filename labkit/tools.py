@@ -15,12 +15,12 @@ support (GPT-2's, Gemma's) gets the same tags written into plain user and assist
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 
-from . import chat, data
+from . import adapters, chat, data, evaluate, models, sft
 from .corpus import money
+from .models import ASSETS
 
 CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
@@ -282,7 +282,6 @@ def run(model, tok, rows: list[dict], tools: dict | None = None, max_calls: int 
     """Answer each ROW with tools, all rows in step: generate, run any call, feed its result back, generate
     again, until a final answer or MAX_CALLS calls. LIE {tool name: result} replaces what a tool returns.
     Per row: {"answer" (None if the cap was hit), "calls": dispatch() records, "conversation"}."""
-    from .evaluate import answer
 
     tools = TOOLS if tools is None else tools   # {}: no tools offered (the plain prompt)
     sch = schemas(tools)
@@ -290,7 +289,7 @@ def run(model, tok, rows: list[dict], tools: dict | None = None, max_calls: int 
     out = [{"answer": None, "calls": [], "conversation": c} for c in convs]
     todo = list(range(len(rows)))
     for _ in range(max_calls + 1):
-        texts = answer(model, tok, [render(tok, convs[i], sch, True) for i in todo], max_new_tokens)
+        texts = evaluate.answer(model, tok, [render(tok, convs[i], sch, True) for i in todo], max_new_tokens)
         still = []
         for i, text in zip(todo, texts):
             call = dispatch(tools, sch, text)
@@ -325,7 +324,6 @@ ADAPTER = "tool_lora"   # the shipped adapter: scripts/train_tool_adapter.py
 def start_model(name, device: str = "cpu"):
     """(model, tok, line): the model the lesson fine-tunes. The bundled model starts from lesson 06's shipped
     SFT adapter, merged (it answers in the course's formats); any other MODEL starts as it is."""
-    from . import models, sft
 
     model, tok = models.load_base(name, device=device)
     if not models.is_bundled(name):
@@ -336,8 +334,6 @@ def start_model(name, device: str = "cpu"):
 
 def load_shipped(model):
     """(peft model, report): START_MODEL's bundled model with the shipped tool adapter, and its scores.json."""
-    from . import adapters
-    from .models import ASSETS
 
     path = ASSETS / "adapters" / ADAPTER
     report = json.loads((path / "scores.json").read_text()) if (path / "scores.json").is_file() else {}

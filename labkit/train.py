@@ -8,6 +8,9 @@ checks its inputs so a bad knob gives a clear error instead of a traceback from 
 from __future__ import annotations
 
 from . import guard
+from .adapters import targets
+from .chat import document_start
+from .lora import is_conv1d
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy (and every HF model) skips
 
@@ -98,8 +101,6 @@ def lm_batches(tok, texts: list[str], batch_size: int, max_tokens: int, seed: in
     """
     import torch
 
-    from .chat import document_start
-
     if not texts:
         raise ValueError("no training texts were given.")
     start = document_start(tok)
@@ -176,10 +177,8 @@ def weight_updates(base, tuned, suffixes: tuple[str, ...] | None = None) -> dict
     Llama's q_proj and v_proj, GPT-2's fused c_attn). Each update has the notation's shape (d_out, d_in):
     GPT-2's Conv1D stores its weight transposed, (in, out), so its update is transposed back.
     """
-    from .lora import is_conv1d
 
     if suffixes is None:
-        from .adapters import targets
 
         suffixes = tuple(targets(base, "attention"))
     suffixes = (suffixes,) if isinstance(suffixes, str) else tuple(suffixes)

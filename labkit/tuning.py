@@ -18,6 +18,11 @@ import math
 import time
 from pathlib import Path
 
+from . import adapters, evaluate, sft
+from .evaluate import perplexity
+from .models import is_bundled
+from .train import check_lr
+
 RESULTS_DIR = Path(__file__).resolve().parent / "assets" / "results"
 
 
@@ -28,9 +33,6 @@ def short_run(base, tok, pairs: list[dict], general: list[str], lr: float, r: in
     Returns {"lr", "r", "steps", "losses", "final_loss" (mean of the last 5), "general_ppl",
     "base_ppl", "ppl_ratio", "exact" (on EVAL_EXAMPLES, if given), "seconds"}. BASE is not changed.
     """
-    from . import adapters, evaluate, sft
-    from .evaluate import perplexity
-    from .train import check_lr
 
     lr = check_lr(lr)
     if base_ppl is None:
@@ -51,7 +53,6 @@ def short_run(base, tok, pairs: list[dict], general: list[str], lr: float, r: in
 def sweep(base, tok, pairs, general, lrs, ranks, steps: int = 30, seed: int = 0, eval_examples=None,
           log=print) -> list[dict]:
     """short_run for every (lr, r) pair; the base perplexity is computed once."""
-    from .evaluate import perplexity
 
     base_ppl = perplexity(base, tok, general)
     rows = []
@@ -85,7 +86,6 @@ def landscape(base, tok, pairs, general, model="bundled", lr: float = 3e-3, r: i
     scored on EVAL_EXAMPLES when given).
     Returns {"rows", "lrs", "ranks", "steps", "shipped": bool, "about": the sentence}.
     """
-    from .models import is_bundled
 
     if is_bundled(model):
         sweep = load_results("lr_rank_sweep")
@@ -243,8 +243,6 @@ def lr_widget(base, tok, pairs, general, rows: list[dict], steps: int = 30, rank
 
     import ipywidgets as w
     from IPython.display import display
-
-    from .train import check_lr
 
     start_lr = check_lr(lr)
     lr = w.FloatLogSlider(value=start_lr, base=10, min=-5, max=-1, step=0.25, description="learning rate",

@@ -134,3 +134,30 @@ def test_every_labkit_package_is_installed():
     found = set(setuptools.find_packages(str(ROOT), include=config["include"]))
     folders = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
     assert folders <= found and "labkit.ship" in found and "labkit.course" in found
+
+
+# A lazy labkit import inside a function hides the module's dependencies from its reader; they sit at the top
+# of the file. Lazy imports stay only for heavy optional libraries (torch, transformers, peft, ...).
+LAZY_ALLOWED = {
+    "labkit.course.cli",  # a command dispatcher: each command imports its own modules, so `labkit --help` is instant
+    "labkit.check.registry",  # loads every labkit.checks.lessonNN on first use: they import the registry
+    "labkit.interview",  # reads lesson 19's explanations after the registry loaded them (the deck is being rebuilt)
+}
+
+
+def lazy_internal_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("labkit")):
+                    names = ", ".join(x.name for x in node.names)
+                    out.append(f"{module_name(path)}:{node.lineno} from {'.' * node.level}{node.module or ''} import {names}")
+    return out
+
+
+def test_labkit_imports_sit_at_the_top_of_each_file():
+    lazy = [hit for m, p in MODULES.items() if m not in LAZY_ALLOWED for hit in lazy_internal_imports(p)
+            if not (m == "labkit.scale.run" and hit.endswith("from .. import qlora"))]  # it imports bitsandbytes
+    assert lazy == []

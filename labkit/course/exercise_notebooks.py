@@ -32,6 +32,8 @@ import json
 import re
 from pathlib import Path
 
+from .links import colab_url
+
 ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS = ROOT / "solutions"
 EXERCISES = ROOT / "exercises"
@@ -105,7 +107,6 @@ def _source(cell) -> str:
 
 def strip_notebook(nb: dict, name: str = "notebook") -> dict:
     """A copy of the solutions notebook NB as an exercise notebook: stubs, no outputs."""
-    from .links import colab_url
 
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb["cells"]):

@@ -21,6 +21,9 @@ import json
 import math
 from pathlib import Path
 
+from .render import recorded
+from .seed_claims import CLAIMS
+
 SEEDS = (0, 1, 2)
 MADE_BY = "scripts/seed_spread.py"
 
@@ -57,8 +60,6 @@ def run(notebook: str | Path, seeds=SEEDS, parameters: dict | None = None, out_d
 
     import nbformat
     import papermill as pm
-
-    from .render import recorded
 
     notebook = Path(notebook)
     if not notebook.is_file():
@@ -181,7 +182,6 @@ def claims(lesson: str, model: str = "bundled") -> str:
     """What a lesson prints about its seed spread: one line per claim of labkit.course.seed_claims.CLAIMS[LESSON],
     "holds at 3 of 3 seeds: <claim>" (the spread itself and its rules stay out of the learner's view). With
     another MODEL than the one the seeds ran on, one line saying the claims are the bundled model's."""
-    from .seed_claims import CLAIMS
 
     spread = load(lesson)
     if spread is None or lesson not in CLAIMS:

@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from .contract import title_and_idea
+
 PARTS = (("start", "00", "00"), ("adapters", "01", "05"), ("training objectives", "06", "12"),
          ("measuring and deciding", "13", "15"), ("production", "16", "17"), ("capstone", "18", "19"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +34,6 @@ def part_of(number: str) -> str:
 def build(root: Path = ROOT) -> list[dict]:
     """One row per notebook under ROOT/notebooks: number, stem, title, idea, part, and the bench's wall
     time and peak memory at the defaults (None where the bench has no row)."""
-    from .contract import title_and_idea
 
     bench_file = root / "bench" / "notebooks.json"
     bench = {r["notebook"]: r for r in json.loads(bench_file.read_text())["rows"]} if bench_file.exists() else {}

@@ -4,6 +4,11 @@ browser; the widget only wires sliders to it.
 
 from __future__ import annotations
 
+from .. import guard, lowrank
+from ..lessons import grpo as grpo_lesson
+from ..lessons.sft import MASK_TEMPLATES, mask_view
+from ..models import generate
+
 
 def sample_continuations(model, tok, prompt: str, temperature: float, n: int = 3, max_new_tokens: int = 30,
                          seed: int = 0) -> list[str]:
@@ -11,7 +16,6 @@ def sample_continuations(model, tok, prompt: str, temperature: float, n: int = 3
 
     Sample i uses seed + i, so the same slider position always shows the same texts.
     """
-    from ..models import generate
 
     if not prompt:
         raise ValueError("prompt is empty: type a few words for the model to continue.")
@@ -67,8 +71,6 @@ def token_mask_viewer(tok, examples: list[dict], max_length: int = 256):
     """
     import ipywidgets as w
 
-    from ..lessons.sft import MASK_TEMPLATES, mask_view
-
     if not examples:
         raise ValueError("token_mask_viewer needs at least one example.")
     pick = w.Dropdown(options=[(example_label(i, e), i) for i, e in enumerate(examples)], value=0,
@@ -95,8 +97,6 @@ def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from ..lessons.grpo import describe_run, plot_grpo, short_run
-
     if not prompts:
         raise ValueError("grpo_widget needs at least one training prompt.")
     g = w.SelectionSlider(options=sorted(group_sizes), value=min(group_sizes, key=lambda x: abs(x - group_size)),
@@ -109,13 +109,13 @@ def grpo_widget(sft_model, tok, prompts: list[str], reward_fn, group_sizes=(2, 4
     def train(*_):
         with out:
             out.clear_output(wait=True)
-            r = short_run(sft_model, tok, prompts, reward_fn, group_size=g.value, beta=b.value, steps=steps,
+            r = grpo_lesson.short_run(sft_model, tok, prompts, reward_fn, group_size=g.value, beta=b.value, steps=steps,
                           batch_size=batch_size, lr=lr, max_new_tokens=max_new_tokens, eval_prompts=eval_prompts,
                           eval_gold=eval_gold)
-            plot_grpo({f"G={g.value}, beta={b.value:g}": r["log"]})
+            grpo_lesson.plot_grpo({f"G={g.value}, beta={b.value:g}": r["log"]})
             plt.tight_layout()
             plt.show()
-            print(describe_run(r))
+            print(grpo_lesson.describe_run(r))
 
     button.on_click(train)
     box = w.VBox([g, b, button, out])
@@ -153,8 +153,6 @@ def rank_widget(delta_w, n_model_params: int, layer_shapes, max_rank: int = 64):
     import base64
 
     import ipywidgets as w
-
-    from .. import guard, lowrank
 
     max_rank = guard.positive_int("max_rank", max_rank, "64", about="the largest rank on the slider")
     s = lowrank.singular_values(delta_w)   # one SVD for the whole session

@@ -21,7 +21,13 @@ import random
 import time
 
 from .. import data, dataprep, guard
+from ..chat import for_trl, stop_token_ids
 from ..corpus import applicant, money
+from ..evaluate import answer
+from ..models import shipped_or_live
+from ..preference import reference_model
+from ..sft import loss_recorder, PadCollator, sft_config, tokenize_example
+from ..tuning import load_results
 
 RESULT = "data_curve"                              # labkit/assets/results/data_curve.json
 SCRIPT = "scripts/data_curve.py"
@@ -158,7 +164,6 @@ def split_rows(rows: list[dict], by: str, test_share: float = 1 / 3, seed: int =
 def config(output_dir: str, steps: int, lr: float = LR, seed: int = 0, device: str = "cpu"):
     """The SFTConfig of every cell (the one lesson 07 spells out): batch 8, a constant learning rate, no
     warm-up or weight decay, completion-only loss, quiet and CPU-safe (labkit.sft.sft_config)."""
-    from ..sft import sft_config
 
     return sft_config(output_dir, steps=steps, lr=lr, batch_size=BATCH, seed=seed, device=device)
 
@@ -171,9 +176,6 @@ def train(base, tok, rows: list[dict], steps: int, lr: float = LR, seed: int = 0
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTTrainer
-
-    from ..chat import for_trl
-    from ..sft import loss_recorder
 
     pairs = [for_trl(tok, data.to_prompt_completion(r, tok)) for r in rows]
     recorder = loss_recorder()
@@ -191,9 +193,6 @@ def greedy_exact(model, tok, rows: list[dict], targets: list[str] | None = None,
     answer token is the model's argmax after the tokens before it, and the turn end (or an EOS) after
     them. evaluate.score's verdicts on generated text are the same (tests/test_lessons_data.py)."""
     import torch
-
-    from ..chat import stop_token_ids
-    from ..sft import PadCollator, tokenize_example
 
     targets = [r["output"] for r in rows] if targets is None else targets
     stops = set(stop_token_ids(tok, model))
@@ -286,8 +285,6 @@ def run_teacher(base, tok, cell: dict, held: list[dict], model=None, teacher=Non
     """The "teacher" cell: TEACHER (default: preference.reference_model, the shipped sft_lora adapter merged
     for the bundled model, a live SFT for another) answers the N new inputs and the held-out rows by greedy
     generation."""
-    from ..evaluate import answer
-    from ..preference import reference_model
 
     t0 = time.perf_counter()
     what = "the SFT model given"
@@ -376,7 +373,6 @@ def describe_cell(res: dict) -> str:
 
 def load_result() -> dict:
     """The shipped sweep of the bundled model (labkit/assets/results/data_curve.json)."""
-    from ..tuning import load_results
 
     return load_results(RESULT)
 
@@ -387,7 +383,6 @@ def result_for(model, base, tok, steps: int = 0, n_heldout: int | None = None, t
     STEPS == 0 and the bundled MODEL: the shipped sweep. Any other model (labkit.models.shipped_or_live:
     models.LIVE_STEPS steps), or STEPS > 0: live_plan(STEPS) trained here on BASE, scored on the first
     N_HELDOUT held-out rows, with TEACHER (a model) labelling the distillation inputs."""
-    from ..models import shipped_or_live
 
     steps, note = shipped_or_live(steps, model, "data sweep (scripts/data_curve.py)", "CURVE_STEPS")
     if steps == 0:

@@ -4,7 +4,8 @@ noise, duplicate, leak, entity-split and distillation cells as printed lines, an
 from __future__ import annotations
 
 from .. import dataprep, guard
-from .data import SMALL_CLEAN, heldout, new_inputs, training_rows
+from ..stats import describe_mcnemar, describe_share, mcnemar, share_interval
+from .data import heldout, new_inputs, SMALL_CLEAN, training_rows
 
 
 # ----------------------------------------------------------------------------- reading it
@@ -38,7 +39,6 @@ def curve(res: dict, regime: str = "budget") -> dict:
 def bend(points: list[tuple[int, int, int]]) -> int:
     """Where a curve flattens: the smallest size whose Wilson 95% interval holds the score of every larger
     size (more data than that changed the score by less than the uncertainty of one point)."""
-    from ..stats import share_interval
 
     for i, (n, k, m) in enumerate(points):
         low, high = share_interval(k, m)
@@ -75,8 +75,6 @@ def curve_figure(res: dict):
     so that ``display`` shows it once."""
     import matplotlib.pyplot as plt
 
-    from ..stats import share_interval
-
     budget, epochs = curve(res, "budget"), curve(res, "epochs")
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), dpi=80)
     about = res["settings"]
@@ -111,7 +109,6 @@ def curve_figure(res: dict):
 
 
 def _share(k: int, n: int) -> str:
-    from ..stats import describe_share
 
     return describe_share(k, n)
 
@@ -124,7 +121,6 @@ def _cell_score(res: dict, name: str) -> tuple[int, int]:
 def describe_noise(res: dict) -> list[str]:
     """Exact match with a share of wrong answers, against clean data of the same size and the smaller clean
     set (McNemar on the same held-out rows)."""
-    from ..stats import describe_mcnemar, mcnemar
 
     cells = res["cells"]
     noisy = sorted((c for c in cells.values() if c["kind"] == "noise"), key=lambda c: (c["n"], c["rate"]))
@@ -147,7 +143,6 @@ def describe_noise(res: dict) -> list[str]:
 def describe_duplicates(res: dict) -> list[str]:
     """The duplicated set against the distinct rows it holds and against as many distinct rows as it has
     (McNemar on the same held-out rows)."""
-    from ..stats import describe_mcnemar, mcnemar
 
     cells, d = res["cells"], res["cells"]["duplicates"]
     fewer, same_size = f"budget_{d['n']}", f"budget_{d['rows']}"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numbers
 import torch
 
+from ..chat import stop_token_ids
+from ..evaluate import answer
 from ..grpo import check_epsilon, grpo_loss, kl_k3, pass_curve, sample_group, train_grpo
+from ..rewards import exact_reward, stray_special
 
 
 def greedy_and_pass_at_k(lm, tok, prompts: list[str], gold: list[str], check=None, n: int = 16, ks=(1, 4, 16),
@@ -24,9 +27,6 @@ def greedy_and_pass_at_k(lm, tok, prompts: list[str], gold: list[str], check=Non
     "right_then_stray": share of samples that begin with the gold answer and then hold or stop at such a token,
     "greedy_right": per prompt, "greedy_answers", "samples": the N samples of the first prompt}.
     """
-    from ..chat import stop_token_ids
-    from ..rewards import exact_reward, stray_special
-    from ..evaluate import answer
 
     check = exact_reward if check is None else check
     if not prompts or len(prompts) != len(gold):
@@ -63,7 +63,6 @@ def greedy_and_pass_at_k(lm, tok, prompts: list[str], gold: list[str], check=Non
 
 def _ended_elsewhere(tok, roll) -> list[bool]:
     """Per sampled answer: did it stop at a special token that is not the template's turn end nor EOS?"""
-    from ..chat import stop_token_ids
 
     template = torch.tensor(stop_token_ids(tok), device=roll["input_ids"].device)
     answer = roll["input_ids"][:, roll["prompt_len"]:]
@@ -174,10 +173,6 @@ def short_run(sft_model, tok, prompts: list[str], reward_fn, group_size: int = 8
     (None without eval prompts)}.
     """
     import copy
-
-    from ..chat import stop_token_ids
-    from ..rewards import exact_reward
-    from ..evaluate import answer
 
     beta = check_epsilon("beta", beta)
     policy = copy.deepcopy(sft_model).requires_grad_(True)

@@ -4,8 +4,9 @@ HTML table of tokens coloured by whether they are trained on, and the line sayin
 
 from __future__ import annotations
 
-from ..train import IGNORE_INDEX
+from ..data import plain_text, to_prompt_completion
 from ..sft import marker_labels, plain_marker, tokenize_example
+from ..train import IGNORE_INDEX
 
 
 # What the viewer offers: how an instruction example becomes tokens and labels.
@@ -24,7 +25,6 @@ def mask_example(tok, example: dict, template: str = MASK_TEMPLATES[0], max_leng
 
     Returns {"input_ids", "labels", ...} (lists); labels are -100 where nothing is trained.
     """
-    from ..data import plain_text, to_prompt_completion
 
     if template not in MASK_TEMPLATES:
         raise ValueError(f"unknown template {template!r}; choose one of {MASK_TEMPLATES}.")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 
+from ..data import to_prompt_completion
+from ..sft import batches
 from ..train import answer_lengths
-from .config import ConfigError, TrainConfig, data_path
+from .config import ConfigError, data_path, TrainConfig
 
 
 # ----------------------------------------------------------------------------- data: the same global batch everywhere
@@ -21,7 +23,6 @@ def load_pairs(cfg: TrainConfig, tok) -> list[dict]:
     """The training rows of CFG as {"prompt", "completion", "task"} pairs (instruction rows go through the
     chat template with labkit.data.to_prompt_completion; prompt/completion rows are taken as they are;
     "task" is the row's task family, None when it has none)."""
-    from ..data import to_prompt_completion
 
     path = data_path(cfg.data)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -79,7 +80,6 @@ def uneven_batch(features: list[dict], global_batch: int, pad_token_id: int, see
     model the first one does; with GPT-2's tokenizer the first ones can split evenly). Raises ValueError
     after MAX_BATCHES even batches (every example as long as the others, say).
     """
-    from ..sft import batches
 
     stream = batches(features, global_batch, pad_token_id, seed)
     for i in range(max_batches):

@@ -9,7 +9,10 @@ import typing
 from pathlib import Path
 import yaml
 
+from .. import adapters, data, models
+from ..data import DATA_DIR
 from ..models import ASSETS
+from ..train import check_lr, check_steps
 
 
 CONFIG_DIR = ASSETS / "configs"
@@ -121,8 +124,6 @@ def load_config(path=DEFAULT_CONFIG, overrides: dict | None = None, check: bool 
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first bad value of CFG (what can be checked without a model)."""
-    from .. import adapters, data, models
-    from ..train import check_lr, check_steps
 
     try:
         check_lr(cfg.lr)
@@ -159,7 +160,6 @@ def check_config(cfg: TrainConfig) -> None:
 
 def data_path(name: str) -> Path:
     """NAME as a path: an existing file, else a file of the course's data folder."""
-    from ..data import DATA_DIR
 
     p = Path(name).expanduser()
     if p.is_file():

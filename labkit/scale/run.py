@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import atomic
-from ..train import disable_dropout
+from .. import adapters, atomic, env, models, sft
+from ..train import disable_dropout, epoch_order
 from .batches import load_pairs, micro_batches, supervised_tokens
-from .config import ConfigError, TrainConfig, accumulation_steps, check_config
+from .config import accumulation_steps, check_config, ConfigError, TrainConfig
 
 
 # ----------------------------------------------------------------------------- the training run
@@ -35,9 +35,8 @@ def process_device(device: str = "auto") -> str:
     DEVICE as labkit.env.pick_device resolves it, except that "auto" in a group of several processes means
     CUDA only when this machine has a GPU for each of its processes, else the CPU (two processes cannot
     share the one GPU of a laptop or of Colab, and several processes on Apple MPS are not supported)."""
-    from ..env import pick_device
 
-    picked = pick_device(device)
+    picked = env.pick_device(device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     if device == "auto" and local > 1 and picked != "cpu":
         import torch
@@ -76,7 +75,6 @@ def lora_targets(cfg: TrainConfig, model) -> list[str]:
     """The LoRA targets of CFG for MODEL: cfg.target_modules when the config names them (checked against
     MODEL's layers), else MODEL's own names for every linear layer of its blocks (labkit.adapters.targets:
     Llama's q_proj ... down_proj, GPT-2's c_attn, c_proj, c_fc)."""
-    from .. import adapters
 
     return adapters.check_targets(model, cfg.target_modules) if cfg.target_modules else adapters.targets(model)
 
@@ -84,10 +82,10 @@ def lora_targets(cfg: TrainConfig, model) -> list[str]:
 def _load_model(cfg: TrainConfig, device: str, accelerator):
     import torch
 
-    from .. import adapters, models, qlora
-
     dtype = "bfloat16" if cfg.precision == "bf16" else "float32"
     if cfg.load_in_4bit:
+        from .. import qlora  # imports bitsandbytes (and patches it): only when the run quantises
+
         if accelerator.distributed_type.name == "FSDP":
             raise ConfigError("load_in_4bit with FSDP needs 4-bit storage in a float dtype "
                               "(bnb_4bit_quant_storage), which this script does not set up; use DDP for QLoRA.")
@@ -163,9 +161,6 @@ def train(cfg: TrainConfig, out=print, exit_when_done: bool = False) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import gather_object
-
-    from .. import adapters, env, sft
-    from ..train import epoch_order
 
     check_config(cfg)
     env.quiet()

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from ..chat import stop_token_ids, tokenizer_adds_bos
 from .merging import has_adapter_layers
 
 
@@ -85,7 +86,6 @@ def _vocab(writer, tok, vocab_size: int):
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    from ..chat import stop_token_ids, tokenizer_adds_bos
 
     if tok.bos_token_id is not None:
         writer.add_bos_token_id(tok.bos_token_id)

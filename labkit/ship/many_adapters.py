@@ -7,6 +7,7 @@ import statistics
 import time
 
 from .. import guard
+from ..evaluate import answer
 
 
 # ----------------------------------------------------------------------------- many adapters on one base
@@ -41,7 +42,6 @@ def mixed_answers(peft_model, tok, prompts: list[str], adapter_names: list[str],
     peft's mixed-batch inference: generate(..., adapter_names=[...]) routes each row through its own
     adapter ("__base__": no adapter). The adapters must be unmerged. len(adapter_names) == len(prompts).
     """
-    from ..evaluate import answer
 
     known = set(peft_model.peft_config) | {"__base__"}
     if len(adapter_names) != len(prompts):
@@ -56,7 +56,6 @@ def answers_one_adapter_at_a_time(peft_model, tok, prompts: list[str], adapter_n
                                   max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
     """The same answers as mixed_answers, computed the slow way: each adapter alone (set_adapter) on
     its own rows, then put back in the original order. The active adapter is restored."""
-    from ..evaluate import answer
 
     active, out = peft_model.active_adapter, [None] * len(prompts)
     try:

@@ -13,7 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import guard
+from .. import adapters, atomic, data, guard, sft
+from ..lora import is_conv1d, select_layers
+from ..models import ASSETS, shipped_or_live
 
 
 # ----------------------------------------------------------------------------- adapters to ship
@@ -25,7 +27,6 @@ def train_adapter(base, tok, rows: list[dict], steps: int, lr: float = 3e-3, r: 
     rows: instruction examples ({"task", "instruction", "input", "output"}); BASE is copied, never
     changed (a 4-bit BASE gives a QLoRA adapter). Returns (peft_model, losses per step).
     """
-    from .. import adapters, data, sft
 
     pm = adapters.add(copy.deepcopy(base), "lora", seed=seed, r=r, alpha=alpha)
     losses = sft.train(pm, tok, [data.to_prompt_completion(x, tok) for x in rows], steps=steps, lr=lr,
@@ -43,8 +44,6 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
     steps > 0: trained here (train_adapter: r=8, alpha=16, every linear layer) on the instruction
     training split (that task's rows for a task adapter) and saved into FOLDER/WHAT.
     """
-    from .. import adapters, data, sft
-    from ..models import ASSETS
 
     guard.non_negative_int("steps", steps, about="0: the shipped adapter, else steps of live training")
     shipped = {"sft": sft.adapter_dir(), "qlora": ASSETS / "adapters" / "qlora_sft"}.get(what)
@@ -52,7 +51,6 @@ def adapter_for(what: str, base, tok, steps: int, folder, model: str = "bundled"
         shipped = ASSETS / "adapters" / f"task_{what}"
         if what not in data.TASKS:
             raise ValueError(f"what must be 'sft', 'qlora' or a task of {data.TASKS}; got {what!r}.")
-    from ..models import shipped_or_live
 
     knob = {"sft": "SFT_STEPS", "qlora": "QLORA_STEPS"}.get(what, "TASK_STEPS")
     steps, note = shipped_or_live(steps, model, f"{what} adapter", knob)
@@ -123,8 +121,6 @@ def save_merged(model, tok, path, dtype=None) -> Path:
                          "or save the adapter alone with labkit.adapters.save.")
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
-
-    from .. import atomic
 
     with atomic.folder(path) as tmp:
         model.save_pretrained(str(tmp))
@@ -221,12 +217,9 @@ def logit_agreement(model_a, model_b, batch: dict, rows_at_a_time: int = 16) -> 
     return out if many else out[None]
 
 
-
 def lora_config_for(model, path):
     """The adapter's LoraConfig with fan_in_fan_out matching MODEL's target layers (Conv1D or not)."""
     from peft import LoraConfig
-
-    from ..lora import select_layers, is_conv1d
 
     cfg = LoraConfig.from_pretrained(str(path))
     if not isinstance(cfg.target_modules, str):  # a regular expression: peft's own matching decides
