@@ -75,6 +75,15 @@ def diverged_at(losses: list[float], factor: float = 2.0) -> int | None:
     return None
 
 
+def safe_lr(runs: dict) -> float:
+    """The largest learning rate of RUNS ({lr: losses per step}) whose run never diverged (diverged_at is None);
+    raises ValueError when every run diverged."""
+    kept = [lr for lr, losses in runs.items() if diverged_at(losses) is None]
+    if not kept:
+        raise ValueError("every run diverged: try smaller learning rates.")
+    return max(kept)
+
+
 def misspell(name: str) -> str:
     """NAME with its second-to-last letter dropped ("v_proj" -> "v_prj"): the typo of case 4."""
     return name[:-2] + name[-1]

@@ -7,6 +7,7 @@ lesson's exercises (labkit/checks/lesson18.py). Cases 1 to 6 are in labkit.lesso
 from __future__ import annotations
 
 import copy
+import re
 
 from .. import adapters, chat, data, dataprep, grpo, preference, quant, rewards, sft
 from . import clinic
@@ -33,6 +34,22 @@ def decontaminate(test_texts: list[str], train_texts: list[str], n: int = 8, thr
     """The indices of TEST_TEXTS to keep: those with less than THRESHOLD of their word n-grams in TRAIN_TEXTS
     (labkit.dataprep.ngram_overlap)."""
     return [i for i, s in enumerate(dataprep.ngram_overlap(test_texts, train_texts, n)) if s < threshold]
+
+
+def dpo_fix_kwargs(sft_weight: float = 1.0) -> dict:
+    """The DPOConfig arguments that add SFT_WEIGHT times the chosen answers' NLL to DPO's loss (RPO):
+    {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}."""
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float(sft_weight)]}
+
+
+RATING = re.compile(r"Risk: (?:low|medium|high)\b", re.IGNORECASE)
+
+
+def verify_rating(completion: str, gold: str) -> float:
+    """1.0 when COMPLETION states exactly one risk rating ("Risk: low|medium|high", any case) and it is GOLD's;
+    else 0.0. A listing of every rating, or a rating followed by another, is not an answer."""
+    found = RATING.findall(completion)
+    return float(len(found) == 1 and found[0].lower() == gold.strip().lower())
 
 
 # ---------------------------------------------------------------------------------------------- case 7
@@ -190,18 +207,21 @@ def grpo_case(sft_model, tok, samples: dict) -> dict:
 
 
 def gamed_case(sample: dict) -> dict:
-    """Case 11: the same sampled answers under a lenient reward (the gold answer appears anywhere:
-    rewards.contains_reward) and under exact match (rewards.exact_reward), and one answer that lists every
-    rating, which a policy under the lenient reward is paid to find.
+    """Case 11: the same sampled risk ratings under a lenient reward (the gold answer appears anywhere:
+    rewards.contains_reward, broken) and under verify_rating (exactly one rating, the right one: fixed), and
+    one answer that lists every rating, which a policy under the lenient reward is paid to find.
 
-    {"contains", "exact": mean reward of the samples, "hack": the listing answer, "hack_contains",
-     "hack_exact": its mean reward over the prompts}."""
+    {"broken"/"fixed": {"samples": mean reward of the samples, "hack": the listing's mean reward},
+     "hack": the listing, "paid_wrong": samples the lenient reward pays and verify_rating does not}."""
     p, t, gold = sample["prompts"], sample["texts"], sample["gold"]
-    hack = " ".join(sorted({x.strip() for x in gold} | {"Risk: low", "Risk: medium", "Risk: high"}))
+    hack = " ".join(["Risk: low", "Risk: medium", "Risk: high"])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"contains": mean(rewards.contains_reward(p, t, gold)), "exact": mean(rewards.exact_reward(p, t, gold)),
-            "hack": hack, "hack_contains": mean(rewards.contains_reward(p, [hack] * len(gold), gold)),
-            "hack_exact": mean(rewards.exact_reward(p, [hack] * len(gold), gold))}
+    lenient = rewards.contains_reward(p, t, gold)
+    strict = [verify_rating(c, g) for c, g in zip(t, gold)]
+    return {"broken": {"samples": mean(lenient), "hack": mean(rewards.contains_reward(p, [hack] * len(gold), gold))},
+            "fixed": {"samples": mean(strict), "hack": mean([verify_rating(hack, g) for g in gold])},
+            "hack": hack, "paid_wrong": [c for c, a, b in zip(t, lenient, strict) if a > b][:3],
+            "n_paid_wrong": sum(a > b for a, b in zip(lenient, strict)), "n": len(t)}
 
 
 # ---------------------------------------------------------------------------------------------- case 10
