@@ -381,7 +381,7 @@ question(id="q18_lr", lesson=LESSON, kind="choice", answer_hash="5b7eca443a73ef3
                    "b": "forgetting shows on other text (lesson 14), not as a jump in the training loss itself."})
 
 question(id="q18_merge", lesson=LESSON, kind="choice", answer_hash="c208fe8117432eb7a95b5298",
-         text="Case 7. A QLoRA adapter merged into its 4-bit base and saved in 4 bits answers differently from the "
+         text="Case 7. A QLoRA adapter merged into its 4-bit base and saved in 4 bits gives other logits than the "
               "unmerged adapter. Why?",
          choices=("W + ΔW was rounded to the NF4 grid again, and ΔW is mostly smaller than one NF4 step",
                   "merging always changes outputs by float rounding; the difference is noise to be ignored",
@@ -424,8 +424,8 @@ question(id="q18_leak", lesson=LESSON, kind="choice", answer_hash="a078a37b21ec3
                         "leak."})
 
 question(id="q18_gamed", lesson=LESSON, kind="choice", answer_hash="a119128f879e3209882eb978",
-         text="Case 11. The reward is near 1.0 while exact match is lower, and an answer that lists every rating "
-              "is paid in full. What is wrong?",
+         text="Case 11. A reward for the risk rating pays 1.0 to the answer 'Risk: low Risk: medium Risk: high' "
+              "on every loan. What is wrong?",
          choices=("the reward checks only that the gold rating appears, so a list of ratings is paid in full",
                   "the reward model is overfit to its preference pairs; train it again on more of them",
                   "the KL penalty is missing; with one the policy could not learn to game the reward"),
