@@ -94,8 +94,9 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
         pm = clinic._lora(base4, seed)
         about = f"a live LoRA of {steps} steps on the NF4 base" + (f"\n{note}" if note else "")
     with torch.no_grad():
-        for _, lin in _targets_4bit(pm):
-            lin.weight.copy_(nf4_roundtrip(lin.weight))
+        for m, lin in _targets_4bit(pm):  # quantised in (out, in) layout, as bitsandbytes stores a Linear
+            flip = getattr(m, "fan_in_fan_out", False)
+            lin.weight.copy_(nf4_roundtrip(lin.weight.T).T if flip else nf4_roundtrip(lin.weight))
     if steps:
         train = clinic.pairs(tok, [r for r in data.read_jsonl("instructions_train.jsonl")])
         sft.train(pm, tok, train, steps=steps, lr=2e-3, batch_size=8, seed=seed, progress=False)
@@ -107,10 +108,13 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
     with torch.no_grad():
         for m, lin in _targets_4bit(pm):
             w, delta = lin.weight.detach().clone(), m.get_delta_weight("default").float()
-            codes, absmax = quant.quantize_nf4(w)  # w is already on the NF4 grid: these codes give it back
-            fixed = merge_dequantized(codes, absmax, w.shape, m.lora_A["default"].weight, m.lora_B["default"].weight,
-                                      m.scaling["default"])
-            naive = nf4_roundtrip(w + delta)
+            A, B, s = m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"]
+            flip = getattr(m, "fan_in_fan_out", False)  # GPT-2's Conv1D stores W as (in, out): merge its transpose
+            wt = w.T.contiguous() if flip else w
+            codes, absmax = quant.quantize_nf4(wt)  # w is already on the NF4 grid: these codes give it back
+            fixed = merge_dequantized(codes, absmax, wt.shape, A, B, s)
+            fixed = fixed.T.contiguous() if flip else fixed
+            naive = nf4_roundtrip((w + delta).T).T if flip else nf4_roundtrip(w + delta)
             lost.append(((naive - w - delta).norm() / delta.norm()).item())
             merged[m] = {"fixed": fixed, "naive": naive}
     out["lost"] = sum(lost) / len(lost)
