@@ -179,3 +179,45 @@ def test_all_masked_case_logs_nan_only_in_the_broken_run(bundled):
     r = clinic.all_masked_case(model, tok, steps=4, bad_step=1)
     assert math.isnan(r["broken"][1]) and all(math.isfinite(x) for x in r["fixed"])
     assert len(r["fixed"]) == len(r["broken"]) - 1
+
+
+# --------------------------------------------------------------------------------------------- every case's run
+
+
+@pytest.fixture(scope="module")
+def sft_model(bundled):
+    from labkit import preference
+
+    model, tok = bundled
+    return preference.reference_model(model, tok, model="bundled")[0]
+
+
+@pytest.mark.slow
+def test_sft_side_cases_break_and_their_fixes_repair(bundled, sft_model):
+    model, tok = bundled
+    c1 = clinic.turn_end_case(model, tok, steps=16, n_eval=4)
+    assert c1["broken"]["untrained"] == c1["n"] and c1["fixed"]["untrained"] == 0
+    assert c1["broken"]["stopped"] < c1["fixed"]["stopped"]
+    c2 = clinic.template_case(sft_model, tok, n_eval=8)
+    assert c2["broken"]["right"] < c2["fixed"]["right"]
+    c6 = clinic.lr_case(model, tok, steps=6)
+    assert c6["diverged"][0] is not None and c6["diverged"][1] is None
+
+
+@pytest.mark.slow
+def test_later_cases_break_and_their_fixes_repair(bundled, sft_model):
+    model, tok = bundled
+    c7 = clinic_beyond.merge_4bit_case(model, tok, steps=0, n_eval=8)
+    assert c7["max_diff"]["fixed"] < 1e-3 < c7["max_diff"]["naive"] and c7["lost"] > 0.2
+    c8 = clinic_beyond.dpo_case(sft_model, tok, steps=4, n=8)
+    assert c8["broken"]["chosen"] < 0 and c8["fixed"]["chosen"] > c8["broken"]["chosen"]
+    low = clinic_beyond.sampled_groups(sft_model, tok, n_prompts=4, temperature=0.1)
+    one = clinic_beyond.sampled_groups(sft_model, tok, n_prompts=4, temperature=1.0)
+    c9 = clinic_beyond.grpo_case(sft_model, tok, {"broken": low, "fixed": one})
+    assert c9["broken"]["grad_norm"] == 0 and c9["broken"]["informative"] == 0
+    assert c9["fixed"]["informative"] > 0 and c9["fixed"]["grad_norm"] > 0
+    c10 = clinic_beyond.leak_case(sft_model, tok)
+    assert c10["flagged_leaked"] == c10["leaked"] == c10["flagged"]
+    assert c10["broken"]["right"] / c10["broken"]["rows"] > c10["fixed"]["right"] / c10["fixed"]["rows"]
+    c11 = clinic_beyond.gamed_case(one)
+    assert c11["broken"]["hack"] == 1.0 and c11["fixed"]["hack"] == 0.0
