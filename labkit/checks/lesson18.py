@@ -320,8 +320,8 @@ exercise(id="clinic_verify_rating", lesson=LESSON, title="A reward that a list o
 # --------------------------------------------------------------------------------------------- the diagnoses
 
 question(id="q18_turn_end", lesson=LESSON, kind="choice", answer_hash="2a43a706594e9b0f84f60a69",
-         text="Case 1. After SFT the answers are right but never end: every one runs on to max_new_tokens, and the "
-              "training loss fell as usual. What went wrong?",
+         text="Case 1. After SFT the answers start in the right words but never end: every one runs on to "
+              "max_new_tokens, and the training loss fell as usual. What went wrong?",
          choices=("max_length cut every example before its turn end, so no stop token was ever trained on",
                   "the learning rate was too low to learn a token that occurs only once in each example",
                   "greedy decoding loops; the model learned to stop and needs a repetition penalty"),
@@ -392,15 +392,15 @@ question(id="q18_merge", lesson=LESSON, kind="choice", answer_hash="c208fe811743
                         "answers: the merge is fine, quantising it again is not."})
 
 question(id="q18_dpo", lesson=LESSON, kind="choice", answer_hash="6bce68135965758b2bf3f17a",
-         text="Case 8. DPO's reward margin grows and every pair is ranked right, but log pi(chosen) fell below "
+         text="Case 8. DPO's reward margin grows as it should, but log pi(chosen) fell below "
               "the SFT model's. What happened?",
          choices=("beta is too high: raise it further and the policy is free to move the chosen answers up",
                   "DPO only widens the gap; it can push both answers down, the rejected ones faster",
                   "the pairs are swapped, so DPO is learning to prefer the rejected answers to the chosen"),
          feedback={"a": "a larger beta keeps the policy closer to pi_ref; it does not add a reason to raise the "
                         "chosen answers.",
-                   "c": "with swapped pairs the chosen answers' reward would fall below the rejected ones'; "
-                        "here every pair is ranked right."})
+                   "c": "with swapped pairs the margin, chosen minus rejected reward, would fall below 0; "
+                        "here it grew."})
 
 question(id="q18_grpo", lesson=LESSON, kind="choice", answer_hash="baf81d7bee19bc164f926eaf",
          text="Case 9. Every GRPO step logs loss 0.0000 and a gradient norm of 0; the mean reward is 1.0. Why?",
@@ -409,7 +409,7 @@ question(id="q18_grpo", lesson=LESSON, kind="choice", answer_hash="baf81d7bee19b
                   "each group's answers are the same, so rewards are equal and every advantage is 0"),
          feedback={"a": "beta weighs only the KL term; the policy term is there whatever beta is, and it is zero "
                         "because every advantage is.",
-                   "b": "at temperature 1 the same model gets fewer answers right: there is more to learn, but "
+                   "b": "at temperature 1 the same model's mean reward is lower: there is more to learn, but "
                         "identical answers cannot show it."})
 
 question(id="q18_leak", lesson=LESSON, kind="choice", answer_hash="a078a37b21ec35efcd1adc84",
