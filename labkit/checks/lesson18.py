@@ -372,11 +372,11 @@ question(id="q18_all_masked", lesson=LESSON, kind="choice", answer_hash="6f2177d
                    "c": "token ids are integers: they cannot be NaN. The NaN comes from the loss's division."})
 
 question(id="q18_lr", lesson=LESSON, kind="choice", answer_hash="5b7eca443a73ef35582dba11",
-         text="Case 6. The training loss doubles after the first step and zig-zags, while the same data at "
+         text="Case 6. The training loss jumps above twice its lowest value and zig-zags, while the same data at "
               "another setting falls smoothly. What do you change?",
          choices=("the batch size: a batch of 8 is too noisy, and the noise makes the loss jump up and down",
                   "nothing: the model is forgetting its pretraining, which always raises the training loss",
-                  "the learning rate: the first update overshoots; lower it (a short sweep says how far)"),
+                  "the learning rate: its updates overshoot; lower it (a short sweep says how far)"),
          feedback={"a": "both runs used the same batches of 8; only the learning rate differed.",
                    "b": "forgetting shows on other text (lesson 14), not as a jump in the training loss itself."})
 
