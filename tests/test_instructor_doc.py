@@ -87,9 +87,9 @@ def test_the_guide_names_only_lessons_and_exercise_notebooks_that_exist():
 
 def test_the_checkers_catch_old_and_invented_names(known_ids):
     planted = ("quiz `q04_weights_7b_gb`, quizzes `q07_*`, exercise `nf4_bits`, "
-               "`--only lora_forward,lora_fwd`, `20_agents`, `18_clinic`, exercises/07_evaluation_exercises.ipynb")
+               "`--only lora_forward,lora_fwd`, `20_agents`, `18_broken_runs`, exercises/07_evaluation_exercises.ipynb")
     assert set(unknown_ids(planted, known_ids)) == {"q04_weights_7b_gb", "q07_*", "nf4_bits", "lora_fwd"}
-    assert set(missing_files(planted)) >= {"20_agents", "18_clinic", "exercises/07_evaluation_exercises.ipynb"}
+    assert set(missing_files(planted)) >= {"20_agents", "18_broken_runs", "exercises/07_evaluation_exercises.ipynb"}
 
 
 def test_no_run_time_is_written_by_hand(bench):
