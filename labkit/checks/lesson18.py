@@ -9,7 +9,7 @@ import random
 
 import torch
 
-from labkit import chat
+from labkit import chat, models, quant
 from labkit.check import Case, exercise, number, question, tensor, text
 from labkit.check.compare import type_name
 from labkit.lessons import clinic, clinic_beyond
@@ -65,8 +65,6 @@ exercise(id="clinic_untrained_stop", lesson=LESSON, title="Find the examples tha
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    from labkit import models
-
     return models.load_tokenizer("bundled")
 
 
@@ -197,8 +195,6 @@ exercise(id="clinic_safe_lr", lesson=LESSON, title="Pick the learning rate from 
 
 
 def _merge_case(rng, out_f, in_f, r):
-    from labkit import quant
-
     g = torch.Generator().manual_seed(rng.randrange(10**6))
     codes, absmax = quant.quantize_nf4(torch.randn(out_f, in_f, generator=g) * 0.05)
     return Case({"codes": codes, "absmax": absmax, "shape": (out_f, in_f),

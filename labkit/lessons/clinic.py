@@ -13,7 +13,8 @@ import copy
 import math
 
 from .. import adapters, chat, data, sft
-from ..train import IGNORE_INDEX, disable_dropout, fit, optimizer
+from ..evaluate import answer, exact_matches
+from ..train import disable_dropout, fit, IGNORE_INDEX, optimizer
 
 LINKS = {  # the lesson that teaches each case's cause
     "turn_end": "06_sft", "template": "06_sft", "pad_eos": "06_sft", "targets": "02_lora_with_peft",
@@ -32,7 +33,8 @@ def pairs(tok, rows_: list[dict]) -> list[dict]:
     return [data.to_prompt_completion(r, tok) for r in rows_]
 
 
-def _lora(base, seed: int):
+def fresh_lora(base, seed: int):
+    """A copy of BASE with a new LoRA adapter (r 8, alpha 16) on its linear layers, seeded: the base is untouched."""
     return adapters.add(copy.deepcopy(base), "lora", seed=seed, r=8, alpha=16)
 
 
@@ -139,7 +141,7 @@ def turn_end_case(base, tok, steps: int, n_eval: int = 8, seed: int = 0) -> dict
     out = {"max_length": cut, "n": len(train)}
     for name, max_length in (("broken", cut), ("fixed", 256)):
         feats = sft.tokenize_all(tok, train, max_length)
-        pm = _lora(base, seed)
+        pm = fresh_lora(base, seed)
         sft.train(pm, tok, train, steps=steps, lr=3e-3, batch_size=8, max_length=max_length, seed=seed, progress=False)
         pm.eval()
         gens = generations(pm, tok, [p["prompt"] for p in evals[:n_eval]])
@@ -153,7 +155,6 @@ def template_case(sft_model, tok, n_eval: int = 32) -> dict:
     """Case 2: the SFT model asked with the template's prompt but no generation prompt (broken) and with
     chat.render_prompt (fixed). {"broken"/"fixed": {"prompt_end": the prompt's last characters,
     "right": exact answers, "sample"}, "n"}."""
-    from ..evaluate import answer, exact_matches
 
     evals = [r for t in ("risk", "classify", "qa", "extract") for r in rows(t, "eval", n_eval // 4)]
     gold = [r["output"] for r in evals]
@@ -210,7 +211,7 @@ def targets_case(base) -> dict:
             "alone": alone}
 
 
-def _padded(tok, feats: list[dict]) -> dict:
+def padded(tok, feats: list[dict]) -> dict:
     import torch
 
     width = max(len(f["input_ids"]) for f in feats)
@@ -228,7 +229,7 @@ def all_masked_case(base, tok, steps: int = 8, bad_step: int = 2, seed: int = 0)
     import torch
 
     feats = sft.tokenize_all(tok, pairs(tok, rows("risk", n=4 * steps)))
-    batches = [_padded(tok, feats[i:i + 4]) for i in range(0, 4 * steps, 4)]
+    batches = [padded(tok, feats[i:i + 4]) for i in range(0, 4 * steps, 4)]
     batches[bad_step]["labels"][:] = IGNORE_INDEX
     out = {"bad_step": bad_step}
     for name in ("broken", "fixed"):
@@ -237,7 +238,7 @@ def all_masked_case(base, tok, steps: int = 8, bad_step: int = 2, seed: int = 0)
             keep = supervised_rows(b["labels"]) if name == "fixed" else list(range(len(b["labels"])))
             if keep:
                 data_.append({k: v[keep] for k, v in b.items()})
-        pm = _lora(base, seed)
+        pm = fresh_lora(base, seed)
         params, opt = optimizer(pm, 2e-3, seed)
         out[name] = fit(pm, iter(data_), opt, params, len(data_))
         out[name + "_nan_weights"] = sum(int(torch.isnan(p).any()) for p in params)
@@ -251,7 +252,7 @@ def lr_case(base, tok, steps: int = 12, lrs=(1e-1, 2e-3), seed: int = 0) -> dict
     train = pairs(tok, rows("risk"))
     out = {"lrs": tuple(lrs)}
     for name, lr in zip(("broken", "fixed"), lrs):
-        pm = _lora(base, seed)
+        pm = fresh_lora(base, seed)
         disable_dropout(pm)
         out[name] = sft.train(pm, tok, train, steps=steps, lr=lr, batch_size=8, seed=seed, progress=False)
     out["diverged"] = (diverged_at(out["broken"]), diverged_at(out["fixed"]))

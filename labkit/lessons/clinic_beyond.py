@@ -10,6 +10,7 @@ import copy
 import re
 
 from .. import adapters, chat, data, dataprep, grpo, preference, quant, rewards, sft
+from ..models import ASSETS, shipped_or_live
 from . import clinic
 from .data import greedy_exact
 
@@ -81,8 +82,6 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
     """
     import torch
 
-    from ..models import ASSETS, shipped_or_live
-
     steps, note = shipped_or_live(steps, model, "QLoRA adapter qlora_sft", "ADAPTER_STEPS")
     base4 = copy.deepcopy(base)
     if steps == 0:
@@ -91,7 +90,7 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
         pm = PeftModel.from_pretrained(base4, str(ASSETS / "adapters" / "qlora_sft"))
         about = "the shipped QLoRA adapter qlora_sft (scripts/train_ship_adapters.py, 300 steps)"
     else:
-        pm = clinic._lora(base4, seed)
+        pm = clinic.fresh_lora(base4, seed)
         about = f"a live LoRA of {steps} steps on the NF4 base" + (f"\n{note}" if note else "")
     with torch.no_grad():
         for m, lin in _targets_4bit(pm):  # quantised in (out, in) layout, as bitsandbytes stores a Linear
@@ -119,7 +118,7 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
             merged[m] = {"fixed": fixed, "naive": naive}
     out["lost"] = sum(lost) / len(lost)
     plain = pm.get_base_model() if hasattr(pm, "get_base_model") else pm
-    batch = clinic._padded(tok, sft.tokenize_all(tok, clinic.pairs(tok, held[:8])))
+    batch = clinic.padded(tok, sft.tokenize_all(tok, clinic.pairs(tok, held[:8])))
     keep = batch["attention_mask"].bool()
     with torch.no_grad():
         first = pm(**batch)
@@ -244,7 +243,7 @@ def leak_case(sft_model, tok, steps: int = 10, n: int = 16, ngram: int = 13, thr
     test = clinic.rows("dti", "eval", n)
     leaked = test[: n // 2]
     refresh = clinic.rows("dti", "train", n // 2) + leaked
-    pm = clinic._lora(sft_model, seed)
+    pm = clinic.fresh_lora(sft_model, seed)
     sft.train(pm, tok, clinic.pairs(tok, refresh), steps=steps, lr=3e-3, batch_size=8, seed=seed, progress=False)
     pm.eval()
     right = greedy_exact(pm, tok, test)
