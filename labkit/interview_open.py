@@ -33,7 +33,7 @@ OPEN = [
          follow_up="Why not initialise both A and B at random, or both at zero?",
          follow_up_answer="Both random: B·A is not zero and step 0 is a perturbed, worse model. Both zero: each "
                           "one's gradient is proportional to the other, so neither ever moves.",
-         points=[("W frozen", ["frozen", "freeze"]), ("low-rank B·A", ["low-rank", "low rank", "b·a", "b*a", "ba"]),
+         points=[("W frozen", ["frozen", "freeze"]), ("low-rank B·A", ["low-rank", "low rank", "b·a", "b*a", "b @ a", "rank"]),
                  ("r·(d_in + d_out) parameters", ["d_in", "r·(", "r*(", "r(d", "parameters"]),
                  ("B = 0: step 0 is the base", ["zero", "b = 0", "b=0"]), ("merge at no inference cost", ["merge"])]),
     dict(id="rank", lessons=["01", "02"], topic="LoRA", then="q19_which_rank",
@@ -47,8 +47,8 @@ OPEN = [
          follow_up="At step 300 your loss jumps up and stays there. What do you do?",
          follow_up_answer="Lower the learning rate (and add warm-up or gradient clipping), most of all at the "
                           "larger ranks: a diverged run does not recover by itself.",
-         points=[("start small", ["small", "8", "16"]), ("sweep, held-out", ["sweep", "held-out", "held out", "validation"]),
-                 ("rank and learning rate interact", ["learning rate", "lr"]), ("alpha", ["alpha"])]),
+         points=[("start small", ["small", "r 8", "r=8", "8 to 16", "8-16"]), ("sweep, held-out", ["sweep", "held-out", "held out", "validation"]),
+                 ("rank and learning rate interact", ["learning rate", "lr ", "lr=", "step size"]), ("alpha", ["alpha"])]),
     dict(id="qlora", lessons=["04", "05"], topic="QLoRA", then="q19_nf4_65b_gb",
          question="How does QLoRA fine-tune a 65B model on one 48 GB GPU?",
          answer="The frozen base is stored in NF4: 4-bit codes at the quantiles of a normal distribution, one "
@@ -150,8 +150,9 @@ OPEN = [
          figure="lesson 11, section 2 (pass@k of the start, groups without signal) and section 5 (GRPO against "
                 "more SFT)",
          follow_up="The reward climbs but held-out accuracy does not. Why?",
-         follow_up_answer="The reward is being gamed: the verifier checks too little (lesson 11, section 7: a "
-                          "total paid wherever it appears). Read samples and tighten the verifier.",
+         follow_up_answer="The reward pays something other than the right answer: the verifier checks too "
+                          "little (lesson 11, section 7, a format reward; its exercises game one paid wherever the "
+                          "total appears). Read samples and tighten the verifier.",
          points=[("a group per prompt", ["group"]), ("advantage: reward minus group mean", ["mean", "baseline", "advantage"]),
                  ("no value network", ["value", "critic"]), ("verifiable reward", ["verif", "program", "checker"]),
                  ("pass@k and a control", ["pass@", "control", "sft"])]),
@@ -169,7 +170,7 @@ OPEN = [
          follow_up_answer="The model passes it on: it was trained to trust the tool (lesson 12, section 9). "
                           "Check tool outputs where you can.",
          points=[("schema", ["schema", "json"]), ("loss on the assistant's turns", ["assistant", "mask", "-100"]),
-                 ("validate and refuse", ["valid", "refuse", "reject", "error"]), ("a loop with a cap", ["loop", "cap", "limit"])]),
+                 ("validate and refuse", ["valid", "refuse", "reject", "error"]), ("a loop with a cap", ["loop", "max_calls", "limit", "cap on", "at most"])]),
     dict(id="evaluation", lessons=["13"], topic="evaluation", then="token_f1",
          question="How do you evaluate a fine-tuned model?",
          answer="A fixed held-out set, fixed prompts and decoding, one harness for every model. Exact match "

@@ -299,3 +299,33 @@ def test_the_repeated_word_case_is_one_a_set_cannot_pass():
 
     case = next(c for c in C.get("token_f1").public() if c.label == "a word repeated on both sides")
     assert _f1_with_sets(**case.inputs) != pytest.approx(evaluate.token_f1(**case.inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# the lesson after Run All, unanswered: nothing red
+
+
+def test_the_lesson_run_unanswered_shows_no_red_box():
+    """Every ask/reveal/quiz/check cell of lesson 19, run as committed (no answer written, drill stubs that
+    raise NotImplementedError), shows a question or a neutral "not answered yet", never a failure."""
+    import ast
+    import json
+
+    nb = json.loads((ROOT / "notebooks" / "19_interview_prep.ipynb").read_text())
+    namespace = {}
+    exec("from labkit.check import check, progress\nfrom labkit.interview import ask, index, quiz, reveal", namespace)
+    shown = []
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] != "code" or not any(f in src for f in ("ask(", "reveal(", "quiz(", "check(")):
+            continue
+        tree = ast.parse(src)
+        *body, last = tree.body
+        exec(compile(ast.Module(body=body, type_ignores=[]), "cell", "exec"), namespace)
+        shown.append(eval(compile(ast.Expression(last.value), "cell", "eval"), namespace))
+    assert len(shown) >= 3 * len(OPEN)
+    for result in shown:
+        text = repr(result)
+        assert text.startswith(("?", "…", "Interviewer:")), text
+        assert "#b3261e" not in getattr(result, "_repr_html_")(), text
+    assert sum("not answered yet" in repr(r) for r in shown) >= 2 * len(OPEN)
