@@ -229,12 +229,22 @@ class Index:
         return '<table style="font-size:90%">' + "".join(cells) + "</table>"
 
 
-def index(rows: list[dict] | None = None) -> Index:
-    """Every lesson's exercise notebook (exercises/NN_stem_exercises.ipynb) with the quiz questions and the
-    checked functions it holds, from labkit's registry and the course map (labkit.syllabus). Lessons with
-    none registered are left out."""
+def _notebook_of(stem: str, root: Path) -> str:
+    """exercises/STEM_exercises.ipynb, or the lesson itself (notebooks/STEM.ipynb) when its checks live in the
+    lesson (a checkout without that exercise notebook); paths relative to the course's root."""
+    exercises = f"exercises/{stem}_exercises.ipynb"
+    if (root / exercises).exists() or not (root / "notebooks" / f"{stem}.ipynb").exists():
+        return exercises
+    return f"notebooks/{stem}.ipynb"
+
+
+def index(rows: list[dict] | None = None, root: Path | None = None) -> Index:
+    """Every lesson's exercise notebook (exercises/NN_stem_exercises.ipynb, or the lesson notebook where its
+    checks live in the lesson) with the quiz questions and the checked functions it holds, from labkit's
+    registry and the course map (labkit.syllabus). Lessons with none registered are left out."""
     from . import syllabus
 
+    root = syllabus.ROOT if root is None else Path(root)
     registry.load()
     rows = syllabus.load() if rows is None else rows
     out = []
@@ -242,7 +252,7 @@ def index(rows: list[dict] | None = None) -> Index:
         quizzes = [q.id for q in registry.QUESTIONS.values() if q.lesson == r["number"]]
         drills = [e.id for e in registry.EXERCISES.values() if e.lesson == r["number"]]
         if quizzes or drills:
-            out.append((r["number"], r["title"], f"exercises/{r['stem']}_exercises.ipynb", quizzes, drills))
+            out.append((r["number"], r["title"], _notebook_of(r["stem"], root), quizzes, drills))
     return Index(out)
 
 

@@ -170,6 +170,21 @@ def test_index_leaves_out_lessons_with_nothing_registered():
     assert [r[0] for r in interview.index(rows).rows] == ["19"]
 
 
+def test_index_links_the_lesson_itself_when_its_checks_live_there(monkeypatch, tmp_path):
+    """A lesson without an exercise notebook (a clinic whose checks are in the lesson) is linked to the lesson."""
+    from labkit.check import registry
+
+    monkeypatch.setitem(registry.QUESTIONS, "test_only_in_lesson", registry.Question(
+        id="test_only_in_lesson", lesson="97", text="?", kind="number", answer_hash=C.answer_hash("x", 1, "number")))
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "97_clinic.ipynb").write_text("{}")
+    rows = [{"number": "97", "title": "Clinic", "stem": "97_clinic"}]
+    assert interview.index(rows, root=tmp_path).rows[0][2] == "notebooks/97_clinic.ipynb"
+    (tmp_path / "exercises").mkdir()
+    (tmp_path / "exercises" / "97_clinic_exercises.ipynb").write_text("{}")
+    assert interview.index(rows, root=tmp_path).rows[0][2] == "exercises/97_clinic_exercises.ipynb"
+
+
 # ---------------------------------------------------------------------------------------------
 # the drills' references, against the libraries that do the same
 
