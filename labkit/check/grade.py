@@ -6,7 +6,9 @@ every call. Your function runs on each case, in order, and its result is compare
 reference's on the same inputs. The first case that fails is named with its input shapes, the
 property that failed (type, shape, dtype, NaN, values, an input modified in place, ...) and a hint;
 the reference's values are never shown. Nothing here raises into the learner's kernel: every failure,
-including bugs in a case, becomes a Result with passed == False and a message.
+including bugs in a case, becomes a Result with passed == False and a message. A function not written yet
+(None, or a stub that raises NotImplementedError, as the exercise notebooks ship) is not a failure: it
+gets a neutral "not answered yet" (labkit.check.result.pending) and counts no attempt.
 """
 
 from __future__ import annotations
