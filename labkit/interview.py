@@ -97,8 +97,9 @@ def reveal(qid: str, answer: Any = None) -> Card | check.Result:
     lines.append(f"Then: {'quiz' if nxt.startswith('q19_') else 'check'}({nxt!r}, ...) below.")
     h = [html.escape(lines[0]), f"<b>A model answer</b>: {html.escape(q['answer'])}",
          f"<b>Backed by</b>: {html.escape(q['figure'])}.", f"<b>Follow-up</b>: {html.escape(q['follow_up'])}",
-         f"<details><summary>a short answer to the follow-up</summary>{html.escape(q['follow_up_answer'])}</details>"]
-    return Card("\n".join(lines), "<br>".join(h[:4]) + h[4])
+         f"<details><summary>a short answer to the follow-up</summary>{html.escape(q['follow_up_answer'])}</details>",
+         html.escape(lines[-1])]
+    return Card("\n".join(lines), "<br>".join(h[:4]) + h[4] + h[5])
 
 
 # ----------------------------------------------------------------------------- the quiz deck

@@ -2,6 +2,7 @@
 of every lesson's exercises, the drills' references against the libraries, and token_f1's check against
 a set-based implementation."""
 
+import html
 import math
 import random
 import re
@@ -136,6 +137,7 @@ def test_reveal_waits_for_an_answer_then_shows_model_answer_figure_and_follow_up
     assert q["answer"] in text and q["figure"] in text and q["follow_up"] in text
     assert "touched 3 of 5 key points" in text
     assert "<details>" in shown._repr_html_() and "check('lora_linear'" in text
+    assert "check(&#x27;lora_linear&#x27;" in shown._repr_html_() and html.escape(q["answer"]) in shown._repr_html_()
     with pytest.raises(ValueError, match="no open question 'nope'"):
         interview.ask("nope")
 
