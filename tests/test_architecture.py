@@ -141,7 +141,6 @@ def test_every_labkit_package_is_installed():
 LAZY_ALLOWED = {
     "labkit.course.cli",  # a command dispatcher: each command imports its own modules, so `labkit --help` is instant
     "labkit.check.registry",  # loads every labkit.checks.lessonNN on first use: they import the registry
-    "labkit.interview",  # reads lesson 19's explanations after the registry loaded them (the deck is being rebuilt)
 }
 
 

@@ -23,6 +23,7 @@ def test_no_answer_says_what_to_write_without_printing_the_question_again():
     empty = C.quiz("q01_merge_cost", None).message
     assert "not answered yet" in empty and "a letter such as 'b'" in empty
     assert "#0b57d0" in C.quiz("q01_merge_cost", None)._repr_html_(), "neutral, not a red failure"
+    assert C.quiz("q01_merge_cost", "  ").message.startswith("… q01_merge_cost: not answered yet")  # a blank string too
     question = shown.split(": ", 1)[1].splitlines()[0]
     assert question not in empty and "a) " not in empty
     number = C.quiz("q19_rslora_scale", None).message

@@ -35,11 +35,20 @@ def test_an_error_inside_labkit_points_at_the_learners_line(failed):
     assert "evaluate.exact_match([], [])" in r.message and "raise ValueError" not in r.message
 
 
-def test_not_implemented_is_reported_as_not_yet_done(failed):
+def test_not_implemented_is_a_neutral_not_answered_yet_and_counts_no_attempt(failed):
+    """After Run All an exercise notebook's stubs raise NotImplementedError: a blue "not answered yet"
+    box (no red failure), and progress() counts no attempt."""
+    from labkit.check import progress
+
     def stub(W, A, B, alpha, r):
         raise NotImplementedError("replace this line with your code")
 
-    failed(C.check("lora_merge", stub), "not implemented yet", "replace the `raise NotImplementedError`")
+    result = failed(C.check("lora_merge", stub), "not answered yet", "not implemented yet",
+                    "replace the `raise NotImplementedError`")
+    assert result.message.startswith("…") and "#0b57d0" in result._repr_html_() and "#b3261e" not in result._repr_html_()
+    row = next(r for r in progress().rows if r[1] == "lora_merge")
+    assert row[3] is None and row[4] == 0
+    assert not C.check("lora_merge", lambda W, A, B, alpha, r: W).message.startswith("…")  # a wrong answer is red
 
 
 def test_timeout_can_come_from_the_environment(monkeypatch, failed):
@@ -88,8 +97,8 @@ def test_a_little_printing_is_fine_and_shown_when_failing(merge, failed):
 @pytest.mark.parametrize("candidate, words", [
     (42, ["needs your function itself", "int"]),
     ("lora_merge", ["needs your function itself", "str"]),
-    (None, ["no answer yet"]),
-    (..., ["no answer yet"]),
+    (None, ["… lora_merge: not answered yet", "no answer yet"]),
+    (..., ["… lora_merge: not answered yet", "no answer yet"]),
     (torch.zeros(3), ["needs your function itself", "tensor (3,)"]),
 ])
 def test_not_callable(candidate, words, failed):

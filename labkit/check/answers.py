@@ -126,7 +126,7 @@ def quiz(question_id: str, answer: Any = _MISSING) -> Result:
         if answer is _MISSING:
             return Result(False, f"? {q.id}: {text}", q.id)
         kind = {"choice": "a letter such as 'b'", "number": "a number", "text": "a word or two"}[q.kind]
-        if answer is None or answer is Ellipsis:
+        if answer is None or answer is Ellipsis or (isinstance(answer, str) and not answer.strip()):
             # the question is already on screen (quiz(id) above): say what to write, not the question again
             return pending(q.id, f"set answer to {kind}; quiz({q.id!r}) shows the question")
         correct = _quiz_correct(q, answer)

@@ -6,7 +6,9 @@ every call. Your function runs on each case, in order, and its result is compare
 reference's on the same inputs. The first case that fails is named with its input shapes, the
 property that failed (type, shape, dtype, NaN, values, an input modified in place, ...) and a hint;
 the reference's values are never shown. Nothing here raises into the learner's kernel: every failure,
-including bugs in a case, becomes a Result with passed == False and a message.
+including bugs in a case, becomes a Result with passed == False and a message. A function not written yet
+(None, or a stub that raises NotImplementedError, as the exercise notebooks ship) is not a failure: it
+gets a neutral "not answered yet" (labkit.check.result.pending) and counts no attempt.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 from . import record, registry, sandbox
 from .compare import describe, describe_inputs, type_name
 from .registry import Exercise
-from .result import Result, fail
+from .result import Result, fail, pending
 
 _LABKIT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # labkit/: not the learner's code
 
@@ -56,9 +58,8 @@ def _check(exercise_id, candidate, timeout, seed) -> Result:
                     + f" Known exercises: {', '.join(registry.exercises())}.")
     ex = registry.EXERCISES[exercise_id]
     name = ex.signature.split("(")[0]
-    if candidate is None or candidate is Ellipsis:
-        return fail(ex.id, f"no answer yet: pass your function, e.g. check({ex.id!r}, {name})",
-                    hint=f"define {ex.signature}")
+    if candidate is None or candidate is Ellipsis:  # nothing written yet: neutral, and no attempt counted
+        return pending(ex.id, f"no answer yet: define {ex.signature}, then run check({ex.id!r}, {name})")
     if not callable(candidate):
         return fail(ex.id, f"check needs your function itself, but got {type_name(candidate)} "
                            f"({describe(candidate)})",
@@ -79,6 +80,8 @@ def _check(exercise_id, candidate, timeout, seed) -> Result:
         how = f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
         result = fail(ex.id, f"the process running your function ended abruptly ({how}): "
                              f"os._exit(), a crash in native code, or running out of memory", case)
+    elif payload.get("pending"):  # the stub still raises NotImplementedError: not answered, not wrong
+        return pending(ex.id, f"{payload['problem']}\n  {payload['hint']}")
     elif payload["passed"]:
         result = Result(True, f"✔ {ex.id}: passed ({payload['n_public']} public and "
                               f"{payload['n_hidden']} random hidden cases, {seconds:.1f} s)", ex.id)
@@ -137,9 +140,9 @@ def _run_cases(ex: Exercise, candidate, seed: int, send) -> dict:
             return failed(f"your function printed more than {sandbox.OUTPUT_LIMIT:,} characters and was stopped",
                         out.text(), hint="remove the print() calls inside loops before checking")
         except NotImplementedError as exc:
-            return failed("not implemented yet: your function raises NotImplementedError"
-                        + (f" ({exc})" if str(exc) else ""), out.text(),
-                        hint="replace the `raise NotImplementedError` line with your code")
+            return dict(failed("not implemented yet: your function raises NotImplementedError"
+                               + (f" ({exc})" if str(exc) else ""), out.text(),
+                               hint="replace the `raise NotImplementedError` line with your code"), pending=True)
         except sandbox.Stop:
             raise
         except SystemExit as exc:

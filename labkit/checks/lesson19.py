@@ -1,307 +1,59 @@
-"""Lesson 19 (interview prep): quiz questions across the course, two code drills, and where each
-answer is proven.
+"""Lesson 19 (interview prep): the deck, interview questions with one right answer from the whole course,
+and the code drills interviews ask candidates to write.
 
-EXPLANATIONS maps each question to (where: the lesson and section that measures or derives the answer,
-why: the reasoning). labkit.interview.quiz shows "where" after any answer and "why" once the answer is
-right. Answers are stored hashed (labkit.check); the answer key is solutions/19_interview_prep_exercises.ipynb.
+The deck is data, labkit/assets/data/interview_deck.jsonl (read by labkit.interview.deck_rows), one question a line: id, topic, where (the lesson
+and the figure it prints that back the answer), why (the reasoning), text, answer_hash, and for a choice
+question its choices and feedback (why each wrong choice is wrong), for a number its rtol. Every line is
+registered here as a labkit.check question; TOPICS and EXPLANATIONS keep topic and (where, why) for
+labkit.interview (its quiz shows "where" after any answer and "why" once the answer is right). Choices are
+written as interviews offer them: every option plausible, the wrong ones real misconceptions;
+tests/test_interview.py checks over the whole deck that the right letter is spread over the positions and
+is not given away by being the longest option. Answers are stored hashed (labkit.check); the answer key is
+solutions/19_interview_prep_exercises.ipynb.
+
+The drills, each checked against labkit's reference on public and random hidden cases (labkit.interview holds
+the references, tested against peft, torch's attention, transformers' top-p warper, labkit's DPO loss and
+pass@k):
+
+    token_f1, rouge_l_f1        lesson 13's overlap metrics (token_f1 has a public case no set-based
+                                implementation can pass: a word repeated on both sides)
+    lora_linear                 lesson 01's forward, as asked on a whiteboard (rsLoRA's scale included)
+    causal_attention            attention with a causal mask (lesson 06's packing builds on it)
+    top_p_probs                 temperature and top-p: the distribution a sampler draws from
+    dpo_mean_loss               lesson 09's loss from the four log-probabilities
+    mean_pass_at_k              lesson 11's unbiased pass@k, averaged over problems
 """
 
 from __future__ import annotations
 
 import random
 
-from labkit import evaluate
-from labkit.check import Case, exercise, number, question
+import torch
+
+from labkit import evaluate, interview
+from labkit.check import Case, exercise, number, question, randn, tensor
 
 LESSON = "19"
+TOPICS: dict[str, str] = {}  # question id -> topic
+EXPLANATIONS: dict[str, tuple[str, str]] = {}  # question id -> (where, why)
 
 
-# topic of each question, for the interview deck (labkit.interview.deck)
-TOPICS = {
-    'q19_which_rank': 'LoRA',
-    'q19_prevent_forgetting': 'forgetting',
-    'q19_finetune_vs_prompting': 'fine-tune vs RAG',
-    'q19_lora_params_one_matrix': 'LoRA',
-    'q19_lora_7b_r16': 'LoRA',
-    'q19_lora_b_zero': 'LoRA',
-    'q19_rslora_scale': 'LoRA',
-    'q19_merge_latency': 'LoRA',
-    'q19_nf4_65b_gb': 'QLoRA',
-    'q19_double_quant': 'QLoRA',
-    'q19_qlora_what_trains': 'QLoRA',
-    'q19_full_ft_bytes': 'QLoRA',
-    'q19_label_mask': 'SFT',
-    'q19_chat_template': 'SFT',
-    'q19_packing': 'SFT',
-    'q19_bradley_terry': 'RLHF',
-    'q19_kl_penalty': 'RLHF',
-    'q19_dpo_removes': 'DPO',
-    'q19_dpo_beta': 'DPO',
-    'q19_perplexity': 'evaluation',
-    'q19_wrong_value_metric': 'evaluation',
-    'q19_rouge_l_value': 'evaluation',
-    'q19_judge_position': 'evaluation',
-    'q19_forgetting_data': 'forgetting',
-    'q19_rag_freshness': 'fine-tune vs RAG',
-    'q19_rag_cost': 'fine-tune vs RAG',
-}
+def _register(row: dict) -> None:
+    rtol = row.get("rtol")
+    text = row["text"] + (f" ({rtol:.1%} tolerance)" if rtol else "")
+    question(id=row["id"], lesson=LESSON, kind="choice" if row.get("choices") else "number",
+             answer_hash=row["answer_hash"], text=text, choices=tuple(row.get("choices", ())),
+             feedback=row.get("feedback"), rtol=rtol)
+    TOPICS[row["id"]] = row["topic"]
+    EXPLANATIONS[row["id"]] = (row["where"], row["why"])
 
-EXPLANATIONS = {
-    'q19_which_rank': ('lesson 01 (the SVD view of a real update, the rank widget), lesson 02 (learning rate × rank, read honestly) and lesson 14 (the three usual remedies: rank 4 vs 64)',
-        'Trainable parameters grow linearly with r, while quality saturates early; small ranks are the usual start, and whether a rank is enough is measured on held-out data, not assumed.'),
-    'q19_prevent_forgetting': ('lesson 14 (the three usual remedies, measured: learning rate, rank and general data, next to the task score)',
-        "One run of the grid forgot (high learning rate, rank 64, no general data); the same run with 10% general text mixed in kept general-text perplexity near x1 at the same exact match. The grid is one seed and one task: it shows what to measure (general-text perplexity before and after, beside the task score), not a recipe that holds everywhere."),
-    'q19_finetune_vs_prompting': ('lesson 15 (accuracy and cost, per question type; freshness; the decision table)',
-        'Fine-tuning changes HOW (formats, behaviour); RAG changes WHAT the model knows (facts, fresh and citable); prompting is the cheapest first try.'),
-    'q19_lora_params_one_matrix': ('lesson 01 (the idea, and counting parameters exactly)',
-        'A is r x d_in and B is d_out x r, so the count is r·(d_in + d_out).'),
-    'q19_lora_7b_r16': ('lesson 01 (counting parameters exactly: the 7B example, on the meta device)',
-        '32 layers x 2 matrices x r·(4096 + 4096). The often-quoted 4,194,304 is the r = 8 figure.'),
-    'q19_lora_b_zero': ('lesson 01 (B starts at zero, so step 0 is the base model)',
-        'With B = 0 the update is zero, training starts from the pretrained model exactly; A random keeps gradients for B non-zero.'),
-    'q19_rslora_scale': ('lesson 01 (alpha/r, and rsLoRA)',
-        'alpha/sqrt(r); plain LoRA would scale by alpha/r, four times less at this rank.'),
-    'q19_merge_latency': ('lesson 01 (merging) and lesson 17 (what an adapter costs at inference)',
-        "W + (alpha/r)·B·A is a single matrix of the original shape, so the merged model does exactly the base model's arithmetic; "
-        "only an unmerged adapter adds products. Whether that shows in a stopwatch is a measurement: lesson 17 times the base, the "
-        "merged and the unmerged model in turns and prints each time/base ratio with its interval."),
-    'q19_nf4_65b_gb': ('lesson 05 (memory arithmetic: what fits where)',
-        'Four bits are half a byte per weight: parameters x 0.5 bytes.'),
-    'q19_double_quant': ('lesson 04 (blockwise absmax, and double quantisation)',
-        'Each block of 64 weights has a float32 absmax; double quantisation stores those constants in 8 bits (blocks of 256), saving about 0.37 bits per weight.'),
-    'q19_qlora_what_trains': ('lesson 05 (loading a model in 4 bits, and training the 4-bit model)',
-        'Gradients flow through the dequantised base weights into the adapters; only the adapters are updated.'),
-    'q19_full_ft_bytes': ('lesson 05 (memory arithmetic, labkit.memory.estimate_memory) and lesson 16 (memory per GPU: DDP, ZeRO, FSDP)',
-        "fp32 weight, fp32 gradient, and Adam's first and second moments, 4 bytes each."),
-    'q19_label_mask': ('lesson 06 (labels: -100 on the prompt; the token-mask viewer)',
-        "PyTorch's cross-entropy skips -100; the model learns to answer, not to reproduce the question."),
-    'q19_chat_template': ("lesson 06 (instruction data and the chat template)",
-        'The fine-tuned behaviour is conditioned on the exact special tokens and layout of the training prompts.'),
-    'q19_packing': ('lesson 06 (packing)',
-        'Packing fills each row with real tokens; the attention or the labels must keep examples from reading each other.'),
-    'q19_bradley_terry': ('lesson 08 (the Bradley-Terry reward model)',
-        'P = sigmoid(r_chosen - r_rejected); the reward loss is -log of it.'),
-    'q19_kl_penalty': ('lesson 08 (reward hacking, and what the KL penalty does)',
-        'Without it the policy finds texts the reward model over-scores (reward hacking) and forgets how to write.'),
-    'q19_dpo_removes': ('lesson 09 (from the RLHF objective to the DPO loss)',
-        'DPO optimises the policy directly on preference pairs, with an implicit reward beta·log(pi_theta/pi_ref); the reference model stays.'),
-    'q19_dpo_beta': ('lesson 09 (what beta does)',
-        "beta plays the role of the KL penalty's weight: a larger beta makes deviations from pi_ref more costly."),
-    'q19_perplexity': ('lesson 13 (five metrics, and what each one misses)',
-        'Perplexity is exp of the mean NLL per token.'),
-    'q19_wrong_value_metric': ('lesson 13 (five metrics, and what each one misses)',
-        'Overlap metrics still give about 0.9 for one wrong token; only exact match (or a check of the value) catches it.'),
-    'q19_rouge_l_value': ('lesson 13 (five metrics: ROUGE-L from its definition) and the drill rouge_l_f1 in the exercises',
-        'LCS = 2 words; precision = 2/4, recall = 2/2; F1 is their harmonic mean.'),
-    'q19_judge_position': ('lesson 13 (win rates and judges: position bias, made visible)',
-        'Swapping cancels a constant first-position bonus; evaluate.pairwise_win_rate does it and measures the bias.'),
-    'q19_forgetting_data': ('lesson 14 (evaluating during training: general-text perplexity beside the task score)',
-        'Forgetting is about what the task data does not contain; held-out, so the measure is not memorisation.'),
-    'q19_rag_freshness': ('lesson 15 (freshness: facts change)',
-        'RAG reads the collection at query time; a fine-tuned model holds facts in its weights until it is retrained.'),
-    'q19_rag_cost': ('lesson 15 (accuracy and cost, per question type: tokens per query, latency)',
-        'The passage goes into every prompt; fine-tuning pays up front (training) instead.'),
-}
 
-question(id='q19_which_rank', lesson=LESSON, kind="choice", answer_hash="6275a3a4f5c756ee443b174b",
-         text='Interview: which LoRA rank would you start with for instruction tuning, and how would you choose?',
-         choices=('A small rank (8-16, alpha about 2r), raised if a held-out metric shows the adapter underfits',
-                  'The full rank of the weight matrix, so that the adapter can express any update the task needs',
-                  'The largest rank that fits in memory, since more rank can only fit the data better'),
-         feedback={'b': 'a full-rank adapter trains r·(d_in + d_out) numbers, twice the matrix itself: full fine-tuning '
-                        'at a higher price (lesson 01 counts it), and most tasks do not need it.',
-                   'c': 'fitting the training data better is not the goal: the held-out score decides, and lesson 14\'s '
-                        'one run that forgot badly had rank 64 (with a high learning rate and no general data).'})
-
-question(id='q19_prevent_forgetting', lesson=LESSON, kind="choice", answer_hash="0ba9667d9725e1ffc83f3454",
-         text="Lesson 14's grid trains LoRA on one task at two learning rates, two ranks, with and without 10% general "
-              "text. General-text perplexity rose by a factor of hundreds in one run only (the high learning rate, "
-              "rank 64, no general text). Which claim does the grid support?",
-         choices=('A lower learning rate prevents forgetting, and costs the task nothing',
-                  'Mixing in general text kept that run near its old perplexity, at the same task score',
-                  'Full fine-tuning forgets less than LoRA, because no adapter distorts the pretrained weights'),
-         feedback={'a': 'the grid\'s low-learning-rate runs did not forget, but at rank 4 the low rate also learned '
-                        'little of the task (read its exact-match column): a remedy is judged next to the task score.',
-                   'c': 'the grid has no full fine-tune at all, and full fine-tuning changes every weight: nothing in '
-                        'lesson 14 supports it as a remedy.'})
-
-question(id='q19_finetune_vs_prompting', lesson=LESSON, kind="choice", answer_hash="39c4458d25f510b57b54cf71",
-         text='Interview: when is fine-tuning the better choice than prompting or RAG?',
-         choices=('When the model must know facts that change every week, such as prices',
-                  'When the model must cite the document behind each of its answers',
-                  'When answers need a format or behaviour that prompts do not make stick'),
-         feedback={'a': "facts that change are RAG's case: a fine-tuned model keeps the old value in its weights until "
-                        "it is retrained (lesson 15's freshness test).",
-                   'b': 'citing needs the document at answer time, which retrieval provides; weights cannot point to '
-                        'their source.'})
-
-question(id='q19_lora_params_one_matrix', lesson=LESSON, kind="number", rtol=0.001, answer_hash="1545dbbbe15fbbb5b0d86007",
-         text='LoRA with r = 8 on one 4096 x 4096 weight matrix: how many trainable parameters?' + " (0.1% tolerance)")
-
-question(id='q19_lora_7b_r16', lesson=LESSON, kind="number", rtol=0.001, answer_hash="095baf826e8fea76310ef51d",
-         text='Llama-2-7B (32 layers, hidden size 4096), LoRA with r = 16 on q_proj and v_proj only: how many trainable parameters?' + " (0.1% tolerance)")
-
-question(id='q19_lora_b_zero', lesson=LESSON, kind="choice", answer_hash="ed32d24a97b7a792b1f5a074",
-         text='Why does LoRA initialise B to zeros (and A at random)?',
-         choices=('So that B·A = 0: the adapted model is the base model at step 0',
-                  'To save memory: a zero matrix costs nothing until the first step',
-                  'To keep the update small all through training: B stays near zero'),
-         feedback={'b': 'a zero B is an ordinary dense tensor of the same size; nothing is saved. Ask what B·A equals '
-                        'at step 0.',
-                   'c': "B moves from the first step (its gradient is not zero, because A is random): zero is where it "
-                        "starts, not where it stays."})
-
-question(id='q19_rslora_scale', lesson=LESSON, kind="number", rtol=0.01, answer_hash="78ec1cc9b2bab766dca929d6",
-         text='rsLoRA scales the update by alpha/sqrt(r) instead of alpha/r. With alpha = 16 and r = 64, what is the scale?' + " (1.0% tolerance)")
-
-question(id='q19_merge_latency', lesson=LESSON, kind="choice", answer_hash="e3036e3fd929b29003283c5d",
-         text='You merge a trained LoRA adapter into the base weights. Compared with the base model, the work of a forward pass is:',
-         choices=('more, by the two extra thin matrix products per adapted layer',
-                  'the same: the merged weight is one matrix of the original shape',
-                  'less, because a merged model skips the base weights it replaced'),
-         feedback={'a': 'those products exist only while the adapter is unmerged; merged, W + (alpha/r)·B·A is one '
-                        'matrix (lesson 17 times the three).',
-                   'c': 'merging adds the update to W; the shapes and the dtype stay, so the work is exactly the base '
-                        "model's."})
-
-question(id='q19_nf4_65b_gb', lesson=LESSON, kind="number", rtol=0.02, answer_hash="64715afd913eb103b1fc8542",
-         text='A 65-billion-parameter model stored in 4-bit NF4 (ignore the quantisation constants): how many GB (1e9 bytes) do its weights take?' + " (2.0% tolerance)")
-
-question(id='q19_double_quant', lesson=LESSON, kind="choice", answer_hash="4eb2b82a0e18d96ee31ba4f7",
-         text='In QLoRA, what does double quantisation quantise?',
-         choices=('The weights a second time, from 4 bits down to 2',
-                  'The optimizer states, to 8 bits',
-                  'The absmax constants, one per block of 64 weights'),
-         feedback={'a': 'the weights stay 4-bit NF4; what is quantised a second time is stored once per block.',
-                   'b': '8-bit optimizer states are a different trick; double quantisation is about the 4-bit '
-                        "format's own constants (lesson 04)."})
-
-question(id='q19_qlora_what_trains', lesson=LESSON, kind="choice", answer_hash="e0a03bcfe223b92dc704023b",
-         text='In QLoRA, which parameters are stored in 4 bits and which ones train?',
-         choices=('The frozen base weights are 4-bit; the LoRA adapters train in 16/32-bit',
-                  'Everything is stored in 4 bits, and every weight trains, adapters included',
-                  'The adapters are 4-bit; the base weights train in 16-bit'),
-         feedback={'b': 'a gradient step on a 4-bit weight is mostly smaller than one NF4 level and rounds away: the 4-bit '
-                        'base stays frozen and only the adapters train.',
-                   'c': 'the other way round: the big frozen matrices are the ones worth compressing, the small adapters '
-                        'are what trains.'})
-
-question(id='q19_full_ft_bytes', lesson=LESSON, kind="number", rtol=0.01, answer_hash="cf0609bb3336084fb7f34d15",
-         text='Full fine-tuning in fp32 with AdamW: bytes per parameter for weights + gradients + the two Adam states (ignore activations)?' + " (1.0% tolerance)")
-
-question(id='q19_label_mask', lesson=LESSON, kind="choice", answer_hash="a5a118a68440069d6b03c657",
-         text="In completion-only SFT, what label do the prompt's tokens get?",
-         choices=('0, the id the loss skips', '-100, so the loss ignores them', "their own token ids, like the answer's"),
-         feedback={'a': '0 is an ordinary token id: the loss would train the model to predict it at every prompt '
-                        "position. PyTorch's cross-entropy skips ignore_index, which is -100.",
-                   'c': 'that trains on the prompt too: the model learns to reproduce questions as well as to answer them '
-                        '(lesson 06 compares the two losses).'})
-
-question(id='q19_chat_template', lesson=LESSON, kind="choice", answer_hash="c7915b33d3f543e792d6823b",
-         text='Why must the chat template at inference be the one used in SFT?',
-         choices=('It need not be: the model reads the content, not the turn markers',
-                  'Only the system prompt has to match; the turn markers can change',
-                  'Otherwise the model sees a format it never trained on'),
-         feedback={'a': 'the model was trained with the markers: it learned that its answer follows the generation '
-                        'prompt and ends with the turn end. Other markers are text it never saw there.',
-                   'b': 'the turn markers are what tell the fine-tuned model where its answer begins and ends; they '
-                        'matter more than the system prompt.'})
-
-question(id='q19_packing', lesson=LESSON, kind="choice", answer_hash="e6a0c4c76c73c9c46b6faf64",
-         text='What is packing in SFT?',
-         choices=('Concatenating short examples into full-length rows, so no compute goes to padding',
-                  'Padding every example to the longest one, so the rows stack into one tensor',
-                  'Putting each prompt and its answer in separate rows, so the loss sees answers only'),
-         feedback={'b': 'that is padding, the waste packing removes.',
-                   'c': 'a prompt and its answer stay in one row (the prompt masked with -100); packing puts several '
-                        'whole examples in one row.'})
-
-question(id='q19_bradley_terry', lesson=LESSON, kind="number", rtol=0.01, answer_hash="73ecd4d1f422a80c0c45818e",
-         text='A reward model scores the chosen answer 2.0 and the rejected one 0.0. Under Bradley-Terry, what is P(chosen preferred)?' + " (1.0% tolerance)")
-
-question(id='q19_kl_penalty', lesson=LESSON, kind="choice", answer_hash="cc33a1ae307dcc3547b38217",
-         text='Why does RLHF penalise the KL divergence between the policy and the reference (SFT) model?',
-         choices=('To keep the reward model close to the SFT model while the policy trains on it',
-                  'To keep the policy near the SFT model, so it cannot drift into exploiting the reward',
-                  'To make the answers more diverse, as an entropy bonus in the reward does'),
-         feedback={'a': 'the reward model is frozen during PPO; the KL term compares the policy with the reference '
-                        'model.',
-                   'c': "an entropy bonus rewards spread for its own sake; the KL term pulls towards the reference "
-                        "model's distribution, wherever that is."})
-
-question(id='q19_dpo_removes', lesson=LESSON, kind="choice", answer_hash="637a3ef95b21081587495dce",
-         text='What does DPO do without, compared with PPO-based RLHF?',
-         choices=('The KL-regularised objective: DPO maximises the reward alone',
-                  'The reference model: DPO needs only the policy',
-                  'A separately trained reward model and the RL sampling loop'),
-         feedback={'a': 'DPO is derived from that same KL-regularised objective, and beta is its KL weight (lesson 09 '
-                        'derives it).',
-                   'b': "DPO keeps pi_ref: its implicit reward is beta·log(pi_theta/pi_ref), so the reference model's "
-                        'log-probabilities are in every term of the loss.'})
-
-question(id='q19_dpo_beta', lesson=LESSON, kind="choice", answer_hash="20e83f14f82c37679e74aa3d",
-         text='In DPO, a larger beta...',
-         choices=('keeps the policy closer to the reference model',
-                  'lets the policy move further from the reference model',
-                  'weights the chosen answers more than the rejected ones'),
-         feedback={'b': 'the other way round: beta weighs the KL term of the objective DPO comes from, so a larger beta '
-                        'makes moving away costlier.',
-                   'c': 'beta multiplies both log-ratios, chosen and rejected alike: it sets how sharply the loss reacts '
-                        'to their difference, not a preference for one side.'})
-
-question(id='q19_perplexity', lesson=LESSON, kind="number", rtol=0.01, answer_hash="a432df15161407d45b5a9e98",
-         text='The mean negative log-likelihood on held-out text is 1.5 nats per token. What is the perplexity?' + " (1.0% tolerance)")
-
-question(id='q19_wrong_value_metric', lesson=LESSON, kind="choice", answer_hash="14ad29853ce82ecd0972dad0",
-         text='An answer restates the reference sentence but with a wrong ratio (45% instead of 30%). Which metric drops to zero?',
-         choices=('ROUGE-L', 'exact match', 'token F1'),
-         feedback={'a': 'ROUGE-L counts the longest common subsequence: every other word still matches, so it stays '
-                        'high (lesson 13\'s metrics table).',
-                   'c': 'token F1 counts shared words: one wrong token among many barely moves it.'})
-
-question(id='q19_rouge_l_value', lesson=LESSON, kind="number", rtol=0.01, answer_hash="f06ba642cf460d33c0aa9e4b",
-         text="ROUGE-L F1 of the prediction 'the risk is high' against the reference 'Risk: high' (lower-cased words, no stemming)?" + " (1.0% tolerance)")
-
-question(id='q19_judge_position', lesson=LESSON, kind="choice", answer_hash="d5b001e6b71c476ee52db190",
-         text='A pairwise LLM judge prefers whichever answer it sees first. What is the standard fix?',
-         choices=("Always show the candidate model's answer first, so every pair gets the same bias",
-                  'Sample the judge at temperature 0, so its verdict cannot depend on chance',
-                  'Ask in both orders and average (and report how often the orders disagree)'),
-         feedback={'a': "then the bias favours the candidate in every pair: a constant bonus on one side, not a fix.",
-                   'b': 'temperature 0 makes the judge deterministic, not unbiased: it then prefers the first answer '
-                        'every time its bias tips the scale.'})
-
-question(id='q19_forgetting_data', lesson=LESSON, kind="choice", answer_hash="f1e1040ca938a46a2d24df89",
-         text='On which data do you measure catastrophic forgetting?',
-         choices=('Held-out general text the fine-tuning data does not cover',
-                  'The SFT training set, whose loss shows what the model still knows',
-                  "The task's validation set, held out from training"),
-         feedback={'b': 'the training set shows what the model learned on the task, the opposite of what it may have '
-                        'lost elsewhere.',
-                   'c': 'that measures how well the task was learned; forgetting is about what the task data does not '
-                        'contain.'})
-
-question(id='q19_rag_freshness', lesson=LESSON, kind="choice", answer_hash="201d99a248ecd473025a4a42",
-         text='A fact in the document collection changes today. Which system gives the new answer without retraining?',
-         choices=('The fine-tuned model, since it learned the collection',
-                  'RAG: retrieval reads the updated document',
-                  'Both: the fine-tuned model generalises to the new value'),
-         feedback={'a': "it learned the collection as it was: the old value stays in its weights until it is retrained "
-                        "(lesson 15's freshness test).",
-                   'c': 'generalising is not knowing: nothing in the weights has seen today\'s change.'})
-
-question(id='q19_rag_cost', lesson=LESSON, kind="choice", answer_hash="e8b56aaf1084f7f7ce66a18d",
-         text='Compared with a fine-tuned model, what does RAG cost per query?',
-         choices=('Fewer tokens, since the answer is read off the passage',
-                  'Nothing extra once the index is built',
-                  'More prompt tokens (the passage) and a retrieval step'),
-         feedback={'a': 'the retrieved passage is pasted into every prompt: more tokens, not fewer.',
-                   'b': "every query still pays for the retrieval and for reading the passage (lesson 15's table: "
-                        "tokens per query and latency)."})
+for _row in interview.deck_rows():
+    _register(_row)
 
 
 # ---------------------------------------------------------------------------------------------
-# Code drills: token F1 and ROUGE-L F1 (lesson 13 §1)
+# token_f1 and rouge_l_f1 (lesson 13, section 1)
 
 _WORDS = ["the", "loan", "risk", "is", "high", "low", "Risk:", "ratio", "30%", "Linda", "Garcia", "$1,500", "paid",
           "a", "memo", "payslip"]
@@ -348,3 +100,125 @@ exercise(id="rouge_l_f1", lesson=LESSON, title="ROUGE-L F1 from the longest comm
          compare=number(rtol=1e-9),
          hint="LCS by dynamic programming; P = LCS / len(prediction), R = LCS / len(reference), F1 = 2PR/(P+R); "
               + _TOKENS_HINT)
+
+
+# ---------------------------------------------------------------------------------------------
+# lora_linear(x, W, A, B, alpha, r, rslora) -> (..., d_out)
+
+
+def _lora_case(rng, batch, d_in, d_out, r, rslora, zero_b=False, label="", hint=""):
+    B = torch.zeros(d_out, r) if zero_b else randn(rng, d_out, r, scale=0.1)
+    return Case({"x": randn(rng, *batch, d_in), "W": randn(rng, d_out, d_in, scale=0.2), "A": randn(rng, r, d_in, scale=0.2),
+                 "B": B, "alpha": float(2 * r), "r": r, "rslora": rslora}, label, hint)
+
+
+exercise(id="lora_linear", lesson=LESSON, title="A LoRA linear layer's forward pass",
+         signature="lora_linear(x, W, A, B, alpha, r, rslora)",
+         reference=interview.lora_linear,
+         public=lambda: [_lora_case(random.Random(0), (2, 3), 8, 6, 2, False, label="alpha/r",
+                                    hint="x Wᵀ + (alpha/r) · x Aᵀ Bᵀ"),
+                         _lora_case(random.Random(1), (4,), 8, 6, 4, False, zero_b=True, label="B = 0: the base layer",
+                                    hint="with B = 0 the output is x Wᵀ"),
+                         _lora_case(random.Random(2), (3,), 16, 5, 4, True, label="rsLoRA",
+                                    hint="with rslora the scale is alpha / sqrt(r)")],
+         hidden=lambda rng: [_lora_case(rng, (rng.randint(1, 3), rng.randint(1, 5)), rng.choice([8, 16]),
+                                        rng.choice([4, 12]), rng.choice([1, 2, 4]), rng.random() < 0.5) for _ in range(5)],
+         compare=tensor(rtol=1e-4, atol=1e-5),
+         hint="x @ W.T + scale * (x @ A.T) @ B.T, scale = alpha/r, or alpha/sqrt(r) with rslora")
+
+
+# ---------------------------------------------------------------------------------------------
+# causal_attention(q, k, v) -> (batch, heads, seq, d)
+
+
+def _qkv(rng, b, h, s, d, scale=1.0, label="", hint=""):
+    return Case({"q": randn(rng, b, h, s, d, scale=scale), "k": randn(rng, b, h, s, d, scale=scale),
+                 "v": randn(rng, b, h, s, d)}, label, hint)
+
+
+exercise(id="causal_attention", lesson=LESSON, title="Attention with a causal mask",
+         signature="causal_attention(q, k, v)",
+         reference=interview.causal_attention,
+         public=lambda: [_qkv(random.Random(0), 1, 1, 1, 4, label="one position",
+                              hint="a single position attends to itself only: the output is v"),
+                         _qkv(random.Random(1), 2, 2, 5, 8, label="five positions",
+                              hint="position i sees positions 0..i: -inf above the diagonal, before the softmax"),
+                         _qkv(random.Random(2), 1, 2, 6, 16, scale=3.0, label="large scores",
+                              hint="divide the scores by sqrt(d), d = q.shape[-1]")],
+         hidden=lambda rng: [_qkv(rng, rng.randint(1, 2), rng.randint(1, 3), rng.randint(2, 9), rng.choice([4, 8, 16]))
+                             for _ in range(5)],
+         compare=tensor(rtol=1e-4, atol=1e-5),
+         hint="softmax(q kᵀ / sqrt(d) with -inf where j > i) @ v; torch.triu(..., diagonal=1) marks j > i")
+
+
+# ---------------------------------------------------------------------------------------------
+# top_p_probs(logits, temperature, top_p) -> probabilities, same shape
+
+
+def _logits(rng, *shape, temperature, top_p, label="", hint=""):
+    return Case({"logits": randn(rng, *shape, scale=2.0), "temperature": temperature, "top_p": top_p}, label, hint)
+
+
+exercise(id="top_p_probs", lesson=LESSON, title="Temperature and top-p: the distribution a sampler draws from",
+         signature="top_p_probs(logits, temperature, top_p)",
+         reference=interview.top_p_probs,
+         public=lambda: [_logits(random.Random(0), 10, temperature=1.0, top_p=1.0, label="top_p = 1: plain softmax"),
+                         _logits(random.Random(1), 10, temperature=0.5, top_p=1.0, label="temperature 0.5",
+                                 hint="divide the logits by the temperature before the softmax"),
+                         _logits(random.Random(2), 10, temperature=1.0, top_p=0.01, label="tiny top_p",
+                                 hint="the most likely token is always kept, even when it alone is above top_p"),
+                         _logits(random.Random(3), 3, 12, temperature=1.3, top_p=0.7, label="a batch of 3 rows",
+                                 hint="keep the smallest set of most likely tokens whose probabilities reach top_p, "
+                                      "per row, then renormalise")],
+         hidden=lambda rng: [_logits(rng, rng.randint(1, 3), rng.randint(5, 30), temperature=rng.choice([0.7, 1.0, 1.5]),
+                                     top_p=rng.choice([0.5, 0.8, 0.9, 0.95])) for _ in range(5)],
+         compare=tensor(rtol=1e-4, atol=1e-6),
+         hint="sort descending, keep a token while the mass of the tokens before it is below top_p, zero the rest, "
+              "renormalise")
+
+
+# ---------------------------------------------------------------------------------------------
+# dpo_mean_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> float
+
+
+def _logps(rng, n, beta, label="", hint=""):
+    return Case({"policy_chosen": randn(rng, n, scale=5.0) - 20, "policy_rejected": randn(rng, n, scale=5.0) - 20,
+                 "ref_chosen": randn(rng, n, scale=5.0) - 20, "ref_rejected": randn(rng, n, scale=5.0) - 20,
+                 "beta": beta}, label, hint)
+
+
+def _equal_policy():
+    logps = torch.tensor([-12.0, -30.5])
+    return Case({"policy_chosen": logps, "policy_rejected": logps + 3, "ref_chosen": logps, "ref_rejected": logps + 3,
+                 "beta": 0.1}, "policy = reference", hint="with pi_theta = pi_ref every log-ratio is 0: loss log 2")
+
+
+exercise(id="dpo_mean_loss", lesson=LESSON, title="The DPO loss from four log-probabilities",
+         signature="dpo_mean_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)",
+         reference=interview.dpo_mean_loss,
+         public=lambda: [_equal_policy(),
+                         _logps(random.Random(1), 4, 0.1, "four pairs, beta 0.1",
+                                hint="margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)"),
+                         _logps(random.Random(2), 3, 2.0, "a large beta: large margins",
+                                hint="-log sigmoid(z) is F.softplus(-z) or -F.logsigmoid(z): stable for large |z|")],
+         hidden=lambda rng: [_logps(rng, rng.randint(1, 8), rng.choice([0.05, 0.1, 0.5, 1.0])) for _ in range(5)],
+         compare=number(rtol=1e-5, atol=1e-7),
+         hint="mean over pairs of -log sigmoid(beta * margin)")
+
+
+# ---------------------------------------------------------------------------------------------
+# mean_pass_at_k(n, correct, k) -> float
+
+
+exercise(id="mean_pass_at_k", lesson=LESSON, title="pass@k over problems, without bias",
+         signature="mean_pass_at_k(n, correct, k)",
+         reference=interview.mean_pass_at_k,
+         public=lambda: [Case({"n": 4, "correct": [1], "k": 2}, "one problem, 1 of 4 right, k = 2",
+                              hint="1 - C(n - c, k) / C(n, k) (math.comb), not 1 - (1 - c/n)^k"),
+                         Case({"n": 8, "correct": [0, 8, 2], "k": 1}, "k = 1", hint="pass@1 is the share of right samples"),
+                         Case({"n": 5, "correct": [3, 0], "k": 3}, "fewer wrong samples than k",
+                              hint="when n - c < k every draw of k holds a right sample: 1.0")],
+         hidden=lambda rng: [Case({"n": n, "correct": [rng.randint(0, n) for _ in range(rng.randint(1, 6))],
+                                   "k": rng.randint(1, n)}) for n in (rng.choice([8, 16, 50, 200]) for _ in range(5))],
+         compare=number(rtol=1e-6, atol=1e-9),
+         hint="the mean over problems of 1 - C(n - c, k) / C(n, k)")
