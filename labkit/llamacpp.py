@@ -323,7 +323,8 @@ def transformers_greedy(model, tok, prompt_ids: list[list[int]], max_new_tokens:
     return out
 
 
-TOKENS, TEMPLATE, NORMALISED = "transformers' tokens", "the file's template", "the file's template, text normalised"
+TOKENS, TEMPLATE = "transformers' tokens", "the file's template, text as typed"
+NORMALISED = "the file's template, text normalised"
 BUILTIN, BARE, DOUBLE_BOS = "llama.cpp's built-in guess", "no template", "BOS twice"
 
 
@@ -486,7 +487,7 @@ def commands(path, tok, user: str, name: str = "labkit-model", max_new_tokens: i
         lines.append(f"curl -s localhost:8080/v1/chat/completions -d {shlex.quote(json.dumps(body))}")
     else:  # the server cannot normalise: send the prompt text normalised, as the tokenizer would
         body = {"prompt": norm(render_prompt(tok, user)), "n_predict": max_new_tokens, "temperature": 0}
-        lines[4:4] = ["# (this tokenizer normalises text and Ollama cannot: expect the un-normalised answers)"]
+        lines[4:4] = ["# (this tokenizer normalises text, which Ollama cannot: it answers as llama.cpp does on raw text)"]
         lines += ["# this tokenizer normalises text, which GGUF cannot record: send the prompt text normalised",
                   f"curl -s localhost:8080/completion -d {shlex.quote(json.dumps(body))}"]
     return "\n".join(lines)

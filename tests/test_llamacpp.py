@@ -188,3 +188,22 @@ def test_the_commands_name_the_real_file_the_template_and_the_stop_strings(base,
     assert 'PARAMETER stop "<|end|>"' in text and "ollama run labkit-sft 'Is 3 > 2?'" in text
     body = json.loads(re.search(r"/completion -d '(.*)'", text).group(1))
     assert body["prompt"] == llamacpp.normalizer(tok)(chat.render_prompt(tok, "Is 3 > 2?")) and body["n_predict"] == 8
+
+
+@needs_runtime
+def test_a_chatml_tokenizer_without_normalizer_needs_nothing_but_the_file(runtime, hub_models, tmp_path):
+    from test_ship import _random_lora
+
+    model, tok = models.load_base(str(hub_models["llama-chatml"]), device="cpu")
+    merged = ship.merge(_random_lora(model))
+    path = ship.write_gguf(merged, tok, tmp_path / "c.gguf", "F32")
+    llamacpp.set_metadata(path, {"tokenizer.ggml.pre": llamacpp.pre_tokenizer(tok)})
+    users, _ = _held_out(6)
+    ref = llamacpp.reference(merged, tok, users, 6)
+    with llamacpp.load(path) as lm:
+        assert llamacpp.prompt_ways(lm, tok) == [llamacpp.TOKENS, llamacpp.TEMPLATE, llamacpp.BUILTIN, llamacpp.BARE]
+        got = llamacpp.compare(lm, ref, tok, users, 6, ways=[llamacpp.TOKENS, llamacpp.TEMPLATE, llamacpp.BUILTIN])
+        assert lm.builtin_render([{"role": "user", "content": "Hi"}])[0] == "chatml"
+    assert got[llamacpp.TOKENS]["same_answer"] == got[llamacpp.TEMPLATE]["same_prompt"] == 6
+    assert got[llamacpp.TEMPLATE]["same_answer"] == 6
+    assert got[llamacpp.BUILTIN]["same_prompt"] == 0  # llama.cpp's ChatML has no SmolLM default system turn
