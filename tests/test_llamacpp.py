@@ -117,12 +117,12 @@ def test_the_mistakes_change_the_prompt_and_the_answers(runtime, sft):
 
 
 @needs_runtime
-def test_the_exporter_s_default_pre_tokenizer_splits_text_differently(runtime, sft, tmp_path):
+def test_llama_cpp_s_default_pre_tokenizer_splits_text_differently(runtime, sft, tmp_path):
     merged, tok, files = sft
-    raw = ship.write_gguf(merged, tok, tmp_path / "raw.gguf", "F16")
+    other = shutil.copy(files["F16"], tmp_path / "default.gguf")
+    llamacpp.set_metadata(other, {"tokenizer.ggml.pre": "default"})  # what labkit's exporter wrote at first
     text = "Monthly income: $4,300"
-    with llamacpp.load(raw) as lm:
-        assert lm.meta("tokenizer.ggml.pre") == "default"
+    with llamacpp.load(other) as lm:
         default = lm.tokenize(text, add_special=False)
     with llamacpp.load(files["F16"]) as lm:
         assert lm.meta("tokenizer.ggml.pre") == "refact" and lm.chat_template == tok.chat_template
