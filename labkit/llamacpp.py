@@ -82,7 +82,8 @@ class ContextParams(ctypes.Structure):  # struct llama_context_params (160 bytes
                [("yarn_orig_ctx", c_uint32), ("defrag_thold", c_float), ("cb_eval", c_void_p),
                 ("cb_eval_user_data", c_void_p), ("type_k", c_int), ("type_v", c_int), ("abort_callback", c_void_p),
                 ("abort_callback_data", c_void_p)] + \
-               [(n, c_bool) for n in ("embeddings", "offload_kqv", "no_perf", "op_offload", "swa_full", "kv_unified")] + \
+               [(n, c_bool) for n in ("embeddings", "offload_kqv", "no_perf", "op_offload", "swa_full",
+                                      "kv_unified")] + \
                [("samplers", c_void_p), ("n_samplers", c_size_t), ("ctx_other", c_void_p)]
 
 
@@ -479,15 +480,15 @@ def commands(path, tok, user: str, name: str = "labkit-model", max_new_tokens: i
              "PARAMETER temperature 0\nEOF",
              f"ollama create {name} -f Modelfile",
              f"ollama run {name} {shlex.quote(user)}", "",
-             "# llama.cpp's server (an OpenAI-style API on port 8080); --jinja renders the file's own template",
-             f"llama-server -m {shlex.quote(str(path))} --jinja -c 2048 --temp 0 &"]
+             "# llama.cpp's server, an OpenAI-style API on port 8080 (--jinja: the file's template; -c 0: its context)",
+             f"llama-server -m {shlex.quote(str(path))} --jinja -c 0 --temp 0 &"]
     norm = normalizer(tok)
     if norm is None:
         body = {"messages": [{"role": "user", "content": user}], "max_tokens": max_new_tokens, "temperature": 0}
         lines.append(f"curl -s localhost:8080/v1/chat/completions -d {shlex.quote(json.dumps(body))}")
     else:  # the server cannot normalise: send the prompt text normalised, as the tokenizer would
         body = {"prompt": norm(render_prompt(tok, user)), "n_predict": max_new_tokens, "temperature": 0}
-        lines[4:4] = ["# (this tokenizer normalises text, which Ollama cannot: it answers as llama.cpp does on raw text)"]
+        lines[4:4] = ["# (this tokenizer normalises text, which Ollama cannot: it answers as llama.cpp on raw text)"]
         lines += ["# this tokenizer normalises text, which GGUF cannot record: send the prompt text normalised",
                   f"curl -s localhost:8080/completion -d {shlex.quote(json.dumps(body))}"]
     return "\n".join(lines)
