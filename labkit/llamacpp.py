@@ -489,7 +489,8 @@ def commands(path, tok, user: str, name: str = "labkit-model", max_new_tokens: i
     else:  # the server cannot normalise: send the prompt text normalised, as the tokenizer would
         body = {"prompt": norm(render_prompt(tok, user)), "n_predict": max_new_tokens, "temperature": 0}
         lines[4:4] = ["# (this tokenizer normalises text, which Ollama cannot: it answers as llama.cpp on raw text)"]
-        lines += ["# this tokenizer normalises text, which GGUF cannot record: send the prompt text normalised",
+        lines += ["# this tokenizer normalises text, which GGUF cannot record: send the prompt text normalised "
+                  "(and undo it in the answer: its decoder does)",
                   f"curl -s localhost:8080/completion -d {shlex.quote(json.dumps(body))}"]
     return "\n".join(lines)
 
