@@ -253,7 +253,7 @@ class Model:
 
     def builtin_render(self, messages: list[dict], add_generation_prompt: bool = True) -> tuple[str, str]:
         """MESSAGES through llama.cpp's C API llama_chat_apply_template: no Jinja, it GUESSES a built-in format from
-        words in the file's template (llama-cli without --jinja, and older servers, did this). Returns
+        words in the file's template (what --no-jinja does, and older releases did by default). Returns
         (the name it matched, the prompt text); raises ValueError when it recognises no format."""
         tmpl = (self.chat_template or "").encode()
         msgs = (ChatMessage * len(messages))(*[ChatMessage(m["role"].encode(), m["content"].encode())
