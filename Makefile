@@ -12,14 +12,21 @@ LATEST ?= .venv-latest
 # where test-latest gets torch (a CPU build); TORCH_INDEX= for PyPI and pip.conf only
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser-deps lab test test-defaults test-models test-fast test-offline test-latest doctor bench render pins data clean
+.PHONY: install llamacpp browser-deps lab test test-defaults test-models test-fast test-offline test-latest doctor bench render pins data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) llamacpp
+
+# llama.cpp for lesson 17, prebuilt (node-llama-cpp's npm package; its pin is in labkit/llamacpp.py): npm, once,
+# about 11 MB into ~/.cache/labkit/llama.cpp, loaded from Python with ctypes. Without npm it says so and lesson 17
+# prints the commands instead of running the file; a failed download fails the install.
+llamacpp: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then $(PY) -m labkit.llamacpp; \
+	else echo "llama.cpp: npm not found; lesson 17 will not run its GGUF files (apt-get install npm, then make llamacpp)"; fi
 
 # The browser test drives Debian's Chromium through Playwright (Playwright's own browser download is
 # never used). Installed here when missing and possible (root with apt-get), and then REQUIRED: a failed

@@ -4,6 +4,7 @@ adapter alone, "cat" = the exact weighted sum, GGUF tensors = the safetensors) a
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -558,18 +559,6 @@ def test_gguf_export_errors(bundled, merged_bundled, tmp_path):
         ship.write_gguf(merged_bundled[0], tok, tmp_path / "x.gguf", "Q4_K")
 
 
-def test_the_llama_cpp_command_names_the_real_file_and_prompt_quoted_for_the_shell(tmp_path):
-    import shlex
-
-    path = tmp_path / "my dir" / "m-F16.gguf"
-    prompt = "<|user|>\nWhat's the risk?\n<|assistant|>\n"
-    cmd = ship.llama_cpp_command(path, prompt, 8)
-    args = shlex.split(cmd)
-    assert args[0] == "llama-completion" and args[args.index("-m") + 1] == str(path)
-    assert args[args.index("-p") + 1] == prompt and args[args.index("-n") + 1] == "8"
-    assert "--temp" in args and args[args.index("--temp") + 1] == "0" and "..." not in cmd
-
-
 @pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
 def test_transformers_own_gguf_reader_gives_the_same_model(merged_bundled, tmp_path, kind):
     """The GGUF file read back by a second, independent implementation of llama.cpp's conventions: transformers'
@@ -593,21 +582,22 @@ def test_transformers_own_gguf_reader_gives_the_same_model(merged_bundled, tmp_p
             assert theirs == mine
 
 
-@pytest.mark.skipif(not ship.llama_cpp_available(), reason="llama-cpp-python is not installed (it compiles llama.cpp); "
-                    "test_transformers_own_gguf_reader_gives_the_same_model checks the file without it")
 @pytest.mark.parametrize("kind", ["F32", "F16", "Q8_0"])
 def test_llama_cpp_greedy_answers_equal_transformers(merged_bundled, tmp_path, kind):
+    # llama.cpp itself (labkit.llamacpp: the prebuilt libllama, installed by `make llamacpp`); tests/test_llamacpp.py
+    # skips only where it cannot be installed, and so does this test
+    from labkit import llamacpp
+
+    why = llamacpp.unavailable()
+    if why and not ("not installed" in why and shutil.which("npm")):
+        pytest.skip(f"llama.cpp cannot be installed here: {why}")
+    assert why is None, f"{why} (npm is here, so `make llamacpp` can install it)"
     merged, tok = merged_bundled
     path = ship.write_gguf(merged, tok, tmp_path / "m.gguf", kind)
-    prompts = _prompts(tok, 4)
-    ids = [chat.encode(tok, p) for p in prompts]
-    stop = chat.stop_token_ids(tok, merged)
-    got = ship.llama_cpp_greedy(path, ids, 12, stop)
-    for p, g in zip(ids, got):
-        with torch.no_grad():
-            out = merged.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=stop,
-                                  pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
-        assert g == out
+    ids = [chat.encode(tok, p) for p in _prompts(tok, 4)]
+    want = llamacpp.transformers_greedy(merged, tok, ids, 12)
+    with llamacpp.load(path) as lm:
+        assert [lm.greedy(p, 12) for p in ids] == want
 
 
 def test_mixed_lora_linear_from_scratch_equals_peft_s_mixed_batch_layer(two):

@@ -170,3 +170,16 @@ question(id="q17_many_tasks_gb", lesson=LESSON, kind="number", rtol=0.02, answer
          text="One 7B base model in bfloat16 (14 GB) serves 20 tasks, each with its own LoRA adapter of 40 MB, in mixed "
               "batches. How many GB of weights does the server hold? (2% tolerance; 1 GB = 1000 MB)",
          hint="one copy of the base, plus every adapter")
+
+question(id="q17_gguf_gibberish", lesson=LESSON, kind="choice", answer_hash="cacd70b53f593748ece8808d",
+         text="Your fine-tuned model answers well in transformers; exported to GGUF, it answers gibberish in "
+              "llama-server. Given transformers' prompt token ids, llama.cpp answers exactly as transformers does. "
+              "Where is the fault?",
+         choices=("the weights: Q8_0 quantisation erased what fine-tuning changed, so re-export the file in F16",
+                  "the sampler: llama-server samples at a temperature where transformers decoded greedily",
+                  "the prompt: the server's template or tokenization gives other ids; compare prompt token ids"),
+         feedback={"a": "with the same prompt tokens the file gives transformers' answers, so its weights are right; "
+                        "section 5's table shows the same file answering well or badly depending on the prompt alone.",
+                   "b": "sampling changes some word choices; it does not turn every answer into gibberish, and every "
+                        "row of section 5's table decodes greedily, yet the wrong prompts still go wrong."},
+         hint="the same file, the same greedy decoding: what else differs between the two runs?")

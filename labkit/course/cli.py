@@ -72,6 +72,10 @@ def doctor(out=print) -> int:
     out(f"device        {info['device']}")
     out(f"offline       {'yes (HF_HUB_OFFLINE=1)' if info['offline'] else 'no'}")
     out(f"colab         {'yes' if info['colab'] else 'no'}")
+    from .. import llamacpp
+
+    why = llamacpp.unavailable()  # optional: lesson 17 runs its GGUF files in llama.cpp when it is there
+    out(f"llama.cpp     {llamacpp.LLAMA_CPP_RELEASE if why is None else f'not available ({why}): make llamacpp'}")
     if info.get("torch") and info.get("transformers"):
         try:
             from ..models import BASE_MODEL_DIR, load_base

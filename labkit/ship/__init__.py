@@ -64,7 +64,5 @@ from .gguf_file import (  # llama.cpp's file format
     write_gguf,
     read_gguf,
     check_gguf,
-    llama_cpp_available,
-    llama_cpp_command,
-    llama_cpp_greedy,
+    pre_tokenizer,
 )

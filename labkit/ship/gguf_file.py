@@ -66,6 +66,21 @@ def gguf_tensors(model) -> dict:
     return out
 
 
+# llama.cpp splits text before BPE with a regex chosen by the NAME in tokenizer.ggml.pre (llama-vocab.cpp):
+# "gpt-2": GPT-2's regex (transformers' ByteLevel with use_regex); "refact": every digit alone, then GPT-2's.
+def pre_tokenizer(tok) -> str:
+    """The tokenizer.ggml.pre name whose regex splits text as TOK's own pre-tokenizer does (byte-level BPE)."""
+    pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
+    if kinds == [("ByteLevel", None, True)]:
+        return "gpt-2"
+    if kinds == [("Digits", True, None), ("ByteLevel", None, True)]:
+        return "refact"
+    raise ValueError(f"no llama.cpp pre-tokenizer known here for {kinds}; llama.cpp's convert_hf_to_gguf.py "
+                     "identifies it by tokenizing a test text (get_vocab_base_pre).")
+
+
 def _vocab(writer, tok, vocab_size: int):
     """The tokenizer as llama.cpp's "gpt2" (byte-level BPE) vocabulary: tokens, types, merges, ids."""
     import gguf
@@ -82,7 +97,7 @@ def _vocab(writer, tok, vocab_size: int):
                      gguf.TokenType.UNUSED if i not in by_id else gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre_tokenizer(tok))  # the regex llama.cpp splits text with before BPE: the tokenizer's own
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -200,56 +215,3 @@ def check_gguf(path, model) -> dict:
         if rel > worst[1]:
             worst = (name, rel)
     return {"tensors": len(back), "missing": missing, "worst": worst, "by_type": by_type}
-
-
-def llama_cpp_available() -> bool:
-    """Is llama-cpp-python (llama.cpp's Python binding) importable here?"""
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def llama_cpp_command(path, prompt: str, max_new_tokens: int) -> str:
-    """The shell command that runs the GGUF file PATH on PROMPT (the chat-formatted text, special tokens
-    included) with llama.cpp, greedily, for MAX_NEW_TOKENS tokens: llama.cpp's raw-prompt tool,
-    `llama-completion` (older builds: `llama-cli ... -no-cnv`)."""
-    import shlex
-
-    return (f"llama-completion -m {shlex.quote(str(path))} -p {shlex.quote(prompt)} -n {int(max_new_tokens)} "
-            "--temp 0 -no-cnv")
-
-
-def llama_cpp_greedy(path, prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: list[int],
-                     repack: bool = False) -> list[list[int]]:
-    """Greedy continuations by llama.cpp (llama-cpp-python) of each prompt, given as token ids.
-
-    Token ids in and out, so both runtimes see exactly the same tokens (llama.cpp's own tokenizer has
-    no equivalent of every transformers normalizer). Stops after a token of STOP_IDS (kept) or
-    MAX_NEW_TOKENS tokens. repack=False switches off llama.cpp's CPU weight repacking (its
-    "extra buffer types"): with it, llama-cpp-python 0.3.36 crashed (segmentation fault) on this
-    course's Q8_0 files on an AVX512/AMX CPU, while F16 and F32 ran either way.
-    """
-    import llama_cpp
-    import llama_cpp.llama_cpp as lib
-
-    default = lib.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = repack
-        return p
-
-    lib.llama_model_default_params = params
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, seed=0)
-    finally:
-        lib.llama_model_default_params = default
-    out = []
-    for ids in prompt_ids:
-        got = []
-        for t in llm.generate(list(ids), top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            got.append(int(t))
-            if t in stop_ids or len(got) >= max_new_tokens:
-                break
-        out.append(got)
-    return out
