@@ -147,7 +147,7 @@ def describe() -> dict:
     import platform
 
     info = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets"):
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets", "lm-eval"):
         try:
             info[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
