@@ -410,3 +410,8 @@ def contamination(n: int = 13, threshold: float = 0.5, held: list[dict] | None =
     repeats = len({question(r) for r in held} & {question(r) for r in train})
     lines.append(f"held-out questions repeated word for word in training: {repeats}")
     return lines
+
+
+if __name__ == "__main__":  # python -m labkit.harness: rewrite the shipped task folder
+    for path in write_tasks():
+        print(path)

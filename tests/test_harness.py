@@ -13,9 +13,9 @@ def test_the_shipped_task_files_are_what_write_tasks_writes(base):
     _, tok = base
     files = harness.task_files(tok)
     shipped = {p.name for p in harness.TASKS_DIR.iterdir() if p.is_file()}
-    assert shipped == set(files), "run `python -c 'from labkit import harness; harness.write_tasks()'`"
+    assert shipped == set(files), "run `python -m labkit.harness`"
     stale = [n for n, text in files.items() if (harness.TASKS_DIR / n).read_text() != text]
-    assert not stale, f"{stale} differ from labkit.harness.task_files: rerun harness.write_tasks()"
+    assert not stale, f"{stale} differ from labkit.harness.task_files: run `python -m labkit.harness`"
     assert harness.tasks_for(tok) == harness.TASKS_DIR
 
 
