@@ -40,7 +40,6 @@ GENERATE, CHOICE, ROLLING = "labkit_instructions", "labkit_risk", "labkit_genera
 TASKS = (GENERATE, CHOICE, ROLLING)
 RISK_LABELS = ("low", "medium", "high")
 MAX_GEN_TOKS = 48                      # labkit.evaluate.score's max_new_tokens
-METRIC = {GENERATE: "exact_match", CHOICE: "acc", ROLLING: "byte_perplexity"}
 
 # lm-eval's custom_dataset: the task's JSONL, found beside the YAML whatever the working directory.
 LOADER = '''"""Written by labkit.harness.write_tasks: lm-eval's custom_dataset for the course's task files."""
@@ -242,22 +241,25 @@ def hub_command(model_id: str = "<hub id>", tasks=HUB_TASKS) -> str:
 # ----------------------------------------------------------------------------- labkit's side
 
 def choice_logprobs(model, tok, context: str, continuations: list[str]) -> list[float]:
-    """log p(continuation | CONTEXT) for each of CONTINUATIONS: the sum over its tokens.
+    """log p(continuation | CONTEXT) for each of CONTINUATIONS: the sum over its tokens, one float each.
 
-    context + continuation is encoded whole (BOS once, labkit.chat.encode) and the continuation's tokens
-    are those after CONTEXT's own encoding, as lm-eval does; returns one float per continuation."""
+    Split as lm-eval splits a loglikelihood request: whitespace that ends CONTEXT (a template's newline)
+    moves to the front of the continuation; context + continuation is encoded whole (BOS once,
+    labkit.chat.encode), and the continuation's tokens are those after the context's own encoding."""
     import torch
 
     from .chat import encode
 
-    ctx = encode(tok, context)
+    stripped = context.rstrip()
+    moved = context[len(stripped):]
+    ctx = encode(tok, stripped)
     out = []
     device = next(model.parameters()).device
     with torch.no_grad():
         for cont in continuations:
-            ids = encode(tok, context + cont)
-            if ids[:len(ctx)] != ctx or len(ids) == len(ctx):
-                raise ValueError(f"{cont!r} does not extend the context's tokens; cannot score it.")
+            ids = encode(tok, stripped + moved + cont)
+            if len(ids) <= len(ctx):
+                raise ValueError(f"{cont!r} adds no token to the context; there is nothing to score.")
             x = torch.tensor([ids], device=device)
             logp = torch.log_softmax(model(x).logits[0, :-1].float(), dim=-1)
             target = x[0, 1:]

@@ -76,6 +76,25 @@ def test_choice_logprobs_is_the_summed_log_probability_of_the_continuation(base)
     assert lp == pytest.approx(by_hand, abs=1e-4) and lp < 0
 
 
+@pytest.mark.parametrize("kind", ["bundled", "llama-chatml", "gpt2", "gemma-style"])
+def test_choice_logprobs_equal_lm_evals_own_loglikelihood(kind, base, hub_models):
+    """The same numbers as HFLM.loglikelihood, request by request, for every template: the bundled one, a
+    ChatML prompt that ends in a newline (lm-eval moves it into the continuation), Gemma's written BOS."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from labkit import chat
+
+    model, tok = base if kind == "bundled" else models.load_base(hub_models[kind], device="cpu", dtype="float32")
+    harness.quiet()
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    context = chat.render_prompt(tok, harness.task_rows()[harness.CHOICE][0]["question"])
+    conts = harness.risk_choices(tok)
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(context, c), idx=i) for i, c in enumerate(conts)]
+    theirs = [ll for ll, _ in lm.loglikelihood(requests)]
+    assert harness.choice_logprobs(model, tok, context, conts) == pytest.approx(theirs, abs=1e-4)
+
+
 def test_choice_accuracy_picks_the_most_likely_label(base):
     model, tok = base
     contexts = ["The sky is", "Two plus two is"]
