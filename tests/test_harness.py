@@ -64,6 +64,19 @@ def test_lm_eval_loads_the_course_tasks_offline(base):
     assert tasks[harness.CHOICE].config.target_delimiter == ""
 
 
+def test_every_task_metric_is_lm_evals_own_so_none_falls_through_to_evaluate_load():
+    """A metric lm-eval does not register (rouge, say) is fetched with evaluate.load, which downloads it:
+    offline that crashes. Every metric the course's tasks name must be in lm-eval's own registry."""
+    import re
+
+    import lm_eval.api.metrics  # noqa: F401  (fills the registry)
+    from lm_eval.api.registry import METRIC_REGISTRY
+
+    named = {m for path in harness.TASKS_DIR.glob("*.yaml") for m in re.findall(r"- metric: (\w+)", path.read_text())}
+    assert named == {"exact_match", "acc", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+    assert all(m in METRIC_REGISTRY for m in named), [m for m in named if m not in METRIC_REGISTRY]
+
+
 def test_choice_logprobs_is_the_summed_log_probability_of_the_continuation(base):
     model, tok = base
     context, cont = "Monthly income: $4,200\nRisk:", " high"
