@@ -141,7 +141,7 @@ def setup(device: str = "auto", seed: int = 0, offline: bool = True, threads: in
     return pick_device(device)
 
 
-PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets")
+PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "ipywidgets", "lm-eval")
 
 
 def versions(packages=PACKAGES) -> dict:

@@ -64,7 +64,7 @@ def test_pins_file_pins_the_course_packages():
         pytest.skip("LABKIT_UNPINNED is set: make test-latest runs the newest releases on purpose")
     pins = cli.read_pins()
     for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "jupyterlab",
-                "ipywidgets", "matplotlib", "nbval", "papermill"):
+                "ipywidgets", "matplotlib", "nbval", "papermill", "lm-eval"):
         assert pkg in pins, pkg
 
 
@@ -75,7 +75,7 @@ def test_installed_versions_are_the_pinned_ones():
     if os.environ.get("LABKIT_UNPINNED", "") not in ("", "0"):
         pytest.skip("LABKIT_UNPINNED is set: make test-latest runs the newest releases on purpose")
     pins = cli.read_pins()
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets"):
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm-eval"):
         assert md.version(pkg).split("+")[0] == pins[pkg], pkg
 
 

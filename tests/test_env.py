@@ -73,7 +73,7 @@ def test_describe_lists_versions_device_and_offline():
 
     info = env.describe()
     assert info["python"] == platform.python_version()
-    for key in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets"):
+    for key in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm-eval"):
         assert info[key] == md.version(key), key
     assert info["device"] == env.pick_device("auto")
     assert info["offline"] is env.is_offline() is True, "the suite runs offline"

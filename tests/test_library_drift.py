@@ -1,4 +1,4 @@
-"""Library drift: every keyword the course passes to trl, transformers, peft and bitsandbytes must still
+"""Library drift: every keyword the course passes to trl, transformers, peft, bitsandbytes and lm_eval must still
 be accepted, so a renamed or removed argument fails here, loudly, instead of deep inside a lesson.
 
 The scanner is generic: it reads whatever exists at test time (labkit/**/*.py, scripts/*.py and the
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("trl", "transformers", "peft", "bitsandbytes")
+LIBRARIES = ("trl", "transformers", "peft", "bitsandbytes", "lm_eval")
 # Keywords that were renamed: old -> new. Checked on every call into LIBRARIES, **kwargs or not.
 RENAMED = {
     "torch_dtype": "dtype (transformers 5)",
@@ -156,6 +156,50 @@ def test_the_scanner_finds_the_course_calls():
 def test_keywords_match_the_installed_libraries(label):
     problems = [p for c in CALLS if c.where.split(":")[0].split("#")[0] == label for p in problems_of(c)]
     assert not problems, "library drift:\n" + "\n".join(problems)
+
+
+def test_lm_eval_calls_name_real_parameters():
+    """lm-eval's HFLM takes **kwargs and hands unknown ones on to from_pretrained, so a misspelt or renamed
+    keyword would not fail loudly: every keyword the course passes to lm_eval, and every key of the
+    --model_args it prints (labkit.harness.command_line), must be a named parameter."""
+    from lm_eval.models.huggingface import HFLM
+
+    from labkit import harness
+
+    calls = [c for c in CALLS if c.target.startswith("lm_eval")]
+    assert {"lm_eval.simple_evaluate", "lm_eval.models.huggingface.HFLM", "lm_eval.tasks.TaskManager"} <= {
+        c.target for c in calls}, "the scanner should see lesson 13's lm-eval calls"
+    problems = []
+    for c in calls:
+        obj = resolve(c.target)
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        named = set(inspect.signature(fn).parameters)
+        problems += [f"{c.where}: {c.target} has no parameter {k}=" for k in c.keywords if k not in named]
+    model_args = harness.command_line("/m", "/t", adapter="/a").split("--model_args ")[1].split()[0]
+    hflm = set(inspect.signature(HFLM.__init__).parameters)
+    problems += [f"--model_args {k}= is not an HFLM parameter" for k in (a.split("=")[0] for a in model_args.split(","))
+                 if k not in hflm]
+    assert not problems, "library drift:\n" + "\n".join(problems)
+
+
+def test_the_course_task_yaml_uses_lm_evals_task_config_fields():
+    """Every top-level key of the shipped task YAMLs is a field of lm-eval's TaskConfig, and the exact-match
+    options are parameters of its metric (lm-eval would otherwise ignore or reject them)."""
+    import yaml
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.config.task import TaskConfig
+
+    from labkit import harness
+
+    fields = {f.name for f in dataclasses.fields(TaskConfig)}
+    for path in sorted(harness.TASKS_DIR.glob("*.yaml")):
+        text = path.read_text().replace("!function ", "")
+        cfg = yaml.safe_load(text)
+        assert set(cfg) <= fields, f"{path.name}: {set(cfg) - fields} are not TaskConfig fields"
+        for metric in cfg.get("metric_list", []):
+            extra = set(metric) - {"metric", "aggregation", "higher_is_better"}
+            if metric["metric"] == "exact_match":
+                assert extra <= set(inspect.signature(exact_match_hf_evaluate).parameters), extra
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Lesson 13 (evaluation): perplexity from logits and labels, exact match; quizzes on perplexity, what
-normalising forgives, what an overlap metric cannot see, and how to validate a judge."""
+normalising forgives, what an overlap metric cannot see, how to validate a judge, and what a harness score
+depends on."""
 
 from __future__ import annotations
 
@@ -113,3 +114,14 @@ question(id="q13_judge_validation", lesson=LESSON, kind="choice", answer_hash="f
                         "models' answers can be of a kind the judge never saw, and its agreement need not carry over.",
                    "b": "two judges built on the same data can share a blind spot: agreeing with each other is not "
                         "agreeing with the truth on the answers you will judge."})
+
+question(id="q13_harness_settings", lesson=LESSON, kind="choice", answer_hash="90b8688d514923ccc7934a83",
+         text="On the same 40 held-out rows, lm-eval scores the SFT adapter 0.775 exact match with "
+              "--apply_chat_template and 0.000 without it. What do you report?",
+         choices=("0.000: a prompt without any template is the neutral setting, the same for every model",
+                  "0.775, saying it ran with the chat template: scores compare only under the same settings",
+                  "about 0.39, the mean of the two runs, since neither setting is more right than the other"),
+         feedback={"a": "no prompt is neutral: the adapter learned to answer after its template's generation prompt, "
+                        "so raw text asks it a different question; and models differ in what raw text they continue.",
+                   "c": "a mean of two settings describes neither run: report the setting the model is used with, "
+                        "and name it, so that another score is compared under the same one."})

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-REQUIRED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets")
+REQUIRED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm-eval")
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 
 
