@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 from . import guard
 from .adapters import DEFAULT_TARGETS
@@ -356,11 +357,11 @@ def training_step_bytes(model, loss_fn, optimizer=None) -> dict:
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("training_step_bytes: MODEL has no trainable parameter (add an adapter first).")
-    saved = {}
+    saved = {}  # storage address -> (bytes, the saved tensor, weakly): what the graph still holds at the end counts
 
     def pack(t):
         if isinstance(t, torch.Tensor):
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), weakref.ref(t))
         return t
 
     was = model.training
@@ -368,6 +369,9 @@ def training_step_bytes(model, loss_fn, optimizer=None) -> dict:
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = loss_fn()
+        # a tensor saved by a part of the graph that was already freed is not kept for backward, and its memory
+        # may have been reused (its address overwritten in SAVED): count only the tensors the graph still holds
+        held = {ptr: n for ptr, (n, ref) in saved.items() if ref() is not None}
         del loss
     finally:
         model.train(was)
@@ -377,7 +381,7 @@ def training_step_bytes(model, loss_fn, optimizer=None) -> dict:
            "gradients": sum(p.numel() * p.element_size() for p in trainable),
            "optimizer": (sum(2 * p.numel() * 4 for p in trainable) if optimizer is None
                          else optimizer_state_bytes(optimizer)),
-           "activations": sum(n for ptr, n in saved.items() if ptr not in param_ptrs)}
+           "activations": sum(n for ptr, n in held.items() if ptr not in param_ptrs)}
     out["total"] = sum(out.values())
     return out
 
