@@ -47,15 +47,16 @@ lab: install  ## open the course in JupyterLab
 # make test runs on WORKERS pytest workers (pytest-xdist) with one torch thread each: on the 2-core reference
 # machine 8 min instead of 12 for the same 1,440 tests (two processes with two threads each only contend).
 WORKERS ?= 2
+PYTEST_ARGS ?=  # e.g. make test PYTEST_ARGS=--durations=25
 test: install browser-deps  ## the whole suite: unit tests, every notebook once at its fast parameters (papermill), the browser test
 	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LABKIT_CHROMIUM=$(CHROMIUM) $(if $(CAN_APT),LABKIT_REQUIRE_BROWSER=1,) \
-	  $(PY) -m pytest tests -q -m "not models" -n $(WORKERS)
+	  $(PY) -m pytest tests -q -m "not models" -n $(WORKERS) $(PYTEST_ARGS)
 
 test-defaults: install  ## every lesson at its defaults under nbval, as a learner runs it (slow: about a minute each)
 	$(OFFLINE) $(PY) -m pytest notebooks --nbval-lax --nbval-cell-timeout=600 -q
 
 test-models: install  ## every lesson with each locally built Hub-style model (tests/hub_models.py), at fast parameters
-	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests/test_notebooks.py -m models -q -n $(WORKERS)
+	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests/test_notebooks.py -m models -q -n $(WORKERS) $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only, no notebooks
 	$(OFFLINE) $(PY) -m pytest tests -q -m "not slow and not models"
