@@ -47,7 +47,7 @@ def test_every_notebook_has_its_own_colab_badge_and_the_generated_install_cell(p
     rel = path.relative_to(ROOT).as_posix()
     assert links.colab_badge(rel) in _src(cells[0]), f"the badge must open this very notebook ({rel})"
     first_code = next(c for c in cells if c["cell_type"] == "code")
-    assert _src(first_code) == links.install_cell(), "run `labkit links --write`"
+    assert _src(first_code) == links.install_cell(path.stem), "run `labkit links --write`"
     args = _src(first_code).split("pip install", 1)[1]
     assert "torch" not in args, "never reinstall Colab's torch"
     assert not re.search(r"(^|\s)(-U|--upgrade|--force-reinstall)(\s|$)", args), "never upgrade Colab's packages"

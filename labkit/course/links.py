@@ -69,13 +69,20 @@ def install_requirement() -> str:
     return f"labkit @ git+{repository_url()}"
 
 
-def install_cell() -> str:
-    """The Colab install cell: first code cell of every notebook. Colab's CUDA torch satisfies labkit's
-    torch>=... and is kept (no --upgrade, torch not named)."""
+# what a notebook needs on Colab beyond labkit itself: {notebook stem: one more line of its install cell}
+COLAB_EXTRAS = {
+    "17_ship_it": "    !command -v npm >/dev/null && python -m labkit.llamacpp   # llama.cpp, prebuilt (section 5)",
+}
+
+
+def install_cell(stem: str | None = None) -> str:
+    """The Colab install cell: first code cell of every notebook (STEM's, with its COLAB_EXTRAS line). Colab's
+    CUDA torch satisfies labkit's torch>=... and is kept (no --upgrade, torch not named)."""
+    extra = COLAB_EXTRAS.get(stem)
     return ("# Colab only: install the course. Colab's own torch satisfies labkit's requirement and is kept.\n"
             "import sys\n"
             "if \"google.colab\" in sys.modules:\n"
-            f"    !pip install -q \"{install_requirement()}\"")
+            f"    !pip install -q \"{install_requirement()}\"" + (f"\n{extra}" if extra else ""))
 
 
 _COLAB_BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]\([^)]*\)")
@@ -92,8 +99,8 @@ def _sync_notebook(path: Path, rel: str) -> bool:
         cells[0]["source"], changed = new.splitlines(keepends=True), True
     for cell in cells:
         if cell["cell_type"] == "code" and "google.colab" in "".join(cell["source"]):
-            if "".join(cell["source"]) != install_cell():
-                cell["source"], changed = install_cell().splitlines(keepends=True), True
+            if "".join(cell["source"]) != install_cell(path.stem):
+                cell["source"], changed = install_cell(path.stem).splitlines(keepends=True), True
             break
     if changed:
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
@@ -116,7 +123,7 @@ def sync(root: Path = ROOT, write: bool = False) -> list[str]:
                 install = next(("".join(c["source"]) for c in tmp["cells"]
                                 if c["cell_type"] == "code" and "google.colab" in "".join(c["source"])), None)
                 if _COLAB_BADGE.sub(colab_badge(rel), first) != first or colab_badge(rel) not in first \
-                        or install != install_cell():
+                        or install != install_cell(path.stem):
                     out.append(rel)
     readme = root / "README.md"
     text = readme.read_text()
