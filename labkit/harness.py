@@ -251,7 +251,6 @@ def choice_logprobs(model, tok, context: str, continuations: list[str]) -> list[
     labkit.chat.encode), and the continuation's tokens are those after the context's own encoding."""
     import torch
 
-
     stripped = context.rstrip()
     moved = context[len(stripped):]
     ctx = encode(tok, stripped)
@@ -290,7 +289,6 @@ def text_nll(model, tok, texts: list[str]) -> dict:
     "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}. Words are
     whitespace-separated pieces and bytes UTF-8 bytes, lm-eval's counts for loglikelihood_rolling."""
     import re
-
 
     start = len(document_start(tok))
     tokens = sum(start + len(tok(t, add_special_tokens=False)["input_ids"]) - 1 for t in texts)  # predicted
@@ -390,7 +388,6 @@ def contamination(n: int = 13, threshold: float = 0.5, held: list[dict] | None =
     instructions_eval.jsonl against instructions_train.jsonl; labkit.dataprep.ngram_overlap), its median
     and maximum, and the rows at or above THRESHOLD; then exact repeats. Returns the lines to print."""
     import statistics
-
 
     train = read_jsonl("instructions_train.jsonl") if train is None else train
     held = read_jsonl("instructions_eval.jsonl") if held is None else held

@@ -319,7 +319,6 @@ def transformers_greedy(model, tok, prompt_ids: list[list[int]], max_new_tokens:
     the first stop token (chat.stop_token_ids: the turn end, EOS), which is kept, as llama.cpp keeps it."""
     import torch
 
-
     stop = stop_token_ids(tok, model)
     device = next(model.parameters()).device
     out = []
