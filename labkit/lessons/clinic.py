@@ -211,16 +211,6 @@ def targets_case(base) -> dict:
             "alone": alone}
 
 
-def padded(tok, feats: list[dict]) -> dict:
-    import torch
-
-    width = max(len(f["input_ids"]) for f in feats)
-    pad = lambda xs, v: list(xs) + [v] * (width - len(xs))  # noqa: E731
-    return {"input_ids": torch.tensor([pad(f["input_ids"], tok.pad_token_id) for f in feats]),
-            "attention_mask": torch.tensor([pad([1] * len(f["input_ids"]), 0) for f in feats]),
-            "labels": torch.tensor([pad(f["labels"], IGNORE_INDEX) for f in feats])}
-
-
 def all_masked_case(base, tok, steps: int = 8, bad_step: int = 2, seed: int = 0) -> dict:
     """Case 5: LoRA SFT whose batch BAD_STEP holds only examples with every label -100 (a response marker
     that never matched), against the same batches with those rows dropped (supervised_rows).
@@ -229,7 +219,7 @@ def all_masked_case(base, tok, steps: int = 8, bad_step: int = 2, seed: int = 0)
     import torch
 
     feats = sft.tokenize_all(tok, pairs(tok, rows("risk", n=4 * steps)))
-    batches = [padded(tok, feats[i:i + 4]) for i in range(0, 4 * steps, 4)]
+    batches = [sft.PadCollator(tok.pad_token_id)(feats[i:i + 4]) for i in range(0, 4 * steps, 4)]
     batches[bad_step]["labels"][:] = IGNORE_INDEX
     out = {"bad_step": bad_step}
     for name in ("broken", "fixed"):

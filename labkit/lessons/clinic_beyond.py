@@ -118,7 +118,7 @@ def merge_4bit_case(base, tok, steps: int, model="bundled", n_eval: int = 40, se
             merged[m] = {"fixed": fixed, "naive": naive}
     out["lost"] = sum(lost) / len(lost)
     plain = pm.get_base_model() if hasattr(pm, "get_base_model") else pm
-    batch = clinic.padded(tok, sft.tokenize_all(tok, clinic.pairs(tok, held[:8])))
+    batch = sft.PadCollator(tok.pad_token_id)(sft.tokenize_all(tok, clinic.pairs(tok, held[:8])))
     keep = batch["attention_mask"].bool()
     with torch.no_grad():
         first = pm(**batch)
