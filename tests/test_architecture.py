@@ -17,26 +17,24 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def internal_imports(path: Path) -> list[tuple[str, str | None]]:
-    """(module, imported name or None) for every labkit import in PATH, at the top or inside a function."""
+def imported_from(path: Path):
+    """(module, alias) for every `from labkit... import name` in PATH, relative imports resolved, at the top or
+    inside a function."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
-    out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            if not module.startswith("labkit"):
-                continue
-            for alias in node.names:
-                full = f"{module}.{alias.name}"
-                out.append((full, None) if full in MODULES else (module, alias.name))
-        elif isinstance(node, ast.Import):
-            out += [(a.name, None) for a in node.names if a.name.startswith("labkit")]
-    return out
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else [])) if node.level else (node.module or "")
+            if module.startswith("labkit"):
+                yield from ((module, a) for a in node.names)
+
+
+def internal_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, imported name or None) for every labkit import in PATH, at the top or inside a function."""
+    out = [(f"{m}.{a.name}", None) if f"{m}.{a.name}" in MODULES else (m, a.name) for m, a in imported_from(path)]
+    return out + [(a.name, None) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import)
+                  for a in node.names if a.name.startswith("labkit")]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -91,20 +89,7 @@ def test_no_private_name_is_used_outside_its_module():
 
 def module_aliases(path: Path) -> dict[str, str]:
     """{name bound in PATH: the labkit module it names} for `from labkit import data`-style imports."""
-    return {
-        (a.asname or a.name): f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod
-        for mod, a in _imported_aliases(path) if f"{mod}.{a.name}" in MODULES}
-
-
-def _imported_aliases(path: Path):
-    me = module_name(path)
-    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else [])) if node.level else (node.module or "")
-            if module.startswith("labkit"):
-                yield from ((module, a) for a in node.names)
+    return {(a.asname or a.name): f"{m}.{a.name}" for m, a in imported_from(path) if f"{m}.{a.name}" in MODULES}
 
 
 def test_no_private_attribute_of_another_module_is_read():
