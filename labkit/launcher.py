@@ -222,14 +222,19 @@ def run(nproc: int = 1, overrides: dict | None = None, launcher: str | None = No
     (default "auto": CUDA when there is a GPU for every process, else the CPU; labkit.scale.process_device).
     Output files go to WORKDIR (a new temporary folder by default) unless OVERRIDES set output_dir and log_file.
     The log gets "command" (what ran; shown_command prints it without this machine's paths), "workdir"
-    and "wall_seconds" (start-up included). A config the script refuses (exit status 2) raises
-    ConfigError with the script's own "error: ..." message; any other failure raises RuntimeError with
+    and "wall_seconds" (start-up included). A global batch that does not split over NPROC processes raises
+    ConfigError before anything starts; a config the script refuses (exit status 2) raises ConfigError
+    with the script's own "error: ..." message; any other failure raises RuntimeError with
     the end of the output; a run past TIMEOUT seconds (a rank that hangs) is stopped, every rank with
     it, and raises TimeoutError. The processes return freed memory to the system at once (glibc's
     MALLOC_TRIM_THRESHOLD_=0): a rank's resident memory stays about 100 MB lower, which lets a notebook
     run two ranks and the launcher within a laptop's memory.
     """
     launcher = launcher or ("python" if nproc == 1 else "torchrun")
+    # a batch plan that cannot split over NPROC processes stops here, before any process starts (the script
+    # would refuse it too, with the same message, after starting NPROC Pythons)
+    cfg = scale.load_config(config, overrides, check=False)
+    scale.accumulation_steps(cfg.global_batch, nproc, cfg.micro_batch)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="labkit_scale_"))
     overrides = {"output_dir": str(workdir / "adapter"), "log_file": str(workdir / "log.json"), "log_every": 0,
                  **(overrides or {})}

@@ -119,11 +119,19 @@ def test_a_refused_config_surfaces_the_scripts_own_message():
     assert type(other) is RuntimeError and "exit 1" in str(other) and "ValueError: boom" in str(other)
 
 
-@pytest.mark.slow
-def test_run_raises_the_scripts_error_for_a_batch_plan_that_cannot_split(tmp_path):
-    """Lesson 16's exercise: a global batch that does not split over the processes stops with the fix named."""
-    with pytest.raises(scale.ConfigError, match=r"global_batch=6 is not divisible by world_size x micro_batch = 2 x 2"):
+def test_run_refuses_a_batch_plan_that_cannot_split_before_starting_a_process(tmp_path, monkeypatch):
+    """Lesson 16's exercise: a global batch that does not split over the processes stops with the fix named,
+    before any process starts (the script's own refusal under torchrun is test_cli_reports_errors_...)."""
+    def no_launch(*args):
+        raise AssertionError("run() started processes for a plan it should have refused")
+
+    monkeypatch.setattr(launcher, "_run_group", no_launch)
+    with pytest.raises(scale.ConfigError, match=r"global_batch=6 is not divisible by world_size x micro_batch = 2 x 2 = 4; "
+                                                r"with 2 process\(es\) use micro_batch in \[1, 3\]"):
         launcher.run(2, {"global_batch": 6, "micro_batch": 2, "steps": 1}, workdir=tmp_path)
+    with pytest.raises(scale.ConfigError, match="unknown key 'stpes'"):
+        launcher.run(1, {"stpes": 3}, workdir=tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 CRASHING_RANK = textwrap.dedent("""
@@ -146,7 +154,7 @@ def test_a_rank_that_crashes_stops_the_whole_run(tmp_path, monkeypatch):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(worker)])
     # a hang would end in TimeoutError (launcher.run stops the group at its timeout), not this RuntimeError
     with pytest.raises(RuntimeError, match="rank 1 broke on purpose"):
-        launcher.run(2, {}, workdir=tmp_path, timeout=240)
+        launcher.run(2, {"micro_batch": 4}, workdir=tmp_path, timeout=240)
 
 
 HANGING_RUN = textwrap.dedent("""

@@ -25,6 +25,26 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
 
 
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory):
+    """The three runs of QUICK that several tests read, launched once per test session: 1 process x micro-batch 8
+    ("one"), 1 process x 4 with 2 accumulation steps ("accum"), torchrun with 2 processes x 4 ("two"). pytest-xdist's
+    workers share them through a file lock in the folder that holds every worker's temporary folders."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    folder, plan = shared / "scale_quick_runs", {"one": (1, 8), "accum": (1, 4), "two": (2, 4)}
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "runs.json").is_file():
+            runs = {name: launcher.run(n, {**QUICK, "micro_batch": micro}, workdir=folder / name)
+                    for name, (n, micro) in plan.items()}
+            (folder / "runs.tmp").write_text(json.dumps(runs))
+            (folder / "runs.tmp").replace(folder / "runs.json")
+    return json.loads((folder / "runs.json").read_text())
+
+
 # ----------------------------------------------------------------------------- config checks (no training)
 
 def test_shipped_config_is_the_default():
@@ -330,11 +350,9 @@ def test_two_processes_match_one_process_with_gpt2(tmp_path, hub_models):
 # ----------------------------------------------------------------------------- real runs: 1 process and 2 (gloo)
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_accumulation(tmp_path):
+def test_two_processes_match_one_process_and_accumulation(quick_runs):
     """torchrun with 2 CPU processes (gloo) x micro-batch 4 == 1 process x 8 == 1 process x 4 x 2 accumulation."""
-    one = launcher.run(1, {**QUICK, "micro_batch": 8}, workdir=tmp_path / "one")
-    accum = launcher.run(1, {**QUICK, "micro_batch": 4}, workdir=tmp_path / "accum")
-    two = launcher.run(2, {**QUICK, "micro_batch": 4}, workdir=tmp_path / "two")
+    one, accum, two = quick_runs["one"], quick_runs["accum"], quick_runs["two"]
     assert "torch.distributed.run" in two["command"] and two["world_size"] == 2 and two["backend"] == "gloo"
     assert (one["accum_steps"], accum["accum_steps"], two["accum_steps"]) == (1, 2, 1)
     # the ranks agree: the same logged losses, the same adapter weights, different data
@@ -360,51 +378,39 @@ def test_two_processes_match_one_process_and_accumulation(tmp_path):
     # rank 0 saved the adapter atomically: a loadable folder, no temporary folder left beside it
     from labkit import adapters, models
 
-    saved = tmp_path / "two" / "adapter"
+    saved = Path(two["workdir"]) / "adapter"
     assert (saved / "adapter_config.json").is_file()
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
     adapters.load(models.load_base(device="cpu")[0], saved)
 
 
-SAME_AS_SFT_TRAIN = textwrap.dedent("""
-    import json, sys
-    from labkit import adapters, env, models, scale, sft
-    cfg = scale.load_config(None, json.loads(sys.argv[1]))
-    log = scale.train(cfg, out=lambda line: None)
+@pytest.mark.slow
+def test_one_process_reproduces_labkit_sft_train(quick_runs):
+    """The script is the course's recipe, not a copy of it: on one process with micro-batch = global
+    batch it follows labkit.sft.train's loss curve (same batches, same LoRA init, same AdamW and clipping)."""
+    from labkit import adapters, env, models, sft
+
+    cfg = scale.load_config(None, {**QUICK, "micro_batch": 8})
     env.seed_everything(cfg.seed)
     model, tok = models.load_base(cfg.model, device="cpu")
     pm = adapters.add(model, "lora", seed=cfg.seed, r=cfg.lora_r, alpha=cfg.lora_alpha,
                       target_modules=scale.lora_targets(cfg, model))
     losses = sft.train(pm, tok, scale.load_pairs(cfg, tok), steps=cfg.steps, lr=cfg.lr, batch_size=cfg.global_batch,
                        max_length=cfg.max_length, seed=cfg.seed, progress=False)
-    print(json.dumps([log["losses"], losses]))
-""")
+    ours = quick_runs["one"]["losses"]
+    assert len(ours) == len(losses) == QUICK["steps"]
+    assert max(abs(a - b) for a, b in zip(ours, losses)) < LOSS_TOLERANCE
 
 
 @pytest.mark.slow
-def test_one_process_reproduces_labkit_sft_train(tmp_path):
-    """The script is the course's recipe, not a copy of it: on one process with micro-batch = global
-    batch it follows labkit.sft.train's loss curve (same batches, same LoRA init, same AdamW and clipping)."""
-    overrides = {**QUICK, "micro_batch": 8, "device": "cpu", "threads": 1, "log_every": 0,
-                 "output_dir": str(tmp_path / "a"), "log_file": str(tmp_path / "a.json")}
-    proc = subprocess.run([sys.executable, "-c", SAME_AS_SFT_TRAIN, json.dumps(overrides)], capture_output=True,
-                          text=True, timeout=300, env=_env())
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ours, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(ours) == len(theirs) == QUICK["steps"]
-    assert max(abs(a - b) for a, b in zip(ours, theirs)) < LOSS_TOLERANCE
-
-
-@pytest.mark.slow
-def test_naive_mean_differs_and_the_script_runs_under_accelerate_launch(tmp_path):
+def test_naive_mean_differs_and_the_script_runs_under_accelerate_launch(tmp_path, quick_runs):
     """accelerate launch with the shipped DDP config (torchrun underneath, gloo on CPUs); with the naive
-    mean of micro-batch means the loss is no longer the one-process loss."""
-    tokens = launcher.run(2, {**QUICK, "micro_batch": 4}, launcher="accelerate", workdir=tmp_path / "a")
-    naive = launcher.run(2, {**QUICK, "micro_batch": 4, "loss_normalisation": "mean"},
-                      workdir=tmp_path / "b")
-    assert "accelerate.commands.launch" in tokens["command"] and tokens["distributed_type"] == "MULTI_CPU"
-    assert tokens["ranks"][0]["adapter_sha256"] == tokens["ranks"][1]["adapter_sha256"]
-    assert naive["ranks"][0]["adapter_sha256"] == naive["ranks"][1]["adapter_sha256"]
+    mean of micro-batch means the loss is no longer the one-process loss (nor torchrun's token mean)."""
+    tokens = quick_runs["two"]
+    naive = launcher.run(2, {**QUICK, "micro_batch": 4, "loss_normalisation": "mean"}, launcher="accelerate",
+                         workdir=tmp_path)
+    assert "accelerate.commands.launch" in naive["command"] and naive["distributed_type"] == "MULTI_CPU"
+    assert naive["world_size"] == 2 and naive["ranks"][0]["adapter_sha256"] == naive["ranks"][1]["adapter_sha256"]
     assert naive["losses"][0] == pytest.approx(tokens["losses"][0], abs=1e-6)  # same weights at step 1
     # measured: 9e-4 after 3 steps, 4e-2 after 4 (the weights drift apart step by step)
     assert max(abs(a - b) for a, b in zip(naive["losses"], tokens["losses"])) > 1e-2
@@ -431,54 +437,74 @@ def test_bf16_and_4bit_under_ddp_on_cpu(tmp_path):
     assert run["losses"][0] == pytest.approx(fp32, rel=0.05) and run["losses"][0] != fp32
 
 
-FSDP2_WORKER = textwrap.dedent("""
+FSDP2_STEPS = 3
+FSDP2_WORKER = textwrap.dedent(f"""
     import json, sys, torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
-    from labkit import adapters, env, models
-    env.quiet()
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from test_scale import fsdp2_batch, fsdp2_model
     dist.init_process_group("gloo")
-    model, tok = models.load_base(device="cpu")
-    model = adapters.add(model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    model = fsdp2_model()
     for layer in model.base_model.model.model.layers:
         fully_shard(layer)
     fully_shard(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 500, (4, 24), generator=g)
+    ids = fsdp2_batch()
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = ids[rank * 4 // world:(rank + 1) * 4 // world]
     losses = []
-    for _ in range(3):
+    for _ in range({FSDP2_STEPS}):
         loss = model(input_ids=mine, labels=mine).loss
         loss.backward(); opt.step(); opt.zero_grad()
         t = loss.detach().clone(); dist.all_reduce(t); losses.append(t.item() / world)
     a = next(p for n, p in model.named_parameters() if "lora_A" in n)
-    out = {"losses": losses, "full": list(a.shape), "local": list(a.to_local().shape)}
-    json.dump(out, open(sys.argv[1] + f".{rank}", "w"))
+    out = {{"losses": losses, "full": list(a.shape), "local": list(a.to_local().shape)}}
+    json.dump(out, open(sys.argv[1] + f".{{rank}}", "w"))
     dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 """)
 
 
+def fsdp2_model():
+    """The bundled model with a LoRA adapter (r 4 on q_proj and v_proj, the same initialisation in every process)."""
+    from labkit import adapters, env, models
+
+    env.quiet()
+    model, _ = models.load_base(device="cpu")
+    return adapters.add(model, "lora", r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+
+
+def fsdp2_batch():
+    """4 rows of 24 random token ids, the same in every process."""
+    import torch
+
+    return torch.randint(3, 500, (4, 24), generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.slow
 def test_torch_fsdp2_itself_shards_on_cpu_with_gloo(tmp_path):
     """What accelerate does not route on CPUs, torch does: fully_shard (FSDP2) with gloo keeps half of
-    each LoRA matrix on each of 2 processes, and trains like one process on the whole batch."""
+    each LoRA matrix on each of 2 processes, and trains like one unsharded model on the whole batch (here)."""
+    import torch
+
     worker = tmp_path / "fsdp2_worker.py"
     worker.write_text(FSDP2_WORKER)
     out = tmp_path / "out"
-    for n in (1, 2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-               str(worker), f"{out}{n}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    one = json.loads(Path(f"{out}1.0").read_text())
-    two = [json.loads(Path(f"{out}2.{r}").read_text()) for r in (0, 1)]
-    assert one["local"] == one["full"] == [4, 256]
-    assert two[0]["local"] == two[1]["local"] == [2, 256]  # each rank stores half of A (4 x 256)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    assert two[0]["full"] == [4, 256] and two[0]["local"] == two[1]["local"] == [2, 256]  # half of A (4 x 256) each
     assert two[0]["losses"] == two[1]["losses"]
+    model, ids = fsdp2_model(), fsdp2_batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    one = []
+    for _ in range(FSDP2_STEPS):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward(); opt.step(); opt.zero_grad()  # noqa: E702
+        one.append(loss.item())
     # equal-length rows, so the mean of the two halves' means is the whole batch's mean
-    assert max(abs(a - b) for a, b in zip(two[0]["losses"], one["losses"])) < LOSS_TOLERANCE
+    assert max(abs(a - b) for a, b in zip(two[0]["losses"], one)) < LOSS_TOLERANCE
 
 
 # ----------------------------------------------------------------------------- lesson 16's exercise
