@@ -33,7 +33,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from . import guard
+from . import env, guard
 from .chat import answer_prefix, document_start, encode, render_prompt, stop_strings
 from .data import read_jsonl, user_message
 from .dataprep import ngram_overlap, question
@@ -175,10 +175,9 @@ def _silent_tqdm(*args, **kwargs):
 def _versions_only(storage: dict) -> None:
     """lm-eval's add_env_info without torch's collect_env report (subprocesses: 0.5 s a run on a quiet
     2-core machine, about 2 s on a busy one)."""
-    import importlib.metadata as md
-
-    storage.update(pretty_env_info="(skipped by labkit.harness)", transformers_version=md.version("transformers"),
-                   lm_eval_version=md.version("lm_eval"), upper_git_hash=None)
+    found = env.versions(("transformers", "lm_eval"))
+    storage.update(pretty_env_info="(skipped by labkit.harness)", transformers_version=found["transformers"],
+                   lm_eval_version=found["lm_eval"], upper_git_hash=None)
 
 
 def quiet() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib.metadata as md
 import json
 import logging
 import os
@@ -72,7 +71,9 @@ def parse_args(argv=None):
 def versions() -> dict:
     import torch
 
-    out = {pkg: md.version(pkg) for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate")}
+    from labkit import env
+
+    out = env.versions(("torch", "transformers", "peft", "bitsandbytes", "accelerate"))
     out["cuda"] = torch.version.cuda
     out["python"] = platform.python_version()
     return out

@@ -361,19 +361,6 @@ def test_mixed_batch_errors(two):
         ship.mixed_answers(pm, tok, prompts, ["one", "three"])
 
 
-def test_timed_reports_median_and_spread():
-    import statistics
-    import time
-
-    calls = []
-    t = ship.timed(lambda: (calls.append(1), time.sleep(0.01 * (len(calls) % 3))), repeats=5, warmup=2)
-    assert len(calls) == 7 and len(t["runs"]) == 5  # the warm-up runs are not timed
-    assert t["median"] == statistics.median(t["runs"]) and t["min"] == min(t["runs"]) and t["max"] == max(t["runs"])
-    assert t["min"] < 0.01 and t["max"] >= 0.02  # each run timed on its own: 0, 10 and 20 ms sleeps
-    with pytest.raises(ValueError, match="repeats"):
-        ship.timed(lambda: None, repeats=0)
-
-
 def test_logit_agreement_compares_real_positions_only(two, base):
     pm, tok = two
     batch = _batch(tok, _prompts(tok, 4))

@@ -46,7 +46,6 @@ from .many_adapters import (  # one adapter per row of a batch
     mixed_answers,
     answers_one_adapter_at_a_time,
     mixed_logits_difference,
-    timed,
     op_counts,
 )
 from .combining import (  # add_weighted_adapter: linear, TIES, DARE

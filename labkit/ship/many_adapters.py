@@ -1,12 +1,9 @@
 """Many adapters on one base: each row of a batch through its own adapter (peft's adapter_names), checked
-against one adapter at a time, with the cost of the mixed batch timed and counted."""
+against one adapter at a time, with the cost of the mixed batch counted
+(operators at the dispatcher; lesson 17 times it with labkit.evaluate.forward_times)."""
 
 from __future__ import annotations
 
-import statistics
-import time
-
-from .. import guard
 from ..evaluate import answer
 
 
@@ -93,18 +90,6 @@ def mixed_logits_difference(peft_model, batch: dict, adapter_names: list[str]) -
                 alone[rows] = peft_model(**batch).logits[rows]
     peft_model.set_adapter(active)
     return (mixed - alone).abs().max().item()
-
-
-def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
-    """Wall times of FN() over REPEATS runs after WARMUP: {"median", "min", "max", "runs"} in seconds."""
-    guard.positive_int("repeats", repeats)
-    runs = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            runs.append(time.perf_counter() - t0)
-    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
 
 
 def op_counts(fn, *args) -> dict:
