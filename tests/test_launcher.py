@@ -154,6 +154,7 @@ def test_a_rank_that_crashes_stops_the_whole_run(tmp_path, monkeypatch):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(worker)])
     # a hang would end in TimeoutError (launcher.run stops the group at its timeout), not this RuntimeError
     with pytest.raises(RuntimeError, match="rank 1 broke on purpose"):
+        # micro-batch 4: a plan that splits over 2 processes, which run() checks before it launches anything
         launcher.run(2, {"micro_batch": 4}, workdir=tmp_path, timeout=240)
 
 

@@ -437,26 +437,24 @@ def test_bf16_and_4bit_under_ddp_on_cpu(tmp_path):
     assert run["losses"][0] == pytest.approx(fp32, rel=0.05) and run["losses"][0] != fp32
 
 
-FSDP2_STEPS = 3
 FSDP2_WORKER = textwrap.dedent(f"""
-    import json, sys, torch, torch.distributed as dist
+    import json, sys, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from test_scale import fsdp2_batch, fsdp2_model
+    from test_scale import fsdp2_batch, fsdp2_losses, fsdp2_model
     dist.init_process_group("gloo")
     model = fsdp2_model()
     for layer in model.base_model.model.model.layers:
         fully_shard(layer)
     fully_shard(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids = fsdp2_batch()
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = ids[rank * 4 // world:(rank + 1) * 4 // world]
-    losses = []
-    for _ in range({FSDP2_STEPS}):
-        loss = model(input_ids=mine, labels=mine).loss
-        loss.backward(); opt.step(); opt.zero_grad()
-        t = loss.detach().clone(); dist.all_reduce(t); losses.append(t.item() / world)
+
+    def global_mean(loss):
+        dist.all_reduce(loss)
+        return loss.item() / world
+
+    losses = fsdp2_losses(model, ids[rank * 4 // world:(rank + 1) * 4 // world], global_mean)
     a = next(p for n, p in model.named_parameters() if "lora_A" in n)
     out = {{"losses": losses, "full": list(a.shape), "local": list(a.to_local().shape)}}
     json.dump(out, open(sys.argv[1] + f".{{rank}}", "w"))
@@ -481,12 +479,26 @@ def fsdp2_batch():
     return torch.randint(3, 500, (4, 24), generator=torch.Generator().manual_seed(0))
 
 
+def fsdp2_losses(model, ids, mean=lambda loss: loss.item(), steps: int = 3) -> list[float]:
+    """STEPS steps of AdamW (lr 1e-2) on IDS (its own labels); each step's loss through MEAN (a process group's
+    mean over its ranks in the worker, the loss itself for one unsharded model)."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(mean(loss.detach().clone()))
+    return losses
+
+
 @pytest.mark.slow
 def test_torch_fsdp2_itself_shards_on_cpu_with_gloo(tmp_path):
     """What accelerate does not route on CPUs, torch does: fully_shard (FSDP2) with gloo keeps half of
     each LoRA matrix on each of 2 processes, and trains like one unsharded model on the whole batch (here)."""
-    import torch
-
     worker = tmp_path / "fsdp2_worker.py"
     worker.write_text(FSDP2_WORKER)
     out = tmp_path / "out"
@@ -495,14 +507,8 @@ def test_torch_fsdp2_itself_shards_on_cpu_with_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
     assert two[0]["full"] == [4, 256] and two[0]["local"] == two[1]["local"] == [2, 256]  # half of A (4 x 256) each
-    assert two[0]["losses"] == two[1]["losses"]
-    model, ids = fsdp2_model(), fsdp2_batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    one = []
-    for _ in range(FSDP2_STEPS):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward(); opt.step(); opt.zero_grad()  # noqa: E702
-        one.append(loss.item())
+    assert two[0]["losses"] == two[1]["losses"] and len(two[0]["losses"]) == 3
+    one = fsdp2_losses(fsdp2_model(), fsdp2_batch())
     # equal-length rows, so the mean of the two halves' means is the whole batch's mean
     assert max(abs(a - b) for a, b in zip(two[0]["losses"], one)) < LOSS_TOLERANCE
 
